@@ -1,0 +1,598 @@
+//! The pure core of muster: the catalog of namespaces, services, instances
+//! and leases, changed only by [`Catalog::apply`] and read through queries.
+//!
+//! **Architecture invariant:** nothing here does I/O or reads a clock. Time
+//! comes in as an argument (`now_ms`, the leader's wall clock stamped into the
+//! log entry), so applying the same commands at the same indexes gives the
+//! same catalog on every node and on every replay.
+//!
+//! - [`Command`]: every mutation the registry knows.
+//! - [`Catalog`]: the state, [`Catalog::apply`] and the read side.
+//! - [`Query`]: discovery filters (tags, meta, version range, zone, health).
+//! - Every service carries its own index (the log index of its last change)
+//!   and a bounded history of changes, which watches resume from.
+#![forbid(unsafe_code)]
+
+mod query;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use muster_types::{Health, Instance, ServiceSummary, format_lease_id};
+use serde::{Deserialize, Serialize};
+
+pub use query::{HealthFilter, Query, VersionMatch};
+
+/// How many changes each service remembers for watch resumption.
+pub const HISTORY_PER_SERVICE: usize = 256;
+
+/// Identifies a service: namespace plus name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Service name.
+    pub service: String,
+}
+
+impl ServiceKey {
+    /// Builds a key.
+    pub fn new(namespace: impl Into<String>, service: impl Into<String>) -> Self {
+        ServiceKey {
+            namespace: namespace.into(),
+            service: service.into(),
+        }
+    }
+}
+
+/// The client-supplied part of an instance, already validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceData {
+    /// Instance id.
+    pub id: String,
+    /// Address.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Tags.
+    pub tags: BTreeSet<String>,
+    /// Metadata.
+    pub meta: BTreeMap<String, String>,
+    /// Version.
+    pub version: Option<String>,
+    /// Zone.
+    pub zone: Option<String>,
+    /// Weight.
+    pub weight: u32,
+}
+
+/// Which lease, if any, a registration attaches the instance to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseRef {
+    /// Persistent instance: no lease.
+    None,
+    /// A lease of the instance's own with this TTL. `id` is chosen by the
+    /// leader and used only if the instance does not already own a lease of
+    /// the same TTL (so a retried registration does not churn leases).
+    Own {
+        /// Id for a new lease.
+        id: u64,
+        /// TTL in milliseconds.
+        ttl_ms: u64,
+    },
+    /// An existing lease, shared with other instances.
+    Existing(u64),
+}
+
+/// Every mutation of the catalog. Each is one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Register or replace an instance.
+    Register {
+        /// Namespace.
+        namespace: String,
+        /// Service.
+        service: String,
+        /// The instance.
+        instance: InstanceData,
+        /// Its lease.
+        lease: LeaseRef,
+    },
+    /// Remove an instance.
+    Deregister {
+        /// Namespace.
+        namespace: String,
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// Create a lease (id chosen by the leader).
+    CreateLease {
+        /// Lease id.
+        id: u64,
+        /// TTL in milliseconds.
+        ttl_ms: u64,
+    },
+    /// Revoke a lease and remove every instance attached to it.
+    RevokeLease {
+        /// Lease id.
+        id: u64,
+    },
+    /// Leases the leader found expired: remove them and their instances.
+    /// Ids no longer present are skipped (a revoke may have won the race).
+    ExpireLeases {
+        /// Lease ids.
+        ids: Vec<u64>,
+    },
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    /// The lease does not exist (never did, expired or revoked).
+    #[error("lease {} not found", format_lease_id(*.0))]
+    UnknownLease(u64),
+    /// A lease with this id already exists.
+    #[error("lease {} already exists", format_lease_id(*.0))]
+    LeaseExists(u64),
+    /// The instance does not exist.
+    #[error("instance {id:?} of service {service:?} not found")]
+    UnknownInstance {
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+}
+
+/// What a command did, for the proposer and for observers (watch wake-ups,
+/// the leader's lease timers).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Services whose index moved.
+    pub changed: Vec<ServiceKey>,
+    /// Leases created: (id, ttl_ms).
+    pub leases_created: Vec<(u64, u64)>,
+    /// Leases removed.
+    pub leases_removed: Vec<u64>,
+    /// Instances removed.
+    pub removed: u64,
+    /// The instance as registered, for `Register`.
+    pub instance: Option<Arc<Instance>>,
+}
+
+/// Result of applying one command.
+pub type ApplyResult = Result<Outcome, ApplyError>;
+
+/// One change of a service, as its history and watches carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Instance registered or replaced.
+    Upsert(Arc<Instance>),
+    /// Instance removed.
+    Delete(String),
+}
+
+/// A change with the index it happened at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedChange {
+    /// Log index.
+    pub index: u64,
+    /// The change.
+    pub change: Change,
+}
+
+/// One service: its instances, index and recent history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Index of the last change (kept after the last instance leaves, so
+    /// blocking queries and watches see the removal).
+    pub index: u64,
+    /// Instances by id.
+    pub instances: BTreeMap<String, Arc<Instance>>,
+    /// Recent changes, oldest first.
+    history: VecDeque<IndexedChange>,
+    /// Every change after this index is in `history`.
+    history_floor: u64,
+}
+
+/// A lease: a TTL and the instances that live and die with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Lease id.
+    pub id: u64,
+    /// TTL in milliseconds.
+    pub ttl_ms: u64,
+    /// Created by a registration with `ttl`: removed with its last instance.
+    pub own: bool,
+    /// Attached instances.
+    pub instances: BTreeSet<(ServiceKey, String)>,
+    /// Index of the last change.
+    pub index: u64,
+}
+
+/// The whole registry state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    index: u64,
+    #[serde(with = "map_as_pairs")]
+    services: BTreeMap<ServiceKey, Service>,
+    leases: BTreeMap<u64, Lease>,
+    namespace_index: BTreeMap<String, u64>,
+}
+
+impl Catalog {
+    /// An empty catalog.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Highest log index applied.
+    pub fn applied_index(&self) -> u64 {
+        self.index
+    }
+
+    /// Records that log `index` was applied without a command (blank or
+    /// membership entries), so the global index keeps up with the log.
+    pub fn advance(&mut self, index: u64) {
+        self.index = self.index.max(index);
+    }
+
+    /// Applies one command at log `index`. Deterministic: the result and the
+    /// new state depend only on the state, `index`, `now_ms` and `cmd`. A
+    /// command that fails changes nothing but the applied index.
+    pub fn apply(&mut self, index: u64, now_ms: u64, cmd: &Command) -> ApplyResult {
+        self.advance(index);
+        let mut out = Outcome::default();
+        match cmd {
+            Command::Register {
+                namespace,
+                service,
+                instance,
+                lease,
+            } => self.register(
+                index, now_ms, namespace, service, instance, *lease, &mut out,
+            )?,
+            Command::Deregister {
+                namespace,
+                service,
+                id,
+            } => {
+                let key = ServiceKey::new(namespace.as_str(), service.as_str());
+                let exists = self
+                    .services
+                    .get(&key)
+                    .is_some_and(|s| s.instances.contains_key(id));
+                if !exists {
+                    return Err(ApplyError::UnknownInstance {
+                        service: service.clone(),
+                        id: id.clone(),
+                    });
+                }
+                self.remove_instance(index, &key, id, &mut out);
+            }
+            Command::CreateLease { id, ttl_ms } => {
+                if self.leases.contains_key(id) {
+                    return Err(ApplyError::LeaseExists(*id));
+                }
+                self.insert_lease(index, *id, *ttl_ms, false, &mut out);
+            }
+            Command::RevokeLease { id } => {
+                if !self.leases.contains_key(id) {
+                    return Err(ApplyError::UnknownLease(*id));
+                }
+                self.drop_lease(index, *id, &mut out);
+            }
+            Command::ExpireLeases { ids } => {
+                for id in ids {
+                    if self.leases.contains_key(id) {
+                        self.drop_lease(index, *id, &mut out);
+                    }
+                }
+            }
+        }
+        out.changed.sort();
+        out.changed.dedup();
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn register(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        namespace: &str,
+        service: &str,
+        data: &InstanceData,
+        lease: LeaseRef,
+        out: &mut Outcome,
+    ) -> Result<(), ApplyError> {
+        let key = ServiceKey::new(namespace, service);
+        let previous = self
+            .services
+            .get(&key)
+            .and_then(|s| s.instances.get(&data.id))
+            .cloned();
+        let old_lease = previous
+            .as_ref()
+            .and_then(|p| p.lease.as_deref())
+            .and_then(muster_types::parse_lease_id);
+
+        // Resolve the lease first: an unknown lease must change nothing.
+        let lease_id = match lease {
+            LeaseRef::None => None,
+            LeaseRef::Existing(id) => {
+                if !self.leases.contains_key(&id) {
+                    return Err(ApplyError::UnknownLease(id));
+                }
+                Some(id)
+            }
+            LeaseRef::Own { id, ttl_ms } => {
+                let reuse = old_lease.filter(|old| {
+                    self.leases
+                        .get(old)
+                        .is_some_and(|l| l.own && l.ttl_ms == ttl_ms)
+                });
+                match reuse {
+                    Some(old) => Some(old),
+                    None => {
+                        if self.leases.contains_key(&id) {
+                            return Err(ApplyError::LeaseExists(id));
+                        }
+                        self.insert_lease(index, id, ttl_ms, true, out);
+                        Some(id)
+                    }
+                }
+            }
+        };
+
+        let instance = Arc::new(Instance {
+            id: data.id.clone(),
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            address: data.address.clone(),
+            port: data.port,
+            tags: data.tags.clone(),
+            meta: data.meta.clone(),
+            version: data.version.clone(),
+            zone: data.zone.clone(),
+            weight: data.weight,
+            health: Health::Passing,
+            lease: lease_id.map(format_lease_id),
+            create_index: previous.as_ref().map_or(index, |p| p.create_index),
+            modify_index: index,
+            registered_at_ms: now_ms,
+        });
+
+        // A replay of the same registration changes nothing and wakes nobody.
+        if let Some(prev) = &previous {
+            let same = Instance {
+                modify_index: prev.modify_index,
+                registered_at_ms: prev.registered_at_ms,
+                ..(*instance).clone()
+            };
+            if same == **prev {
+                out.instance = Some(prev.clone());
+                return Ok(());
+            }
+        }
+
+        if old_lease != lease_id {
+            if let Some(old) = old_lease {
+                self.detach(index, old, &key, &data.id, out);
+            }
+            if let Some(new) = lease_id {
+                let l = self.leases.get_mut(&new).expect("lease resolved above");
+                l.instances.insert((key.clone(), data.id.clone()));
+                l.index = index;
+            }
+        }
+
+        let svc = self.services.entry(key.clone()).or_default();
+        svc.instances.insert(data.id.clone(), instance.clone());
+        svc.record(index, Change::Upsert(instance.clone()));
+        self.namespace_index.insert(namespace.to_string(), index);
+        out.changed.push(key);
+        out.instance = Some(instance);
+        Ok(())
+    }
+
+    fn insert_lease(&mut self, index: u64, id: u64, ttl_ms: u64, own: bool, out: &mut Outcome) {
+        self.leases.insert(
+            id,
+            Lease {
+                id,
+                ttl_ms,
+                own,
+                instances: BTreeSet::new(),
+                index,
+            },
+        );
+        out.leases_created.push((id, ttl_ms));
+    }
+
+    /// Detaches an instance from a lease; an own lease left empty goes too.
+    fn detach(&mut self, index: u64, lease: u64, key: &ServiceKey, id: &str, out: &mut Outcome) {
+        if let Some(l) = self.leases.get_mut(&lease) {
+            l.instances.remove(&(key.clone(), id.to_string()));
+            l.index = index;
+            if l.own && l.instances.is_empty() {
+                self.leases.remove(&lease);
+                out.leases_removed.push(lease);
+            }
+        }
+    }
+
+    fn remove_instance(&mut self, index: u64, key: &ServiceKey, id: &str, out: &mut Outcome) {
+        let Some(svc) = self.services.get_mut(key) else {
+            return;
+        };
+        let Some(inst) = svc.instances.remove(id) else {
+            return;
+        };
+        svc.record(index, Change::Delete(id.to_string()));
+        self.namespace_index.insert(key.namespace.clone(), index);
+        out.changed.push(key.clone());
+        out.removed += 1;
+        if let Some(lease) = inst.lease.as_deref().and_then(muster_types::parse_lease_id) {
+            self.detach(index, lease, key, id, out);
+        }
+    }
+
+    fn drop_lease(&mut self, index: u64, id: u64, out: &mut Outcome) {
+        let Some(lease) = self.leases.remove(&id) else {
+            return;
+        };
+        out.leases_removed.push(id);
+        for (key, inst) in &lease.instances {
+            self.remove_instance(index, key, inst, out);
+        }
+    }
+
+    // ---- reads ----
+
+    /// Index of a service's last change; 0 when it never existed.
+    pub fn service_index(&self, key: &ServiceKey) -> u64 {
+        self.services.get(key).map_or(0, |s| s.index)
+    }
+
+    /// Index of the last change in a namespace; 0 when it never had one.
+    pub fn namespace_index(&self, namespace: &str) -> u64 {
+        self.namespace_index.get(namespace).copied().unwrap_or(0)
+    }
+
+    /// The service, if it ever existed.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+        self.services.get(key)
+    }
+
+    /// One instance.
+    pub fn instance(&self, key: &ServiceKey, id: &str) -> Option<&Arc<Instance>> {
+        self.services.get(key)?.instances.get(id)
+    }
+
+    /// Instances of a service matching a query, ordered by id, and the
+    /// service index the answer reflects.
+    pub fn query(&self, key: &ServiceKey, q: &Query) -> (u64, Vec<Arc<Instance>>) {
+        match self.services.get(key) {
+            None => (0, Vec::new()),
+            Some(s) => (
+                s.index,
+                s.instances
+                    .values()
+                    .filter(|i| q.matches(i))
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Services of a namespace that have instances, by name, with counts.
+    pub fn services(&self, namespace: &str) -> Vec<ServiceSummary> {
+        let start = ServiceKey::new(namespace, "");
+        self.services
+            .range(start..)
+            .take_while(|(k, _)| k.namespace == namespace)
+            .filter(|(_, s)| !s.instances.is_empty())
+            .map(|(k, s)| {
+                let mut sum = ServiceSummary {
+                    name: k.service.clone(),
+                    instances: s.instances.len() as u64,
+                    passing: 0,
+                    warning: 0,
+                    critical: 0,
+                    index: s.index,
+                };
+                for i in s.instances.values() {
+                    match i.health {
+                        Health::Passing => sum.passing += 1,
+                        Health::Warning => sum.warning += 1,
+                        Health::Critical => sum.critical += 1,
+                    }
+                }
+                sum
+            })
+            .collect()
+    }
+
+    /// Changes of a service after `since`, oldest first; `None` when the
+    /// history no longer reaches back that far (the caller needs a snapshot).
+    pub fn changes_since(&self, key: &ServiceKey, since: u64) -> Option<Vec<IndexedChange>> {
+        let Some(svc) = self.services.get(key) else {
+            // Never existed: nothing happened after any index.
+            return Some(Vec::new());
+        };
+        if since < svc.history_floor {
+            return None;
+        }
+        Some(
+            svc.history
+                .iter()
+                .filter(|c| c.index > since)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// One lease.
+    pub fn lease(&self, id: u64) -> Option<&Lease> {
+        self.leases.get(&id)
+    }
+
+    /// All leases, by id.
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+
+    /// Number of instances across all services.
+    pub fn instance_count(&self) -> usize {
+        self.services.values().map(|s| s.instances.len()).sum()
+    }
+
+    /// Number of leases.
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+}
+
+impl Service {
+    fn record(&mut self, index: u64, change: Change) {
+        self.index = index;
+        self.history.push_back(IndexedChange { index, change });
+        while self.history.len() > HISTORY_PER_SERVICE {
+            if let Some(old) = self.history.pop_front() {
+                // Changes sharing the dropped index may still be in the
+                // queue, so resumption must start strictly after it.
+                self.history_floor = old.index;
+            }
+        }
+    }
+}
+
+/// Serialises a map with structured keys as a list of pairs, so every
+/// serde format (JSON included, whose map keys must be strings) can hold it.
+mod map_as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,456 @@
+//! Unit and property tests of the catalog.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn data(id: &str) -> InstanceData {
+    InstanceData {
+        id: id.into(),
+        address: "10.0.0.1".into(),
+        port: 8080,
+        tags: BTreeSet::new(),
+        meta: BTreeMap::new(),
+        version: None,
+        zone: None,
+        weight: 100,
+    }
+}
+
+fn reg(svc: &str, d: InstanceData, lease: LeaseRef) -> Command {
+    Command::Register {
+        namespace: "default".into(),
+        service: svc.into(),
+        instance: d,
+        lease,
+    }
+}
+
+fn key(svc: &str) -> ServiceKey {
+    ServiceKey::new("default", svc)
+}
+
+fn all(c: &Catalog, svc: &str) -> Vec<String> {
+    let q = Query {
+        health: HealthFilter::Any,
+        ..Default::default()
+    };
+    c.query(&key(svc), &q)
+        .1
+        .iter()
+        .map(|i| i.id.clone())
+        .collect()
+}
+
+#[test]
+fn register_is_idempotent_and_replaces() {
+    let mut c = Catalog::new();
+    c.apply(1, 0, &reg("pay", data("a"), LeaseRef::None))
+        .unwrap();
+    // Same registration again: no change, index does not move.
+    c.apply(2, 0, &reg("pay", data("a"), LeaseRef::None))
+        .unwrap();
+    assert_eq!(c.service_index(&key("pay")), 1);
+    assert_eq!(all(&c, "pay"), ["a"]);
+    // Different data under the same id replaces; create_index is kept.
+    let mut d = data("a");
+    d.port = 9090;
+    let out = c.apply(3, 0, &reg("pay", d, LeaseRef::None)).unwrap();
+    let inst = out.instance.unwrap();
+    assert_eq!(
+        (inst.port, inst.create_index, inst.modify_index),
+        (9090, 1, 3)
+    );
+    assert_eq!(all(&c, "pay"), ["a"]);
+    assert_eq!(c.service_index(&key("pay")), 3);
+}
+
+#[test]
+fn unknown_lease_changes_nothing() {
+    let mut c = Catalog::new();
+    c.apply(1, 0, &reg("pay", data("a"), LeaseRef::None))
+        .unwrap();
+    let before = c.clone();
+    let err = c
+        .apply(2, 0, &reg("pay", data("b"), LeaseRef::Existing(42)))
+        .unwrap_err();
+    assert_eq!(err, ApplyError::UnknownLease(42));
+    // Only the applied index moved.
+    c.index = before.index;
+    assert_eq!(c, before);
+}
+
+#[test]
+fn revoke_removes_every_attached_instance() {
+    let mut c = Catalog::new();
+    c.apply(
+        1,
+        0,
+        &Command::CreateLease {
+            id: 7,
+            ttl_ms: 10_000,
+        },
+    )
+    .unwrap();
+    for (i, svc) in ["pay", "pay", "cart"].iter().enumerate() {
+        c.apply(
+            2 + i as u64,
+            0,
+            &reg(svc, data(&format!("i{i}")), LeaseRef::Existing(7)),
+        )
+        .unwrap();
+    }
+    c.apply(9, 0, &reg("pay", data("persistent"), LeaseRef::None))
+        .unwrap();
+    let out = c.apply(10, 0, &Command::RevokeLease { id: 7 }).unwrap();
+    assert_eq!(out.removed, 3);
+    assert_eq!(out.changed, vec![key("cart"), key("pay")]);
+    assert_eq!(all(&c, "pay"), ["persistent"]);
+    assert!(all(&c, "cart").is_empty());
+    assert!(c.lease(7).is_none());
+    // The emptied service keeps its index so watchers see the removal.
+    assert_eq!(c.service_index(&key("cart")), 10);
+    assert!(c.services("default").iter().all(|s| s.name != "cart"));
+}
+
+#[test]
+fn own_lease_lives_and_dies_with_its_instance() {
+    let mut c = Catalog::new();
+    let own = LeaseRef::Own {
+        id: 5,
+        ttl_ms: 3_000,
+    };
+    let out = c.apply(1, 0, &reg("pay", data("a"), own)).unwrap();
+    assert_eq!(out.leases_created, vec![(5, 3_000)]);
+    // A retried registration with the same TTL keeps the lease.
+    let retry = LeaseRef::Own {
+        id: 6,
+        ttl_ms: 3_000,
+    };
+    let out = c.apply(2, 0, &reg("pay", data("a"), retry)).unwrap();
+    assert!(out.leases_created.is_empty());
+    assert_eq!(
+        out.instance.unwrap().lease.as_deref(),
+        Some("0000000000000005")
+    );
+    let out = c
+        .apply(
+            3,
+            0,
+            &Command::Deregister {
+                namespace: "default".into(),
+                service: "pay".into(),
+                id: "a".into(),
+            },
+        )
+        .unwrap();
+    assert_eq!(out.leases_removed, vec![5]);
+    assert_eq!(c.lease_count(), 0);
+}
+
+#[test]
+fn expire_skips_missing_leases() {
+    let mut c = Catalog::new();
+    c.apply(
+        1,
+        0,
+        &reg(
+            "pay",
+            data("a"),
+            LeaseRef::Own {
+                id: 1,
+                ttl_ms: 1_000,
+            },
+        ),
+    )
+    .unwrap();
+    let out = c
+        .apply(2, 0, &Command::ExpireLeases { ids: vec![1, 99] })
+        .unwrap();
+    assert_eq!((out.removed, out.leases_removed), (1, vec![1]));
+}
+
+#[test]
+fn history_resumes_or_asks_for_snapshot() {
+    let mut c = Catalog::new();
+    let n = HISTORY_PER_SERVICE as u64 + 10;
+    for i in 1..=n {
+        let mut d = data("a");
+        d.port = i as u16;
+        c.apply(i, 0, &reg("pay", d, LeaseRef::None)).unwrap();
+    }
+    let recent = c.changes_since(&key("pay"), n - 3).unwrap();
+    assert_eq!(
+        recent.iter().map(|c| c.index).collect::<Vec<_>>(),
+        [n - 2, n - 1, n]
+    );
+    assert!(c.changes_since(&key("pay"), 1).is_none());
+    assert_eq!(c.changes_since(&key("never"), 0), Some(vec![]));
+}
+
+#[test]
+fn filters_combine() {
+    let mut c = Catalog::new();
+    let mut a = data("a");
+    a.tags = ["v2".to_string(), "eu".to_string()].into();
+    a.version = Some("1.4.2".into());
+    a.zone = Some("eu-1a".into());
+    a.meta = [("team".to_string(), "pay".to_string())].into();
+    let mut b = data("b");
+    b.tags = ["v2".to_string()].into();
+    b.version = Some("2.0.0".into());
+    b.zone = Some("us-1".into());
+    c.apply(1, 0, &reg("pay", a, LeaseRef::None)).unwrap();
+    c.apply(2, 0, &reg("pay", b, LeaseRef::None)).unwrap();
+    let ids = |q: Query| -> Vec<String> {
+        c.query(&key("pay"), &q)
+            .1
+            .iter()
+            .map(|i| i.id.clone())
+            .collect()
+    };
+    assert_eq!(
+        ids(Query {
+            tags: vec!["v2".into()],
+            ..Default::default()
+        }),
+        ["a", "b"]
+    );
+    assert_eq!(
+        ids(Query {
+            tags: vec!["v2".into(), "eu".into()],
+            ..Default::default()
+        }),
+        ["a"]
+    );
+    assert_eq!(
+        ids(Query {
+            zone: Some("us-1".into()),
+            ..Default::default()
+        }),
+        ["b"]
+    );
+    assert_eq!(
+        ids(Query {
+            meta: vec![("team".into(), "pay".into())],
+            ..Default::default()
+        }),
+        ["a"]
+    );
+    assert_eq!(
+        ids(Query {
+            version: Some(VersionMatch::parse("^1.4").unwrap()),
+            ..Default::default()
+        }),
+        ["a"]
+    );
+    assert_eq!(
+        ids(Query {
+            version: Some(VersionMatch::parse(">=2,<3").unwrap()),
+            ..Default::default()
+        }),
+        ["b"]
+    );
+}
+
+// ---- property tests ----
+
+const SERVICES: &[&str] = &["pay", "cart", "auth"];
+const TAGS: &[&str] = &["v1", "v2", "eu", "canary"];
+const VERSIONS: &[&str] = &["1.0.0", "1.4.2", "2.0.1", "blue"];
+const ZONES: &[&str] = &["eu-1a", "eu-1b", "us-1"];
+
+fn arb_data() -> impl Strategy<Value = InstanceData> {
+    (
+        0..6u8,
+        1..4u16,
+        proptest::sample::subsequence(TAGS, 0..=3),
+        proptest::option::of(proptest::sample::select(VERSIONS)),
+        proptest::option::of(proptest::sample::select(ZONES)),
+        proptest::option::of(0..3u8),
+    )
+        .prop_map(|(id, port, tags, version, zone, team)| InstanceData {
+            id: format!("i{id}"),
+            address: "10.0.0.1".into(),
+            port,
+            tags: tags.into_iter().map(String::from).collect(),
+            meta: team
+                .map(|t| [("team".to_string(), format!("t{t}"))].into())
+                .unwrap_or_default(),
+            version: version.map(String::from),
+            zone: zone.map(String::from),
+            weight: 100,
+        })
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    let svc = proptest::sample::select(SERVICES).prop_map(String::from);
+    let lease = prop_oneof![
+        Just(LeaseRef::None),
+        (1..5u64, 1..3u64).prop_map(|(id, t)| LeaseRef::Own {
+            id,
+            ttl_ms: t * 1000
+        }),
+        (1..5u64).prop_map(LeaseRef::Existing),
+    ];
+    prop_oneof![
+        4 => (svc.clone(), arb_data(), lease).prop_map(|(s, d, l)| reg(&s, d, l)),
+        2 => (svc, 0..6u8).prop_map(|(s, id)| Command::Deregister {
+            namespace: "default".into(),
+            service: s,
+            id: format!("i{id}"),
+        }),
+        1 => (1..5u64).prop_map(|id| Command::CreateLease { id, ttl_ms: 5_000 }),
+        1 => (1..5u64).prop_map(|id| Command::RevokeLease { id }),
+        1 => proptest::collection::vec(1..5u64, 0..3).prop_map(|ids| Command::ExpireLeases { ids }),
+    ]
+}
+
+fn arb_query() -> impl Strategy<Value = Query> {
+    (
+        proptest::sample::subsequence(TAGS, 0..=2),
+        proptest::option::of(0..3u8),
+        proptest::option::of(proptest::sample::select(
+            &["^1.4", ">=1, <2", "2", "blue", "^3"][..],
+        )),
+        proptest::option::of(proptest::sample::select(ZONES)),
+        any::<bool>(),
+    )
+        .prop_map(|(tags, team, version, zone, any_health)| Query {
+            tags: tags.into_iter().map(String::from).collect(),
+            meta: team
+                .map(|t| vec![("team".to_string(), format!("t{t}"))])
+                .unwrap_or_default(),
+            version: version.map(|v| VersionMatch::parse(v).unwrap()),
+            zone: zone.map(String::from),
+            health: if any_health {
+                HealthFilter::Any
+            } else {
+                HealthFilter::Passing
+            },
+        })
+}
+
+fn run(cmds: &[Command]) -> (Catalog, Vec<ApplyResult>) {
+    let mut c = Catalog::new();
+    let results = cmds
+        .iter()
+        .enumerate()
+        .map(|(i, cmd)| c.apply(i as u64 + 1, 1_000 * i as u64, cmd))
+        .collect();
+    (c, results)
+}
+
+/// A deliberately naive reading of the same semantics, written independently.
+fn naive_matches(q: &Query, i: &Instance) -> bool {
+    if q.health == HealthFilter::Passing && i.health != Health::Passing {
+        return false;
+    }
+    for t in &q.tags {
+        if !i.tags.iter().any(|have| have == t) {
+            return false;
+        }
+    }
+    for (k, v) in &q.meta {
+        if i.meta.get(k) != Some(v) {
+            return false;
+        }
+    }
+    if let Some(z) = &q.zone {
+        if i.zone.as_ref() != Some(z) {
+            return false;
+        }
+    }
+    if let Some(vm) = &q.version {
+        let Some(v) = &i.version else { return false };
+        let ok = match (
+            semver::VersionReq::parse(vm.as_str()),
+            semver::Version::parse(v),
+        ) {
+            (Ok(req), Ok(ver)) => req.matches(&ver),
+            _ => v == vm.as_str(),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+proptest! {
+    #[test]
+    fn replay_is_deterministic(cmds in proptest::collection::vec(arb_command(), 0..60)) {
+        let (a, ra) = run(&cmds);
+        let (b, rb) = run(&cmds);
+        prop_assert_eq!(&a, &b);
+        prop_assert_eq!(ra, rb);
+        // A snapshot (serialised catalog) restores the same state.
+        let restored: Catalog = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        prop_assert_eq!(&restored, &a);
+    }
+
+    #[test]
+    fn query_equals_naive_filter(
+        cmds in proptest::collection::vec(arb_command(), 0..60),
+        q in arb_query(),
+    ) {
+        let (c, _) = run(&cmds);
+        for svc in SERVICES {
+            let k = key(svc);
+            let got: Vec<String> = c.query(&k, &q).1.iter().map(|i| i.id.clone()).collect();
+            let want: Vec<String> = c
+                .service(&k)
+                .map(|s| s.instances.values().filter(|i| naive_matches(&q, i)).map(|i| i.id.clone()).collect())
+                .unwrap_or_default();
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn leases_and_instances_stay_consistent(cmds in proptest::collection::vec(arb_command(), 0..60)) {
+        let (c, _) = run(&cmds);
+        // Every instance's lease exists and lists it; every lease member exists.
+        for svc in SERVICES {
+            let k = key(svc);
+            if let Some(s) = c.service(&k) {
+                for i in s.instances.values() {
+                    if let Some(l) = i.lease.as_deref().and_then(muster_types::parse_lease_id) {
+                        let lease = c.lease(l).expect("instance lease exists");
+                        prop_assert!(lease.instances.contains(&(k.clone(), i.id.clone())));
+                    }
+                }
+            }
+        }
+        for l in c.leases() {
+            prop_assert!(!(l.own && l.instances.is_empty()), "empty own lease {}", l.id);
+            for (k, id) in &l.instances {
+                prop_assert!(c.instance(k, id).is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn resumed_history_replays_to_the_same_instances(cmds in proptest::collection::vec(arb_command(), 1..60), cut in 0usize..60) {
+        // A watcher that saw the state at `cut` and applies the changes since
+        // then ends with exactly the current instances.
+        let cut = cut.min(cmds.len());
+        let (before, _) = run(&cmds[..cut]);
+        let (after, _) = run(&cmds);
+        for svc in SERVICES {
+            let k = key(svc);
+            let mut view: BTreeMap<String, Arc<Instance>> =
+                before.service(&k).map(|s| s.instances.clone()).unwrap_or_default();
+            let changes = after.changes_since(&k, cut as u64).expect("history is long enough");
+            for ch in changes {
+                match ch.change {
+                    Change::Upsert(i) => { view.insert(i.id.clone(), i); }
+                    Change::Delete(id) => { view.remove(&id); }
+                }
+            }
+            let now = after.service(&k).map(|s| s.instances.clone()).unwrap_or_default();
+            prop_assert_eq!(view, now);
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! Wire types of muster's native HTTP API (v1), shared by the server and the
+//! clients, plus the validation every input goes through at the edge.
+//!
+//! - [`RegisterRequest`] and the lease requests are what clients send; they
+//!   reject unknown fields, and [`RegisterRequest::validate`] turns one into a
+//!   [`Registration`] or a [`FieldError`] naming the offending field.
+//! - [`Instance`], [`InstancesResponse`], [`ServicesResponse`], [`LeaseInfo`],
+//!   [`ClusterInfo`] and [`WatchEvent`] are what the server answers.
+//! - [`ErrorBody`] is the one error shape of the API.
+//! - [`limits`] holds every size and count limit in one place.
+#![forbid(unsafe_code)]
+
+mod duration;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use duration::{format_duration, parse_duration};
+pub use validate::{
+    FieldError, Registration, validate_instance_id, validate_namespace, validate_service_name,
+    validate_ttl,
+};
+
+/// Every limit the API enforces, in one place so docs, server and clients agree.
+pub mod limits {
+    /// Largest accepted request body, in bytes.
+    pub const MAX_BODY_BYTES: usize = 64 * 1024;
+    /// Longest service or namespace name (a DNS label).
+    pub const MAX_NAME_LEN: usize = 63;
+    /// Longest instance id.
+    pub const MAX_ID_LEN: usize = 128;
+    /// Longest address (a DNS name is at most 253 characters).
+    pub const MAX_ADDRESS_LEN: usize = 253;
+    /// Most tags on one instance.
+    pub const MAX_TAGS: usize = 64;
+    /// Longest tag.
+    pub const MAX_TAG_LEN: usize = 128;
+    /// Most metadata entries on one instance.
+    pub const MAX_META: usize = 64;
+    /// Longest metadata key.
+    pub const MAX_META_KEY_LEN: usize = 128;
+    /// Longest metadata value.
+    pub const MAX_META_VALUE_LEN: usize = 512;
+    /// Longest version or zone string.
+    pub const MAX_VERSION_LEN: usize = 64;
+    /// Largest instance weight.
+    pub const MAX_WEIGHT: u32 = 10_000;
+    /// Shortest lease TTL, in milliseconds.
+    pub const MIN_TTL_MS: u64 = 1_000;
+    /// Longest lease TTL, in milliseconds.
+    pub const MAX_TTL_MS: u64 = 3_600_000;
+    /// Most lease ids in one batch renewal.
+    pub const MAX_RENEW_BATCH: usize = 10_000;
+    /// Longest a blocking query may wait, in milliseconds.
+    pub const MAX_WAIT_MS: u64 = 600_000;
+    /// Default wait of a blocking query, in milliseconds.
+    pub const DEFAULT_WAIT_MS: u64 = 300_000;
+}
+
+/// Default namespace when a request names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Default instance weight.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Response header carrying the index a read reflects.
+pub const INDEX_HEADER: &str = "x-muster-index";
+
+/// Health of an instance, worst last.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Serving normally.
+    Passing,
+    /// Serving, but degraded; excluded from default discovery.
+    Warning,
+    /// Not serving.
+    Critical,
+}
+
+impl Health {
+    /// The lowercase wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        }
+    }
+}
+
+/// Body of `PUT /v1/services/{service}/instances/{id}`.
+///
+/// Either `ttl` (the instance gets a lease of its own) or `lease` (the
+/// instance joins an existing lease) or neither (a persistent instance).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// IP address or host name the instance serves on.
+    pub address: String,
+    /// TCP port, 1 to 65535.
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: u32,
+    /// Tags; discovery by `tag` needs all requested tags present.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Free-form string metadata.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// Version, matched as semver when it parses as one.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Zone (failure domain), e.g. `eu-1a`.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Relative weight for load balancing, 1 to 10000 (default 100).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Give the instance a lease of its own with this TTL (`"10s"`, 1s to 1h).
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Attach the instance to this existing lease.
+    #[serde(default)]
+    pub lease: Option<String>,
+    /// Server-run health checks (not supported yet: a non-empty list is refused).
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+}
+
+/// A server-run health check, in the shape Consul users know.
+///
+/// Part of the wire type so clients can already send it; until server-run
+/// checks exist a registration carrying one is refused with
+/// `not_supported`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    /// Check id, unique within the instance.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Human-readable name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// URL probed with an HTTP request.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// `host:port` probed with a TCP connect.
+    #[serde(default)]
+    pub tcp: Option<String>,
+    /// `host:port/service` probed with the gRPC health protocol.
+    #[serde(default)]
+    pub grpc: Option<String>,
+    /// Passing only while the client reports within this TTL.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Time between runs.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Time a run may take.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Remove the instance after it has been critical this long.
+    #[serde(default)]
+    pub deregister_critical_after: Option<String>,
+    /// Consecutive successes before the check turns passing.
+    #[serde(default)]
+    pub success_before_passing: Option<u32>,
+    /// Consecutive failures before the check turns critical.
+    #[serde(default)]
+    pub failures_before_critical: Option<u32>,
+}
+
+/// One registered instance, as every read returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Instance {
+    /// Client-chosen id, unique within namespace and service.
+    pub id: String,
+    /// Namespace the instance lives in.
+    pub namespace: String,
+    /// Service the instance belongs to.
+    pub service: String,
+    /// IP address or host name.
+    pub address: String,
+    /// TCP port.
+    pub port: u16,
+    /// Tags, sorted and without duplicates.
+    pub tags: BTreeSet<String>,
+    /// Metadata.
+    pub meta: BTreeMap<String, String>,
+    /// Version string, if any.
+    pub version: Option<String>,
+    /// Zone, if any.
+    pub zone: Option<String>,
+    /// Load-balancing weight.
+    pub weight: u32,
+    /// Current health.
+    pub health: Health,
+    /// Lease holding the instance, if it is ephemeral.
+    pub lease: Option<String>,
+    /// Log index that created the instance.
+    pub create_index: u64,
+    /// Log index that last changed the instance.
+    pub modify_index: u64,
+    /// Wall-clock time of the last registration, Unix milliseconds (leader's clock).
+    pub registered_at_ms: u64,
+}
+
+/// Answer of a discovery query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstancesResponse {
+    /// Namespace queried.
+    pub namespace: String,
+    /// Service queried.
+    pub service: String,
+    /// Index this answer reflects (also in `X-Muster-Index`).
+    pub index: u64,
+    /// Matching instances, ordered by id.
+    pub instances: Vec<Instance>,
+}
+
+/// One line of `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceSummary {
+    /// Service name.
+    pub name: String,
+    /// All instances.
+    pub instances: u64,
+    /// Instances passing.
+    pub passing: u64,
+    /// Instances warning.
+    pub warning: u64,
+    /// Instances critical.
+    pub critical: u64,
+    /// Index of the service's last change.
+    pub index: u64,
+}
+
+/// Answer of `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServicesResponse {
+    /// Namespace listed.
+    pub namespace: String,
+    /// Index this answer reflects.
+    pub index: u64,
+    /// Services with at least one instance, by name.
+    pub services: Vec<ServiceSummary>,
+}
+
+/// Body of `POST /v1/leases`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLeaseRequest {
+    /// Time to live, e.g. `"10s"` (1s to 1h).
+    pub ttl: String,
+}
+
+/// A lease as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseInfo {
+    /// Lease id (16 hex digits).
+    pub id: String,
+    /// Time to live, e.g. `"10s"`.
+    pub ttl: String,
+    /// Time to live in milliseconds.
+    pub ttl_ms: u64,
+    /// Number of instances attached.
+    pub instances: u64,
+    /// Index of the last change to the lease.
+    pub index: u64,
+}
+
+/// Body of `POST /v1/leases/renew`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewManyRequest {
+    /// Lease ids to renew.
+    pub ids: Vec<String>,
+}
+
+/// Answer of `POST /v1/leases/renew`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RenewManyResponse {
+    /// Ids renewed.
+    pub renewed: Vec<String>,
+    /// Ids the registry does not know (expired or never existed): re-register.
+    pub not_found: Vec<String>,
+}
+
+/// Answer of a single renewal or heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RenewResponse {
+    /// Lease renewed.
+    pub id: String,
+    /// Its TTL in milliseconds: renew well within it.
+    pub ttl_ms: u64,
+}
+
+/// Answer of a deregistration or revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WriteResponse {
+    /// Log index of the write.
+    pub index: u64,
+    /// Instances removed by it.
+    pub removed: u64,
+}
+
+/// Answer of `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    /// This node's id.
+    pub node_id: u64,
+    /// Current leader, if known.
+    pub leader: Option<u64>,
+    /// Voting members.
+    pub members: Vec<u64>,
+    /// Highest log index known committed.
+    pub commit_index: u64,
+    /// Highest log index applied to the catalog.
+    pub applied_index: u64,
+    /// Whether lease expiry is paused by self-preservation.
+    pub self_preservation: bool,
+}
+
+/// One Server-Sent Event of `GET /v1/watch`; the SSE `event:` field carries
+/// the same name as `type` and the `id:` field the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WatchEvent {
+    /// Every matching instance, sent first and after a too-old `Last-Event-ID`.
+    Snapshot {
+        /// Index the snapshot reflects.
+        index: u64,
+        /// The instances.
+        instances: Vec<Instance>,
+    },
+    /// An instance was registered or changed.
+    Upsert {
+        /// Index of the change.
+        index: u64,
+        /// The instance as it now is.
+        instance: Instance,
+    },
+    /// An instance was removed.
+    Delete {
+        /// Index of the change.
+        index: u64,
+        /// Id of the removed instance.
+        id: String,
+    },
+}
+
+impl WatchEvent {
+    /// Index carried by the event.
+    pub fn index(&self) -> u64 {
+        match self {
+            WatchEvent::Snapshot { index, .. }
+            | WatchEvent::Upsert { index, .. }
+            | WatchEvent::Delete { index, .. } => *index,
+        }
+    }
+
+    /// SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WatchEvent::Snapshot { .. } => "snapshot",
+            WatchEvent::Upsert { .. } => "upsert",
+            WatchEvent::Delete { .. } => "delete",
+        }
+    }
+}
+
+/// The one error shape of the API: `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Details of an API error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_field`, `not_found`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The offending field, when one input field is to blame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Formats a lease id the way the API shows it.
+pub fn format_lease_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// Parses a lease id as the API shows it (hex, up to 16 digits).
+pub fn parse_lease_id(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_ids_round_trip() {
+        for id in [0, 1, 0xdead_beef, u64::MAX] {
+            assert_eq!(parse_lease_id(&format_lease_id(id)), Some(id));
+        }
+        assert_eq!(parse_lease_id(""), None);
+        assert_eq!(parse_lease_id("xyz"), None);
+        assert_eq!(parse_lease_id("00000000000000001"), None);
+    }
+
+    #[test]
+    fn register_request_rejects_unknown_fields() {
+        let err = serde_json::from_str::<RegisterRequest>(
+            r#"{"address":"10.0.0.1","port":80,"colour":"blue"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn watch_event_is_tagged() {
+        let e = WatchEvent::Delete {
+            index: 7,
+            id: "a".into(),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "delete");
+        assert_eq!(v["index"], 7);
+    }
+}
