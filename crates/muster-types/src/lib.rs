@@ -341,7 +341,7 @@ pub enum WatchEvent {
         /// Index of the change.
         index: u64,
         /// The instance as it now is.
-        instance: Instance,
+        instance: Box<Instance>,
     },
     /// An instance was removed.
     Delete {

@@ -215,15 +215,15 @@ impl RegisterRequest {
             }
         }
         for (field, val) in [("version", &self.version), ("zone", &self.zone)] {
-            if let Some(v) = val {
-                if v.is_empty() || v.len() > MAX_VERSION_LEN || !printable(v) || v.contains(' ') {
-                    return Err(FieldError::invalid(
-                        field,
-                        format!(
-                            "{field} must be 1 to {MAX_VERSION_LEN} printable characters without spaces"
-                        ),
-                    ));
-                }
+            if let Some(v) = val
+                && (v.is_empty() || v.len() > MAX_VERSION_LEN || !printable(v) || v.contains(' '))
+            {
+                return Err(FieldError::invalid(
+                    field,
+                    format!(
+                        "{field} must be 1 to {MAX_VERSION_LEN} printable characters without spaces"
+                    ),
+                ));
             }
         }
         let weight = self.weight.unwrap_or(DEFAULT_WEIGHT);

@@ -1,0 +1,245 @@
+//! HTTP API v1: routing, and the extractors every handler shares (JSON
+//! bodies with typed errors, query parameters checked against a list).
+
+pub mod cluster;
+pub mod instances;
+pub mod leases;
+pub mod services;
+pub mod watch;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, RawQuery, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use muster_types::{DEFAULT_NAMESPACE, INDEX_HEADER, limits, validate_namespace};
+use rand::Rng;
+use serde::de::DeserializeOwned;
+
+use crate::AppStateRef;
+use crate::error::ApiError;
+
+/// Builds the router of every route.
+pub fn router(state: AppStateRef) -> Router {
+    Router::new()
+        .route("/v1/services", get(services::list))
+        .route("/v1/services/{service}/instances", get(instances::discover))
+        .route(
+            "/v1/services/{service}/instances/{id}",
+            put(instances::register)
+                .get(instances::get_one)
+                .delete(instances::deregister),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/heartbeat",
+            put(instances::heartbeat),
+        )
+        .route("/v1/leases", post(leases::create))
+        .route("/v1/leases/renew", post(leases::renew_many))
+        .route(
+            "/v1/leases/{id}",
+            get(leases::get_one).delete(leases::revoke),
+        )
+        .route("/v1/leases/{id}/renew", put(leases::renew))
+        .route("/v1/watch", get(watch::watch))
+        .route("/v1/cluster", get(cluster::cluster))
+        .route("/v1/openapi.json", get(crate::openapi::serve))
+        .route("/metrics", get(crate::metrics::render))
+        .route("/healthz", get(cluster::healthz))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(axum::extract::DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found(
+        "no_route",
+        "no such route; see /v1/openapi.json for the API",
+    )
+}
+
+/// A JSON body: malformed JSON, unknown fields and oversized bodies become
+/// typed API errors instead of axum's plain-text rejections.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!(
+                        "request body is larger than {} bytes",
+                        limits::MAX_BODY_BYTES
+                    ),
+                )
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(json_error)
+    }
+}
+
+fn json_error(e: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let msg = e.to_string();
+    match e.classify() {
+        Category::Data => {
+            let err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", msg.clone());
+            // serde names the field between backticks: "unknown field `x`", "missing field `port`".
+            match msg.split('`').nth(1) {
+                Some(f) if msg.contains("field") => err.with_field(f),
+                _ => err,
+            }
+        }
+        _ => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("request body is not valid JSON: {msg}"),
+        ),
+    }
+}
+
+/// Query-string parameters, repeated keys kept, checked against what a
+/// route accepts so a typo is an error rather than a silently ignored filter.
+pub struct Params(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Ok(RawQuery(q)) = RawQuery::from_request_parts(parts, state).await;
+        let pairs: Vec<(String, String)> = match q {
+            None => Vec::new(),
+            Some(q) => serde_urlencoded::from_str(&q).map_err(|e| {
+                ApiError::bad_param("query", format!("query string is malformed: {e}"))
+            })?,
+        };
+        Ok(Params(pairs))
+    }
+}
+
+impl Params {
+    /// Fails on any parameter not in `allowed`.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        for (k, _) in &self.0 {
+            if !allowed.contains(&k.as_str()) {
+                return Err(ApiError::bad_param(
+                    k,
+                    format!(
+                        "unknown parameter {k:?}; this route accepts: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The last value of a parameter.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a repeatable parameter.
+    pub fn all(&self, key: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The namespace (default `default`), validated.
+    pub fn namespace(&self) -> Result<String, ApiError> {
+        let ns = self.get("namespace").unwrap_or(DEFAULT_NAMESPACE);
+        validate_namespace(ns)?;
+        Ok(ns.to_string())
+    }
+
+    /// A blocking-query request: `index` and `wait`, capped and jittered.
+    pub fn blocking(&self) -> Result<Option<(u64, Duration)>, ApiError> {
+        let Some(index) = self.get("index") else {
+            if self.get("wait").is_some() {
+                return Err(ApiError::bad_param(
+                    "wait",
+                    "wait needs index: pass the X-Muster-Index of your last read",
+                ));
+            }
+            return Ok(None);
+        };
+        let index: u64 = index.parse().map_err(|_| {
+            ApiError::bad_param(
+                "index",
+                format!("index {index:?} is not a non-negative integer"),
+            )
+        })?;
+        let wait = match self.get("wait") {
+            None => Duration::from_millis(limits::DEFAULT_WAIT_MS),
+            Some(w) => {
+                muster_types::parse_duration(w).map_err(|m| ApiError::bad_param("wait", m))?
+            }
+        };
+        let wait = wait.min(Duration::from_millis(limits::MAX_WAIT_MS));
+        // Jitter spreads the return of many waiters that started together.
+        let jitter = rand::rng().random_range(0..=wait.as_millis() as u64 / 16);
+        Ok(Some((index, wait + Duration::from_millis(jitter))))
+    }
+}
+
+/// A JSON response carrying the index it reflects.
+pub fn indexed_json(index: u64, body: Bytes) -> Response {
+    let mut resp = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(INDEX_HEADER, HeaderValue::from(index));
+    resp
+}
+
+/// Serialises a value into a response with its index.
+pub fn indexed<T: serde::Serialize>(index: u64, value: &T) -> Response {
+    indexed_json(
+        index,
+        Bytes::from(serde_json::to_vec(value).expect("wire types serialise")),
+    )
+}
+
+/// Waits until `rx` reports an index above `index`, the timeout passes, or
+/// the server shuts down.
+pub async fn wait_for_change(
+    mut rx: tokio::sync::watch::Receiver<u64>,
+    current: impl Fn() -> u64,
+    index: u64,
+    timeout: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while current() <= index {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `GET /v1/watch`: Server-Sent Events of one service. A snapshot first, then
+//! `upsert`/`delete` deltas, each with `id:` = the log index. A client that
+//! reconnects with `Last-Event-ID` gets only what it missed, or a fresh
+//! snapshot when the service's history no longer reaches back that far.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use muster_catalog::{Change, Query, ServiceKey};
+use muster_types::{ErrorBody, WatchEvent, validate_service_name};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::Params;
+use super::instances::parse_query;
+use crate::AppStateRef;
+use crate::error::ApiError;
+
+/// Counts open watchers; the guard lives as long as the stream's task.
+struct WatcherGauge;
+
+impl WatcherGauge {
+    fn new() -> Self {
+        metrics::gauge!("muster_watchers").increment(1.0);
+        WatcherGauge
+    }
+}
+
+impl Drop for WatcherGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("muster_watchers").decrement(1.0);
+    }
+}
+
+fn sse(e: &WatchEvent) -> Event {
+    Event::default()
+        .event(e.name())
+        .id(e.index().to_string())
+        .data(serde_json::to_string(e).expect("wire types serialise"))
+}
+
+/// Watch a service.
+#[utoipa::path(get, path = "/v1/watch", tag = "watch",
+    params(("service" = String, Query, description = "Service to watch"),
+           ("namespace" = Option<String>, Query, description = "Namespace"),
+           ("tag" = Option<Vec<String>>, Query, description = "Filter, as for discovery"),
+           ("meta" = Option<Vec<String>>, Query, description = "Filter, as for discovery"),
+           ("version" = Option<String>, Query, description = "Filter, as for discovery"),
+           ("zone" = Option<String>, Query, description = "Filter, as for discovery"),
+           ("health" = Option<String>, Query, description = "Filter, as for discovery"),
+           ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this index")),
+    responses((status = 200, description = "text/event-stream of WatchEvent (event names snapshot, upsert, delete)", body = WatchEvent, content_type = "text/event-stream"),
+              (status = 400, description = "Invalid parameter", body = ErrorBody)))]
+pub async fn watch(
+    State(state): State<AppStateRef>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
+    params.only(&[
+        "service",
+        "namespace",
+        "tag",
+        "meta",
+        "version",
+        "zone",
+        "health",
+    ])?;
+    let service = params.get("service").ok_or_else(|| {
+        ApiError::bad_param("service", "service is required: /v1/watch?service=payments")
+    })?;
+    validate_service_name(service)?;
+    let key = ServiceKey::new(params.namespace()?, service);
+    let query = parse_query(&params)?;
+    let last_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_param(
+                        "Last-Event-ID",
+                        "Last-Event-ID must be an index (a non-negative integer)",
+                    )
+                })?,
+        ),
+    };
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
+    tokio::spawn(stream_changes(state, key, query, last_id, tx));
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// What to send next: a whole snapshot or the deltas after `since`.
+fn next_events(
+    state: &AppStateRef,
+    key: &ServiceKey,
+    query: &Query,
+    since: Option<u64>,
+) -> (u64, Vec<WatchEvent>) {
+    let c = state.node.catalog().read().expect("catalog lock");
+    let deltas = since
+        .filter(|s| *s <= c.applied_index())
+        .and_then(|s| c.changes_since(key, s).map(|ch| (s, ch)));
+    match deltas {
+        Some((since, changes)) => {
+            let last = changes.last().map_or(since, |c| c.index);
+            let events = changes
+                .into_iter()
+                .map(|c| match c.change {
+                    Change::Upsert(i) if query.matches(&i) => WatchEvent::Upsert {
+                        index: c.index,
+                        instance: Box::new((*i).clone()),
+                    },
+                    // No longer matching the filter is, for this watcher, a removal.
+                    Change::Upsert(i) => WatchEvent::Delete {
+                        index: c.index,
+                        id: i.id.clone(),
+                    },
+                    Change::Delete(id) => WatchEvent::Delete { index: c.index, id },
+                })
+                .collect();
+            (last, events)
+        }
+        None => {
+            let (index, found) = c.query(key, query);
+            let snapshot = WatchEvent::Snapshot {
+                index,
+                instances: found.iter().map(|i| (**i).clone()).collect(),
+            };
+            (index, vec![snapshot])
+        }
+    }
+}
+
+async fn stream_changes(
+    state: AppStateRef,
+    key: ServiceKey,
+    query: Query,
+    last_id: Option<u64>,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let _gauge = WatcherGauge::new();
+    // Subscribe before reading so no change slips between read and wait.
+    let mut changed = state.hub.subscribe_service(key.clone());
+    let mut shutdown = state.shutdown.clone();
+    let mut since = last_id;
+    loop {
+        let (last, events) = next_events(&state, &key, &query, since);
+        for e in &events {
+            if tx.send(Ok(sse(e))).await.is_err() {
+                return;
+            }
+        }
+        since = Some(last);
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            _ = tx.closed() => return,
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Shared server state and the bridge from applied log entries to wake-ups
+//! and lease timers.
+
+use std::sync::Arc;
+
+use muster_catalog::{ApplyResult, Catalog};
+use muster_raft::{ApplyObserver, Node};
+use tokio::sync::watch;
+
+use crate::cache::ReadCache;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::leases::LeaseManager;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The Raft node and its catalog.
+    pub node: Node,
+    /// Wake-ups per service.
+    pub hub: Arc<Hub>,
+    /// Lease timers.
+    pub leases: Arc<LeaseManager>,
+    /// Pre-serialised read answers.
+    pub cache: ReadCache,
+    /// Flips to `true` when the server shuts down, ending long polls and watches.
+    pub shutdown: watch::Receiver<bool>,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The configuration the server runs with.
+    pub config: Config,
+}
+
+/// Tells the hub and the lease timers what each applied entry changed.
+pub struct Observer {
+    /// Wake-ups.
+    pub hub: Arc<Hub>,
+    /// Lease timers.
+    pub leases: Arc<LeaseManager>,
+}
+
+impl ApplyObserver for Observer {
+    fn applied(&self, index: u64, result: &ApplyResult) {
+        let Ok(out) = result else { return };
+        for (id, ttl_ms) in &out.leases_created {
+            self.leases.created(*id, *ttl_ms);
+        }
+        for id in &out.leases_removed {
+            self.leases.removed(*id);
+        }
+        for key in &out.changed {
+            self.hub.notify(key, index);
+        }
+    }
+
+    fn restored(&self, catalog: &Catalog) {
+        self.hub.notify_all(catalog.applied_index());
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the server: a real server on port 0, real sockets,
+//! a real store with real fsync in a temporary directory.
+
+mod api;
+mod blocking;
+mod harness;
+mod leases;
+mod openapi;
+mod validation;
+mod watch;

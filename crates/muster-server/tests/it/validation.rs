@@ -1,0 +1,252 @@
+//! Bad input gets its typed error and leaves the catalog unchanged.
+
+use serde_json::{Value, json};
+
+use crate::harness::TestServer;
+
+/// name, path, JSON body or raw body, expected status, code and field.
+type Case<'a> = (
+    &'a str,
+    String,
+    Option<Value>,
+    Option<String>,
+    u16,
+    &'a str,
+    Option<&'a str>,
+);
+
+async fn catalog_fingerprint(s: &TestServer) -> (Value, Value, u64) {
+    let (_, services, _) = s.get("/v1/services").await;
+    let (_, pay, _) = s.get("/v1/services/pay/instances?health=any").await;
+    let (_, cluster, _) = s.get("/v1/cluster").await;
+    (services, pay, cluster["applied_index"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let s = TestServer::start().await;
+    s.register("pay", "p1", json!({"tags": ["v1"]})).await;
+    let before = catalog_fingerprint(&s).await;
+    let ok = json!({"address": "10.0.0.2", "port": 8080});
+    let with = |k: &str, v: Value| {
+        let mut b = ok.clone();
+        b[k] = v;
+        b
+    };
+
+    let cases: Vec<Case> = vec![
+        (
+            "malformed json",
+            "/v1/services/pay/instances/p2".into(),
+            None,
+            Some("{\"address\": ".into()),
+            400,
+            "malformed_json",
+            None,
+        ),
+        (
+            "unknown field",
+            "/v1/services/pay/instances/p2".into(),
+            Some(with("colour", json!("blue"))),
+            None,
+            400,
+            "invalid_field",
+            Some("colour"),
+        ),
+        (
+            "missing port",
+            "/v1/services/pay/instances/p2".into(),
+            Some(json!({"address": "10.0.0.2"})),
+            None,
+            400,
+            "invalid_field",
+            Some("port"),
+        ),
+        (
+            "wrong type",
+            "/v1/services/pay/instances/p2".into(),
+            Some(with("port", json!("80"))),
+            None,
+            400,
+            "invalid_field",
+            None,
+        ),
+        (
+            "oversized body",
+            "/v1/services/pay/instances/p2".into(),
+            None,
+            Some(format!("{{\"address\":\"{}\"}}", "a".repeat(70_000))),
+            413,
+            "body_too_large",
+            None,
+        ),
+        (
+            "bad service name",
+            "/v1/services/Pay_Ments/instances/p2".into(),
+            Some(ok.clone()),
+            None,
+            400,
+            "invalid_field",
+            Some("service"),
+        ),
+        (
+            "bad instance id",
+            "/v1/services/pay/instances/p%202".into(),
+            Some(ok.clone()),
+            None,
+            400,
+            "invalid_field",
+            Some("id"),
+        ),
+        (
+            "port 0",
+            "/v1/services/pay/instances/p2".into(),
+            Some(with("port", json!(0))),
+            None,
+            400,
+            "invalid_field",
+            Some("port"),
+        ),
+        (
+            "port 70000",
+            "/v1/services/pay/instances/p2".into(),
+            Some(with("port", json!(70000))),
+            None,
+            400,
+            "invalid_field",
+            Some("port"),
+        ),
+        (
+            "ttl 0",
+            "/v1/services/pay/instances/p2".into(),
+            Some(with("ttl", json!("0s"))),
+            None,
+            400,
+            "invalid_field",
+            Some("ttl"),
+        ),
+        (
+            "ttl 2h",
+            "/v1/services/pay/instances/p2".into(),
+            Some(with("ttl", json!("2h"))),
+            None,
+            400,
+            "invalid_field",
+            Some("ttl"),
+        ),
+        (
+            "ttl without unit",
+            "/v1/services/pay/instances/p2".into(),
+            Some(with("ttl", json!("10"))),
+            None,
+            400,
+            "invalid_field",
+            Some("ttl"),
+        ),
+        (
+            "unknown lease",
+            "/v1/services/pay/instances/p2".into(),
+            Some(with("lease", json!("00000000deadbeef"))),
+            None,
+            404,
+            "lease_not_found",
+            Some("lease"),
+        ),
+        (
+            "checks not supported",
+            "/v1/services/pay/instances/p2".into(),
+            Some(with(
+                "checks",
+                json!([{"http": "http://10.0.0.2:8080/health", "interval": "10s"}]),
+            )),
+            None,
+            422,
+            "not_supported",
+            Some("checks"),
+        ),
+        (
+            "bad namespace",
+            "/v1/services/pay/instances/p2?namespace=NO".into(),
+            Some(ok.clone()),
+            None,
+            400,
+            "invalid_field",
+            Some("namespace"),
+        ),
+        (
+            "unknown parameter",
+            "/v1/services/pay/instances/p2?nmespace=x".into(),
+            Some(ok.clone()),
+            None,
+            400,
+            "invalid_parameter",
+            Some("nmespace"),
+        ),
+        (
+            "replace with bad port",
+            "/v1/services/pay/instances/p1".into(),
+            Some(with("port", json!(0))),
+            None,
+            400,
+            "invalid_field",
+            Some("port"),
+        ),
+    ];
+    for (name, path, body, raw, status, code, field) in cases {
+        let (got, v) = match (body, raw) {
+            (Some(b), _) => s.put(&path, b).await,
+            (None, Some(r)) => s.put_raw(&path, r).await,
+            _ => unreachable!(),
+        };
+        assert_eq!(got, status, "{name}: {v}");
+        assert_eq!(v["error"]["code"], code, "{name}: {v}");
+        assert!(
+            !v["error"]["message"].as_str().unwrap().is_empty(),
+            "{name}"
+        );
+        if let Some(f) = field {
+            assert_eq!(v["error"]["field"], f, "{name}: {v}");
+        }
+        assert_eq!(
+            catalog_fingerprint(&s).await,
+            before,
+            "{name} changed the catalog"
+        );
+    }
+
+    // Lease creation and reads refuse bad input too.
+    for (ttl, code) in [
+        ("0s", "invalid_field"),
+        ("2h", "invalid_field"),
+        ("soon", "invalid_field"),
+    ] {
+        let (status, v) = s.post("/v1/leases", json!({"ttl": ttl})).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "ttl {ttl}"
+        );
+    }
+    for (path, param) in [
+        ("/v1/services/pay/instances?health=sick", "health"),
+        ("/v1/services/pay/instances?meta=nocolon", "meta"),
+        ("/v1/services/pay/instances?index=-1", "index"),
+        ("/v1/services/pay/instances?wait=5s", "wait"),
+        ("/v1/services/pay/instances?colour=red", "colour"),
+        ("/v1/leases/xyz", "id"),
+    ] {
+        let (status, v, _) = s.get(path).await;
+        assert_eq!(
+            (status, v["error"]["field"].as_str()),
+            (400, Some(param)),
+            "{path}: {v}"
+        );
+    }
+    let (status, v, _) = s.get("/v1/nothing-here").await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("no_route"))
+    );
+    assert_eq!(catalog_fingerprint(&s).await, before);
+    s.stop().await;
+}

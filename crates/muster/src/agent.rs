@@ -1,0 +1,97 @@
+//! `muster agent`: configuration (file, then environment, then flags),
+//! logging, signals, and the server.
+
+use anyhow::{Context, bail};
+use muster_server::Config;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::AgentArgs;
+
+fn load_config(args: &AgentArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            toml::from_str::<Config>(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(a) = args.http_addr {
+        cfg.http_addr = a;
+    }
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(n) = args.node_id {
+        cfg.node_id = n;
+    }
+    if let Some(t) = args.self_preservation_threshold {
+        cfg.self_preservation_threshold = t;
+    }
+    if let Err(e) = cfg.validate() {
+        bail!("invalid configuration: {e}");
+    }
+    Ok(cfg)
+}
+
+fn init_logging(format: &str) {
+    let filter = EnvFilter::try_from_env("MUSTER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; stopping");
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
+    let mut cfg = load_config(&args)?;
+    let _dev_dir = if args.dev {
+        let dir = tempfile::Builder::new()
+            .prefix("muster-dev-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        cfg.data_dir = dir.path().to_path_buf();
+        tracing::warn!(dir = %dir.path().display(), "--dev: data is thrown away on exit");
+        Some(dir)
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
+    muster_server::serve(listener, cfg, shutdown_signal(), |started| {
+        // One parseable line on stdout so scripts and tests know where we listen.
+        println!("muster listening on http://{}", started.addr);
+    })
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! Command-line definitions. Every flag of `agent` can also come from the
+//! environment (`MUSTER_*`) or the TOML file given with `--config`; flags win
+//! over the environment, which wins over the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// muster: a fast, durable service registry.
+///
+/// Start a registry with `muster agent`, then register and discover
+/// instances with the other commands (or plain HTTP: see /v1/openapi.json).
+#[derive(Debug, Parser)]
+#[command(name = "muster", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of the client commands.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Registry address for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "MUSTER_ADDR",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub addr: String,
+    /// Namespace for client commands.
+    #[arg(
+        long,
+        short = 'n',
+        global = true,
+        env = "MUSTER_NAMESPACE",
+        default_value = "default"
+    )]
+    pub namespace: String,
+    /// Print JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the registry (single node, durable store under --data-dir).
+    ///
+    /// Example: `muster agent` serves on 127.0.0.1:7700 with data in ./muster-data;
+    /// `muster agent --dev` uses a throw-away store.
+    Agent(AgentArgs),
+    /// Register (or replace) an instance.
+    ///
+    /// Example: `muster register payments pay-1 --address 10.0.0.5 --port 8080 --tag v2 --ttl 30s`
+    Register(RegisterArgs),
+    /// Deregister an instance.
+    ///
+    /// Example: `muster deregister payments pay-1`
+    Deregister {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// List services with instance counts by health.
+    Services,
+    /// Discover instances of a service.
+    ///
+    /// Example: `muster instances payments --tag v2 --version '^1.4' --zone eu-1a`
+    Instances {
+        /// Service name.
+        service: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Print changes to a service as they happen (Ctrl-C to stop).
+    ///
+    /// Example: `muster watch payments`
+    Watch {
+        /// Service name.
+        service: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+}
+
+/// Flags of `muster agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// TOML configuration file (keys as in the Config docs, e.g. `http_addr = "127.0.0.1:7700"`).
+    #[arg(long, env = "MUSTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP API [default: 127.0.0.1:7700].
+    #[arg(long, env = "MUSTER_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Directory of the durable store [default: ./muster-data].
+    #[arg(long, env = "MUSTER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Use a throw-away store in a temporary directory, deleted on exit.
+    #[arg(long, conflicts_with = "data_dir")]
+    pub dev: bool,
+    /// This node's id [default: 1].
+    #[arg(long, env = "MUSTER_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Share of leases that may fall silent at once before expiry pauses [default: 0.85].
+    #[arg(long, env = "MUSTER_SELF_PRESERVATION_THRESHOLD")]
+    pub self_preservation_threshold: Option<f64>,
+    /// Log format.
+    #[arg(long, env = "MUSTER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// Flags of `muster register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Service name.
+    pub service: String,
+    /// Instance id (unique within the service).
+    pub id: String,
+    /// IP address or host name the instance serves on.
+    #[arg(long)]
+    pub address: String,
+    /// Port the instance serves on.
+    #[arg(long)]
+    pub port: u32,
+    /// Tag (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Metadata as key=value (repeatable).
+    #[arg(long = "meta", value_parser = parse_kv)]
+    pub meta: Vec<(String, String)>,
+    /// Version, e.g. 1.4.2.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Zone, e.g. eu-1a.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Load-balancing weight (1 to 10000, default 100).
+    #[arg(long)]
+    pub weight: Option<u32>,
+    /// Give the instance its own lease with this TTL (e.g. 30s); it must then be heartbeated.
+    #[arg(long, conflicts_with = "lease")]
+    pub ttl: Option<String>,
+    /// Attach the instance to an existing lease.
+    #[arg(long)]
+    pub lease: Option<String>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} must look like key=value"))
+}
+
+/// Discovery filters.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Required tag (repeatable; all must match).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Required metadata key:value (repeatable).
+    #[arg(long = "meta")]
+    pub meta: Vec<String>,
+    /// Semver range, e.g. '^1.4' or '>=2,<3'.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Zone.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Include instances whatever their health.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl FilterArgs {
+    /// As query-string pairs.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        p.extend(self.tags.iter().map(|t| ("tag", t.clone())));
+        p.extend(self.meta.iter().map(|m| ("meta", m.clone())));
+        if let Some(v) = &self.version {
+            p.push(("version", v.clone()));
+        }
+        if let Some(z) = &self.zone {
+            p.push(("zone", z.clone()));
+        }
+        if self.all {
+            p.push(("health", "any".into()));
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn filters_become_query_pairs() {
+        let cli = Cli::try_parse_from([
+            "muster",
+            "instances",
+            "pay",
+            "--tag",
+            "a",
+            "--tag",
+            "b",
+            "--version",
+            "^1.4",
+            "--all",
+        ])
+        .unwrap();
+        let Command::Instances { filter, .. } = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!(
+            filter.pairs(),
+            vec![
+                ("tag", "a".into()),
+                ("tag", "b".into()),
+                ("version", "^1.4".into()),
+                ("health", "any".into())
+            ]
+        );
+    }
+}

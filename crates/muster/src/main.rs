@@ -1,0 +1,39 @@
+//! `muster`: the registry agent and the command-line client.
+//!
+//! The binary stays thin: `agent` reads the configuration and calls
+//! [`muster_server::serve`]; the other commands are HTTP calls in [`client`].
+#![forbid(unsafe_code)]
+
+mod agent;
+mod cli;
+mod client;
+mod output;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            cli::Command::Agent(args) => agent::run(args).await,
+            other => client::run(cli.global, other).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
