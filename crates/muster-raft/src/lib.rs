@@ -1,0 +1,138 @@
+//! The one crate of muster that names openraft.
+//!
+//! It adapts [`muster_store::LogStore`] (a durable, group-committed log) and
+//! the in-memory [`muster_catalog::Catalog`] to openraft's v2 storage traits
+//! and exposes a small [`Node`] API: open, wait until ready, propose a
+//! command, read the catalog, shut down.
+//!
+//! # Guarantees
+//!
+//! * **Acknowledged means durable.** [`Node::propose`] returns only after the
+//!   entry was fsynced (openraft is told a log append is flushed only from the
+//!   store's durability callback) and applied to the catalog.
+//! * **Rebuilt on start.** The catalog lives in memory. On start-up it is
+//!   loaded from the last snapshot, then openraft re-applies every committed
+//!   log entry after it (the committed log id is saved for that purpose).
+//! * **Single voter for now.** A fresh data directory is initialised as a
+//!   cluster of one; cluster RPC is a placeholder ([`network`]) that reports
+//!   every peer unreachable.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+// openraft's `StorageError` (over 200 bytes) is the error type its storage
+// traits require; the helpers that produce it return it as is.
+#![allow(clippy::result_large_err)]
+
+mod codec;
+mod log_store;
+pub(crate) mod network;
+mod node;
+mod state_machine;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use muster_store::StoreError;
+pub use node::Node;
+
+/// Configuration of a raft node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// This node's id; stable across restarts.
+    pub node_id: u64,
+    /// Directory holding the store (`raft.redb`); created if missing.
+    pub data_dir: PathBuf,
+    /// Build a snapshot after this many log entries since the last one
+    /// (at least 1).
+    pub snapshot_logs: u64,
+}
+
+/// Receives what the state machine did, for watches, caches and timers.
+pub trait ApplyObserver: Send + Sync + 'static {
+    /// Called after a batch of entries was applied, with the catalog lock
+    /// released, in log order.
+    ///
+    /// Called once per command entry; entries without a command (blank and
+    /// membership entries) only advance the catalog's applied index and are
+    /// not reported. Also called for entries re-applied at start-up.
+    fn applied(&self, index: u64, result: &muster_catalog::ApplyResult);
+
+    /// Called after the whole catalog was replaced (snapshot loaded at
+    /// start-up or installed).
+    ///
+    /// The catalog's read lock is held during the call: do not try to take
+    /// the write lock from here.
+    fn restored(&self, catalog: &muster_catalog::Catalog);
+}
+
+/// A committed and applied proposal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The log index of the entry: the catalog's version after it.
+    pub index: u64,
+    /// What the catalog made of the command.
+    pub result: muster_catalog::ApplyResult,
+}
+
+/// A snapshot of a node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// This node's id.
+    pub node_id: u64,
+    /// The current leader, if known.
+    pub leader: Option<u64>,
+    /// Voting members of the cluster.
+    pub members: Vec<u64>,
+    /// Highest log index known to be committed.
+    pub commit_index: u64,
+    /// Highest log index applied to the catalog.
+    pub applied_index: u64,
+}
+
+/// Why a node could not be opened, started or stopped.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RaftError {
+    /// The configuration is invalid.
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store holds data that cannot be decoded.
+    #[error("corrupt raft state: {0}")]
+    Corrupt(String),
+    /// The node did not become ready in time.
+    #[error("raft node not ready after {waited:?}: {state}")]
+    NotReady {
+        /// How long was waited.
+        waited: Duration,
+        /// What the node was doing.
+        state: String,
+    },
+    /// The node has stopped (shut down or failed).
+    #[error("raft node stopped")]
+    Stopped,
+    /// openraft reported a fatal error.
+    #[error("raft failed: {0}")]
+    Fatal(String),
+}
+
+/// Why a proposal was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; send the proposal to `leader`.
+    #[error("not the leader{}", match .leader { Some(l) => format!(" (leader is node {l})"), None => " (no leader known)".to_owned() })]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<u64>,
+    },
+    /// The node is shutting down.
+    #[error("raft node is shutting down")]
+    ShuttingDown,
+    /// The node failed; it must be restarted.
+    #[error("raft node failed: {0}")]
+    Fatal(String),
+}

@@ -1,0 +1,201 @@
+//! openraft's [`RaftLogStorage`] over [`muster_store::LogStore`].
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use muster_store::{LogStore, OnDurable, StoreError};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError, Vote};
+
+use crate::codec;
+use crate::types::{Entry, LogId, StorageError, TypeConfig};
+
+/// Metadata key of the vote.
+pub(crate) const KEY_VOTE: &str = "raft/vote";
+/// Metadata key of the last committed log id.
+pub(crate) const KEY_COMMITTED: &str = "raft/committed";
+/// Metadata key of the last purged log id.
+pub(crate) const KEY_LAST_PURGED: &str = "raft/last_purged";
+/// Metadata key of the current snapshot (framed meta + data).
+pub(crate) const KEY_SNAPSHOT: &str = "raft/snapshot";
+
+/// Runs `submit` with a durability callback and waits for it.
+pub(crate) async fn durable(submit: impl FnOnce(OnDurable)) -> Result<(), StoreError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    submit(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.await
+        .map_err(|_| StoreError::Writer("durability callback dropped".into()))?
+}
+
+/// Reads and decodes a metadata value.
+pub(crate) fn read_meta<T: serde::de::DeserializeOwned>(
+    store: &LogStore,
+    key: &str,
+) -> Result<Option<T>, codec::CodecError> {
+    store
+        .get_meta(key)
+        .map(|bytes| codec::decode_value(&bytes))
+        .transpose()
+}
+
+/// The raft log and vote, kept in a [`LogStore`]. Also the log reader.
+#[derive(Clone)]
+pub(crate) struct RaftLog {
+    store: LogStore,
+    /// Highest committed index saved, for [`crate::NodeInfo`].
+    committed: Arc<AtomicU64>,
+}
+
+impl RaftLog {
+    /// Wraps `store`; `committed` is updated on every saved commit.
+    pub(crate) fn new(store: LogStore, committed: Arc<AtomicU64>) -> Self {
+        if let Ok(Some(c)) = read_meta::<LogId>(&store, KEY_COMMITTED) {
+            committed.fetch_max(c.index, Ordering::Relaxed);
+        }
+        RaftLog { store, committed }
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        read_meta(&self.store, KEY_LAST_PURGED).map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+}
+
+fn store_err(e: StoreError) -> AnyError {
+    AnyError::new(&e)
+}
+
+impl RaftLogReader<TypeConfig> for RaftLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.store
+            .range(range)
+            .into_iter()
+            .map(|(i, bytes)| {
+                codec::decode_entry(&bytes)
+                    .map_err(|e| StorageIOError::read_log_at_index(i, &e).into())
+            })
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for RaftLog {
+    type LogReader = RaftLog;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.last_purged()?;
+        let last_log_id = match self.store.last() {
+            Some((i, bytes)) => Some(
+                codec::decode_entry_log_id(&bytes)
+                    .map_err(|e| StorageIOError::read_log_at_index(i, &e))?,
+            ),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        let bytes = codec::encode_value(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        durable(|cb| self.store.put_meta(KEY_VOTE, Some(bytes), cb))
+            .await
+            .map_err(|e| StorageIOError::write_vote(store_err(e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        read_meta(&self.store, KEY_VOTE).map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    /// Saved without waiting for the fsync: the write is queued behind the
+    /// log entries it refers to, so the stored committed id never points past
+    /// durable logs, and losing the latest value only means re-applying less
+    /// at start-up.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let value = committed
+            .as_ref()
+            .map(codec::encode_value)
+            .transpose()
+            .map_err(|e| StorageIOError::write(&e))?;
+        if let Some(c) = &committed {
+            self.committed.fetch_max(c.index, Ordering::Relaxed);
+        }
+        self.store.put_meta(
+            KEY_COMMITTED,
+            value,
+            Box::new(|r| {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "saving the committed log id failed");
+                }
+            }),
+        );
+        if self.store.is_poisoned() {
+            return Err(StorageIOError::write(AnyError::error("store is poisoned")).into());
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        read_meta(&self.store, KEY_COMMITTED).map_err(|e| StorageIOError::read(&e).into())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = Vec::new();
+        for entry in entries {
+            let bytes = codec::encode_entry(&entry)
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            batch.push((entry.log_id.index, bytes));
+        }
+        // Readable when `append` returns; `callback` runs after the fsync.
+        self.store.append(
+            batch,
+            Box::new(move |r| callback.log_io_completed(r.map_err(io::Error::other))),
+        );
+        Ok(())
+    }
+
+    /// Not waited for: later appends are queued behind the truncation, so
+    /// they are never reported durable before it is.
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.store
+            .truncate_from(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(store_err(e)).into())
+    }
+
+    /// The last purged id is queued before the deletion, so after a crash the
+    /// store holds either the old state or the new one.
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let value = codec::encode_value(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.store.put_meta(
+            KEY_LAST_PURGED,
+            Some(value),
+            Box::new(|r| {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "saving the last purged log id failed");
+                }
+            }),
+        );
+        self.store
+            .purge_to(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(store_err(e)).into())
+    }
+}

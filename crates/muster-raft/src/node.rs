@@ -1,0 +1,340 @@
+//! The [`Node`]: a running raft member with its catalog.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use muster_catalog::{Catalog, Command};
+use muster_store::LogStore;
+use openraft::error::{ClientWriteError, Fatal};
+use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+use crate::log_store::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_SNAPSHOT, KEY_VOTE, RaftLog};
+use crate::network::NoPeers;
+use crate::state_machine::StateMachine;
+use crate::types::{Raft, Request};
+use crate::{Applied, ApplyObserver, NodeInfo, ProposeError, RaftConfig, RaftError};
+
+/// The file name of the store inside the data directory.
+const STORE_FILE: &str = "raft.redb";
+/// At most this many already-snapshotted logs are kept (for followers that
+/// lag a little, once there are followers).
+const MAX_LOGS_KEPT_AFTER_SNAPSHOT: u64 = 1000;
+
+/// A running raft node and the catalog it applies to.
+///
+/// Cheap to clone; all clones drive the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: u64,
+    raft: Raft,
+    catalog: Arc<RwLock<Catalog>>,
+    store: LogStore,
+    committed: Arc<AtomicU64>,
+    leader_rx: watch::Receiver<bool>,
+    shutting_down: AtomicBool,
+    /// Held during shutdown; `true` once it completed.
+    stopped: tokio::sync::Mutex<bool>,
+}
+
+/// The openraft configuration for a node: fast elections (a single voter
+/// elects itself within ~150–300 ms of start) and the snapshot policy.
+fn raft_config(cfg: &RaftConfig) -> Result<Config, RaftError> {
+    if cfg.snapshot_logs == 0 {
+        return Err(RaftError::Config("snapshot_logs must be at least 1".into()));
+    }
+    Config {
+        cluster_name: "muster".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
+        max_in_snapshot_log_to_keep: cfg.snapshot_logs.min(MAX_LOGS_KEPT_AFTER_SNAPSHOT),
+        ..Config::default()
+    }
+    .validate()
+    .map_err(|e| RaftError::Config(e.to_string()))
+}
+
+/// Whether this node leads, has applied every log it had on disk at open
+/// (`disk_last`) and an entry of its own term, so its catalog is complete.
+///
+/// A single voter restarting with a committed vote of its own resumes its
+/// old term without a new blank entry; then the last entry on disk is of
+/// its own term, and `disk_last` is what matters.
+fn is_ready_leader(m: &RaftMetrics<u64, BasicNode>, node_id: u64, disk_last: u64) -> bool {
+    m.running_state.is_ok()
+        && m.state == ServerState::Leader
+        && m.current_leader == Some(node_id)
+        && m.vote.is_committed()
+        && m.last_applied.as_ref().is_some_and(|applied| {
+            applied.index >= disk_last && applied.leader_id == *m.vote.leader_id()
+        })
+}
+
+fn describe(m: &RaftMetrics<u64, BasicNode>) -> String {
+    format!(
+        "state {:?}, leader {:?}, vote {}, last log {:?}, last applied {:?}, running {:?}",
+        m.state,
+        m.current_leader,
+        m.vote,
+        m.last_log_index,
+        m.last_applied.map(|l| l.index),
+        m.running_state,
+    )
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Keeps `tx` equal to "this node is a ready leader" until raft stops.
+fn spawn_leader_watch(raft: &Raft, node_id: u64, disk_last: u64, tx: watch::Sender<bool>) {
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        loop {
+            // The borrow ends before the await below.
+            let leader = is_ready_leader(&metrics.borrow_and_update(), node_id, disk_last);
+            tx.send_if_modified(|v| {
+                let changed = *v != leader;
+                *v = leader;
+                changed
+            });
+            if metrics.changed().await.is_err() {
+                break;
+            }
+        }
+        tx.send_replace(false);
+    });
+}
+
+impl Node {
+    /// Opens the store under `data_dir`, loads the last snapshot into the
+    /// catalog, starts openraft (which re-applies the committed log after the
+    /// snapshot). On a fresh data dir initialises a single-voter cluster
+    /// `{node_id}`, exactly once; on restart never again.
+    pub async fn open(
+        cfg: RaftConfig,
+        observer: Arc<dyn ApplyObserver>,
+    ) -> Result<Node, RaftError> {
+        let config = raft_config(&cfg)?;
+        let path = cfg.data_dir.join(STORE_FILE);
+        let store = tokio::task::spawn_blocking(move || LogStore::open(&path))
+            .await
+            .map_err(|e| RaftError::Fatal(format!("opening the store panicked: {e}")))??;
+
+        let fresh = store.is_empty()
+            && [KEY_VOTE, KEY_COMMITTED, KEY_LAST_PURGED, KEY_SNAPSHOT]
+                .iter()
+                .all(|k| store.get_meta(k).is_none());
+
+        let disk_last = store.last_index().unwrap_or(0);
+
+        let catalog = Arc::new(RwLock::new(Catalog::new()));
+        let sm = StateMachine::open(store.clone(), Arc::clone(&catalog), observer)
+            .map_err(|e| RaftError::Corrupt(e.to_string()))?;
+        let committed = Arc::new(AtomicU64::new(0));
+        let log = RaftLog::new(store.clone(), Arc::clone(&committed));
+
+        let raft = match Raft::new(cfg.node_id, Arc::new(config), NoPeers, log, sm).await {
+            Ok(raft) => raft,
+            Err(e) => {
+                store.close();
+                return Err(RaftError::Fatal(format!("starting raft: {e}")));
+            }
+        };
+        if fresh {
+            tracing::info!(
+                node_id = cfg.node_id,
+                "fresh data dir: initialising a single-node cluster"
+            );
+            if let Err(e) = raft.initialize(BTreeSet::from([cfg.node_id])).await {
+                let _ = raft.shutdown().await;
+                store.close();
+                return Err(RaftError::Fatal(format!("initialising the cluster: {e}")));
+            }
+        }
+
+        let (leader_tx, leader_rx) = watch::channel(false);
+        spawn_leader_watch(&raft, cfg.node_id, disk_last, leader_tx);
+
+        Ok(Node {
+            inner: Arc::new(Inner {
+                node_id: cfg.node_id,
+                raft,
+                catalog,
+                store,
+                committed,
+                leader_rx,
+                shutting_down: AtomicBool::new(false),
+                stopped: tokio::sync::Mutex::new(false),
+            }),
+        })
+    }
+
+    /// Waits until this node is leader (a single node elects itself) and has
+    /// applied every log it had on disk.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), RaftError> {
+        let mut rx = self.inner.leader_rx.clone();
+        match tokio::time::timeout(timeout, rx.wait_for(|leader| *leader)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Err(_) => {
+                let state = describe(&self.inner.raft.metrics().borrow());
+                Err(RaftError::NotReady {
+                    waited: timeout,
+                    state,
+                })
+            }
+        }
+    }
+
+    /// Appends a command (stamped with the wall clock now, in ms), waits
+    /// until it is committed (fsynced) and applied, and returns its log index
+    /// and the catalog's result.
+    pub async fn propose(&self, cmd: Command) -> Result<Applied, ProposeError> {
+        use openraft::error::RaftError as OpenraftError;
+
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(ProposeError::ShuttingDown);
+        }
+        let req = Request {
+            now_ms: now_ms(),
+            command: cmd,
+        };
+        match self.inner.raft.client_write(req).await {
+            Ok(resp) => Ok(Applied {
+                index: resp.log_id.index,
+                result: resp.data,
+            }),
+            Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(OpenraftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ProposeError::Fatal(e.to_string()))
+            }
+            Err(OpenraftError::Fatal(Fatal::Stopped)) => Err(ProposeError::ShuttingDown),
+            Err(OpenraftError::Fatal(e)) => Err(ProposeError::Fatal(e.to_string())),
+        }
+    }
+
+    /// The catalog, shared with the state machine. Hold its lock briefly and
+    /// never across an await.
+    pub fn catalog(&self) -> &Arc<RwLock<Catalog>> {
+        &self.inner.catalog
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    /// The node's current view of the cluster.
+    pub fn info(&self) -> NodeInfo {
+        // The catalog is updated before openraft's metrics are: read the
+        // applied index from it so that it never lags what readers see.
+        let applied_index = match self.inner.catalog.read() {
+            Ok(c) => c.applied_index(),
+            Err(poisoned) => poisoned.into_inner().applied_index(),
+        };
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        NodeInfo {
+            node_id: self.inner.node_id,
+            leader: m.current_leader,
+            members: m.membership_config.voter_ids().collect(),
+            commit_index: self
+                .inner
+                .committed
+                .load(Ordering::Relaxed)
+                .max(applied_index),
+            applied_index,
+        }
+    }
+
+    /// `true` while this node is leader and has applied an entry of its own
+    /// term (so its catalog is complete); `false` otherwise and after stop.
+    pub fn leader_watch(&self) -> watch::Receiver<bool> {
+        self.inner.leader_rx.clone()
+    }
+
+    /// Builds a snapshot covering at least everything applied so far, waits
+    /// until it is stored, and returns the log index it covers. (Snapshots
+    /// are also built automatically every `snapshot_logs` entries.)
+    pub async fn snapshot(&self, timeout: Duration) -> Result<u64, RaftError> {
+        let raft = &self.inner.raft;
+        let target = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let before = raft.metrics().borrow().snapshot;
+            if let Some(s) = before.filter(|s| s.index >= target) {
+                return Ok(s.index);
+            }
+            raft.trigger()
+                .snapshot()
+                .await
+                .map_err(|_| RaftError::Stopped)?;
+            // A build already under way ignores the trigger; when it ends
+            // (snapshot changed but still short of `target`), trigger again.
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            raft.wait(Some(remaining))
+                .metrics(
+                    move |m| m.snapshot != before || m.running_state.is_err(),
+                    "snapshot built",
+                )
+                .await
+                .map_err(|e| match e {
+                    openraft::metrics::WaitError::ShuttingDown => RaftError::Stopped,
+                    openraft::metrics::WaitError::Timeout(waited, _) => RaftError::NotReady {
+                        waited,
+                        state: "snapshot not built".into(),
+                    },
+                })?;
+            if let Err(e) = &raft.metrics().borrow().running_state {
+                return Err(RaftError::Fatal(e.to_string()));
+            }
+        }
+    }
+
+    /// Stops openraft and closes the store (committing anything queued).
+    /// Later proposals fail with [`ProposeError::ShuttingDown`]. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), RaftError> {
+        let mut stopped = self.inner.stopped.lock().await;
+        if *stopped {
+            return Ok(());
+        }
+        self.inner.shutting_down.store(true, Ordering::Release);
+        let result = self
+            .inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| RaftError::Fatal(format!("raft core did not stop cleanly: {e}")));
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| RaftError::Fatal(format!("closing the store panicked: {e}")))?;
+        *stopped = true;
+        tracing::info!(node_id = self.inner.node_id, "raft node stopped");
+        result
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.inner.node_id)
+            .finish_non_exhaustive()
+    }
+}

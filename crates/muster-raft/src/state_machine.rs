@@ -1,0 +1,253 @@
+//! openraft's [`RaftStateMachine`] over the in-memory catalog, with
+//! snapshots kept in the store's metadata.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use muster_catalog::{ApplyResult, Catalog, Outcome};
+use muster_store::LogStore;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotId, StorageIOError,
+};
+
+use crate::ApplyObserver;
+use crate::codec;
+use crate::log_store::{KEY_SNAPSHOT, durable};
+use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// What is shared between the state machine and its snapshot builders.
+struct Shared {
+    store: LogStore,
+    /// Serialises "is the stored snapshot older?" + "store this one".
+    snapshot_lock: tokio::sync::Mutex<()>,
+    /// Makes snapshot ids unique within this process.
+    snapshot_seq: AtomicU64,
+}
+
+impl Shared {
+    fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        self.store
+            .get_meta(KEY_SNAPSHOT)
+            .map(|blob| codec::decode_snapshot(&blob))
+            .transpose()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+
+    /// Durably stores a snapshot unless the stored one is newer.
+    /// Returns whether it was stored.
+    async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<bool, StorageError> {
+        let _guard = self.snapshot_lock.lock().await;
+        if let Some((current, _)) = self.current_snapshot()?
+            && current.last_log_id > meta.last_log_id
+        {
+            return Ok(false);
+        }
+        let blob = codec::encode_snapshot(meta, data)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        durable(|cb| self.store.put_meta(KEY_SNAPSHOT, Some(blob), cb))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(true)
+    }
+
+    fn next_snapshot_id(&self, last: Option<&LogId>) -> SnapshotId {
+        let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        match last {
+            Some(l) => format!(
+                "{}-{}-{}-{millis}-{seq}",
+                l.leader_id.term, l.leader_id.node_id, l.index
+            ),
+            None => format!("none-{millis}-{seq}"),
+        }
+    }
+}
+
+/// The catalog as openraft's state machine.
+pub(crate) struct StateMachine {
+    catalog: Arc<RwLock<Catalog>>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    observer: Arc<dyn ApplyObserver>,
+    shared: Arc<Shared>,
+}
+
+fn write_catalog(catalog: &RwLock<Catalog>) -> Result<RwLockWriteGuard<'_, Catalog>, StorageError> {
+    catalog.write().map_err(|_| {
+        StorageIOError::write_state_machine(AnyError::error("catalog lock poisoned by a panic"))
+            .into()
+    })
+}
+
+fn read_catalog(catalog: &RwLock<Catalog>) -> Result<RwLockReadGuard<'_, Catalog>, StorageError> {
+    catalog.read().map_err(|_| {
+        StorageIOError::read_state_machine(AnyError::error("catalog lock poisoned by a panic"))
+            .into()
+    })
+}
+
+impl StateMachine {
+    /// Builds the state machine; if the store holds a snapshot, it replaces
+    /// the catalog's content and `observer.restored` is called.
+    pub(crate) fn open(
+        store: LogStore,
+        catalog: Arc<RwLock<Catalog>>,
+        observer: Arc<dyn ApplyObserver>,
+    ) -> Result<StateMachine, StorageError> {
+        let shared = Arc::new(Shared {
+            store,
+            snapshot_lock: tokio::sync::Mutex::new(()),
+            snapshot_seq: AtomicU64::new(0),
+        });
+        let mut sm = StateMachine {
+            catalog,
+            applied: None,
+            membership: StoredMembership::default(),
+            observer,
+            shared,
+        };
+        if let Some((meta, data)) = sm.shared.current_snapshot()? {
+            let restored = decode_snapshot_data(&meta, &data)?;
+            sm.restore(&meta, restored)?;
+            tracing::info!(snapshot = %meta, "catalog loaded from snapshot");
+        }
+        Ok(sm)
+    }
+
+    /// Replaces the catalog with a snapshot's.
+    fn restore(&mut self, meta: &SnapshotMeta, restored: Catalog) -> Result<(), StorageError> {
+        *write_catalog(&self.catalog)? = restored;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        let catalog = read_catalog(&self.catalog)?;
+        self.observer.restored(&catalog);
+        Ok(())
+    }
+}
+
+fn decode_snapshot_data(meta: &SnapshotMeta, data: &[u8]) -> Result<Catalog, StorageError> {
+    codec::decode_catalog(data)
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e).into())
+}
+
+/// Builds a snapshot from a copy of the catalog taken when it was created,
+/// so it is consistent with `applied` while apply goes on.
+pub(crate) struct SnapshotBuilder {
+    catalog: Catalog,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    shared: Arc<Shared>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let data = codec::encode_catalog(&self.catalog)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let meta = SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: self.shared.next_snapshot_id(self.applied.as_ref()),
+        };
+        if self.shared.save_snapshot(&meta, &data).await? {
+            tracing::info!(snapshot = %meta, bytes = data.len(), "snapshot built");
+        }
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut results = Vec::new();
+        // (index, position in `results`) of command entries, for the observer.
+        let mut commands = Vec::new();
+        {
+            let mut catalog = write_catalog(&self.catalog)?;
+            for entry in entries {
+                let index = entry.log_id.index;
+                let result = match entry.payload {
+                    EntryPayload::Blank => {
+                        catalog.advance(index);
+                        Ok(Outcome::default())
+                    }
+                    EntryPayload::Normal(req) => {
+                        commands.push((index, results.len()));
+                        catalog.apply(index, req.now_ms, &req.command)
+                    }
+                    EntryPayload::Membership(m) => {
+                        self.membership = StoredMembership::new(Some(entry.log_id), m);
+                        catalog.advance(index);
+                        Ok(Outcome::default())
+                    }
+                };
+                results.push(result);
+                self.applied = Some(entry.log_id);
+            }
+        }
+        for (index, at) in commands {
+            self.observer.applied(index, &results[at]);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Copying under the read lock is cheap next to serialising (instances
+        // are shared `Arc`s) and keeps the copy consistent with `applied`.
+        let catalog = match self.catalog.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        SnapshotBuilder {
+            catalog,
+            applied: self.applied,
+            membership: self.membership.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        // Decode before storing: a snapshot that does not decode is refused.
+        let restored = decode_snapshot_data(meta, &data)?;
+        self.shared.save_snapshot(meta, &data).await?;
+        self.restore(meta, restored)?;
+        tracing::info!(snapshot = %meta, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self
+            .shared
+            .current_snapshot()?
+            .map(|(meta, data)| Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }))
+    }
+}

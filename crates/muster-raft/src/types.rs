@@ -1,0 +1,40 @@
+//! The openraft type configuration and the log entry payload.
+
+use std::io::Cursor;
+
+use muster_catalog::{ApplyResult, Command};
+use serde::{Deserialize, Serialize};
+
+/// The payload of a normal log entry: a command and the leader's clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Request {
+    /// The leader's wall clock (ms since the Unix epoch) when it proposed.
+    pub(crate) now_ms: u64,
+    /// The command.
+    pub(crate) command: Command,
+}
+
+openraft::declare_raft_types!(
+    /// muster's openraft types.
+    pub(crate) TypeConfig:
+        D = Request,
+        R = ApplyResult,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A log id.
+pub(crate) type LogId = openraft::LogId<u64>;
+/// A log entry.
+pub(crate) type Entry = openraft::Entry<TypeConfig>;
+/// openraft's storage error.
+pub(crate) type StorageError = openraft::StorageError<u64>;
+/// A membership with the log id it was stored at.
+pub(crate) type StoredMembership = openraft::StoredMembership<u64, openraft::BasicNode>;
+/// Snapshot metadata.
+pub(crate) type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
+/// The raft handle.
+pub(crate) type Raft = openraft::Raft<TypeConfig>;

@@ -1,0 +1,282 @@
+//! The public node API on real temp dirs: persistence across restarts,
+//! snapshots, concurrency.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use muster_catalog::{ApplyResult, Catalog, Command, InstanceData, LeaseRef, ServiceKey};
+use muster_raft::{ApplyObserver, Node, ProposeError, RaftConfig};
+
+const READY: Duration = Duration::from_secs(20);
+
+#[derive(Default)]
+struct Recorder {
+    applied: Mutex<Vec<u64>>,
+    restored: Mutex<Vec<u64>>,
+}
+
+impl ApplyObserver for Recorder {
+    fn applied(&self, index: u64, _result: &ApplyResult) {
+        self.applied.lock().unwrap().push(index);
+    }
+    fn restored(&self, catalog: &Catalog) {
+        self.restored.lock().unwrap().push(catalog.applied_index());
+    }
+}
+
+fn config(dir: &Path, snapshot_logs: u64) -> RaftConfig {
+    RaftConfig {
+        node_id: 1,
+        data_dir: dir.join("data"),
+        snapshot_logs,
+    }
+}
+
+async fn open(dir: &Path, snapshot_logs: u64) -> (Node, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let node = Node::open(config(dir, snapshot_logs), recorder.clone())
+        .await
+        .expect("open node");
+    node.wait_ready(READY).await.expect("node ready");
+    (node, recorder)
+}
+
+fn register(id: &str, lease: u64) -> Command {
+    Command::Register {
+        namespace: "default".into(),
+        service: "payments".into(),
+        instance: InstanceData {
+            id: id.into(),
+            address: "10.0.0.1".into(),
+            port: 8080,
+            tags: BTreeSet::from(["v2".to_string()]),
+            meta: BTreeMap::new(),
+            version: Some("1.4.0".into()),
+            zone: None,
+            weight: 100,
+        },
+        lease: LeaseRef::Existing(lease),
+    }
+}
+
+fn catalog(node: &Node) -> Catalog {
+    node.catalog().read().unwrap().clone()
+}
+
+/// What a catalog looks like after a restart: the same, plus the new
+/// leader's blank entry.
+fn after_restart(mut before: Catalog, node: &Node) -> Catalog {
+    before.advance(node.info().applied_index);
+    before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, recorder) = open(dir.path(), 1000).await;
+    assert!(*node.leader_watch().borrow());
+    let info = node.info();
+    assert_eq!(info.node_id, 1);
+    assert_eq!(info.leader, Some(1));
+    assert_eq!(info.members, vec![1]);
+
+    let mut last = 0;
+    for lease in 1..=5u64 {
+        let a = node
+            .propose(Command::CreateLease {
+                id: lease,
+                ttl_ms: 10_000,
+            })
+            .await
+            .unwrap();
+        assert!(a.index > last, "indexes grow");
+        last = a.index;
+        assert_eq!(a.result.unwrap().leases_created, vec![(lease, 10_000)]);
+    }
+    let reg = node.propose(register("p-1", 3)).await.unwrap();
+    let outcome = reg.result.unwrap();
+    assert_eq!(
+        outcome.changed,
+        vec![ServiceKey::new("default", "payments")]
+    );
+    assert_eq!(outcome.instance.unwrap().create_index, reg.index);
+    // A command the catalog refuses is still committed, with its error.
+    let dup = node
+        .propose(Command::CreateLease { id: 1, ttl_ms: 5 })
+        .await
+        .unwrap();
+    assert!(dup.result.is_err());
+    assert!(dup.index > reg.index);
+
+    let before = catalog(&node);
+    assert_eq!(before.applied_index(), dup.index);
+    let info = node.info();
+    assert_eq!(info.applied_index, dup.index);
+    assert!(info.commit_index >= dup.index);
+    assert_eq!(recorder.applied.lock().unwrap().len(), 7);
+
+    node.shutdown().await.unwrap();
+    node.shutdown().await.unwrap(); // idempotent
+    assert_eq!(
+        node.propose(Command::RevokeLease { id: 1 }).await,
+        Err(ProposeError::ShuttingDown)
+    );
+    assert!(!*node.leader_watch().borrow());
+
+    let (node, recorder) = open(dir.path(), 1000).await;
+    let after = catalog(&node);
+    assert_eq!(after.applied_index(), node.info().applied_index);
+    // A single voter resumes its term (no new entry) or wins a new one (one
+    // blank entry); either way every entry on disk is applied.
+    assert!(after.applied_index() >= dup.index);
+    assert_eq!(after, after_restart(before, &node));
+    assert_eq!(after.lease_count(), 5);
+    assert_eq!(after.instance_count(), 1);
+    // Every command entry was re-applied at start-up, in order.
+    let replayed = recorder.applied.lock().unwrap().clone();
+    assert_eq!(replayed.len(), 7);
+    assert!(replayed.windows(2).all(|w| w[0] < w[1]));
+    assert!(
+        recorder.restored.lock().unwrap().is_empty(),
+        "no snapshot yet"
+    );
+
+    // Still writable after the restart.
+    let more = node.propose(Command::RevokeLease { id: 3 }).await.unwrap();
+    assert_eq!(more.result.unwrap().removed, 1);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_from_snapshot_and_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = open(dir.path(), 5).await;
+    for lease in 1..=23u64 {
+        node.propose(Command::CreateLease {
+            id: lease,
+            ttl_ms: 1000 + lease,
+        })
+        .await
+        .unwrap()
+        .result
+        .unwrap();
+    }
+    let snap = node.snapshot(READY).await.unwrap();
+    assert!(snap >= 23);
+    // Entries after the snapshot: recovered from the log.
+    for lease in 1..=3u64 {
+        node.propose(Command::RevokeLease { id: lease })
+            .await
+            .unwrap()
+            .result
+            .unwrap();
+    }
+    node.propose(register("after-snapshot", 10))
+        .await
+        .unwrap()
+        .result
+        .unwrap();
+    let before = catalog(&node);
+    node.shutdown().await.unwrap();
+
+    let (node, recorder) = open(dir.path(), 5).await;
+    let restored = recorder.restored.lock().unwrap().clone();
+    assert_eq!(restored.len(), 1, "catalog loaded from a snapshot");
+    assert!(restored[0] >= snap);
+    let after = catalog(&node);
+    assert_eq!(after, after_restart(before, &node));
+    assert_eq!(after.lease_count(), 20);
+    assert!(after.lease(1).is_none());
+    assert!(after.lease(23).is_some());
+    assert_eq!(after.instance_count(), 1);
+    node.shutdown().await.unwrap();
+
+    // Automatic snapshots (every 5 logs) plus purging keep working across
+    // another restart.
+    let (node, _) = open(dir.path(), 5).await;
+    let again = catalog(&node);
+    assert_eq!(again.lease_count(), 20);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_get_distinct_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, recorder) = open(dir.path(), 50).await;
+    let tasks: Vec<_> = (1..=200u64)
+        .map(|lease| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                node.propose(Command::CreateLease {
+                    id: lease,
+                    ttl_ms: 10_000,
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut indexes = BTreeSet::new();
+    for t in tasks {
+        let applied = t.await.unwrap().unwrap();
+        applied.result.unwrap();
+        assert!(
+            indexes.insert(applied.index),
+            "duplicate index {}",
+            applied.index
+        );
+    }
+    assert_eq!(indexes.len(), 200);
+    let c = catalog(&node);
+    assert_eq!(c.lease_count(), 200);
+    assert_eq!(c.applied_index(), *indexes.last().unwrap());
+    let observed = recorder.applied.lock().unwrap().clone();
+    assert_eq!(observed.iter().copied().collect::<BTreeSet<_>>(), indexes);
+    assert!(
+        observed.windows(2).all(|w| w[0] < w[1]),
+        "observer sees log order"
+    );
+    node.shutdown().await.unwrap();
+
+    let (node, _) = open(dir.path(), 50).await;
+    assert_eq!(catalog(&node).lease_count(), 200);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Node::open(config(dir.path(), 0), Arc::new(Recorder::default()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("snapshot_logs"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_committed_marker_still_recovers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = open(dir.path(), 1000).await;
+    for lease in 1..=10u64 {
+        node.propose(Command::CreateLease {
+            id: lease,
+            ttl_ms: 10_000,
+        })
+        .await
+        .unwrap();
+    }
+    let before = catalog(&node);
+    node.shutdown().await.unwrap();
+
+    // As if the process died before the committed log id reached the disk:
+    // the entries are durable, the marker is not.
+    let store = muster_store::LogStore::open(&dir.path().join("data").join("raft.redb")).unwrap();
+    store.put_meta_sync("raft/committed", None).unwrap();
+    drop(store);
+
+    let (node, _) = open(dir.path(), 1000).await;
+    let after = catalog(&node);
+    assert_eq!(after.lease_count(), 10);
+    assert_eq!(after, after_restart(before, &node));
+    node.shutdown().await.unwrap();
+}

@@ -1,0 +1,635 @@
+//! Durable storage for muster: an fsynced, group-committed log plus a small
+//! metadata key/value space (vote, committed log id, snapshot), kept in one
+//! [redb] file.
+//!
+//! # Model
+//!
+//! * The log maps a `u64` index to opaque entry bytes. Metadata maps a string
+//!   key to opaque bytes.
+//! * Every non-purged log entry and every metadata value is mirrored in memory,
+//!   so reads never touch the disk. The mirror is loaded once by
+//!   [`LogStore::open`].
+//! * Mutations update the mirror *before* they return, and are queued for one
+//!   dedicated writer thread. The writer drains everything queued so far and
+//!   commits it in one redb write transaction with
+//!   [`redb::Durability::Immediate`] (an fsync), then runs the callbacks of all
+//!   operations in that batch. N concurrent appends thus share one fsync
+//!   (group commit). Operations reach the disk in the order they were queued.
+//! * A durability callback runs only after the commit that contains its
+//!   operation returned `Ok`. If a commit fails, every callback of the batch
+//!   gets the error and the store becomes *poisoned*: all later writes are
+//!   refused with [`StoreError::Poisoned`].
+//!
+//! The writer thread stops when the last [`LogStore`] handle is dropped or
+//! [`LogStore::close`] is called; queued operations are committed first.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, mpsc};
+use std::thread::{self, JoinHandle, ThreadId};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// The table holding log entries: index -> entry bytes.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// The table holding metadata: key -> value bytes.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// A log entry's bytes, shared between the in-memory mirror and readers.
+pub type Bytes = Arc<[u8]>;
+
+/// A callback run once an operation is durable (its commit was fsynced), or
+/// with the error that prevented it.
+///
+/// Callbacks run on the store's writer thread: they must be quick and must not
+/// block on further store writes.
+pub type OnDurable = Box<dyn FnOnce(Result<(), StoreError>) + Send + 'static>;
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The directory holding the database file could not be created.
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The database file could not be opened or created.
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The redb error.
+        #[source]
+        source: Arc<redb::Error>,
+    },
+    /// A redb operation failed.
+    #[error("store {op} failed: {source}")]
+    Redb {
+        /// What the store was doing.
+        op: &'static str,
+        /// The redb error.
+        #[source]
+        source: Arc<redb::Error>,
+    },
+    /// An earlier commit failed; the store refuses further writes.
+    #[error("store is poisoned by an earlier failed commit: {0}")]
+    Poisoned(String),
+    /// The store was closed; it accepts no more writes.
+    #[error("store is closed")]
+    Closed,
+    /// The writer thread could not be started or went away.
+    #[error("store writer thread failed: {0}")]
+    Writer(String),
+}
+
+impl StoreError {
+    fn redb(op: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
+        move |e| StoreError::Redb {
+            op,
+            source: Arc::new(e),
+        }
+    }
+}
+
+/// One queued disk operation.
+enum Op {
+    Append(Vec<(u64, Bytes)>),
+    TruncateFrom(u64),
+    PurgeTo(u64),
+    PutMeta(String, Option<Bytes>),
+    /// Nothing to write; only waits for everything queued before it.
+    Barrier,
+}
+
+/// The queue shared between handles and the writer thread.
+struct Queue {
+    ops: Vec<(Op, Option<OnDurable>)>,
+    /// Set when the store is poisoned, with the error message.
+    poisoned: Option<String>,
+    /// Set when no more writes are accepted; the writer exits once drained.
+    closed: bool,
+}
+
+/// The in-memory mirror of the disk state.
+#[derive(Default)]
+struct Mirror {
+    log: BTreeMap<u64, Bytes>,
+    meta: HashMap<String, Bytes>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    mirror: RwLock<Mirror>,
+    commits: AtomicU64,
+}
+
+impl Shared {
+    fn lock_queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_mirror(&self) -> std::sync::RwLockReadGuard<'_, Mirror> {
+        self.mirror.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_mirror(&self) -> std::sync::RwLockWriteGuard<'_, Mirror> {
+        self.mirror.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Owned by all clones of a [`LogStore`]; dropping the last one stops the writer.
+struct Handle {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    writer_id: ThreadId,
+    path: PathBuf,
+}
+
+impl Handle {
+    /// Marks the queue closed and waits for the writer to drain it and exit.
+    fn stop_writer(&self) {
+        {
+            let mut q = self.shared.lock_queue();
+            q.closed = true;
+        }
+        self.shared.wake.notify_all();
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            // A callback holding the last handle may drop it on the writer
+            // thread itself; joining there would deadlock. The writer exits on
+            // its own once it sees `closed`.
+            if thread::current().id() != self.writer_id && handle.join().is_err() {
+                tracing::error!(path = %self.path.display(), "store writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+/// A durable, group-committed log and metadata store.
+///
+/// Cheap to clone; all clones share one database and one writer thread.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Handle>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("path", &self.inner.path)
+            .field("commits", &self.commits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// Opens the store in the redb file at `path`, creating the file (and its
+    /// parent directory) if needed, loads the mirror and starts the writer
+    /// thread.
+    pub fn open(path: &Path) -> Result<LogStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::CreateDir {
+                path: dir.to_path_buf(),
+                source: Arc::new(e),
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            source: Arc::new(e.into()),
+        })?;
+
+        // Make sure both tables exist so that read transactions can open them.
+        let mut txn = db
+            .begin_write()
+            .map_err(|e| StoreError::redb("begin write")(e.into()))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::redb("set durability")(e.into()))?;
+        txn.open_table(LOG)
+            .map_err(|e| StoreError::redb("open log table")(e.into()))?;
+        txn.open_table(META)
+            .map_err(|e| StoreError::redb("open meta table")(e.into()))?;
+        txn.commit()
+            .map_err(|e| StoreError::redb("commit")(e.into()))?;
+
+        let mirror = load_mirror(&db)?;
+        tracing::debug!(
+            path = %path.display(),
+            entries = mirror.log.len(),
+            meta = mirror.meta.len(),
+            "store opened"
+        );
+
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                ops: Vec::new(),
+                poisoned: None,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            mirror: RwLock::new(mirror),
+            commits: AtomicU64::new(0),
+        });
+        let writer_shared = Arc::clone(&shared);
+        let writer = thread::Builder::new()
+            .name("muster-store-writer".into())
+            .spawn(move || writer_loop(db, writer_shared))
+            .map_err(|e| StoreError::Writer(e.to_string()))?;
+        let writer_id = writer.thread().id();
+        Ok(LogStore {
+            inner: Arc::new(Handle {
+                shared,
+                writer: Mutex::new(Some(writer)),
+                writer_id,
+                path: path.to_path_buf(),
+            }),
+        })
+    }
+
+    /// The path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// Queues `op` after `mutate` updated the mirror, both under the queue
+    /// lock so that mirror order equals disk order. If the store refuses
+    /// writes, the mirror is left untouched and the error is returned
+    /// (and handed to `on_durable`, if any).
+    fn submit(
+        &self,
+        op: Op,
+        on_durable: Option<OnDurable>,
+        mutate: impl FnOnce(&mut Mirror),
+    ) -> Result<(), StoreError> {
+        let shared = self.shared();
+        let mut q = shared.lock_queue();
+        let refused = if let Some(msg) = &q.poisoned {
+            Some(StoreError::Poisoned(msg.clone()))
+        } else if q.closed {
+            Some(StoreError::Closed)
+        } else {
+            None
+        };
+        if let Some(err) = refused {
+            drop(q);
+            if let Some(cb) = on_durable {
+                cb(Err(err.clone()));
+            }
+            return Err(err);
+        }
+        mutate(&mut shared.write_mirror());
+        q.ops.push((op, on_durable));
+        drop(q);
+        shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Appends (or overwrites) log entries.
+    ///
+    /// The entries are readable from the mirror when this returns; they are
+    /// written by the writer thread in the next group commit, after which
+    /// `on_durable` is called with `Ok(())`. If the store refuses writes,
+    /// nothing is changed and `on_durable` is called at once with the error.
+    pub fn append(&self, entries: Vec<(u64, Vec<u8>)>, on_durable: OnDurable) {
+        let entries: Vec<(u64, Bytes)> = entries
+            .into_iter()
+            .map(|(i, bytes)| (i, Bytes::from(bytes)))
+            .collect();
+        let for_mirror = entries.clone();
+        let _ = self.submit(Op::Append(entries), Some(on_durable), move |m| {
+            m.log.extend(for_mirror);
+        });
+    }
+
+    /// Removes every entry with index `>= index`.
+    ///
+    /// The mirror changes at once; the disk change is queued. Use
+    /// [`LogStore::flush`] or [`LogStore::barrier`] to wait for durability.
+    pub fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
+        self.submit(Op::TruncateFrom(index), None, |m| {
+            m.log.split_off(&index);
+        })
+    }
+
+    /// Removes every entry with index `<= index`.
+    ///
+    /// The mirror changes at once; the disk change is queued. Use
+    /// [`LogStore::flush`] or [`LogStore::barrier`] to wait for durability.
+    pub fn purge_to(&self, index: u64) -> Result<(), StoreError> {
+        self.submit(Op::PurgeTo(index), None, |m| match index.checked_add(1) {
+            Some(next) => m.log = m.log.split_off(&next),
+            None => m.log.clear(),
+        })
+    }
+
+    /// Sets (`Some`) or deletes (`None`) the metadata value under `key`.
+    ///
+    /// [`LogStore::get_meta`] sees the new value at once; `on_durable` is
+    /// called after the commit, ordered with all other queued operations.
+    pub fn put_meta(&self, key: &str, value: Option<Vec<u8>>, on_durable: OnDurable) {
+        let value = value.map(Bytes::from);
+        let key_owned = key.to_owned();
+        let for_mirror = value.clone();
+        let _ = self.submit(
+            Op::PutMeta(key_owned.clone(), value),
+            Some(on_durable),
+            move |m| match for_mirror {
+                Some(v) => {
+                    m.meta.insert(key_owned, v);
+                }
+                None => {
+                    m.meta.remove(&key_owned);
+                }
+            },
+        );
+    }
+
+    /// Like [`LogStore::put_meta`], but blocks until the value is durable.
+    ///
+    /// Blocks the calling thread on an fsync: do not call from an async task
+    /// without `spawn_blocking` (or use [`LogStore::put_meta`] with a channel).
+    pub fn put_meta_sync(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.put_meta(
+            key,
+            value,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .map_err(|_| StoreError::Writer("writer dropped a callback".into()))?
+    }
+
+    /// Calls `on_durable` once every operation queued before it is durable.
+    pub fn barrier(&self, on_durable: OnDurable) {
+        let _ = self.submit(Op::Barrier, Some(on_durable), |_| {});
+    }
+
+    /// Blocks until every operation queued so far is durable.
+    ///
+    /// Blocks the calling thread on an fsync: do not call from an async task
+    /// without `spawn_blocking` (or use [`LogStore::barrier`] with a channel).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.barrier(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        rx.recv()
+            .map_err(|_| StoreError::Writer("writer dropped a callback".into()))?
+    }
+
+    /// Returns the metadata value under `key`, from memory.
+    pub fn get_meta(&self, key: &str) -> Option<Vec<u8>> {
+        self.shared()
+            .read_mirror()
+            .meta
+            .get(key)
+            .map(|v| v.to_vec())
+    }
+
+    /// Returns the log entries whose indexes fall in `range`, in index order,
+    /// from memory.
+    pub fn range(&self, range: impl RangeBounds<u64>) -> Vec<(u64, Bytes)> {
+        let bounds = (
+            clone_bound(range.start_bound()),
+            clone_bound(range.end_bound()),
+        );
+        if is_empty_range(&bounds) {
+            return Vec::new();
+        }
+        self.shared()
+            .read_mirror()
+            .log
+            .range(bounds)
+            .map(|(i, b)| (*i, Arc::clone(b)))
+            .collect()
+    }
+
+    /// Returns the entry at `index`, if present.
+    pub fn get(&self, index: u64) -> Option<Bytes> {
+        self.shared().read_mirror().log.get(&index).cloned()
+    }
+
+    /// Returns the last (highest-index) entry, if any.
+    pub fn last(&self) -> Option<(u64, Bytes)> {
+        self.shared()
+            .read_mirror()
+            .log
+            .last_key_value()
+            .map(|(i, b)| (*i, Arc::clone(b)))
+    }
+
+    /// Returns the index of the first (lowest-index) entry, if any.
+    pub fn first_index(&self) -> Option<u64> {
+        self.shared()
+            .read_mirror()
+            .log
+            .first_key_value()
+            .map(|(i, _)| *i)
+    }
+
+    /// Returns the index of the last entry, if any.
+    pub fn last_index(&self) -> Option<u64> {
+        self.shared()
+            .read_mirror()
+            .log
+            .last_key_value()
+            .map(|(i, _)| *i)
+    }
+
+    /// The number of entries in the log.
+    pub fn len(&self) -> usize {
+        self.shared().read_mirror().log.len()
+    }
+
+    /// Whether the log holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.shared().read_mirror().log.is_empty()
+    }
+
+    /// The number of write transactions committed since open.
+    ///
+    /// With group commit this grows slower than the number of operations.
+    pub fn commits(&self) -> u64 {
+        self.shared().commits.load(Ordering::Relaxed)
+    }
+
+    /// Whether an earlier commit failed, so that writes are refused.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared().lock_queue().poisoned.is_some()
+    }
+
+    /// Stops accepting writes, commits everything queued and waits for the
+    /// writer thread to exit (closing the database file).
+    ///
+    /// Affects every clone. Reads keep working from memory. Called
+    /// implicitly when the last handle is dropped.
+    pub fn close(&self) {
+        self.inner.stop_writer();
+    }
+}
+
+fn clone_bound(b: Bound<&u64>) -> Bound<u64> {
+    match b {
+        Bound::Included(i) => Bound::Included(*i),
+        Bound::Excluded(i) => Bound::Excluded(*i),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// `BTreeMap::range` panics on inverted or empty-excluded bounds; treat them as empty.
+fn is_empty_range(bounds: &(Bound<u64>, Bound<u64>)) -> bool {
+    match *bounds {
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Included(s), Bound::Excluded(e)) => s >= e,
+        (Bound::Excluded(s), Bound::Included(e)) => s >= e,
+        (Bound::Excluded(s), Bound::Excluded(e)) => s >= e || s + 1 >= e,
+        (Bound::Excluded(s), Bound::Unbounded) => s == u64::MAX,
+        (Bound::Unbounded, Bound::Excluded(0)) => true,
+        _ => false,
+    }
+}
+
+fn load_mirror(db: &Database) -> Result<Mirror, StoreError> {
+    let txn = db
+        .begin_read()
+        .map_err(|e| StoreError::redb("begin read")(e.into()))?;
+    let mut mirror = Mirror::default();
+    let log = txn
+        .open_table(LOG)
+        .map_err(|e| StoreError::redb("open log table")(e.into()))?;
+    for row in log
+        .iter()
+        .map_err(|e| StoreError::redb("read log")(e.into()))?
+    {
+        let (k, v) = row.map_err(|e| StoreError::redb("read log")(e.into()))?;
+        mirror.log.insert(k.value(), Bytes::from(v.value()));
+    }
+    let meta = txn
+        .open_table(META)
+        .map_err(|e| StoreError::redb("open meta table")(e.into()))?;
+    for row in meta
+        .iter()
+        .map_err(|e| StoreError::redb("read meta")(e.into()))?
+    {
+        let (k, v) = row.map_err(|e| StoreError::redb("read meta")(e.into()))?;
+        mirror
+            .meta
+            .insert(k.value().to_owned(), Bytes::from(v.value()));
+    }
+    Ok(mirror)
+}
+
+/// Writes one batch in one durable transaction.
+fn commit_batch(db: &Database, ops: &[(Op, Option<OnDurable>)]) -> Result<(), StoreError> {
+    let mut txn = db
+        .begin_write()
+        .map_err(|e| StoreError::redb("begin write")(e.into()))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| StoreError::redb("set durability")(e.into()))?;
+    {
+        let mut log = txn
+            .open_table(LOG)
+            .map_err(|e| StoreError::redb("open log table")(e.into()))?;
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|e| StoreError::redb("open meta table")(e.into()))?;
+        for (op, _) in ops {
+            match op {
+                Op::Append(entries) => {
+                    for (i, bytes) in entries {
+                        log.insert(*i, &bytes[..])
+                            .map_err(|e| StoreError::redb("append")(e.into()))?;
+                    }
+                }
+                Op::TruncateFrom(index) => {
+                    log.retain_in(*index.., |_, _| false)
+                        .map_err(|e| StoreError::redb("truncate")(e.into()))?;
+                }
+                Op::PurgeTo(index) => {
+                    log.retain_in(..=*index, |_, _| false)
+                        .map_err(|e| StoreError::redb("purge")(e.into()))?;
+                }
+                Op::PutMeta(key, Some(value)) => {
+                    meta.insert(key.as_str(), &value[..])
+                        .map_err(|e| StoreError::redb("put meta")(e.into()))?;
+                }
+                Op::PutMeta(key, None) => {
+                    meta.remove(key.as_str())
+                        .map_err(|e| StoreError::redb("delete meta")(e.into()))?;
+                }
+                Op::Barrier => {}
+            }
+        }
+    }
+    txn.commit()
+        .map_err(|e| StoreError::redb("commit")(e.into()))
+}
+
+fn writer_loop(db: Database, shared: Arc<Shared>) {
+    loop {
+        let (batch, poisoned) = {
+            let mut q = shared.lock_queue();
+            while q.ops.is_empty() && !q.closed {
+                q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            if q.ops.is_empty() {
+                // Closed and drained.
+                break;
+            }
+            (std::mem::take(&mut q.ops), q.poisoned.clone())
+        };
+
+        let result = match poisoned {
+            // Ops queued before the poisoning was noticed: refuse them too.
+            Some(msg) => Err(StoreError::Poisoned(msg)),
+            None => {
+                let r = commit_batch(&db, &batch);
+                match &r {
+                    Ok(()) => {
+                        shared.commits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store commit failed; store is now poisoned");
+                        shared.lock_queue().poisoned = Some(e.to_string());
+                    }
+                }
+                r
+            }
+        };
+
+        for (_, cb) in batch {
+            if let Some(cb) = cb {
+                // A panicking callback must not kill the writer (later ops
+                // would never complete).
+                let r = result.clone();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(r))).is_err() {
+                    tracing::error!("a store durability callback panicked");
+                }
+            }
+        }
+    }
+    drop(db);
+}
+
+#[cfg(test)]
+mod tests;
