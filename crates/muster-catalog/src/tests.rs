@@ -358,10 +358,10 @@ fn naive_matches(q: &Query, i: &Instance) -> bool {
             return false;
         }
     }
-    if let Some(z) = &q.zone {
-        if i.zone.as_ref() != Some(z) {
-            return false;
-        }
+    if let Some(z) = &q.zone
+        && i.zone.as_ref() != Some(z)
+    {
+        return false;
     }
     if let Some(vm) = &q.version {
         let Some(v) = &i.version else { return false };

@@ -1,0 +1,7 @@
+//! Tests of the real `muster` binary: durability across `kill -9`, lease
+//! expiry in a real process, signals, configuration and the CLI.
+
+mod agent;
+mod cli;
+mod durability;
+mod harness;
