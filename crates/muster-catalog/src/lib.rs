@@ -18,7 +18,7 @@ mod query;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use muster_types::{Health, Instance, ServiceSummary, format_lease_id};
+use muster_types::{Check, Health, Instance, ServiceSummary, format_lease_id};
 use serde::{Deserialize, Serialize};
 
 pub use query::{HealthFilter, Query, VersionMatch};
@@ -64,6 +64,23 @@ pub struct InstanceData {
     pub zone: Option<String>,
     /// Weight.
     pub weight: u32,
+    /// Checks in their initial state; a check whose id and kind are
+    /// unchanged on re-registration keeps its current status.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+}
+
+/// Health of an instance: critical in maintenance, else the worst of its
+/// checks (passing without checks).
+pub fn health_of(checks: &[Check], maintenance: Option<&str>) -> Health {
+    if maintenance.is_some() {
+        return Health::Critical;
+    }
+    checks
+        .iter()
+        .map(|c| c.status)
+        .max()
+        .unwrap_or(Health::Passing)
 }
 
 /// Which lease, if any, a registration attaches the instance to.
@@ -119,6 +136,55 @@ pub enum Command {
         /// Lease id.
         id: u64,
     },
+    /// A check's status changed (decided by the leader's check runner or a
+    /// TTL report). Applying the status it already has changes nothing.
+    CheckStatus {
+        /// Namespace.
+        namespace: String,
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// Check id.
+        check: String,
+        /// New status.
+        status: Health,
+        /// Output of the run that decided it (truncated to 4 KiB).
+        output: String,
+    },
+    /// Turn maintenance on (`Some(reason)`) or off (`None`).
+    Maintenance {
+        /// Namespace.
+        namespace: String,
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// Reason, or `None` to end maintenance.
+        reason: Option<String>,
+    },
+    /// Add or replace one check of an instance.
+    PutCheck {
+        /// Namespace.
+        namespace: String,
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// The check, in its initial state.
+        check: Check,
+    },
+    /// Remove one check of an instance.
+    RemoveCheck {
+        /// Namespace.
+        namespace: String,
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// Check id.
+        check: String,
+    },
     /// Leases the leader found expired: remove them and their instances.
     /// Ids no longer present are skipped (a revoke may have won the race).
     ExpireLeases {
@@ -143,6 +209,14 @@ pub enum ApplyError {
         service: String,
         /// Instance id.
         id: String,
+    },
+    /// The instance has no such check.
+    #[error("instance {id:?} has no check {check:?}")]
+    UnknownCheck {
+        /// Instance id.
+        id: String,
+        /// Check id.
+        check: String,
     },
 }
 
@@ -284,6 +358,94 @@ impl Catalog {
                 }
                 self.drop_lease(index, *id, &mut out);
             }
+            Command::CheckStatus {
+                namespace,
+                service,
+                id,
+                check,
+                status,
+                output,
+            } => {
+                let key = ServiceKey::new(namespace.as_str(), service.as_str());
+                self.modify_instance(index, &key, id, &mut out, |inst| {
+                    let c = inst
+                        .checks
+                        .iter_mut()
+                        .find(|c| c.id == *check)
+                        .ok_or_else(|| ApplyError::UnknownCheck {
+                            id: id.clone(),
+                            check: check.clone(),
+                        })?;
+                    if c.status == *status {
+                        return Ok(false);
+                    }
+                    c.status = *status;
+                    c.output = muster_types::truncate_output(output);
+                    c.status_index = index;
+                    Ok(true)
+                })?;
+            }
+            Command::Maintenance {
+                namespace,
+                service,
+                id,
+                reason,
+            } => {
+                let key = ServiceKey::new(namespace.as_str(), service.as_str());
+                self.modify_instance(index, &key, id, &mut out, |inst| {
+                    if inst.maintenance == *reason {
+                        return Ok(false);
+                    }
+                    inst.maintenance = reason.clone();
+                    Ok(true)
+                })?;
+            }
+            Command::PutCheck {
+                namespace,
+                service,
+                id,
+                check,
+            } => {
+                let key = ServiceKey::new(namespace.as_str(), service.as_str());
+                self.modify_instance(index, &key, id, &mut out, |inst| {
+                    let mut new = check.clone();
+                    new.status_index = index;
+                    match inst.checks.iter_mut().find(|c| c.id == check.id) {
+                        Some(old) => {
+                            if old.kind == new.kind {
+                                new.status = old.status;
+                                new.output = old.output.clone();
+                                new.status_index = old.status_index;
+                            }
+                            if *old == new {
+                                return Ok(false);
+                            }
+                            *old = new;
+                        }
+                        None => inst.checks.push(new),
+                    }
+                    Ok(true)
+                })?;
+            }
+            Command::RemoveCheck {
+                namespace,
+                service,
+                id,
+                check,
+            } => {
+                let key = ServiceKey::new(namespace.as_str(), service.as_str());
+                self.modify_instance(index, &key, id, &mut out, |inst| {
+                    let before = inst.checks.len();
+                    inst.checks.retain(|c| c.id != *check);
+                    if inst.checks.len() == before {
+                        return Err(ApplyError::UnknownCheck {
+                            id: id.clone(),
+                            check: check.clone(),
+                        });
+                    }
+                    Ok(true)
+                })?;
+            }
             Command::ExpireLeases { ids } => {
                 for id in ids {
                     if self.leases.contains_key(id) {
@@ -347,6 +509,25 @@ impl Catalog {
             }
         };
 
+        // Checks that survive a re-registration keep their state.
+        let checks: Vec<Check> = data
+            .checks
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c.status_index = index;
+                if let Some(old) = previous
+                    .as_ref()
+                    .and_then(|p| p.checks.iter().find(|o| o.id == c.id && o.kind == c.kind))
+                {
+                    c.status = old.status;
+                    c.output = old.output.clone();
+                    c.status_index = old.status_index;
+                }
+                c
+            })
+            .collect();
+        let maintenance = previous.as_ref().and_then(|p| p.maintenance.clone());
         let instance = Arc::new(Instance {
             id: data.id.clone(),
             namespace: namespace.to_string(),
@@ -358,7 +539,9 @@ impl Catalog {
             version: data.version.clone(),
             zone: data.zone.clone(),
             weight: data.weight,
-            health: Health::Passing,
+            health: health_of(&checks, maintenance.as_deref()),
+            checks,
+            maintenance,
             lease: lease_id.map(format_lease_id),
             create_index: previous.as_ref().map_or(index, |p| p.create_index),
             modify_index: index,
@@ -395,6 +578,40 @@ impl Catalog {
         self.namespace_index.insert(namespace.to_string(), index);
         out.changed.push(key);
         out.instance = Some(instance);
+        Ok(())
+    }
+
+    /// Changes one instance through `f`, which says whether it changed
+    /// anything; a change bumps the instance's and service's index.
+    fn modify_instance(
+        &mut self,
+        index: u64,
+        key: &ServiceKey,
+        id: &str,
+        out: &mut Outcome,
+        f: impl FnOnce(&mut Instance) -> Result<bool, ApplyError>,
+    ) -> Result<(), ApplyError> {
+        let svc = self.services.get_mut(key);
+        let Some(current) = svc.as_ref().and_then(|s| s.instances.get(id)) else {
+            return Err(ApplyError::UnknownInstance {
+                service: key.service.clone(),
+                id: id.to_string(),
+            });
+        };
+        let mut inst = (**current).clone();
+        if !f(&mut inst)? {
+            out.instance = Some(current.clone());
+            return Ok(());
+        }
+        inst.health = health_of(&inst.checks, inst.maintenance.as_deref());
+        inst.modify_index = index;
+        let inst = Arc::new(inst);
+        let svc = svc.expect("instance found above");
+        svc.instances.insert(id.to_string(), inst.clone());
+        svc.record(index, Change::Upsert(inst.clone()));
+        self.namespace_index.insert(key.namespace.clone(), index);
+        out.changed.push(key.clone());
+        out.instance = Some(inst);
         Ok(())
     }
 
@@ -533,6 +750,11 @@ impl Catalog {
                 .cloned()
                 .collect(),
         )
+    }
+
+    /// Every service key that ever existed, in order.
+    pub fn service_keys(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.services.keys()
     }
 
     /// One lease.

@@ -16,6 +16,7 @@ fn data(id: &str) -> InstanceData {
         version: None,
         zone: None,
         weight: 100,
+        checks: Vec::new(),
     }
 }
 
@@ -255,6 +256,95 @@ fn filters_combine() {
     );
 }
 
+#[test]
+fn check_transitions_set_health_and_repeats_change_nothing() {
+    let mut c = Catalog::new();
+    let mut d = data("a");
+    d.checks = vec![ttl_check(Health::Critical)];
+    c.apply(1, 0, &reg("pay", d.clone(), LeaseRef::None))
+        .unwrap();
+    let passing = Query::default();
+    assert!(
+        c.query(&key("pay"), &passing).1.is_empty(),
+        "initially critical"
+    );
+    let status = |s: Health| Command::CheckStatus {
+        namespace: "default".into(),
+        service: "pay".into(),
+        id: "a".into(),
+        check: "c1".into(),
+        status: s,
+        output: "ok".into(),
+    };
+    let out = c.apply(2, 0, &status(Health::Passing)).unwrap();
+    assert_eq!(out.changed, vec![key("pay")]);
+    assert_eq!(c.query(&key("pay"), &passing).1.len(), 1);
+    // The same status again writes nothing a watcher would see.
+    let out = c.apply(3, 0, &status(Health::Passing)).unwrap();
+    assert!(out.changed.is_empty());
+    assert_eq!(c.service_index(&key("pay")), 2);
+    // Re-registering keeps the check's state.
+    c.apply(4, 0, &reg("pay", d, LeaseRef::None)).unwrap();
+    assert_eq!(
+        c.instance(&key("pay"), "a").unwrap().health,
+        Health::Passing
+    );
+    // Maintenance takes it out of passing results without removing it.
+    let maint = |r: Option<&str>| Command::Maintenance {
+        namespace: "default".into(),
+        service: "pay".into(),
+        id: "a".into(),
+        reason: r.map(String::from),
+    };
+    c.apply(5, 0, &maint(Some("kernel upgrade"))).unwrap();
+    assert!(c.query(&key("pay"), &passing).1.is_empty());
+    assert_eq!(all(&c, "pay"), ["a"]);
+    c.apply(6, 0, &maint(None)).unwrap();
+    assert_eq!(c.query(&key("pay"), &passing).1.len(), 1);
+    // An unknown check is an error that changes nothing.
+    let mut bad = status(Health::Critical);
+    if let Command::CheckStatus { check, .. } = &mut bad {
+        *check = "nope".into();
+    }
+    let before = c.clone();
+    assert!(matches!(
+        c.apply(7, 0, &bad),
+        Err(ApplyError::UnknownCheck { .. })
+    ));
+    c.index = before.index;
+    assert_eq!(c, before);
+}
+
+#[test]
+fn checks_can_be_added_and_removed_alone() {
+    let mut c = Catalog::new();
+    c.apply(1, 0, &reg("pay", data("a"), LeaseRef::None))
+        .unwrap();
+    let put = Command::PutCheck {
+        namespace: "default".into(),
+        service: "pay".into(),
+        id: "a".into(),
+        check: ttl_check(Health::Warning),
+    };
+    c.apply(2, 0, &put).unwrap();
+    assert_eq!(
+        c.instance(&key("pay"), "a").unwrap().health,
+        Health::Warning
+    );
+    let rm = Command::RemoveCheck {
+        namespace: "default".into(),
+        service: "pay".into(),
+        id: "a".into(),
+        check: "c1".into(),
+    };
+    c.apply(3, 0, &rm).unwrap();
+    assert_eq!(
+        c.instance(&key("pay"), "a").unwrap().health,
+        Health::Passing
+    );
+    assert!(c.apply(4, 0, &rm).is_err());
+}
+
 // ---- property tests ----
 
 const SERVICES: &[&str] = &["pay", "cart", "auth"];
@@ -262,27 +352,45 @@ const TAGS: &[&str] = &["v1", "v2", "eu", "canary"];
 const VERSIONS: &[&str] = &["1.0.0", "1.4.2", "2.0.1", "blue"];
 const ZONES: &[&str] = &["eu-1a", "eu-1b", "us-1"];
 
+const HEALTHS: &[Health] = &[Health::Passing, Health::Warning, Health::Critical];
+
+fn ttl_check(status: Health) -> Check {
+    let spec = muster_types::CheckSpec {
+        id: Some("c1".into()),
+        ttl: Some("10s".into()),
+        status: Some(status),
+        ..Default::default()
+    };
+    muster_types::validate_check(0, &spec).unwrap()
+}
+
 fn arb_data() -> impl Strategy<Value = InstanceData> {
     (
-        0..6u8,
+        (
+            0..6u8,
+            proptest::option::of(proptest::sample::select(HEALTHS)),
+        ),
         1..4u16,
         proptest::sample::subsequence(TAGS, 0..=3),
         proptest::option::of(proptest::sample::select(VERSIONS)),
         proptest::option::of(proptest::sample::select(ZONES)),
         proptest::option::of(0..3u8),
     )
-        .prop_map(|(id, port, tags, version, zone, team)| InstanceData {
-            id: format!("i{id}"),
-            address: "10.0.0.1".into(),
-            port,
-            tags: tags.into_iter().map(String::from).collect(),
-            meta: team
-                .map(|t| [("team".to_string(), format!("t{t}"))].into())
-                .unwrap_or_default(),
-            version: version.map(String::from),
-            zone: zone.map(String::from),
-            weight: 100,
-        })
+        .prop_map(
+            |((id, check), port, tags, version, zone, team)| InstanceData {
+                id: format!("i{id}"),
+                address: "10.0.0.1".into(),
+                port,
+                tags: tags.into_iter().map(String::from).collect(),
+                meta: team
+                    .map(|t| [("team".to_string(), format!("t{t}"))].into())
+                    .unwrap_or_default(),
+                version: version.map(String::from),
+                zone: zone.map(String::from),
+                weight: 100,
+                checks: check.map(ttl_check).into_iter().collect(),
+            },
+        )
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {
@@ -305,6 +413,20 @@ fn arb_command() -> impl Strategy<Value = Command> {
         1 => (1..5u64).prop_map(|id| Command::CreateLease { id, ttl_ms: 5_000 }),
         1 => (1..5u64).prop_map(|id| Command::RevokeLease { id }),
         1 => proptest::collection::vec(1..5u64, 0..3).prop_map(|ids| Command::ExpireLeases { ids }),
+        2 => (proptest::sample::select(SERVICES), 0..6u8, proptest::sample::select(HEALTHS)).prop_map(|(s, id, status)| Command::CheckStatus {
+            namespace: "default".into(),
+            service: s.into(),
+            id: format!("i{id}"),
+            check: "c1".into(),
+            status,
+            output: format!("{status:?}"),
+        }),
+        1 => (proptest::sample::select(SERVICES), 0..6u8, any::<bool>()).prop_map(|(s, id, on)| Command::Maintenance {
+            namespace: "default".into(),
+            service: s.into(),
+            id: format!("i{id}"),
+            reason: on.then(|| "upgrade".to_string()),
+        }),
     ]
 }
 
@@ -345,7 +467,8 @@ fn run(cmds: &[Command]) -> (Catalog, Vec<ApplyResult>) {
 
 /// A deliberately naive reading of the same semantics, written independently.
 fn naive_matches(q: &Query, i: &Instance) -> bool {
-    if q.health == HealthFilter::Passing && i.health != Health::Passing {
+    let passing = i.maintenance.is_none() && i.checks.iter().all(|c| c.status == Health::Passing);
+    if q.health == HealthFilter::Passing && !passing {
         return false;
     }
     for t in &q.tags {

@@ -27,6 +27,11 @@ pub struct Config {
     /// How often the leader looks for expired leases.
     #[serde(with = "humantime_serde_compat")]
     pub sweep_interval: Duration,
+    /// Allow checks that run a command on the agent's host (`args`). Off by
+    /// default: anyone who can register could otherwise run programs here.
+    pub enable_command_checks: bool,
+    /// Most health-check probes in flight at once.
+    pub check_concurrency: usize,
     /// How long start-up may take before giving up.
     #[serde(with = "humantime_serde_compat")]
     pub startup_timeout: Duration,
@@ -43,6 +48,8 @@ impl Default for Config {
             self_preservation_min_leases: 10,
             sweep_interval: Duration::from_millis(250),
             startup_timeout: Duration::from_secs(60),
+            enable_command_checks: false,
+            check_concurrency: 512,
         }
     }
 }
@@ -63,6 +70,9 @@ impl Config {
             || self.sweep_interval > Duration::from_secs(10)
         {
             return Err("sweep_interval must be between 10ms and 10s".into());
+        }
+        if self.check_concurrency == 0 {
+            return Err("check_concurrency must be at least 1".into());
         }
         Ok(())
     }

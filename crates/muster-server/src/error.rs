@@ -67,6 +67,9 @@ impl From<ApplyError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             ApplyError::UnknownInstance { .. } => ApiError::not_found("not_found", e.to_string()),
+            ApplyError::UnknownCheck { .. } => {
+                ApiError::not_found("check_not_found", e.to_string())
+            }
         }
     }
 }

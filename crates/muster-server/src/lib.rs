@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod checks;
 pub mod config;
 pub mod error;
 pub mod hub;
@@ -77,10 +78,14 @@ pub async fn serve(
         config.self_preservation_threshold,
         config.self_preservation_min_leases,
     ));
+    let (reconcile_tx, mut reconcile_rx) = tokio::sync::mpsc::unbounded_channel();
     let observer = Arc::new(Observer {
         hub: hub.clone(),
         leases: leases.clone(),
+        reconcile: reconcile_tx,
     });
+    // HTTPS health checks use rustls; exactly one crypto provider is built in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&config.data_dir)?;
     let node = Node::open(
         RaftConfig {
@@ -94,10 +99,28 @@ pub async fn serve(
     node.wait_ready(config.startup_timeout).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let checks = checks::CheckRunner::new(node.clone(), config.check_concurrency);
+    let reconciler = tokio::spawn({
+        let checks = checks.clone();
+        let mut stop = stop_rx.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    key = reconcile_rx.recv() => match key {
+                        Some(Some(key)) => checks.reconcile(&key),
+                        Some(None) => checks.reconcile_all(),
+                        None => return,
+                    },
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    });
     let state = Arc::new(AppState {
         node: node.clone(),
         hub,
         leases: leases.clone(),
+        checks: checks.clone(),
         cache: Default::default(),
         shutdown: stop_rx.clone(),
         metrics,
@@ -108,6 +131,7 @@ pub async fn serve(
     let leader_task = tokio::spawn({
         let node = node.clone();
         let leases = leases.clone();
+        let checks = checks.clone();
         let mut stop = stop_rx.clone();
         async move {
             let mut leader = node.leader_watch();
@@ -118,6 +142,7 @@ pub async fn serve(
                 } else {
                     leases.step_down();
                 }
+                checks.set_leader(is_leader);
                 tokio::select! {
                     r = leader.changed() => if r.is_err() { return },
                     _ = stop.changed() => return,
@@ -157,6 +182,8 @@ pub async fn serve(
     let result = server.await;
     let _ = sweeper.await;
     let _ = leader_task.await;
+    let _ = reconciler.await;
+    checks.set_leader(false);
     node.shutdown().await?;
     tracing::info!("muster stopped");
     result.map_err(ServerError::Io)

@@ -13,6 +13,7 @@ use crate::api;
     paths(
         api::instances::register, api::instances::get_one, api::instances::deregister,
         api::instances::heartbeat, api::instances::discover,
+        api::checks::maintenance, api::checks::put_check, api::checks::delete_check, api::checks::report,
         api::services::list,
         api::leases::create, api::leases::get_one, api::leases::renew, api::leases::renew_many, api::leases::revoke,
         api::watch::watch,
@@ -21,6 +22,7 @@ use crate::api;
     ),
     tags(
         (name = "instances", description = "Register, deregister, heartbeat and discover instances"),
+        (name = "checks", description = "Server-run health checks, TTL check reports, maintenance"),
         (name = "services", description = "Services of a namespace"),
         (name = "leases", description = "Leases: one renewal keeps many instances alive"),
         (name = "watch", description = "Live changes as Server-Sent Events"),

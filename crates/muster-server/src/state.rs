@@ -8,6 +8,7 @@ use muster_raft::{ApplyObserver, Node};
 use tokio::sync::watch;
 
 use crate::cache::ReadCache;
+use crate::checks::CheckRunner;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::leases::LeaseManager;
@@ -20,6 +21,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Lease timers.
     pub leases: Arc<LeaseManager>,
+    /// Health-check runner.
+    pub checks: Arc<CheckRunner>,
     /// Pre-serialised read answers.
     pub cache: ReadCache,
     /// Flips to `true` when the server shuts down, ending long polls and watches.
@@ -36,6 +39,8 @@ pub struct Observer {
     pub hub: Arc<Hub>,
     /// Lease timers.
     pub leases: Arc<LeaseManager>,
+    /// Services whose checks need reconciling (drained by the check runner).
+    pub reconcile: tokio::sync::mpsc::UnboundedSender<Option<muster_catalog::ServiceKey>>,
 }
 
 impl ApplyObserver for Observer {
@@ -49,10 +54,13 @@ impl ApplyObserver for Observer {
         }
         for key in &out.changed {
             self.hub.notify(key, index);
+            let _ = self.reconcile.send(Some(key.clone()));
         }
     }
 
     fn restored(&self, catalog: &Catalog) {
         self.hub.notify_all(catalog.applied_index());
+        // `None`: reconcile every service.
+        let _ = self.reconcile.send(None);
     }
 }

@@ -20,8 +20,8 @@ use utoipa::ToSchema;
 
 pub use duration::{format_duration, parse_duration};
 pub use validate::{
-    FieldError, Registration, validate_instance_id, validate_namespace, validate_service_name,
-    validate_ttl,
+    FieldError, Registration, truncate_output, validate_check, validate_instance_id,
+    validate_namespace, validate_service_name, validate_ttl,
 };
 
 /// Every limit the API enforces, in one place so docs, server and clients agree.
@@ -56,6 +56,14 @@ pub mod limits {
     pub const MAX_RENEW_BATCH: usize = 10_000;
     /// Longest a blocking query may wait, in milliseconds.
     pub const MAX_WAIT_MS: u64 = 600_000;
+    /// Most checks on one instance.
+    pub const MAX_CHECKS: usize = 16;
+    /// Most check output kept, in bytes.
+    pub const MAX_CHECK_OUTPUT: usize = 4096;
+    /// Shortest check interval, in milliseconds.
+    pub const MIN_CHECK_INTERVAL_MS: u64 = 1_000;
+    /// Longest check interval, in milliseconds.
+    pub const MAX_CHECK_INTERVAL_MS: u64 = 86_400_000;
     /// Default wait of a blocking query, in milliseconds.
     pub const DEFAULT_WAIT_MS: u64 = 300_000;
 }
@@ -125,52 +133,172 @@ pub struct RegisterRequest {
     /// Attach the instance to this existing lease.
     #[serde(default)]
     pub lease: Option<String>,
-    /// Server-run health checks (not supported yet: a non-empty list is refused).
+    /// Server-run health checks.
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
 }
 
-/// A server-run health check, in the shape Consul users know.
-///
-/// Part of the wire type so clients can already send it; until server-run
-/// checks exist a registration carrying one is refused with
-/// `not_supported`.
+/// A server-run health check, in the shape Consul users know. Exactly one of
+/// `http`, `tcp`, `grpc`, `ttl` or `args` says what kind it is.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
-    /// Check id, unique within the instance.
+    /// Check id, unique within the instance (default `check-N` by position).
     #[serde(default)]
     pub id: Option<String>,
     /// Human-readable name.
     #[serde(default)]
     pub name: Option<String>,
-    /// URL probed with an HTTP request.
+    /// URL probed with an HTTP request: 2xx passing, 429 warning, else critical.
     #[serde(default)]
     pub http: Option<String>,
+    /// HTTP method (default GET).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// HTTP request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Accept any TLS certificate for an https check.
+    #[serde(default)]
+    pub tls_skip_verify: bool,
     /// `host:port` probed with a TCP connect.
     #[serde(default)]
     pub tcp: Option<String>,
-    /// `host:port/service` probed with the gRPC health protocol.
+    /// `host:port` or `host:port/service`, probed with `grpc.health.v1.Health/Check`.
     #[serde(default)]
     pub grpc: Option<String>,
-    /// Passing only while the client reports within this TTL.
+    /// Passing only while the client reports within this TTL (`PUT .../checks/{id}/pass`).
     #[serde(default)]
     pub ttl: Option<String>,
-    /// Time between runs.
+    /// A command run by the agent: exit 0 passing, 1 warning, else critical.
+    /// Refused unless the agent runs with `--enable-command-checks`.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// Time between runs (required except for ttl checks), 1s to 24h.
     #[serde(default)]
     pub interval: Option<String>,
-    /// Time a run may take.
+    /// Time a run may take (default the smaller of 10s and the interval).
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Status before the first result (default `critical`).
+    #[serde(default)]
+    pub status: Option<Health>,
     /// Remove the instance after it has been critical this long.
     #[serde(default)]
     pub deregister_critical_after: Option<String>,
-    /// Consecutive successes before the check turns passing.
+    /// Consecutive successes before the check turns passing (default 1).
     #[serde(default)]
     pub success_before_passing: Option<u32>,
-    /// Consecutive failures before the check turns critical.
+    /// Consecutive failures before the check turns critical (default 1).
     #[serde(default)]
     pub failures_before_critical: Option<u32>,
+    /// Free-form notes for operators.
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+/// What a check probes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum CheckKind {
+    /// An HTTP request.
+    Http {
+        /// URL.
+        url: String,
+        /// Method.
+        method: String,
+        /// Headers.
+        headers: BTreeMap<String, String>,
+        /// Skip TLS verification.
+        tls_skip_verify: bool,
+    },
+    /// A TCP connect.
+    Tcp {
+        /// `host:port`.
+        addr: String,
+    },
+    /// The gRPC health protocol.
+    Grpc {
+        /// `host:port`.
+        addr: String,
+        /// Service name asked about (empty: the server as a whole).
+        service: String,
+    },
+    /// Reported by the client within a TTL.
+    Ttl,
+    /// A command run by the agent.
+    Command {
+        /// Program and arguments.
+        args: Vec<String>,
+    },
+}
+
+impl CheckKind {
+    /// Short kind name, used in metrics labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::Http { .. } => "http",
+            CheckKind::Tcp { .. } => "tcp",
+            CheckKind::Grpc { .. } => "grpc",
+            CheckKind::Ttl => "ttl",
+            CheckKind::Command { .. } => "command",
+        }
+    }
+}
+
+/// A check of an instance: its validated definition and its current state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Check {
+    /// Id, unique within the instance.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// What it probes.
+    pub kind: CheckKind,
+    /// Milliseconds between runs (for ttl checks: the TTL).
+    pub interval_ms: u64,
+    /// Milliseconds a run may take.
+    pub timeout_ms: u64,
+    /// Consecutive successes before passing.
+    pub success_before_passing: u32,
+    /// Consecutive failures before critical.
+    pub failures_before_critical: u32,
+    /// Remove the instance after this many milliseconds critical.
+    pub deregister_critical_after_ms: Option<u64>,
+    /// Notes.
+    pub notes: Option<String>,
+    /// Current status.
+    pub status: Health,
+    /// Output of the run that set the status (at most 4 KiB).
+    pub output: String,
+    /// Log index of the last status change.
+    pub status_index: u64,
+    /// Unix milliseconds of the last run, when known (single-instance reads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_ms: Option<u64>,
+    /// Output of the last run, when it differs from `output` (single-instance reads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_output: Option<String>,
+}
+
+/// Body of `PUT .../maintenance`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    /// Turn maintenance on (true) or off (false).
+    pub enabled: bool,
+    /// Why, shown with the instance.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Body of a TTL check report (`PUT .../checks/{check}/pass|warn|fail`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckReport {
+    /// Output to record (at most 4 KiB kept).
+    #[serde(default)]
+    pub output: Option<String>,
 }
 
 /// One registered instance, as every read returns it.
@@ -196,8 +324,14 @@ pub struct Instance {
     pub zone: Option<String>,
     /// Load-balancing weight.
     pub weight: u32,
-    /// Current health.
+    /// Current health: the worst of its checks; critical in maintenance.
     pub health: Health,
+    /// Server-run checks and their state.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    /// Maintenance reason, while the instance is in maintenance.
+    #[serde(default)]
+    pub maintenance: Option<String>,
     /// Lease holding the instance, if it is ephemeral.
     pub lease: Option<String>,
     /// Log index that created the instance.

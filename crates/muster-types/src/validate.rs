@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::limits::*;
-use crate::{DEFAULT_WEIGHT, RegisterRequest, parse_duration, parse_lease_id};
+use crate::{
+    Check, CheckKind, CheckSpec, DEFAULT_WEIGHT, Health, RegisterRequest, parse_duration,
+    parse_lease_id,
+};
 
 /// A rejected input: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +54,216 @@ pub struct Registration {
     pub ttl: Option<Duration>,
     /// Existing lease to join, when `lease` was given.
     pub lease: Option<u64>,
+    /// Validated checks, in their initial state.
+    pub checks: Vec<Check>,
+}
+
+/// Cuts check output to at most 4 KiB, on a character boundary.
+pub fn truncate_output(s: &str) -> String {
+    if s.len() <= MAX_CHECK_OUTPUT {
+        return s.to_string();
+    }
+    let mut end = MAX_CHECK_OUTPUT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn host_port(field: &str, s: &str) -> Result<(), FieldError> {
+    let bad = || FieldError::invalid(field, format!("{s:?} must look like host:port"));
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.contains('/') || host.contains(' ') {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn check_duration(field: &str, s: &str, min_ms: u64, max_ms: u64) -> Result<u64, FieldError> {
+    let d = parse_duration(s).map_err(|m| FieldError::invalid(field, m))?;
+    let ms = d.as_millis() as u64;
+    if ms < min_ms || ms > max_ms {
+        return Err(FieldError::invalid(
+            field,
+            format!(
+                "{s:?} is out of range: it must be between {} and {}",
+                crate::format_duration(Duration::from_millis(min_ms)),
+                crate::format_duration(Duration::from_millis(max_ms))
+            ),
+        ));
+    }
+    Ok(ms)
+}
+
+/// Validates one check definition; `position` (0-based) names it in errors
+/// and gives the default id `check-N`.
+pub fn validate_check(position: usize, spec: &CheckSpec) -> Result<Check, FieldError> {
+    let f = |name: &str| format!("checks[{position}].{name}");
+    let kinds = [
+        spec.http.is_some(),
+        spec.tcp.is_some(),
+        spec.grpc.is_some(),
+        spec.ttl.is_some(),
+        spec.args.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err(FieldError::invalid(
+            format!("checks[{position}]"),
+            "a check needs exactly one of http, tcp, grpc, ttl or args",
+        ));
+    }
+    let id = spec
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("check-{}", position + 1));
+    validate_instance_id(&id).map_err(|e| FieldError::invalid(f("id"), e.message))?;
+    let mut interval_ms = match &spec.interval {
+        Some(i) => Some(check_duration(
+            &f("interval"),
+            i,
+            MIN_CHECK_INTERVAL_MS,
+            MAX_CHECK_INTERVAL_MS,
+        )?),
+        None => None,
+    };
+    let kind = if let Some(url) = &spec.http {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .ok_or_else(|| {
+                FieldError::invalid(
+                    f("http"),
+                    format!("{url:?} is not an http:// or https:// URL"),
+                )
+            })?;
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if host.is_empty() || url.contains(char::is_whitespace) || url.len() > 2048 {
+            return Err(FieldError::invalid(
+                f("http"),
+                format!("{url:?} is not a valid URL"),
+            ));
+        }
+        let method = spec
+            .method
+            .clone()
+            .unwrap_or_else(|| "GET".into())
+            .to_ascii_uppercase();
+        if !["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"].contains(&method.as_str())
+        {
+            return Err(FieldError::invalid(
+                f("method"),
+                format!("unsupported HTTP method {method:?}"),
+            ));
+        }
+        for (k, v) in &spec.headers {
+            if k.is_empty()
+                || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                || !printable(v)
+            {
+                return Err(FieldError::invalid(
+                    f("headers"),
+                    format!("invalid header {k:?}"),
+                ));
+            }
+        }
+        CheckKind::Http {
+            url: url.clone(),
+            method,
+            headers: spec.headers.clone(),
+            tls_skip_verify: spec.tls_skip_verify,
+        }
+    } else if let Some(addr) = &spec.tcp {
+        host_port(&f("tcp"), addr)?;
+        CheckKind::Tcp { addr: addr.clone() }
+    } else if let Some(target) = &spec.grpc {
+        let (addr, service) = target.split_once('/').unwrap_or((target, ""));
+        host_port(&f("grpc"), addr)?;
+        CheckKind::Grpc {
+            addr: addr.to_string(),
+            service: service.to_string(),
+        }
+    } else if let Some(ttl) = &spec.ttl {
+        if spec.interval.is_some() {
+            return Err(FieldError::invalid(
+                f("interval"),
+                "a ttl check has no interval: the client reports within the ttl",
+            ));
+        }
+        interval_ms = Some(check_duration(&f("ttl"), ttl, MIN_TTL_MS, MAX_TTL_MS)?);
+        CheckKind::Ttl
+    } else {
+        let args = spec.args.clone().unwrap_or_default();
+        if args.is_empty() || args[0].is_empty() {
+            return Err(FieldError::invalid(
+                f("args"),
+                "args needs a program to run",
+            ));
+        }
+        CheckKind::Command { args }
+    };
+    let interval_ms = interval_ms
+        .ok_or_else(|| FieldError::invalid(f("interval"), "interval is required, e.g. \"10s\""))?;
+    let timeout_ms = match &spec.timeout {
+        None => interval_ms.min(10_000),
+        Some(t) => check_duration(&f("timeout"), t, 1, interval_ms)?,
+    };
+    let threshold = |name: &str, v: Option<u32>| -> Result<u32, FieldError> {
+        match v.unwrap_or(1) {
+            n @ 1..=100 => Ok(n),
+            n => Err(FieldError::invalid(
+                f(name),
+                format!("{n} is out of range: it must be 1 to 100"),
+            )),
+        }
+    };
+    let deregister_critical_after_ms = match &spec.deregister_critical_after {
+        None => None,
+        Some(d) => Some(check_duration(
+            &f("deregister_critical_after"),
+            d,
+            1_000,
+            MAX_CHECK_INTERVAL_MS,
+        )?),
+    };
+    if let Some(n) = &spec.notes
+        && (n.len() > MAX_META_VALUE_LEN || !printable(n))
+    {
+        return Err(FieldError::invalid(
+            f("notes"),
+            format!("notes must be at most {MAX_META_VALUE_LEN} printable characters"),
+        ));
+    }
+    if let Some(n) = &spec.name
+        && (n.is_empty() || n.len() > MAX_TAG_LEN || !printable(n))
+    {
+        return Err(FieldError::invalid(
+            f("name"),
+            format!("name must be 1 to {MAX_TAG_LEN} printable characters"),
+        ));
+    }
+    Ok(Check {
+        name: spec
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{} check {id}", kind.name())),
+        id,
+        kind,
+        interval_ms,
+        timeout_ms,
+        success_before_passing: threshold("success_before_passing", spec.success_before_passing)?,
+        failures_before_critical: threshold(
+            "failures_before_critical",
+            spec.failures_before_critical,
+        )?,
+        deregister_critical_after_ms,
+        notes: spec.notes.clone(),
+        status: spec.status.unwrap_or(Health::Critical),
+        output: String::new(),
+        status_index: 0,
+        last_run_ms: None,
+        last_output: None,
+    })
 }
 
 fn label_ok(s: &str) -> bool {
@@ -253,14 +466,28 @@ impl RegisterRequest {
                 )
             })?),
         };
-        if !self.checks.is_empty() {
-            return Err(FieldError {
-                code: "not_supported",
-                field: "checks".into(),
-                message: "server-run health checks are not supported yet by this registry; \
-                          register without `checks` and use a ttl lease for liveness"
-                    .into(),
-            });
+        if self.checks.len() > MAX_CHECKS {
+            return Err(FieldError::invalid(
+                "checks",
+                format!(
+                    "{} checks given; at most {MAX_CHECKS} are allowed",
+                    self.checks.len()
+                ),
+            ));
+        }
+        let checks = self
+            .checks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| validate_check(i, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids: Vec<&str> = checks.iter().map(|c| c.id.as_str()).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(FieldError::invalid(
+                "checks",
+                format!("check id {:?} is used twice", w[0]),
+            ));
         }
         Ok(Registration {
             address: self.address.clone(),
@@ -272,6 +499,7 @@ impl RegisterRequest {
             weight,
             ttl,
             lease,
+            checks,
         })
     }
 }
@@ -368,8 +596,7 @@ mod tests {
         let meta = [("bad key".to_string(), "v".to_string())].into();
         assert_eq!(field_of(RegisterRequest { meta, ..base() }), "meta");
         let checks = vec![crate::CheckSpec::default()];
-        let e = RegisterRequest { checks, ..base() }.validate().unwrap_err();
-        assert_eq!((e.code, e.field.as_str()), ("not_supported", "checks"));
+        assert_eq!(field_of(RegisterRequest { checks, ..base() }), "checks[0]");
     }
 
     #[test]
@@ -380,5 +607,147 @@ mod tests {
         }
         assert!(validate_instance_id("pay-1:8080").is_ok());
         assert!(validate_instance_id("a/b").is_err());
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    fn spec() -> CheckSpec {
+        CheckSpec {
+            http: Some("http://10.0.0.1:8080/health".into()),
+            interval: Some("10s".into()),
+            ..Default::default()
+        }
+    }
+
+    fn field(s: CheckSpec) -> String {
+        validate_check(0, &s).unwrap_err().field
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let c = validate_check(1, &spec()).unwrap();
+        assert_eq!(c.id, "check-2");
+        assert_eq!((c.interval_ms, c.timeout_ms), (10_000, 10_000));
+        assert_eq!(c.status, Health::Critical);
+        assert!(matches!(c.kind, CheckKind::Http { ref method, .. } if method == "GET"));
+        let ttl = validate_check(
+            0,
+            &CheckSpec {
+                ttl: Some("30s".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((ttl.kind, ttl.interval_ms), (CheckKind::Ttl, 30_000));
+        let g = validate_check(
+            0,
+            &CheckSpec {
+                grpc: Some("h:9090/pay".into()),
+                interval: Some("5s".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            g.kind,
+            CheckKind::Grpc {
+                addr: "h:9090".into(),
+                service: "pay".into()
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_checks_name_their_field() {
+        assert_eq!(
+            field(CheckSpec {
+                interval: Some("0s".into()),
+                ..spec()
+            }),
+            "checks[0].interval"
+        );
+        assert_eq!(
+            field(CheckSpec {
+                interval: None,
+                ..spec()
+            }),
+            "checks[0].interval"
+        );
+        assert_eq!(
+            field(CheckSpec {
+                http: Some("ftp://x".into()),
+                ..spec()
+            }),
+            "checks[0].http"
+        );
+        assert_eq!(
+            field(CheckSpec {
+                http: Some("http://".into()),
+                ..spec()
+            }),
+            "checks[0].http"
+        );
+        assert_eq!(
+            field(CheckSpec {
+                http: None,
+                ..spec()
+            }),
+            "checks[0]"
+        );
+        assert_eq!(
+            field(CheckSpec {
+                tcp: Some("h:1".into()),
+                ..spec()
+            }),
+            "checks[0]"
+        );
+        assert_eq!(
+            field(CheckSpec {
+                timeout: Some("20s".into()),
+                ..spec()
+            }),
+            "checks[0].timeout"
+        );
+        assert_eq!(
+            field(CheckSpec {
+                failures_before_critical: Some(0),
+                ..spec()
+            }),
+            "checks[0].failures_before_critical"
+        );
+        assert_eq!(
+            field(CheckSpec {
+                method: Some("BREW".into()),
+                ..spec()
+            }),
+            "checks[0].method"
+        );
+        assert_eq!(
+            field(CheckSpec {
+                http: None,
+                tcp: Some("nohost".into()),
+                ..spec()
+            }),
+            "checks[0].tcp"
+        );
+        assert_eq!(
+            field(CheckSpec {
+                http: None,
+                args: Some(vec![]),
+                ..spec()
+            }),
+            "checks[0].args"
+        );
+    }
+
+    #[test]
+    fn output_is_truncated_on_a_char_boundary() {
+        let s = "é".repeat(3000);
+        let t = truncate_output(&s);
+        assert!(t.len() <= MAX_CHECK_OUTPUT);
+        assert!(s.starts_with(&t));
     }
 }

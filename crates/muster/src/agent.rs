@@ -29,6 +29,9 @@ fn load_config(args: &AgentArgs) -> anyhow::Result<Config> {
     if let Some(t) = args.self_preservation_threshold {
         cfg.self_preservation_threshold = t;
     }
+    if args.enable_command_checks {
+        cfg.enable_command_checks = true;
+    }
     if let Err(e) = cfg.validate() {
         bail!("invalid configuration: {e}");
     }

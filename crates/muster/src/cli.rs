@@ -76,6 +76,15 @@ pub enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// Show one instance with its checks: status, output and last run.
+    ///
+    /// Example: `muster instance payments pay-1`
+    Instance {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
     /// Print changes to a service as they happen (Ctrl-C to stop).
     ///
     /// Example: `muster watch payments`
@@ -108,6 +117,9 @@ pub struct AgentArgs {
     /// Share of leases that may fall silent at once before expiry pauses [default: 0.85].
     #[arg(long, env = "MUSTER_SELF_PRESERVATION_THRESHOLD")]
     pub self_preservation_threshold: Option<f64>,
+    /// Allow health checks that run commands on this host (`args` checks).
+    #[arg(long, env = "MUSTER_ENABLE_COMMAND_CHECKS")]
+    pub enable_command_checks: bool,
     /// Log format.
     #[arg(long, env = "MUSTER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -143,6 +143,19 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
                 output::services(&s);
             }
         }
+        Command::Instance { service, id } => {
+            let path = format!("/v1/services/{service}/instances/{id}");
+            let inst: Instance = api
+                .send(api.request(Method::GET, &path, &[]))
+                .await?
+                .json()
+                .await?;
+            if g.json {
+                output::json(&inst);
+            } else {
+                output::instance_detail(&inst);
+            }
+        }
         Command::Instances { service, filter } => {
             let path = format!("/v1/services/{service}/instances");
             let r: InstancesResponse = api

@@ -74,6 +74,7 @@ pub fn instances(list: &[Instance]) {
                     i.id.clone(),
                     format!("{}:{}", i.address, i.port),
                     i.health.as_str().to_string(),
+                    checks_summary(i),
                     i.version.clone().unwrap_or_else(|| "-".into()),
                     i.zone.clone().unwrap_or_else(|| "-".into()),
                     i.weight.to_string(),
@@ -112,5 +113,50 @@ pub fn event(e: &WatchEvent) {
             )
         }
         WatchEvent::Delete { index, id } => println!("[{index}] delete {id}"),
+    }
+}
+
+fn checks_summary(i: &Instance) -> String {
+    if i.maintenance.is_some() {
+        return "maintenance".into();
+    }
+    if i.checks.is_empty() {
+        return "-".into();
+    }
+    let passing = i
+        .checks
+        .iter()
+        .filter(|c| c.status == muster_types::Health::Passing)
+        .count();
+    format!("{passing}/{} passing", i.checks.len())
+}
+
+/// One instance in detail, with each check's status, output and last run.
+pub fn instance_detail(i: &Instance) {
+    println!(
+        "{}/{} at {}:{}  health {}",
+        i.service,
+        i.id,
+        i.address,
+        i.port,
+        i.health.as_str()
+    );
+    if let Some(r) = &i.maintenance {
+        println!("maintenance: {r}");
+    }
+    for c in &i.checks {
+        let last = c
+            .last_run_ms
+            .map_or("never".to_string(), |ms| format!("{ms} (unix ms)"));
+        println!(
+            "  check {} [{}] {}  last run {last}",
+            c.id,
+            c.kind.name(),
+            c.status.as_str()
+        );
+        let out = c.last_output.as_deref().unwrap_or(&c.output);
+        for line in out.lines().take(5) {
+            println!("    {line}");
+        }
     }
 }

@@ -26,6 +26,29 @@ fn names(service: &str, id: Option<&str>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Command checks run programs on the agent's host: only with the opt-in.
+pub fn refuse_command_checks(
+    state: &AppStateRef,
+    checks: &[muster_types::Check],
+) -> Result<(), ApiError> {
+    if state.config.enable_command_checks {
+        return Ok(());
+    }
+    match checks
+        .iter()
+        .position(|c| matches!(c.kind, muster_types::CheckKind::Command { .. }))
+    {
+        None => Ok(()),
+        Some(i) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "command_checks_disabled",
+            "command checks (args) run programs on the registry's host and are disabled; \
+             start the agent with --enable-command-checks to allow them",
+        )
+        .with_field(format!("checks[{i}].args"))),
+    }
+}
+
 /// A fresh lease id: random, never 0.
 pub fn new_lease_id() -> u64 {
     rand::rng().random_range(1..=u64::MAX)
@@ -54,6 +77,7 @@ pub async fn register(
     let namespace = params.namespace()?;
     names(&service, Some(&id))?;
     let reg = body.validate()?;
+    refuse_command_checks(&state, &reg.checks)?;
     let lease = match (reg.ttl, reg.lease) {
         (Some(ttl), _) => LeaseRef::Own {
             id: new_lease_id(),
@@ -87,6 +111,7 @@ pub async fn register(
             version: reg.version,
             zone: reg.zone,
             weight: reg.weight,
+            checks: reg.checks,
         },
         lease,
     };
@@ -116,14 +141,24 @@ pub async fn get_one(
     params.only(&["namespace"])?;
     let key = ServiceKey::new(params.namespace()?, service);
     names(&key.service, Some(&id))?;
-    let c = state.node.catalog().read().expect("catalog lock");
-    let inst = c.instance(&key, &id).ok_or_else(|| {
-        ApiError::not_found(
-            "not_found",
-            format!("instance {id:?} of service {:?} not found", key.service),
-        )
-    })?;
-    Ok(indexed(c.service_index(&key), &**inst))
+    let (index, mut inst) = {
+        let c = state.node.catalog().read().expect("catalog lock");
+        let inst = c.instance(&key, &id).ok_or_else(|| {
+            ApiError::not_found(
+                "not_found",
+                format!("instance {id:?} of service {:?} not found", key.service),
+            )
+        })?;
+        (c.service_index(&key), (**inst).clone())
+    };
+    // The last run of each check lives in memory on the leader, not in the log.
+    for check in &mut inst.checks {
+        if let Some(rt) = state.checks.runtime(&key, &id, &check.id) {
+            check.last_run_ms = rt.last_run_ms;
+            check.last_output = rt.last_output.filter(|o| *o != check.output);
+        }
+    }
+    Ok(indexed(index, &inst))
 }
 
 /// Deregister an instance. Answered once the removal is durable.

@@ -1,6 +1,7 @@
 //! HTTP API v1: routing, and the extractors every handler shares (JSON
 //! bodies with typed errors, query parameters checked against a list).
 
+pub mod checks;
 pub mod cluster;
 pub mod instances;
 pub mod leases;
@@ -37,6 +38,18 @@ pub fn router(state: AppStateRef) -> Router {
         .route(
             "/v1/services/{service}/instances/{id}/heartbeat",
             put(instances::heartbeat),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/maintenance",
+            put(checks::maintenance),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/checks/{check}",
+            put(checks::put_check).delete(checks::delete_check),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/checks/{check}/{status}",
+            put(checks::report),
         )
         .route("/v1/leases", post(leases::create))
         .route("/v1/leases/renew", post(leases::renew_many))

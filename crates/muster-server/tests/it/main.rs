@@ -3,6 +3,7 @@
 
 mod api;
 mod blocking;
+mod checks;
 mod harness;
 mod leases;
 mod openapi;

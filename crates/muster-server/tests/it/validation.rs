@@ -153,16 +153,16 @@ async fn bad_input_is_refused_and_changes_nothing() {
             Some("lease"),
         ),
         (
-            "checks not supported",
+            "invalid check",
             "/v1/services/pay/instances/p2".into(),
             Some(with(
                 "checks",
-                json!([{"http": "http://10.0.0.2:8080/health", "interval": "10s"}]),
+                json!([{"http": "http://10.0.0.2:8080/health", "interval": "0s"}]),
             )),
             None,
-            422,
-            "not_supported",
-            Some("checks"),
+            400,
+            "invalid_field",
+            Some("checks[0].interval"),
         ),
         (
             "bad namespace",
