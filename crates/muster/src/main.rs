@@ -13,6 +13,9 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
+    // One TLS crypto provider for the whole process (HTTPS health checks and
+    // clients); installing it here keeps rustls from guessing.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

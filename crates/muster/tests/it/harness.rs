@@ -73,6 +73,8 @@ impl Drop for Agent {
 }
 
 pub fn http() -> reqwest::Client {
+    // The workspace build gives reqwest rustls without a default provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 

@@ -2,6 +2,7 @@
 //! expiry in a real process, signals, configuration and the CLI.
 
 mod agent;
+mod checks;
 mod cli;
 mod durability;
 mod harness;
