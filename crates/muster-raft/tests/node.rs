@@ -56,6 +56,7 @@ fn register(id: &str, lease: u64) -> Command {
             version: Some("1.4.0".into()),
             zone: None,
             weight: 100,
+            checks: Vec::new(),
         },
         lease: LeaseRef::Existing(lease),
     }
