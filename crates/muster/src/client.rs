@@ -3,20 +3,17 @@
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use futures::StreamExt;
-use muster_types::{
-    ErrorBody, Instance, InstancesResponse, RegisterRequest, ServicesResponse, WatchEvent,
-    WriteResponse,
-};
-use reqwest::{Method, Response, StatusCode};
+use muster_client::{Backoff, Client, Error, HealthFilter, Query, Timeouts};
+use muster_types::RegisterRequest;
 
 use crate::cli::{Command, Global};
 use crate::output;
 
+/// The registry's API through `muster-client`, failing fast: one pass over
+/// the address, no retries.
 struct Api {
-    http: reqwest::Client,
+    client: Client,
     base: String,
-    namespace: String,
 }
 
 impl Api {
@@ -25,61 +22,55 @@ impl Api {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!("--addr {base:?} must start with http:// or https://");
         }
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .context("cannot build the HTTP client")?;
-        Ok(Api {
-            http,
-            base,
-            namespace: g.namespace.clone(),
-        })
+        let client = Client::builder()
+            .addrs([base.clone()])
+            .namespace(g.namespace.clone())
+            .timeouts(Timeouts {
+                connect: Duration::from_secs(3),
+                request: Duration::from_secs(60),
+                ..Timeouts::default()
+            })
+            .backoff(Backoff {
+                attempts: 1,
+                ..Backoff::default()
+            })
+            .build()?;
+        Ok(Api { client, base })
     }
 
-    fn request(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-    ) -> reqwest::RequestBuilder {
-        let mut q: Vec<(&str, String)> = vec![("namespace", self.namespace.clone())];
-        q.extend_from_slice(query);
-        self.http
-            .request(method, format!("{}{}", self.base, path))
-            .query(&q)
+    fn api(&self) -> &muster_client::Api {
+        self.client.api()
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Response> {
-        let resp = req.send().await.map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
-                anyhow!("cannot reach the registry at {}: {e}. Is `muster agent` running there? (set --addr or MUSTER_ADDR)", self.base)
-            } else {
-                anyhow!("request to {} failed: {e}", self.base)
+    /// Makes a client error readable, with a hint when nothing answered.
+    fn explain(&self, e: Error) -> anyhow::Error {
+        match e {
+            Error::Unreachable { .. } => {
+                anyhow!("{e}. Is `muster agent` running there? (set --addr or MUSTER_ADDR)")
             }
-        })?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(b) => {
-                let field = b
-                    .error
-                    .field
-                    .map(|f| format!(" (field {f})"))
-                    .unwrap_or_default();
-                bail!(
-                    "{}{field} [{} {}]",
-                    b.error.message,
-                    status.as_u16(),
-                    b.error.code
-                )
-            }
-            Err(_) => bail!("registry answered {status}: {text}"),
+            Error::Protocol(_) => anyhow!("request to {} failed: {e}", self.base),
+            e => anyhow!(e),
         }
     }
+}
+
+/// The discovery filters of the command line as a client query.
+fn query(service: &str, pairs: Vec<(&'static str, String)>) -> anyhow::Result<Query> {
+    let mut q = Query::new(service);
+    for (k, v) in pairs {
+        q = match k {
+            "tag" => q.tag(v),
+            "meta" => match v.split_once(':') {
+                Some((key, value)) if !key.is_empty() => q.meta(key, value),
+                _ => bail!("meta filter {v:?} must look like key:value"),
+            },
+            "version" => q.version(v),
+            "zone" => q.zone(v),
+            "health" if v == "any" => q.health(HealthFilter::Any),
+            other => bail!("unknown filter {other}"),
+        };
+    }
+    Ok(q)
 }
 
 /// Runs one client command.
@@ -100,12 +91,11 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
                 lease: a.lease,
                 checks: Vec::new(),
             };
-            let path = format!("/v1/services/{}/instances/{}", a.service, a.id);
-            let inst: Instance = api
-                .send(api.request(Method::PUT, &path, &[]).json(&body))
-                .await?
-                .json()
-                .await?;
+            let inst = api
+                .api()
+                .register(&a.service, &a.id, &body)
+                .await
+                .map_err(|e| api.explain(e))?;
             if g.json {
                 output::json(&inst);
             } else {
@@ -119,12 +109,11 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
             }
         }
         Command::Deregister { service, id } => {
-            let path = format!("/v1/services/{service}/instances/{id}");
-            let w: WriteResponse = api
-                .send(api.request(Method::DELETE, &path, &[]))
-                .await?
-                .json()
-                .await?;
+            let w = api
+                .api()
+                .deregister(&service, &id)
+                .await
+                .map_err(|e| api.explain(e))?;
             if g.json {
                 output::json(&w);
             } else {
@@ -132,11 +121,7 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
             }
         }
         Command::Services => {
-            let s: ServicesResponse = api
-                .send(api.request(Method::GET, "/v1/services", &[]))
-                .await?
-                .json()
-                .await?;
+            let s = api.api().services().await.map_err(|e| api.explain(e))?;
             if g.json {
                 output::json(&s);
             } else {
@@ -144,12 +129,11 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
             }
         }
         Command::Instance { service, id } => {
-            let path = format!("/v1/services/{service}/instances/{id}");
-            let inst: Instance = api
-                .send(api.request(Method::GET, &path, &[]))
-                .await?
-                .json()
-                .await?;
+            let inst = api
+                .api()
+                .instance(&service, &id)
+                .await
+                .map_err(|e| api.explain(e))?;
             if g.json {
                 output::json(&inst);
             } else {
@@ -157,80 +141,58 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
             }
         }
         Command::Instances { service, filter } => {
-            let path = format!("/v1/services/{service}/instances");
-            let r: InstancesResponse = api
-                .send(api.request(Method::GET, &path, &filter.pairs()))
-                .await?
-                .json()
-                .await?;
+            let q = query(&service, filter.pairs())?;
+            let r = api.api().instances(&q).await.map_err(|e| api.explain(e))?;
             if g.json {
                 output::json(&r);
             } else {
                 output::instances(&r.instances);
             }
         }
-        Command::Watch { service, filter } => watch(&api, &service, filter.pairs(), g.json).await?,
+        Command::Watch { service, filter } => {
+            watch(&api, &query(&service, filter.pairs())?, g.json).await?
+        }
     }
     Ok(())
 }
 
-/// Follows the SSE stream, reconnecting with `Last-Event-ID` if it breaks.
-async fn watch(
-    api: &Api,
-    service: &str,
-    filter: Vec<(&'static str, String)>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let mut query = vec![("service", service.to_string())];
-    query.extend(filter);
-    let mut last_id: Option<String> = None;
+/// Follows the watch, reconnecting with `Last-Event-ID` if it breaks.
+async fn watch(api: &Api, query: &Query, json: bool) -> anyhow::Result<()> {
+    let mut last_id: Option<u64> = None;
     let mut failures = 0u32;
     loop {
-        let mut req = api.request(Method::GET, "/v1/watch", &query);
-        if let Some(id) = &last_id {
-            req = req.header("Last-Event-ID", id);
-        }
-        let resp = match api.send(req).await {
-            Ok(r) => r,
+        let mut events = match api.api().watch(query, last_id).await {
+            Ok(events) => events,
             Err(e) if last_id.is_some() && failures < 30 => {
                 failures += 1;
-                eprintln!("watch interrupted ({e}); reconnecting");
+                eprintln!("watch interrupted ({}); reconnecting", api.explain(e));
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(failures.min(6)))).await;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(api.explain(e)),
         };
-        if resp.status() != StatusCode::OK {
-            bail!("unexpected status {}", resp.status());
-        }
         failures = 0;
-        let mut stream = resp.bytes_stream();
-        let mut buf = String::new();
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else { break };
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let frame: String = buf.drain(..end + 2).collect();
-                let mut data = String::new();
-                for line in frame.lines() {
-                    if let Some(id) = line.strip_prefix("id:") {
-                        last_id = Some(id.trim().to_string());
-                    } else if let Some(d) = line.strip_prefix("data:") {
-                        data.push_str(d.trim_start());
+        loop {
+            match events.next().await {
+                Ok(Some(ev)) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string(&ev).context("cannot print the event")?
+                        );
+                    } else {
+                        output::event(&ev);
                     }
                 }
-                if data.is_empty() {
-                    continue; // keep-alive comment
+                Ok(None) => break,
+                Err(Error::Protocol(e)) if e.starts_with("unreadable") => {
+                    bail!("unreadable watch event: {e}")
                 }
-                if json {
-                    println!("{data}");
-                } else {
-                    let ev: WatchEvent =
-                        serde_json::from_str(&data).context("unreadable watch event")?;
-                    output::event(&ev);
-                }
+                Err(_) => break,
             }
+            last_id = events.last_event_id();
         }
+        last_id = events.last_event_id().or(last_id);
         eprintln!("watch stream ended; reconnecting");
     }
 }

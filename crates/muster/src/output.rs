@@ -66,7 +66,7 @@ pub fn instances(list: &[Instance]) {
     }
     table(
         &[
-            "ID", "ADDRESS", "HEALTH", "VERSION", "ZONE", "WEIGHT", "TAGS", "LEASE",
+            "ID", "ADDRESS", "HEALTH", "CHECKS", "VERSION", "ZONE", "WEIGHT", "TAGS", "LEASE",
         ],
         list.iter()
             .map(|i| {

@@ -1,0 +1,204 @@
+//! [`Api`]: one plain HTTP call per route of the registry's API v1, with
+//! failover, retries and typed errors, but no caching and no background work.
+//! The CLI is built on it; services usually want [`Client::register`] and
+//! [`Client::discover`] instead.
+//!
+//! [`Client::register`]: crate::Client::register
+//! [`Client::discover`]: crate::Client::discover
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_types::{
+    CreateLeaseRequest, Instance, InstancesResponse, LeaseInfo, RegisterRequest, RenewManyRequest,
+    RenewManyResponse, RenewResponse, ServicesResponse, WatchEvent, WriteResponse, format_duration,
+};
+use reqwest::Method;
+
+use crate::error::Result;
+use crate::query::Query;
+use crate::sse::{Read, SseReader};
+use crate::transport::{Req, Transport, json};
+
+/// Plain calls to the registry's API v1, in the client's namespace.
+#[derive(Clone)]
+pub struct Api {
+    pub(crate) transport: Arc<Transport>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("addrs", &self.transport.settings.addrs)
+            .field("namespace", &self.transport.settings.namespace)
+            .finish()
+    }
+}
+
+fn instance_path(service: &str, id: &str) -> String {
+    format!("/v1/services/{service}/instances/{id}")
+}
+
+impl Api {
+    fn ns(&self) -> (&'static str, String) {
+        ("namespace", self.transport.settings.namespace.clone())
+    }
+
+    /// `PUT /v1/services/{service}/instances/{id}`: registers or replaces an
+    /// instance exactly as `body` says (persistent, own `ttl`, or `lease`).
+    pub async fn register(
+        &self,
+        service: &str,
+        id: &str,
+        body: &RegisterRequest,
+    ) -> Result<Instance> {
+        let path = instance_path(service, id);
+        let q = [self.ns()];
+        let resp = self
+            .transport
+            .send(Req::new(Method::PUT, &path).query(&q).json(body))
+            .await?;
+        json(resp).await
+    }
+
+    /// `DELETE /v1/services/{service}/instances/{id}`.
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<WriteResponse> {
+        let path = instance_path(service, id);
+        let q = [self.ns()];
+        let resp = self
+            .transport
+            .send(Req::new(Method::DELETE, &path).query(&q))
+            .await?;
+        json(resp).await
+    }
+
+    /// `GET /v1/services/{service}/instances/{id}`.
+    pub async fn instance(&self, service: &str, id: &str) -> Result<Instance> {
+        let path = instance_path(service, id);
+        let q = [self.ns()];
+        let resp = self
+            .transport
+            .send(Req::new(Method::GET, &path).query(&q))
+            .await?;
+        json(resp).await
+    }
+
+    /// `GET /v1/services/{service}/instances`: one discovery query, straight
+    /// from the registry (no cache).
+    pub async fn instances(&self, query: &Query) -> Result<InstancesResponse> {
+        let path = format!("/v1/services/{}/instances", query.service());
+        let mut q = vec![self.ns()];
+        q.extend(query.pairs());
+        let resp = self
+            .transport
+            .send(Req::new(Method::GET, &path).query(&q))
+            .await?;
+        json(resp).await
+    }
+
+    /// `GET /v1/services`: services of the namespace with their counts.
+    pub async fn services(&self) -> Result<ServicesResponse> {
+        let q = [self.ns()];
+        let resp = self
+            .transport
+            .send(Req::new(Method::GET, "/v1/services").query(&q))
+            .await?;
+        json(resp).await
+    }
+
+    /// `POST /v1/leases`: a new lease with this TTL (1 s to 1 h).
+    pub async fn create_lease(&self, ttl: Duration) -> Result<LeaseInfo> {
+        let body = CreateLeaseRequest {
+            ttl: format_duration(ttl),
+        };
+        let resp = self
+            .transport
+            .send(Req::new(Method::POST, "/v1/leases").json(&body))
+            .await?;
+        json(resp).await
+    }
+
+    /// `PUT /v1/leases/{id}/renew`. An unknown lease is an [`Error::Api`](crate::Error::Api)
+    /// for which [`Error::is_lease_not_found`](crate::Error::is_lease_not_found) holds.
+    pub async fn renew_lease(&self, id: &str) -> Result<RenewResponse> {
+        let path = format!("/v1/leases/{id}/renew");
+        let resp = self.transport.send(Req::new(Method::PUT, &path)).await?;
+        json(resp).await
+    }
+
+    /// `POST /v1/leases/renew`: renews many leases in one request.
+    pub async fn renew_leases(&self, ids: Vec<String>) -> Result<RenewManyResponse> {
+        let body = RenewManyRequest { ids };
+        let resp = self
+            .transport
+            .send(Req::new(Method::POST, "/v1/leases/renew").json(&body))
+            .await?;
+        json(resp).await
+    }
+
+    /// `DELETE /v1/leases/{id}`: revokes a lease and removes every instance
+    /// attached to it, in one write.
+    pub async fn revoke_lease(&self, id: &str) -> Result<WriteResponse> {
+        let path = format!("/v1/leases/{id}");
+        let resp = self.transport.send(Req::new(Method::DELETE, &path)).await?;
+        json(resp).await
+    }
+
+    /// `GET /v1/watch`: opens one Server-Sent Events stream of the query's
+    /// changes — a snapshot, then deltas — resuming after `last_event_id`
+    /// when given. It does not reconnect by itself; the cache behind
+    /// [`Client::discover`](crate::Client::discover) does.
+    pub async fn watch(&self, query: &Query, last_event_id: Option<u64>) -> Result<WatchEvents> {
+        let mut q = vec![("service", query.service().to_string()), self.ns()];
+        q.extend(query.pairs());
+        let mut req = Req::new(Method::GET, "/v1/watch").query(&q);
+        req.last_event_id = last_event_id;
+        req.streaming = true;
+        let resp = self.transport.send(req).await?;
+        Ok(WatchEvents {
+            reader: SseReader::new(resp),
+            last_event_id,
+        })
+    }
+}
+
+/// An open watch stream; see [`Api::watch`].
+pub struct WatchEvents {
+    reader: SseReader,
+    last_event_id: Option<u64>,
+}
+
+impl std::fmt::Debug for WatchEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchEvents")
+            .field("last_event_id", &self.last_event_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WatchEvents {
+    /// The next event, skipping keep-alives; `Ok(None)` when the registry
+    /// closed the stream (reconnect with [`WatchEvents::last_event_id`]).
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>> {
+        loop {
+            match self.next_read().await? {
+                Read::Event(frame) => return Ok(Some(frame.event)),
+                Read::KeepAlive => continue,
+                Read::End => return Ok(None),
+            }
+        }
+    }
+
+    /// The index of the last event received (what to resume after).
+    pub fn last_event_id(&self) -> Option<u64> {
+        self.last_event_id
+    }
+
+    pub(crate) async fn next_read(&mut self) -> Result<Read> {
+        let read = self.reader.next().await?;
+        if let Read::Event(frame) = &read {
+            self.last_event_id = Some(frame.id.unwrap_or_else(|| frame.event.index()));
+        }
+        Ok(read)
+    }
+}

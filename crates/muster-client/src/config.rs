@@ -1,0 +1,211 @@
+//! [`ClientBuilder`] and the settings it validates once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_types::{DEFAULT_NAMESPACE, limits, validate_namespace};
+
+use crate::Client;
+use crate::error::{Error, Result};
+
+/// Time limits of the client's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Longest a TCP connect to one registry address may take before the
+    /// next address is tried.
+    pub connect: Duration,
+    /// Longest one request (connect included) may take. Watches are exempt.
+    pub request: Duration,
+    /// A watch that received nothing (not even a keep-alive, which the
+    /// registry sends every 15 s) for this long is considered broken and
+    /// reconnected.
+    pub watch_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            request: Duration::from_secs(10),
+            watch_idle: Duration::from_secs(45),
+        }
+    }
+}
+
+/// How calls are retried: each attempt tries every registry address in turn,
+/// and attempts are separated by a jittered exponential back-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Passes over the address list before a call gives up (at least 1).
+    pub attempts: u32,
+    /// Back-off after the first failed pass; doubled after each further one.
+    pub initial: Duration,
+    /// Largest back-off.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            attempts: 3,
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Backoff {
+    /// The back-off before retry number `n` (0-based), without jitter.
+    pub(crate) fn delay(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.min(16)).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Everything a [`Client`] was built with.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub addrs: Vec<String>,
+    pub namespace: String,
+    pub timeouts: Timeouts,
+    pub backoff: Backoff,
+    pub lease_ttl: Duration,
+    pub max_staleness: Duration,
+}
+
+/// Builds a [`Client`]; start with [`Client::builder`].
+///
+/// ```no_run
+/// # async fn f() -> muster_client::Result<()> {
+/// use std::time::Duration;
+/// let client = muster_client::Client::builder()
+///     .addrs(["http://10.0.0.1:7700", "http://10.0.0.2:7700"])
+///     .namespace("prod")
+///     .lease_ttl(Duration::from_secs(10))
+///     .max_staleness(Duration::from_secs(300))
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    addrs: Vec<String>,
+    namespace: String,
+    timeouts: Timeouts,
+    backoff: Backoff,
+    lease_ttl: Duration,
+    max_staleness: Duration,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            addrs: Vec::new(),
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            timeouts: Timeouts::default(),
+            backoff: Backoff::default(),
+            lease_ttl: Duration::from_secs(10),
+            max_staleness: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Registry addresses, tried in order with failover: `http://host:port`
+    /// or `host:port`. Without any, `http://127.0.0.1:7700`.
+    pub fn addrs<I, S>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.addrs.extend(addrs.into_iter().map(Into::into));
+        self
+    }
+
+    /// Namespace of every registration and lookup (default `default`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Connect, request and watch-idle time limits.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Retry and failover back-off.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// TTL of the client's lease (1 s to 1 h, default 10 s). The lease is
+    /// renewed about every third of it, so an instance of a crashed process
+    /// disappears within one TTL.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How long cached discovery answers stay usable once the registry is
+    /// unreachable (default 5 min); later lookups fail with [`Error::Stale`].
+    pub fn max_staleness(mut self, max: Duration) -> Self {
+        self.max_staleness = max;
+        self
+    }
+
+    /// Validates the settings and builds the client. Makes no network call.
+    pub fn build(self) -> Result<Client> {
+        let settings = self.validate()?;
+        Client::from_settings(Arc::new(settings))
+    }
+
+    fn validate(self) -> Result<Settings> {
+        let mut addrs = Vec::new();
+        let given = if self.addrs.is_empty() {
+            vec!["http://127.0.0.1:7700".to_string()]
+        } else {
+            self.addrs
+        };
+        for a in given {
+            let a = a.trim().trim_end_matches('/');
+            if a.is_empty() {
+                return Err(Error::Config("an empty registry address".into()));
+            }
+            let base = if a.contains("://") {
+                a.to_string()
+            } else {
+                format!("http://{a}")
+            };
+            if !base.starts_with("http://") && !base.starts_with("https://") {
+                return Err(Error::Config(format!(
+                    "registry address {a:?} must be http://host:port or host:port"
+                )));
+            }
+            addrs.push(base);
+        }
+        validate_namespace(&self.namespace)
+            .map_err(|e| Error::Config(format!("namespace: {}", e.message)))?;
+        let ttl_ms = self.lease_ttl.as_millis();
+        if ttl_ms < u128::from(limits::MIN_TTL_MS) || ttl_ms > u128::from(limits::MAX_TTL_MS) {
+            return Err(Error::Config(format!(
+                "lease_ttl must be between 1s and 1h, not {:?}",
+                self.lease_ttl
+            )));
+        }
+        if self.backoff.attempts == 0 {
+            return Err(Error::Config("backoff.attempts must be at least 1".into()));
+        }
+        if self.timeouts.connect.is_zero() || self.timeouts.request.is_zero() {
+            return Err(Error::Config("timeouts must be positive".into()));
+        }
+        Ok(Settings {
+            addrs,
+            namespace: self.namespace,
+            timeouts: self.timeouts,
+            backoff: self.backoff,
+            lease_ttl: self.lease_ttl,
+            max_staleness: self.max_staleness,
+        })
+    }
+}

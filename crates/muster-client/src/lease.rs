@@ -1,0 +1,418 @@
+//! Self-registration: one lease per client holds every registration.
+//!
+//! The lease is created on the first [`Client::register`](crate::Client::register)
+//! and renewed in the background about every third of its TTL (with jitter,
+//! and with back-off retries when a renewal fails). When the registry
+//! answers `lease_not_found` — the lease expired during a partition, or the
+//! registry lost its state — the client creates a new lease and registers
+//! every live registration again, by itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_types::{DEFAULT_WEIGHT, Instance, RegisterRequest};
+use tokio::sync::{Mutex, watch};
+
+use crate::Client;
+use crate::api::Api;
+use crate::error::Result;
+use crate::transport::{jitter, spread};
+
+/// What to register: a service instance's address and attributes.
+///
+/// ```
+/// let spec = muster_client::InstanceSpec::new("payments", "pay-1", "10.0.0.5", 8080)
+///     .tag("v2")
+///     .version("1.4.2")
+///     .zone("eu-1a")
+///     .meta("team", "core");
+/// assert_eq!(spec.service(), "payments");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceSpec {
+    service: String,
+    id: String,
+    body: RegisterRequest,
+}
+
+impl InstanceSpec {
+    /// Instance `id` of `service`, serving on `address:port`.
+    pub fn new(
+        service: impl Into<String>,
+        id: impl Into<String>,
+        address: impl Into<String>,
+        port: u16,
+    ) -> Self {
+        InstanceSpec {
+            service: service.into(),
+            id: id.into(),
+            body: RegisterRequest {
+                address: address.into(),
+                port: u32::from(port),
+                ..RegisterRequest::default()
+            },
+        }
+    }
+
+    /// Adds a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.body.tags.push(tag.into());
+        self
+    }
+
+    /// Adds a metadata entry.
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.body.meta.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the version (semver, e.g. `1.4.2`).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.body.version = Some(version.into());
+        self
+    }
+
+    /// Sets the zone (failure domain), e.g. `eu-1a`.
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.body.zone = Some(zone.into());
+        self
+    }
+
+    /// Sets the load-balancing weight (1 to 10000, default 100).
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.body.weight = Some(weight);
+        self
+    }
+
+    /// The service.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The weight the registry will record.
+    pub fn effective_weight(&self) -> u32 {
+        self.body.weight.unwrap_or(DEFAULT_WEIGHT)
+    }
+}
+
+/// The client's lease and what its renewals have done so far; watch it with
+/// [`Client::lease_status`](crate::Client::lease_status).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// Current lease id, once one exists.
+    pub lease: Option<String>,
+    /// Live registrations held by the lease.
+    pub registrations: usize,
+    /// Leases created (the first one, and one per recovery).
+    pub leases_created: u64,
+    /// Successful renewals.
+    pub renewals: u64,
+    /// Failed renewal attempts (the registry unreachable or erroring).
+    pub renewal_failures: u64,
+    /// Instances registered again after the registry lost the lease.
+    pub reregistrations: u64,
+    /// The last failure, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+type Key = (String, String);
+
+struct State {
+    lease: Option<String>,
+    /// The lease is known lost: create a new one and re-register.
+    lost: bool,
+    regs: BTreeMap<Key, RegisterRequest>,
+}
+
+/// The lease and every registration it holds.
+pub(crate) struct Leases {
+    api: Api,
+    ttl: Duration,
+    state: Mutex<State>,
+    status: watch::Sender<LeaseStatus>,
+    renewer: std::sync::Once,
+}
+
+impl Leases {
+    pub fn new(api: Api, ttl: Duration) -> Self {
+        Leases {
+            api,
+            ttl,
+            state: Mutex::new(State {
+                lease: None,
+                lost: false,
+                regs: BTreeMap::new(),
+            }),
+            status: watch::channel(LeaseStatus::default()).0,
+            renewer: std::sync::Once::new(),
+        }
+    }
+
+    pub fn status(&self) -> watch::Receiver<LeaseStatus> {
+        self.status.subscribe()
+    }
+
+    fn publish(&self, st: &State, f: impl FnOnce(&mut LeaseStatus)) {
+        self.status.send_modify(|s| {
+            s.lease = st.lease.clone();
+            s.registrations = st.regs.len();
+            f(s);
+        });
+    }
+
+    /// Registers one instance on the lease, creating or recovering the lease
+    /// first when needed.
+    pub async fn register(
+        self: &Arc<Self>,
+        spec: &InstanceSpec,
+        stop: &watch::Sender<()>,
+    ) -> Result<Instance> {
+        let mut st = self.state.lock().await;
+        if st.lease.is_none() || st.lost {
+            self.reestablish(&mut st).await?;
+        }
+        let inst = match self.put(&st, &spec.service, &spec.id, &spec.body).await {
+            Err(e) if e.is_lease_not_found() => {
+                st.lost = true;
+                self.reestablish(&mut st).await?;
+                self.put(&st, &spec.service, &spec.id, &spec.body).await?
+            }
+            r => r?,
+        };
+        st.regs
+            .insert((spec.service.clone(), spec.id.clone()), spec.body.clone());
+        self.publish(&st, |_| {});
+        drop(st);
+        self.renewer.call_once(|| {
+            tokio::spawn(renew_loop(self.clone(), stop.subscribe()));
+        });
+        Ok(inst)
+    }
+
+    async fn put(
+        &self,
+        st: &State,
+        service: &str,
+        id: &str,
+        body: &RegisterRequest,
+    ) -> Result<Instance> {
+        let mut body = body.clone();
+        body.ttl = None;
+        body.lease = st.lease.clone();
+        self.api.register(service, id, &body).await
+    }
+
+    /// Creates a new lease when there is none or it was lost, then registers
+    /// every live registration on it.
+    async fn reestablish(&self, st: &mut State) -> Result<()> {
+        if st.lease.is_none() || st.lost {
+            let info = self.api.create_lease(self.ttl).await?;
+            st.lease = Some(info.id);
+            self.publish(st, |s| s.leases_created += 1);
+        }
+        let mut done = 0u64;
+        for ((service, id), body) in &st.regs {
+            match self.put(st, service, id, body).await {
+                Ok(_) => done += 1,
+                Err(e) => {
+                    // Keep `lost` so the next tick tries again.
+                    st.lost = true;
+                    self.publish(st, |s| s.reregistrations += done);
+                    metrics::counter!(crate::metrics::REREGISTRATIONS).increment(done);
+                    return Err(e);
+                }
+            }
+        }
+        if done > 0 {
+            tracing::info!(
+                instances = done,
+                "the registry had lost the lease: re-registered"
+            );
+        }
+        st.lost = false;
+        metrics::counter!(crate::metrics::REREGISTRATIONS).increment(done);
+        self.publish(st, |s| s.reregistrations += done);
+        Ok(())
+    }
+
+    /// Removes one registration; unknown or already removed is fine.
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<()> {
+        let mut st = self.state.lock().await;
+        if st
+            .regs
+            .remove(&(service.to_string(), id.to_string()))
+            .is_none()
+        {
+            return Ok(());
+        }
+        self.publish(&st, |_| {});
+        drop(st);
+        match self.api.deregister(service, id).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("not_found") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes every registration at once by revoking the lease.
+    pub async fn shutdown(&self) -> Result<()> {
+        let mut st = self.state.lock().await;
+        st.regs.clear();
+        st.lost = false;
+        let lease = st.lease.take();
+        self.publish(&st, |_| {});
+        drop(st);
+        match lease {
+            Some(l) => match self.api.revoke_lease(&l).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_lease_not_found() => Ok(()),
+                Err(e) => Err(e),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// One renewal tick: renews the lease, or recovers it when lost.
+    async fn tick(&self) -> Result<()> {
+        let (lease, lost) = {
+            let st = self.state.lock().await;
+            (st.lease.clone(), st.lost)
+        };
+        if lost {
+            let mut st = self.state.lock().await;
+            return self.reestablish(&mut st).await;
+        }
+        let Some(lease) = lease else { return Ok(()) };
+        match self.api.renew_lease(&lease).await {
+            Ok(_) => {
+                metrics::counter!(crate::metrics::RENEWALS).increment(1);
+                self.status.send_modify(|s| {
+                    s.renewals += 1;
+                    s.last_error = None;
+                });
+                Ok(())
+            }
+            Err(e) if e.is_lease_not_found() => {
+                tracing::warn!(%lease, "the registry does not know our lease; recovering");
+                let mut st = self.state.lock().await;
+                if st.lease.as_deref() == Some(lease.as_str()) {
+                    st.lost = true;
+                }
+                self.reestablish(&mut st).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Renews until the client is dropped.
+async fn renew_loop(leases: Arc<Leases>, mut stop: watch::Receiver<()>) {
+    let period = leases.ttl / 3;
+    let backoff = leases.api.transport.settings.backoff;
+    let mut failures: u32 = 0;
+    let mut delay = spread(period);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        match leases.tick().await {
+            Ok(()) => {
+                failures = 0;
+                delay = spread(period);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lease renewal failed; retrying");
+                metrics::counter!(crate::metrics::RENEWAL_FAILURES).increment(1);
+                leases.status.send_modify(|s| {
+                    s.renewal_failures += 1;
+                    s.last_error = Some(e.to_string());
+                });
+                // Retry sooner than the period, so one lost renewal does not
+                // cost the lease.
+                delay = jitter(backoff.delay(failures)).min(period / 2);
+                failures = failures.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// A registered instance. [`Registration::deregister`] removes it; dropping
+/// the handle removes it too, on a best-effort basis (in a task spawned on
+/// the current runtime, if there is one).
+pub struct Registration {
+    client: Client,
+    instance: Instance,
+    active: bool,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("service", &self.instance.service)
+            .field("id", &self.instance.id)
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
+impl Registration {
+    pub(crate) fn new(client: Client, instance: Instance) -> Self {
+        Registration {
+            client,
+            instance,
+            active: true,
+        }
+    }
+
+    /// The instance as the registry stored it at registration.
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
+    /// The service.
+    pub fn service(&self) -> &str {
+        &self.instance.service
+    }
+
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.instance.id
+    }
+
+    /// Removes the instance from the registry and stops keeping it alive.
+    pub async fn deregister(mut self) -> Result<()> {
+        self.active = false;
+        self.client
+            .inner
+            .leases
+            .deregister(&self.instance.service, &self.instance.id)
+            .await
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if !self.active {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return; // No runtime: the lease expiry will remove the instance.
+        };
+        let leases = self.client.inner.leases.clone();
+        let (service, id) = (self.instance.service.clone(), self.instance.id.clone());
+        let _keep_client_alive = self.client.clone();
+        rt.spawn(async move {
+            if let Err(e) = leases.deregister(&service, &id).await {
+                tracing::debug!(error = %e, %service, %id, "deregistration on drop failed");
+            }
+            drop(_keep_client_alive);
+        });
+    }
+}

@@ -1,0 +1,213 @@
+//! HTTP with failover: every call tries the registry addresses in turn,
+//! starting with the last one that answered, and retries whole passes with a
+//! jittered exponential back-off.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use muster_types::ErrorBody;
+use rand::Rng;
+use reqwest::{Method, Response, StatusCode};
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+
+/// One request, rebuilt for every address it is tried on.
+pub(crate) struct Req<'a> {
+    pub method: Method,
+    pub path: &'a str,
+    pub query: &'a [(&'a str, String)],
+    pub body: Option<Bytes>,
+    pub last_event_id: Option<u64>,
+    /// Watches stream for hours: no overall time limit.
+    pub streaming: bool,
+}
+
+impl<'a> Req<'a> {
+    pub fn new(method: Method, path: &'a str) -> Self {
+        Req {
+            method,
+            path,
+            query: &[],
+            body: None,
+            last_event_id: None,
+            streaming: false,
+        }
+    }
+
+    pub fn query(mut self, query: &'a [(&'a str, String)]) -> Self {
+        self.query = query;
+        self
+    }
+
+    pub fn json<T: serde::Serialize>(mut self, body: &T) -> Self {
+        self.body = Some(Bytes::from(
+            serde_json::to_vec(body).expect("wire types serialise"),
+        ));
+        self
+    }
+}
+
+/// The registry addresses and the HTTP client that reaches them.
+pub(crate) struct Transport {
+    http: reqwest::Client,
+    pub settings: Arc<Settings>,
+    preferred: AtomicUsize,
+}
+
+impl Transport {
+    pub fn new(settings: Arc<Settings>) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            // Registry traffic is local infrastructure: never through a proxy.
+            .no_proxy()
+            .connect_timeout(settings.timeouts.connect)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Transport {
+            http,
+            settings,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// The registry addresses, comma-separated, for messages.
+    pub fn addrs(&self) -> String {
+        self.settings.addrs.join(", ")
+    }
+
+    /// Sends `req` with failover and retries. Answers with a success status
+    /// are returned; typed errors become [`Error::Api`] at once, except
+    /// `503` (not leader, shutting down), which moves on to the next address.
+    pub async fn send(&self, req: Req<'_>) -> Result<Response> {
+        let addrs = &self.settings.addrs;
+        let backoff = self.settings.backoff;
+        let mut last: Option<Error> = None;
+        for attempt in 0..backoff.attempts {
+            if attempt > 0 {
+                tokio::time::sleep(jitter(backoff.delay(attempt - 1))).await;
+            }
+            let start = self.preferred.load(Ordering::Relaxed);
+            for k in 0..addrs.len() {
+                let i = (start + k) % addrs.len();
+                match self.send_once(&addrs[i], &req).await {
+                    Ok(resp) if is_retryable(resp.status()) => {
+                        last = Some(api_error(resp).await);
+                    }
+                    Ok(resp) if resp.status().is_success() => {
+                        self.preferred.store(i, Ordering::Relaxed);
+                        return Ok(resp);
+                    }
+                    Ok(resp) => {
+                        self.preferred.store(i, Ordering::Relaxed);
+                        return Err(api_error(resp).await);
+                    }
+                    Err(e) => {
+                        tracing::debug!(addr = %addrs[i], error = %e, "registry call failed");
+                        last = Some(Error::Unreachable {
+                            addrs: self.addrs(),
+                            reason: describe(&e),
+                        });
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Unreachable {
+            addrs: self.addrs(),
+            reason: "no address".into(),
+        }))
+    }
+
+    async fn send_once(&self, base: &str, req: &Req<'_>) -> reqwest::Result<Response> {
+        let mut b = self
+            .http
+            .request(req.method.clone(), format!("{base}{}", req.path));
+        if !req.query.is_empty() {
+            b = b.query(req.query);
+        }
+        if let Some(body) = &req.body {
+            b = b
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        if let Some(id) = req.last_event_id {
+            b = b.header("Last-Event-ID", id.to_string());
+        }
+        if req.streaming {
+            b = b.header(reqwest::header::ACCEPT, "text/event-stream");
+        } else {
+            b = b.timeout(self.settings.timeouts.request);
+        }
+        b.send().await
+    }
+}
+
+fn is_retryable(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// A failure of the transport in words, without reqwest's nesting noise.
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut msg = if e.is_connect() {
+        "connection failed".to_string()
+    } else if e.is_timeout() {
+        "timed out".to_string()
+    } else {
+        e.to_string()
+    };
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// Turns an error answer into [`Error::Api`].
+pub(crate) async fn api_error(resp: Response) -> Error {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(b) => Error::Api {
+            status: status.as_u16(),
+            code: b.error.code,
+            message: b.error.message,
+            field: b.error.field,
+        },
+        Err(_) => Error::Api {
+            status: status.as_u16(),
+            code: "http_error".into(),
+            message: format!("registry answered {status}: {}", text.trim()),
+            field: None,
+        },
+    }
+}
+
+/// Reads a JSON answer.
+pub(crate) async fn json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T> {
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::Protocol(format!("reading the answer: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("decoding the answer: {e}")))
+}
+
+/// "Equal jitter": between half and all of `d`, so clients that failed
+/// together do not retry together.
+pub(crate) fn jitter(d: Duration) -> Duration {
+    let f: f64 = rand::rng().random_range(0.5..=1.0);
+    d.mul_f64(f)
+}
+
+/// Jitter of ±10 % around `d`, for periodic work such as renewals.
+pub(crate) fn spread(d: Duration) -> Duration {
+    let f: f64 = rand::rng().random_range(0.9..=1.1);
+    d.mul_f64(f)
+}
