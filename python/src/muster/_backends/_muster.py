@@ -1,0 +1,231 @@
+"""The native muster backend: the v1 HTTP API, with failover across addresses."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Optional
+
+import httpx
+
+from .._config import format_duration
+from .._exceptions import NotFoundError, RegistryUnavailableError, error_from_response
+from .._types import Discovered, Instance, Lease, Query, WatchEvent
+from ._base import Backend, Registration
+
+# The server sends an SSE comment every 15 s; three missed ones mean the
+# connection is dead even if TCP has not noticed.
+_WATCH_READ_TIMEOUT = 45.0
+# Statuses that say "this node cannot serve now; another may".
+_FAILOVER_STATUSES = frozenset({502, 503, 504})
+
+
+class MusterBackend(Backend):
+    """Talks to muster's native HTTP API.
+
+    Requests go to the address that last answered; when it cannot be reached
+    (or answers 502/503/504) the next one is tried, round the list once.
+    System proxy settings are ignored (``trust_env=False``): a registry is
+    always reached directly.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        namespace: str = "default",
+        *,
+        timeout: float = 5.0,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        if not addresses:
+            raise ValueError("at least one registry address is needed")
+        self.addresses = tuple(a.rstrip("/") for a in addresses)
+        """Registry base URLs."""
+        self.namespace = namespace
+        self._timeout = timeout
+        self._headers = dict(headers or {})
+        self._current = 0
+        self._http = httpx.AsyncClient(
+            timeout=timeout,
+            trust_env=False,
+            headers=self._headers,
+            limits=httpx.Limits(max_keepalive_connections=8, max_connections=64),
+        )
+
+    def revoke_lease_blocking(self, lease_id: str, timeout: float) -> None:
+        # A plain blocking client: at interpreter exit the event loop may be
+        # gone and thread pools (used by async DNS) refuse new work.
+        with httpx.Client(timeout=timeout, trust_env=False, headers=self._headers) as http:
+            for i in self._order():
+                try:
+                    r = http.delete(f"{self.addresses[i]}/v1/leases/{lease_id}")
+                except httpx.TransportError:
+                    continue
+                if r.status_code not in _FAILOVER_STATUSES:
+                    return
+
+    def advertise_address(self) -> str:
+        # The local end of a (never sent) UDP "connection" to the registry is
+        # the interface the registry, and likely its other clients, reach us on.
+        url = httpx.URL(self.addresses[self._current])
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((url.host, url.port or 80))
+                return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _order(self) -> list[int]:
+        n = len(self.addresses)
+        return [(self._current + k) % n for k in range(n)]
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Optional[list[tuple[str, Any]]] = None,
+    ) -> Any:
+        # Leases are not namespaced: only service routes take the parameter.
+        ns = [("namespace", self.namespace)] if path.startswith("/v1/services") else []
+        qp = httpx.QueryParams([*ns, *(params or [])])
+        last: Optional[BaseException] = None
+        for i in self._order():
+            url = self.addresses[i] + path
+            try:
+                r = await self._http.request(method, url, json=body, params=qp)
+            except httpx.TransportError as e:
+                last = e
+                continue
+            if r.status_code in _FAILOVER_STATUSES:
+                last = error_from_response(r.status_code, _json(r))
+                continue
+            self._current = i
+            data = _json(r)
+            if r.status_code >= 400:
+                raise error_from_response(r.status_code, data)
+            return data
+        raise RegistryUnavailableError(
+            f"no registry reachable at {', '.join(self.addresses)}: {last!r}"
+        ) from last
+
+    async def create_lease(self, ttl: float) -> Lease:
+        d = await self._call("POST", "/v1/leases", body={"ttl": format_duration(ttl)})
+        return Lease(id=d["id"], ttl=d["ttl_ms"] / 1000.0)
+
+    async def renew_lease(self, lease_id: str) -> None:
+        await self._call("PUT", f"/v1/leases/{lease_id}/renew")
+
+    async def revoke_lease(self, lease_id: str) -> None:
+        try:
+            await self._call("DELETE", f"/v1/leases/{lease_id}")
+        except NotFoundError:
+            pass
+
+    async def register(
+        self, service: str, instance_id: str, reg: Registration, lease_id: Optional[str]
+    ) -> Instance:
+        body = reg.to_json()
+        if lease_id is not None:
+            body["lease"] = lease_id
+        d = await self._call("PUT", f"/v1/services/{service}/instances/{instance_id}", body=body)
+        return Instance.from_json(d)
+
+    async def deregister(self, service: str, instance_id: str) -> bool:
+        try:
+            d = await self._call("DELETE", f"/v1/services/{service}/instances/{instance_id}")
+        except NotFoundError:
+            return False
+        return bool(d.get("removed", 1))
+
+    async def instances(self, service: str, query: Query) -> Discovered:
+        d = await self._call("GET", f"/v1/services/{service}/instances", params=query.params())
+        return Discovered(
+            service=service,
+            instances=tuple(Instance.from_json(x) for x in d["instances"]),
+            index=int(d["index"]),
+        )
+
+    async def watch(
+        self, service: str, query: Query, last_index: Optional[int] = None
+    ) -> AsyncIterator[WatchEvent]:
+        params = httpx.QueryParams(
+            [("service", service), ("namespace", self.namespace), *query.params()]
+        )
+        headers = {"accept": "text/event-stream"}
+        if last_index is not None:
+            headers["last-event-id"] = str(last_index)
+        timeout = httpx.Timeout(self._timeout, read=_WATCH_READ_TIMEOUT)
+        last: Optional[BaseException] = None
+        delivered = False
+        for i in self._order():
+            try:
+                async with self._http.stream(
+                    "GET",
+                    self.addresses[i] + "/v1/watch",
+                    params=params,
+                    headers=headers,
+                    timeout=timeout,
+                ) as r:
+                    if r.status_code in _FAILOVER_STATUSES:
+                        await r.aread()
+                        last = error_from_response(r.status_code, _json(r))
+                        continue
+                    if r.status_code >= 400:
+                        await r.aread()
+                        raise error_from_response(r.status_code, _json(r))
+                    self._current = i
+                    async for ev in _parse_sse(r.aiter_lines()):
+                        delivered = True
+                        yield ev
+                    break  # the server ended the stream (shutdown): caller reconnects
+            except httpx.TransportError as e:
+                last = e
+                # Once events were delivered the caller resumes from its own
+                # last index; this generator does not re-open the stream.
+                if delivered:
+                    break
+        raise RegistryUnavailableError(f"watch of {service!r} lost: {last!r}") from last
+
+
+def _json(r: httpx.Response) -> Any:
+    try:
+        return r.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+async def _parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[WatchEvent]:
+    data: list[str] = []
+    async for line in lines:
+        if line == "":
+            if data:
+                ev = _event(json.loads("\n".join(data)))
+                data = []
+                if ev is not None:
+                    yield ev
+            continue
+        if line.startswith(":"):
+            continue  # keep-alive comment
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+
+
+def _event(d: dict[str, Any]) -> Optional[WatchEvent]:
+    kind = d.get("type")
+    index = int(d.get("index", 0))
+    if kind == "snapshot":
+        return WatchEvent(
+            "snapshot", index, instances=tuple(Instance.from_json(x) for x in d["instances"])
+        )
+    if kind == "upsert":
+        return WatchEvent("upsert", index, instance=Instance.from_json(d["instance"]))
+    if kind == "delete":
+        return WatchEvent("delete", index, instance_id=str(d["id"]))
+    return None  # unknown event kinds from a newer server are skipped

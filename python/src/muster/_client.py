@@ -1,0 +1,566 @@
+"""The asyncio client: the one implementation of registration and discovery.
+
+:class:`AsyncMusterClient` owns
+
+- **registrations**: one lease per client, renewed by a background task every
+  ~ttl/3 (with jitter); when the registry says the lease is gone, a new lease
+  is created and every registration is repeated; ``aclose()`` revokes the
+  lease, which removes every instance at once; an ``atexit`` hook and an
+  optional SIGTERM handler do the same when the program ends without it;
+- **discovery**: one watch (SSE stream) per ``(service, filters)`` keeps a
+  cached answer fresh; lookups read the cache without I/O; while the registry
+  is unreachable the cache answers ``stale`` with its age, up to
+  ``max_staleness``, then :class:`StaleDataError`.
+
+The sync :class:`~muster.MusterClient` runs this client on a background event
+loop; it shares the lock-free cache read (:meth:`AsyncMusterClient._cached`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from types import FrameType
+from typing import Any, Callable, Optional, Union
+
+from ._backends import Backend, MusterBackend, Registration
+from ._config import Config
+from ._exceptions import (
+    ClientClosedError,
+    LeaseNotFoundError,
+    MusterError,
+    RegistryUnavailableError,
+    StaleDataError,
+)
+from ._types import Discovered, HealthFilter, Instance, Lease, Query, WatchEvent, sanitize_id
+
+log = logging.getLogger("muster")
+
+Tags = Union[Sequence[str], str, None]
+
+
+def _lookup_key(
+    service: str,
+    tags: Tags,
+    meta: Optional[Mapping[str, str]],
+    version: Optional[str],
+    zone: Optional[str],
+    health: str,
+) -> tuple[Any, ...]:
+    # Cheap, hashable form of the raw arguments: the warm lookup path costs
+    # one tuple and one dict probe.
+    if tags is not None and not isinstance(tags, (str, tuple)):
+        tags = tuple(tags)
+    m = tuple(sorted(meta.items())) if meta else None
+    return (service, tags, m, version, zone, health)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registration made by this client; pass it to ``deregister``."""
+
+    service: str
+    """Service name."""
+    id: str
+    """Instance id (unique per process)."""
+    registration: Registration
+    """What was registered."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """``(service, id)``."""
+        return (self.service, self.id)
+
+
+@dataclass
+class Stats:
+    """Counters of one client, for metrics."""
+
+    cache_hits: int = 0
+    """Lookups answered from the cache."""
+    cache_misses: int = 0
+    """Lookups that had to start a watch and wait for the registry."""
+    stale_answers: int = 0
+    """Lookups answered from a cache the registry no longer confirms."""
+    renewals: int = 0
+    """Successful lease renewals."""
+    renewal_failures: int = 0
+    """Renewals that failed (registry unreachable or refusing)."""
+    reregistrations: int = 0
+    """Times every registration was repeated under a new lease."""
+    watch_reconnects: int = 0
+    """Times a watch lost its stream and opened a new one."""
+
+
+class _Watch:
+    """The cached answer for one ``(service, query)``, kept fresh by a watch task."""
+
+    def __init__(self, service: str, query: Query) -> None:
+        self.service = service
+        self.query = query
+        self.result: Optional[Discovered] = None
+        # monotonic time since which the registry no longer confirms the
+        # answer; None while the watch stream is up.
+        self.down_since: Optional[float] = None
+        self.first_error: Optional[BaseException] = None
+        self.task: Optional[asyncio.Task[None]] = None
+        self._instances: dict[str, Instance] = {}
+        self._index: Optional[int] = None
+        self._changed: Optional[asyncio.Event] = None
+
+    def changed(self) -> asyncio.Event:
+        """An event set at the next change (of answer or of freshness)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def apply(self, ev: WatchEvent) -> None:
+        if ev.kind == "snapshot":
+            self._instances = {i.id: i for i in ev.instances}
+        elif ev.kind == "upsert" and ev.instance is not None:
+            if self.query.matches(ev.instance):
+                self._instances[ev.instance.id] = ev.instance
+            else:
+                self._instances.pop(ev.instance.id, None)
+        elif ev.kind == "delete" and ev.instance_id is not None:
+            self._instances.pop(ev.instance_id, None)
+        self._index = ev.index
+        ordered = tuple(self._instances[k] for k in sorted(self._instances))
+        self.result = Discovered(self.service, ordered, ev.index)
+        self.down_since = None
+        self._notify()
+
+    def mark_down(self, now: float) -> None:
+        if self.down_since is None:
+            self.down_since = now
+            self._notify()
+
+    async def run(self, backend: Backend, stats: Stats) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                async for ev in backend.watch(self.service, self.query, self._index):
+                    self.apply(ev)
+                    backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # every failure means: reconnect later
+                if self.result is None:
+                    self.first_error = e
+                    self._notify()
+                    return
+                log.debug("watch of %s lost: %r", self.service, e)
+            if self.result is None:
+                return
+            self.mark_down(time.monotonic())
+            stats.watch_reconnects += 1
+            # Pacing between reconnection attempts, with jitter so that many
+            # clients do not reconnect in lock-step after a registry restart.
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, 2.0)
+
+
+class AsyncMusterClient:
+    """The asyncio muster client: register, discover, watch.
+
+    ``AsyncMusterClient()`` reads ``MUSTER_*`` environment variables; keyword
+    arguments override them (see :class:`Config`). Pass ``backend=`` to use
+    another registry, e.g. ``InMemoryBackend()`` in tests.
+
+    Use it as ``async with AsyncMusterClient() as client:`` or call
+    :meth:`aclose`; either way this client's instances are deregistered.
+    """
+
+    def __init__(
+        self,
+        addresses: Union[str, Sequence[str], None] = None,
+        *,
+        namespace: Optional[str] = None,
+        ttl: Union[float, str, None] = None,
+        max_staleness: Union[float, str, None] = None,
+        zone: Optional[str] = None,
+        backend: Optional[Backend] = None,
+        config: Optional[Config] = None,
+    ) -> None:
+        self.config = config or Config.from_env(
+            addresses=addresses,
+            namespace=namespace,
+            ttl=ttl,
+            max_staleness=max_staleness,
+            zone=zone,
+        )
+        """The settings in force."""
+        self._owns_backend = backend is None
+        self.backend: Backend = backend or MusterBackend(
+            self.config.addresses,
+            self.config.namespace,
+            timeout=self.config.timeout,
+            headers=self.config.headers,
+        )
+        """The registry backend."""
+        self.stats = Stats()
+        """Counters (cache hits, renewals, ...)."""
+        self._watches: dict[tuple[Any, ...], _Watch] = {}
+        self._by_query: dict[tuple[str, Query], _Watch] = {}
+        self._registered: dict[tuple[str, str], Registered] = {}
+        self._lease: Optional[Lease] = None
+        self._renewer: Optional[asyncio.Task[None]] = None
+        self._reg_lock: Optional[asyncio.Lock] = None
+        self._closed = False
+        self._atexit_installed = False
+        self._id_prefix = sanitize_id(f"{socket.gethostname()}-{os.getpid()}")
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def __aenter__(self) -> AsyncMusterClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    @property
+    def lease(self) -> Optional[Lease]:
+        """The lease holding this client's instances, once something is registered."""
+        return self._lease
+
+    async def aclose(self) -> None:
+        """Deregisters every instance of this client (revoking its lease) and stops watches."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [w.task for w in self._watches.values() if w.task is not None]
+        if self._renewer is not None:
+            tasks.append(self._renewer)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            try:
+                await asyncio.wait_for(self.backend.revoke_lease(lease.id), self.config.timeout)
+            except (MusterError, asyncio.TimeoutError) as e:
+                log.warning("could not revoke lease %s on close: %r", lease.id, e)
+        self._registered.clear()
+        self._uninstall_atexit()
+        if self._owns_backend:
+            await self.backend.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("the muster client is closed")
+
+    # -- registration --------------------------------------------------------------
+    def new_instance_id(self, service: str) -> str:
+        """An instance id unique to this process: ``service-host-pid-random``."""
+        return sanitize_id(f"{service}-{self._id_prefix}-{random.getrandbits(24):06x}")
+
+    async def register(
+        self,
+        service: str,
+        port: int,
+        *,
+        address: Optional[str] = None,
+        tags: Sequence[str] = (),
+        meta: Optional[Mapping[str, str]] = None,
+        version: Optional[str] = None,
+        zone: Optional[str] = None,
+        weight: Optional[int] = None,
+        instance_id: Optional[str] = None,
+    ) -> Registered:
+        """Registers an instance under this client's lease and keeps it alive.
+
+        ``address`` defaults to ``MUSTER_ADVERTISE_ADDR`` or the interface that
+        reaches the registry; ``zone`` to ``MUSTER_ZONE``; ``instance_id`` to a
+        new id unique to this process. Registering the same ``instance_id``
+        again replaces it.
+        """
+        self._check_open()
+        reg = Registration(
+            address=address or self.config.advertise_address or self.backend.advertise_address(),
+            port=port,
+            tags=tuple(tags),
+            meta=dict(meta or {}),
+            version=version,
+            zone=zone if zone is not None else self.config.zone,
+            weight=weight,
+        )
+        handle = Registered(service, instance_id or self.new_instance_id(service), reg)
+        async with self._lock():
+            lease = await self._ensure_lease()
+            try:
+                await self.backend.register(service, handle.id, reg, lease.id)
+            except LeaseNotFoundError:
+                lease = await self._new_lease()
+                await self.backend.register(service, handle.id, reg, lease.id)
+            self._registered[handle.key] = handle
+        self._install_atexit()
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+        return handle
+
+    async def deregister(self, handle: Union[Registered, tuple[str, str]]) -> bool:
+        """Removes one registration of this client; returns whether the registry had it."""
+        self._check_open()
+        key = handle.key if isinstance(handle, Registered) else handle
+        async with self._lock():
+            self._registered.pop(key, None)
+            return await self.backend.deregister(*key)
+
+    @property
+    def registrations(self) -> list[Registered]:
+        """This client's live registrations."""
+        return list(self._registered.values())
+
+    def _lock(self) -> asyncio.Lock:
+        if self._reg_lock is None:
+            self._reg_lock = asyncio.Lock()
+        return self._reg_lock
+
+    async def _ensure_lease(self) -> Lease:
+        return self._lease or await self._new_lease()
+
+    async def _new_lease(self) -> Lease:
+        self._lease = await self.backend.create_lease(self.config.ttl)
+        return self._lease
+
+    async def _reregister_all(self) -> None:
+        async with self._lock():
+            if self._closed:
+                return
+            lease = await self._new_lease()
+            # Counted before the instances reappear, so whoever sees them back
+            # also sees the count.
+            self.stats.reregistrations += 1
+            for h in list(self._registered.values()):
+                await self.backend.register(h.service, h.id, h.registration, lease.id)
+            log.info("lease lost: re-registered %d instance(s)", len(self._registered))
+
+    async def _renew_forever(self) -> None:
+        ttl = self.config.ttl
+        retry_soon = False
+        while not self._closed:
+            # Pacing, not waiting for state: ttl/3 with jitter, sooner after a failure.
+            base = min(ttl / 10, 1.0) if retry_soon else ttl / 3
+            await asyncio.sleep(base * random.uniform(0.8, 1.0))
+            lease = self._lease
+            if lease is None or self._closed:
+                continue
+            try:
+                await self.backend.renew_lease(lease.id)
+                self.stats.renewals += 1
+                retry_soon = False
+            except LeaseNotFoundError:
+                try:
+                    await self._reregister_all()
+                    retry_soon = False
+                except MusterError as e:
+                    self.stats.renewal_failures += 1
+                    retry_soon = True
+                    log.warning("re-registration failed: %r", e)
+            except MusterError as e:
+                self.stats.renewal_failures += 1
+                retry_soon = True
+                log.warning("lease renewal failed: %r", e)
+
+    # -- exit hooks ------------------------------------------------------------------
+    def _last_gasp(self) -> None:
+        """Revokes the lease without the event loop (interpreter exit, signals)."""
+        self._closed = True
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            try:
+                self.backend.revoke_lease_blocking(lease.id, min(self.config.timeout, 2.0))
+            except Exception as e:  # at exit, never raise
+                log.warning("could not revoke lease %s at exit: %r", lease.id, e)
+
+    def _install_atexit(self) -> None:
+        if not self._atexit_installed:
+            atexit.register(self._last_gasp)
+            self._atexit_installed = True
+
+    def _uninstall_atexit(self) -> None:
+        if self._atexit_installed:
+            atexit.unregister(self._last_gasp)
+            self._atexit_installed = False
+
+    def deregister_on_signals(self, signals: Sequence[int] = (signal.SIGTERM,)) -> None:
+        """On these signals, deregister first, then let the previous handler act.
+
+        Call from the main thread. When the previous handler is the default,
+        the signal is re-raised with the default action, so the process still
+        ends with the status of that signal.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("signal handlers can only be installed from the main thread")
+        for sig in signals:
+            previous = signal.getsignal(sig)
+
+            def handler(signum: int, frame: Optional[FrameType], previous: Any = previous) -> None:
+                self._last_gasp()
+                if callable(previous):
+                    previous(signum, frame)
+                elif previous != signal.SIG_IGN:
+                    signal.signal(signum, signal.SIG_DFL)
+                    os.kill(os.getpid(), signum)
+
+            signal.signal(sig, handler)
+
+    # -- discovery -----------------------------------------------------------------
+    def _cached(self, key: tuple[Any, ...]) -> Optional[Discovered]:
+        """The cached answer for a lookup key, with no I/O; None on a miss.
+
+        Raises :class:`StaleDataError` when the answer is older than allowed.
+        Thread-safe (reads one immutable snapshot), so the sync client calls it
+        from any thread.
+        """
+        w = self._watches.get(key)
+        if w is None or w.result is None:
+            return None
+        down = w.down_since
+        if down is None:
+            self.stats.cache_hits += 1
+            return w.result
+        age = time.monotonic() - down
+        if age > self.config.max_staleness:
+            raise StaleDataError(w.service, age, self.config.max_staleness)
+        self.stats.stale_answers += 1
+        return replace(w.result, stale=True, age=age)
+
+    async def discover(
+        self,
+        service: str,
+        *,
+        tags: Tags = None,
+        meta: Optional[Mapping[str, str]] = None,
+        version: Optional[str] = None,
+        zone: Optional[str] = None,
+        health: HealthFilter = "passing",
+    ) -> Discovered:
+        """Instances of ``service`` matching every filter, from the watch-fed cache.
+
+        The first lookup of a ``(service, filters)`` starts a watch and waits
+        (up to ``initial_wait``) for the registry's answer; later lookups read
+        the cache. Raises :class:`RegistryUnavailableError` when the first
+        answer cannot be had, :class:`StaleDataError` when the registry has
+        been unreachable for longer than ``max_staleness``.
+        """
+        key = _lookup_key(service, tags, meta, version, zone, health)
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
+        w = await self._start_watch(key, service, Query.build(tags, meta, version, zone, health))
+        assert w.result is not None  # _start_watch returns only once answered
+        return w.result
+
+    async def _start_watch(self, key: tuple[Any, ...], service: str, query: Query) -> _Watch:
+        self._check_open()
+        self.stats.cache_misses += 1
+        w = self._by_query.get((service, query))
+        if w is None or (w.task is not None and w.task.done()):
+            w = _Watch(service, query)
+            self._by_query[(service, query)] = w
+            w.task = asyncio.get_running_loop().create_task(w.run(self.backend, self.stats))
+        self._watches[key] = w
+        deadline = time.monotonic() + self.config.initial_wait
+        while w.result is None:
+            if w.first_error is not None or (w.task is not None and w.task.done()):
+                self._forget(key, w)
+                raise RegistryUnavailableError(
+                    f"no answer for {service!r} from the registry: {w.first_error!r}"
+                ) from w.first_error
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._forget(key, w)
+                raise RegistryUnavailableError(
+                    f"no answer for {service!r} within {self.config.initial_wait:g}s"
+                )
+            try:
+                await asyncio.wait_for(w.changed().wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+        return w
+
+    def _forget(self, key: tuple[Any, ...], w: _Watch) -> None:
+        self._watches.pop(key, None)
+        if self._by_query.get((w.service, w.query)) is w:
+            del self._by_query[(w.service, w.query)]
+        if w.task is not None:
+            w.task.cancel()
+
+    async def wait_for(
+        self,
+        service: str,
+        predicate: Callable[[Discovered], bool],
+        *,
+        timeout: float = 10.0,
+        tags: Tags = None,
+        meta: Optional[Mapping[str, str]] = None,
+        version: Optional[str] = None,
+        zone: Optional[str] = None,
+        health: HealthFilter = "passing",
+    ) -> Discovered:
+        """Waits until the cached answer for ``service`` satisfies ``predicate``.
+
+        E.g. ``await client.wait_for("payments", lambda r: len(r) > 0)``.
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        key = _lookup_key(service, tags, meta, version, zone, health)
+        while True:
+            r = await self.discover(
+                service, tags=tags, meta=meta, version=version, zone=zone, health=health
+            )
+            if predicate(r):
+                return r
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{service!r} did not reach the expected state in {timeout}s")
+            w = self._watches.get(key)
+            if w is None:
+                continue
+            try:
+                await asyncio.wait_for(w.changed().wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def changes(
+        self,
+        service: str,
+        *,
+        tags: Tags = None,
+        meta: Optional[Mapping[str, str]] = None,
+        version: Optional[str] = None,
+        zone: Optional[str] = None,
+        health: HealthFilter = "passing",
+    ) -> AsyncIterator[Discovered]:
+        """Yields the current answer, then a new one after every change."""
+        key = _lookup_key(service, tags, meta, version, zone, health)
+        while True:
+            r = await self.discover(
+                service, tags=tags, meta=meta, version=version, zone=zone, health=health
+            )
+            w = self._watches.get(key)
+            # Taken before yielding, so a change while the consumer is busy
+            # is not missed (several changes coalesce into the latest answer).
+            changed = w.changed() if w is not None else None
+            yield r
+            if changed is not None:
+                await changed.wait()

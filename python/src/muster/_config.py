@@ -1,0 +1,121 @@
+"""Client configuration: one typed object, read from arguments and ``MUSTER_*`` variables.
+
+Environment variables (keyword arguments win over them):
+
+- ``MUSTER_ADDR``: registry addresses, comma-separated (``http://127.0.0.1:7700``)
+- ``MUSTER_NAMESPACE``: namespace (``default``)
+- ``MUSTER_TTL``: lease TTL of registrations, e.g. ``10s`` (``10s``)
+- ``MUSTER_MAX_STALENESS``: how long cached answers outlive the registry (``5m``)
+- ``MUSTER_ZONE``: this process's zone, for zone-aware balancing (none)
+- ``MUSTER_ADVERTISE_ADDR``: address instances register with (the interface
+  that reaches the registry)
+- ``MUSTER_TIMEOUT``: timeout of one registry request (``5s``)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional, Union
+
+from ._exceptions import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Union[str, float, int], name: str = "duration") -> float:
+    """Parses ``"10s"``, ``"500ms"``, ``"5m"``, ``"1h"`` or a number of seconds."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _DURATION.match(value)
+    if not m:
+        raise ConfigError(f"{name}: {value!r} is not a duration like '10s', '500ms' or '5m'")
+    return float(m[1]) * _UNITS[m[2]]
+
+
+def format_duration(seconds: float) -> str:
+    """Formats seconds as the registry expects (``"10s"``, ``"1500ms"``)."""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def _addresses(value: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = []
+    for a in (x.strip() for x in items):
+        if not a:
+            continue
+        if "://" not in a:
+            a = "http://" + a
+        out.append(a.rstrip("/"))
+    if not out:
+        raise ConfigError("no registry address given (MUSTER_ADDR)")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of a client. Build with :meth:`from_env`; every field has a default."""
+
+    addresses: tuple[str, ...] = ("http://127.0.0.1:7700",)
+    """Registry base URLs, tried in order with failover."""
+    namespace: str = "default"
+    """Namespace of registrations and lookups."""
+    ttl: float = 10.0
+    """Lease TTL in seconds (1 s to 1 h); renewed every ~ttl/3."""
+    max_staleness: float = 300.0
+    """Seconds a cached answer may be served while the registry is unreachable."""
+    zone: Optional[str] = None
+    """This process's zone, preferred by zone-aware balancing."""
+    advertise_address: Optional[str] = None
+    """Address to register instances with when none is given."""
+    timeout: float = 5.0
+    """Timeout of one registry request, in seconds."""
+    initial_wait: float = 5.0
+    """How long a first lookup of a service waits for the registry's answer."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Extra HTTP headers sent to the registry (e.g. an ACL token)."""
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.ttl <= 3600.0:
+            raise ConfigError(f"ttl must be between 1s and 1h, got {self.ttl}s")
+        if self.max_staleness < 0 or self.timeout <= 0:
+            raise ConfigError("max_staleness must be >= 0 and timeout > 0")
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None, **overrides: Any) -> Config:
+        """Reads ``MUSTER_*`` variables, then applies keyword ``overrides``.
+
+        ``overrides`` whose value is ``None`` are ignored, so callers can pass
+        their optional arguments straight through.
+        """
+        env = os.environ if env is None else env
+        kw: dict[str, Any] = {}
+        if env.get("MUSTER_ADDR"):
+            kw["addresses"] = _addresses(env["MUSTER_ADDR"])
+        if env.get("MUSTER_NAMESPACE"):
+            kw["namespace"] = env["MUSTER_NAMESPACE"]
+        if env.get("MUSTER_TTL"):
+            kw["ttl"] = parse_duration(env["MUSTER_TTL"], "MUSTER_TTL")
+        if env.get("MUSTER_MAX_STALENESS"):
+            kw["max_staleness"] = parse_duration(
+                env["MUSTER_MAX_STALENESS"], "MUSTER_MAX_STALENESS"
+            )
+        if env.get("MUSTER_ZONE"):
+            kw["zone"] = env["MUSTER_ZONE"]
+        if env.get("MUSTER_ADVERTISE_ADDR"):
+            kw["advertise_address"] = env["MUSTER_ADVERTISE_ADDR"]
+        if env.get("MUSTER_TIMEOUT"):
+            kw["timeout"] = parse_duration(env["MUSTER_TIMEOUT"], "MUSTER_TIMEOUT")
+        for k, v in overrides.items():
+            if v is None:
+                continue
+            if k == "addresses":
+                v = _addresses(v)
+            elif k in ("ttl", "max_staleness", "timeout", "initial_wait"):
+                v = parse_duration(v, k)
+            kw[k] = v
+        return replace(cls(), **kw)

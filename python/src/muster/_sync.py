@@ -1,0 +1,202 @@
+"""The sync client: :class:`AsyncMusterClient` run on a background event loop.
+
+Nothing here decides anything: every operation is the async client's, either
+submitted to the loop thread or, for the warm lookup path, the same lock-free
+cache read the async client does (so a cached ``discover`` costs no thread
+hop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, Callable, Optional, TypeVar, Union
+
+from ._backends import Backend
+from ._client import AsyncMusterClient, Registered, Stats, Tags, _lookup_key
+from ._config import Config
+from ._types import Discovered, HealthFilter, Lease
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="muster-client-loop", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: Optional[float] = None) -> T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("a sync muster call cannot be made from its own loop thread")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+        if not self.loop.is_running() and not self.loop.is_closed():
+            self.loop.close()
+
+
+class MusterClient:
+    """The blocking muster client; same arguments and semantics as :class:`AsyncMusterClient`.
+
+    Registrations are renewed by a background thread (the client's event
+    loop). Use ``with MusterClient() as client:`` or call :meth:`close`; at
+    interpreter exit the instances are deregistered in any case.
+    """
+
+    def __init__(
+        self,
+        addresses: Union[str, Sequence[str], None] = None,
+        *,
+        namespace: Optional[str] = None,
+        ttl: Union[float, str, None] = None,
+        max_staleness: Union[float, str, None] = None,
+        zone: Optional[str] = None,
+        backend: Optional[Backend] = None,
+        config: Optional[Config] = None,
+    ) -> None:
+        self._loop = _LoopThread()
+        self.aio = AsyncMusterClient(
+            addresses,
+            namespace=namespace,
+            ttl=ttl,
+            max_staleness=max_staleness,
+            zone=zone,
+            backend=backend,
+            config=config,
+        )
+        """The asyncio client doing the work (on the background loop)."""
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: Optional[float] = None) -> T:
+        return self._loop.run(coro, timeout)
+
+    @property
+    def config(self) -> Config:
+        """The settings in force."""
+        return self.aio.config
+
+    @property
+    def stats(self) -> Stats:
+        """Counters (cache hits, renewals, ...)."""
+        return self.aio.stats
+
+    @property
+    def lease(self) -> Optional[Lease]:
+        """The lease holding this client's instances."""
+        return self.aio.lease
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self.aio.closed
+
+    @property
+    def registrations(self) -> list[Registered]:
+        """This client's live registrations."""
+        return self.aio.registrations
+
+    def __enter__(self) -> MusterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Deregisters this client's instances and stops its background thread."""
+        if self._loop.loop.is_running():
+            self._run(self.aio.aclose())
+        self._loop.stop()
+
+    def register(
+        self,
+        service: str,
+        port: int,
+        *,
+        address: Optional[str] = None,
+        tags: Sequence[str] = (),
+        meta: Optional[Mapping[str, str]] = None,
+        version: Optional[str] = None,
+        zone: Optional[str] = None,
+        weight: Optional[int] = None,
+        instance_id: Optional[str] = None,
+    ) -> Registered:
+        """See :meth:`AsyncMusterClient.register`."""
+        return self._run(
+            self.aio.register(
+                service,
+                port,
+                address=address,
+                tags=tags,
+                meta=meta,
+                version=version,
+                zone=zone,
+                weight=weight,
+                instance_id=instance_id,
+            )
+        )
+
+    def deregister(self, handle: Union[Registered, tuple[str, str]]) -> bool:
+        """See :meth:`AsyncMusterClient.deregister`."""
+        return self._run(self.aio.deregister(handle))
+
+    def deregister_on_signals(self, signals: Optional[Sequence[int]] = None) -> None:
+        """See :meth:`AsyncMusterClient.deregister_on_signals` (default: SIGTERM)."""
+        if signals is None:
+            self.aio.deregister_on_signals()
+        else:
+            self.aio.deregister_on_signals(signals)
+
+    def discover(
+        self,
+        service: str,
+        *,
+        tags: Tags = None,
+        meta: Optional[Mapping[str, str]] = None,
+        version: Optional[str] = None,
+        zone: Optional[str] = None,
+        health: HealthFilter = "passing",
+    ) -> Discovered:
+        """See :meth:`AsyncMusterClient.discover`."""
+        hit = self.aio._cached(_lookup_key(service, tags, meta, version, zone, health))
+        if hit is not None:
+            return hit
+        return self._run(
+            self.aio.discover(
+                service, tags=tags, meta=meta, version=version, zone=zone, health=health
+            )
+        )
+
+    def wait_for(
+        self,
+        service: str,
+        predicate: Callable[[Discovered], bool],
+        *,
+        timeout: float = 10.0,
+        tags: Tags = None,
+        meta: Optional[Mapping[str, str]] = None,
+        version: Optional[str] = None,
+        zone: Optional[str] = None,
+        health: HealthFilter = "passing",
+    ) -> Discovered:
+        """See :meth:`AsyncMusterClient.wait_for`."""
+        return self._run(
+            self.aio.wait_for(
+                service,
+                predicate,
+                timeout=timeout,
+                tags=tags,
+                meta=meta,
+                version=version,
+                zone=zone,
+                health=health,
+            )
+        )

@@ -1,0 +1,240 @@
+"""httpx transports that send ``http://<service>/...`` to a discovered, balanced instance.
+
+``httpx.Client(transport=MusterTransport(client)).get("http://payments/pay")``
+looks up ``payments`` in the client's cache, picks an instance with the
+balancer, and sends the request to ``address:port`` with the original
+``Host: payments`` header. Connect errors eject the instance from the balancer
+and, for idempotent methods only, the request is retried on another instance.
+Hosts that are not a bare service name (dots, ``localhost``, IPs) go to the
+inner transport unchanged.
+
+Every decision is made by :class:`_Router`; the sync and async transports
+differ only in how they call the inner transport.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, Callable, Optional
+
+import httpx
+
+from ._balance import Balancer, RoundRobin
+from ._client import AsyncMusterClient
+from ._sync import MusterClient
+from ._types import Discovered, Instance
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+"""Methods retried on another instance after a connect error."""
+
+_SERVICE_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Errors that prove the request never reached the instance.
+_CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+class _Router:
+    def __init__(
+        self,
+        balancer: Optional[Balancer],
+        retries: int,
+        filters: Optional[Mapping[str, Mapping[str, Any]]],
+    ) -> None:
+        self.balancer = balancer or RoundRobin()
+        self.retries = retries
+        self.filters = dict(filters or {})
+
+    def service_of(self, request: httpx.Request) -> Optional[str]:
+        host = request.url.host
+        if host == "localhost" or not _SERVICE_HOST.match(host) or host.isdigit():
+            return None
+        return host
+
+    def discover_kwargs(self, service: str) -> Mapping[str, Any]:
+        return self.filters.get(service, {})
+
+    def pick(self, found: Discovered, tried: set[tuple[str, str, str]]) -> Instance:
+        fresh = [i for i in found if i.key not in tried]
+        return self.balancer.pick(fresh or found.instances)
+
+    def rewrite(self, request: httpx.Request, inst: Instance) -> httpx.Request:
+        # The Host header was set from the original URL and is kept as is.
+        url = request.url.copy_with(host=inst.address, port=inst.port)
+        return httpx.Request(
+            request.method,
+            url,
+            headers=request.headers,
+            stream=request.stream,
+            extensions=request.extensions,
+        )
+
+    def failed(self, request: httpx.Request, inst: Instance, exc: Exception, attempt: int) -> bool:
+        """Records a failure; returns whether to try another instance."""
+        self.balancer.end(inst)
+        if isinstance(exc, httpx.TransportError):
+            self.balancer.report_failure(inst)
+        return (
+            isinstance(exc, _CONNECT_ERRORS)
+            and request.method in IDEMPOTENT_METHODS
+            and attempt < self.retries
+        )
+
+    def answered(self, inst: Instance, response: httpx.Response) -> httpx.Response:
+        self.balancer.report_success(inst)
+        end = _Once(lambda: self.balancer.end(inst))
+        stream = response.stream
+        wrapped: Any
+        if isinstance(stream, httpx.AsyncByteStream):
+            wrapped = _AsyncTracked(stream, end)
+        else:
+            wrapped = _SyncTracked(stream, end)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=wrapped,
+            extensions=response.extensions,
+        )
+
+
+class _Once:
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn: Optional[Callable[[], None]] = fn
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
+
+
+class _SyncTracked(httpx.SyncByteStream):
+    """Ends the balancer's in-flight count when the response is closed."""
+
+    def __init__(self, inner: httpx.SyncByteStream, end: _Once) -> None:
+        self._inner, self._end = inner, end
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._inner
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._end()
+
+
+class _AsyncTracked(httpx.AsyncByteStream):
+    """Ends the balancer's in-flight count when the response is closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, end: _Once) -> None:
+        self._inner, self._end = inner, end
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._end()
+
+
+class MusterTransport(httpx.BaseTransport):
+    """Sync httpx transport resolving service names through a :class:`MusterClient`.
+
+    ``filters`` maps a service to discovery filters, e.g.
+    ``{"payments": {"version": "^1.4"}}``. ``retries`` is how many other
+    instances an idempotent request may try after connect errors.
+    """
+
+    def __init__(
+        self,
+        client: MusterClient,
+        *,
+        balancer: Optional[Balancer] = None,
+        retries: int = 2,
+        filters: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        inner: Optional[httpx.BaseTransport] = None,
+    ) -> None:
+        self.client = client
+        """The muster client used for discovery."""
+        self._router = _Router(balancer, retries, filters)
+        self._inner = inner or httpx.HTTPTransport()
+
+    @property
+    def balancer(self) -> Balancer:
+        """The balancer choosing instances."""
+        return self._router.balancer
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        r = self._router
+        service = r.service_of(request)
+        if service is None:
+            return self._inner.handle_request(request)
+        tried: set[tuple[str, str, str]] = set()
+        attempt = 0
+        while True:
+            inst = r.pick(self.client.discover(service, **r.discover_kwargs(service)), tried)
+            r.balancer.begin(inst)
+            try:
+                response = self._inner.handle_request(r.rewrite(request, inst))
+            except Exception as e:
+                if not r.failed(request, inst, e, attempt):
+                    raise
+                tried.add(inst.key)
+                attempt += 1
+                continue
+            return r.answered(inst, response)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class AsyncMusterTransport(httpx.AsyncBaseTransport):
+    """Async httpx transport resolving service names through an :class:`AsyncMusterClient`.
+
+    Same options as :class:`MusterTransport`.
+    """
+
+    def __init__(
+        self,
+        client: AsyncMusterClient,
+        *,
+        balancer: Optional[Balancer] = None,
+        retries: int = 2,
+        filters: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        inner: Optional[httpx.AsyncBaseTransport] = None,
+    ) -> None:
+        self.client = client
+        """The muster client used for discovery."""
+        self._router = _Router(balancer, retries, filters)
+        self._inner = inner or httpx.AsyncHTTPTransport()
+
+    @property
+    def balancer(self) -> Balancer:
+        """The balancer choosing instances."""
+        return self._router.balancer
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        r = self._router
+        service = r.service_of(request)
+        if service is None:
+            return await self._inner.handle_async_request(request)
+        tried: set[tuple[str, str, str]] = set()
+        attempt = 0
+        while True:
+            found = await self.client.discover(service, **r.discover_kwargs(service))
+            inst = r.pick(found, tried)
+            r.balancer.begin(inst)
+            try:
+                response = await self._inner.handle_async_request(r.rewrite(request, inst))
+            except Exception as e:
+                if not r.failed(request, inst, e, attempt):
+                    raise
+                tried.add(inst.key)
+                attempt += 1
+                continue
+            return r.answered(inst, response)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
