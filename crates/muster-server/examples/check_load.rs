@@ -14,7 +14,12 @@ use std::time::{Duration, Instant};
 fn cpu_seconds() -> f64 {
     // utime + stime of this process, in clock ticks (100 per second on Linux).
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     let ticks: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
@@ -31,7 +36,10 @@ fn rss_mib() -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let n = args.first().copied().unwrap_or(10_000).min(100_000);
     let interval = args.get(1).copied().unwrap_or(10).clamp(1, 3600);
     let window = args.get(2).copied().unwrap_or(30).clamp(1, 600);
@@ -49,13 +57,23 @@ async fn main() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let config = muster_server::Config { data_dir: dir.path().join("data"), ..Default::default() };
+    let config = muster_server::Config {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(muster_server::serve(listener, config, async { let _ = stop_rx.await; }, move |s| {
-        let _ = ready_tx.send(s.addr);
-    }));
+    let server = tokio::spawn(muster_server::serve(
+        listener,
+        config,
+        async {
+            let _ = stop_rx.await;
+        },
+        move |s| {
+            let _ = ready_tx.send(s.addr);
+        },
+    ));
     let addr = ready_rx.await.unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
@@ -80,13 +98,24 @@ async fn main() {
     for w in writers {
         w.await.unwrap();
     }
-    println!("registered {n} instances with a TCP check each in {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "registered {n} instances with a TCP check each in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 
     // Warm up for one interval: every check has started and run once.
     tokio::time::sleep(Duration::from_secs(interval)).await;
-    let (a0, c0, t0) = (accepted.load(Ordering::Relaxed), cpu_seconds(), Instant::now());
+    let (a0, c0, t0) = (
+        accepted.load(Ordering::Relaxed),
+        cpu_seconds(),
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(window)).await;
-    let (a1, c1, secs) = (accepted.load(Ordering::Relaxed), cpu_seconds(), t0.elapsed().as_secs_f64());
+    let (a1, c1, secs) = (
+        accepted.load(Ordering::Relaxed),
+        cpu_seconds(),
+        t0.elapsed().as_secs_f64(),
+    );
     let runs = (a1 - a0) as f64 / secs;
     let expected = n as f64 / interval as f64;
     println!(

@@ -488,3 +488,82 @@ async fn invalid_checks_are_refused_and_change_nothing() {
     }
     s.stop().await;
 }
+
+/// An HTTPS target with a self-signed certificate, answering 200.
+async fn https_target() -> String {
+    use std::sync::Arc;
+
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls_pki_key(&cert.signing_key.serialize_der());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new("secure ok".to_string()))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    format!("https://127.0.0.1:{}/health", addr.port())
+}
+
+fn rustls_pki_key(der: &[u8]) -> rustls::pki_types::PrivateKeyDer<'static> {
+    rustls::pki_types::PrivateKeyDer::Pkcs8(der.to_vec().into())
+}
+
+#[tokio::test]
+async fn https_check_verifies_certificates_unless_told_not_to() {
+    let s = TestServer::start().await;
+    let url = https_target().await;
+    let mut w = Sse::open(&s, "service=tls&health=any", None).await;
+    s.register(
+        "tls",
+        "strict",
+        json!({"checks": [{"http": url, "interval": "1s", "status": "passing"}]}),
+    )
+    .await;
+    s.register(
+        "tls",
+        "lenient",
+        json!({"checks": [{"http": url, "interval": "1s", "tls_skip_verify": true}]}),
+    )
+    .await;
+    // A self-signed certificate fails verification...
+    let inst = wait_health(&mut w, "strict", "critical").await;
+    assert!(
+        inst["checks"][0]["output"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP GET"),
+        "{inst}"
+    );
+    // ...unless verification is skipped for that check.
+    let inst = wait_health(&mut w, "lenient", "passing").await;
+    assert!(
+        inst["checks"][0]["output"]
+            .as_str()
+            .unwrap()
+            .contains("secure ok"),
+        "{inst}"
+    );
+    s.stop().await;
+}
