@@ -19,7 +19,7 @@ cargo test --workspace --locked
 if [ -f python/run-tests.sh ]; then
   step "python client"
   cargo build -p muster --locked
-  MUSTER_BIN="$PWD/target/debug/muster" bash python/run-tests.sh
+  MUSTER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/muster" bash python/run-tests.sh
 fi
 
 step "all tests passed"
