@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use muster_catalog::{Command, ServiceKey};
+use muster_catalog::Command;
 use muster_types::{
     CheckReport, CheckSpec, ErrorBody, Health, Instance, MaintenanceRequest, validate_check,
 };
@@ -14,14 +14,6 @@ use super::{JsonBody, Params, indexed};
 use crate::AppStateRef;
 use crate::checks::ReportError;
 use crate::error::ApiError;
-
-fn key_of(params: &Params, service: &str, id: &str) -> Result<ServiceKey, ApiError> {
-    params.only(&["namespace"])?;
-    let key = ServiceKey::new(params.namespace()?, service);
-    muster_types::validate_service_name(&key.service)?;
-    muster_types::validate_instance_id(id)?;
-    Ok(key)
-}
 
 async fn write(state: &AppStateRef, cmd: Command) -> Result<Response, ApiError> {
     let applied = state.node.propose(cmd).await?;
@@ -45,7 +37,7 @@ pub async fn maintenance(
     params: Params,
     JsonBody(body): JsonBody<MaintenanceRequest>,
 ) -> Result<Response, ApiError> {
-    let key = key_of(&params, &service, &id)?;
+    let key = params.instance_key(service, &id)?;
     let reason = match (body.enabled, body.reason) {
         (false, _) => None,
         (true, r) => {
@@ -93,7 +85,7 @@ pub async fn put_check(
     params: Params,
     JsonBody(mut spec): JsonBody<CheckSpec>,
 ) -> Result<Response, ApiError> {
-    let key = key_of(&params, &service, &id)?;
+    let key = params.instance_key(service, &id)?;
     if spec.id.as_ref().is_some_and(|i| *i != check) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -149,7 +141,7 @@ pub async fn delete_check(
     Path((service, id, check)): Path<(String, String, String)>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let key = key_of(&params, &service, &id)?;
+    let key = params.instance_key(service, &id)?;
     write(
         &state,
         Command::RemoveCheck {
@@ -180,7 +172,7 @@ pub async fn report(
     params: Params,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let key = key_of(&params, &service, &id)?;
+    let key = params.instance_key(service, &id)?;
     let health = match status.as_str() {
         "pass" => Health::Passing,
         "warn" => Health::Warning,

@@ -9,7 +9,7 @@ use muster_catalog::{
 };
 use muster_types::{
     ErrorBody, Instance, InstancesResponse, RegisterRequest, RenewResponse, WriteResponse,
-    format_lease_id, validate_instance_id, validate_service_name,
+    format_lease_id, validate_service_name,
 };
 use rand::Rng;
 
@@ -17,14 +17,6 @@ use super::{JsonBody, Params, indexed, indexed_json, wait_for_change};
 use crate::AppStateRef;
 use crate::error::ApiError;
 use crate::leases::RenewError;
-
-fn names(service: &str, id: Option<&str>) -> Result<(), ApiError> {
-    validate_service_name(service)?;
-    if let Some(id) = id {
-        validate_instance_id(id)?;
-    }
-    Ok(())
-}
 
 /// Command checks run programs on the agent's host: only with the opt-in.
 pub fn refuse_command_checks(
@@ -73,9 +65,7 @@ pub async fn register(
     params: Params,
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Result<Response, ApiError> {
-    params.only(&["namespace"])?;
-    let namespace = params.namespace()?;
-    names(&service, Some(&id))?;
+    let ServiceKey { namespace, service } = params.instance_key(service, &id)?;
     let reg = body.validate()?;
     refuse_command_checks(&state, &reg.checks)?;
     let lease = match (reg.ttl, reg.lease) {
@@ -138,9 +128,7 @@ pub async fn get_one(
     Path((service, id)): Path<(String, String)>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    params.only(&["namespace"])?;
-    let key = ServiceKey::new(params.namespace()?, service);
-    names(&key.service, Some(&id))?;
+    let key = params.instance_key(service, &id)?;
     let (index, mut inst) = {
         let c = state.node.catalog().read().expect("catalog lock");
         let inst = c.instance(&key, &id).ok_or_else(|| {
@@ -173,9 +161,7 @@ pub async fn deregister(
     Path((service, id)): Path<(String, String)>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    params.only(&["namespace"])?;
-    let namespace = params.namespace()?;
-    names(&service, Some(&id))?;
+    let ServiceKey { namespace, service } = params.instance_key(service, &id)?;
     let applied = state
         .node
         .propose(Command::Deregister {
@@ -207,9 +193,7 @@ pub async fn heartbeat(
     Path((service, id)): Path<(String, String)>,
     params: Params,
 ) -> Result<RenewResponseJson, ApiError> {
-    params.only(&["namespace"])?;
-    let key = ServiceKey::new(params.namespace()?, service);
-    names(&key.service, Some(&id))?;
+    let key = params.instance_key(service, &id)?;
     let lease = {
         let c = state.node.catalog().read().expect("catalog lock");
         let inst = c.instance(&key, &id).ok_or_else(|| {

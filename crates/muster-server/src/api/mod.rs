@@ -185,6 +185,20 @@ impl Params {
         Ok(ns.to_string())
     }
 
+    /// The key of an instance route: only `namespace` accepted, and the
+    /// namespace, service name and instance id validated.
+    pub fn instance_key(
+        &self,
+        service: String,
+        id: &str,
+    ) -> Result<muster_catalog::ServiceKey, ApiError> {
+        self.only(&["namespace"])?;
+        let key = muster_catalog::ServiceKey::new(self.namespace()?, service);
+        muster_types::validate_service_name(&key.service)?;
+        muster_types::validate_instance_id(id)?;
+        Ok(key)
+    }
+
     /// A blocking-query request: `index` and `wait`, capped and jittered.
     pub fn blocking(&self) -> Result<Option<(u64, Duration)>, ApiError> {
         let Some(index) = self.get("index") else {
