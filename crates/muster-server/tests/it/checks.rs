@@ -534,21 +534,24 @@ fn rustls_pki_key(der: &[u8]) -> rustls::pki_types::PrivateKeyDer<'static> {
 async fn https_check_verifies_certificates_unless_told_not_to() {
     let s = TestServer::start().await;
     let url = https_target().await;
-    let mut w = Sse::open(&s, "service=tls&health=any", None).await;
+    // One watch per service: waiting for one instance must not consume the
+    // other's events.
+    let mut strict = Sse::open(&s, "service=tls-strict&health=any", None).await;
+    let mut lenient = Sse::open(&s, "service=tls-lenient&health=any", None).await;
     s.register(
-        "tls",
+        "tls-strict",
         "strict",
         json!({"checks": [{"http": url, "interval": "1s", "status": "passing"}]}),
     )
     .await;
     s.register(
-        "tls",
+        "tls-lenient",
         "lenient",
         json!({"checks": [{"http": url, "interval": "1s", "tls_skip_verify": true}]}),
     )
     .await;
     // A self-signed certificate fails verification...
-    let inst = wait_health(&mut w, "strict", "critical").await;
+    let inst = wait_health(&mut strict, "strict", "critical").await;
     assert!(
         inst["checks"][0]["output"]
             .as_str()
@@ -557,7 +560,7 @@ async fn https_check_verifies_certificates_unless_told_not_to() {
         "{inst}"
     );
     // ...unless verification is skipped for that check.
-    let inst = wait_health(&mut w, "lenient", "passing").await;
+    let inst = wait_health(&mut lenient, "lenient", "passing").await;
     assert!(
         inst["checks"][0]["output"]
             .as_str()
