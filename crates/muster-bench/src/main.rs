@@ -1,0 +1,415 @@
+//! `muster-bench`: drives the flows of PERFORMANCE.md over real HTTP on
+//! loopback against muster, a bare-HTTP ceiling and a local etcd, in
+//! alternating rounds, and reports medians as a table and as JSON.
+
+mod etcd;
+mod load;
+mod scenarios;
+mod servers;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use scenarios::{Row, Settings, Target};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "muster-bench",
+    about = "Load generator for muster, side by side with a bare-HTTP ceiling and etcd",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve the same bytes to every request (the ceiling; started by the
+    /// harness itself).
+    Ceiling {
+        #[arg(long)]
+        body_file: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Scenarios to run (default: all): heartbeat, lookup-1, lookup-100,
+    /// register, churn, watch-fanout, failure-detection, scale.
+    scenarios: Vec<String>,
+    /// Systems to measure, comma-separated: muster, ceiling, etcd.
+    #[arg(long, value_delimiter = ',', default_value = "muster,ceiling,etcd")]
+    targets: Vec<String>,
+    /// Seconds of load per run.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Concurrent keep-alive connections (or gRPC clients for etcd).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Rounds of A/B/A/B: each target runs this many times, interleaved;
+    /// the report shows medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Leases renewed round-robin by `heartbeat`.
+    #[arg(long, default_value_t = 1000)]
+    leases: usize,
+    /// SSE watchers in `watch-fanout`.
+    #[arg(long, default_value_t = 10_000)]
+    watchers: usize,
+    /// Changes broadcast in `watch-fanout`.
+    #[arg(long, default_value_t = 5)]
+    changes: usize,
+    /// Leases left to expire in `failure-detection`.
+    #[arg(long, default_value_t = 10)]
+    fd_samples: usize,
+    /// Instance counts for `scale`, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    scale: Vec<u64>,
+    /// A short run of every scenario, to check that each one works (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// The muster binary (default: `muster` next to this one).
+    #[arg(long)]
+    muster_bin: Option<PathBuf>,
+    /// Core the servers are pinned to (with taskset).
+    #[arg(long, default_value_t = 0)]
+    server_cpu: usize,
+    /// Core the load generator pins itself to.
+    #[arg(long, default_value_t = 1)]
+    client_cpu: usize,
+    /// Do not pin anything.
+    #[arg(long)]
+    no_pin: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Cmd::Ceiling { body_file }) = cli.command {
+        return match ceiling(body_file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = cli.run;
+    // Pin the load generator by re-running this process under taskset, so
+    // one command does all the pinning.
+    if !args.no_pin && std::env::var_os("MUSTER_BENCH_PINNED").is_none() && cpus() >= 2 {
+        let exe = std::env::current_exe().expect("current exe");
+        let status = std::process::Command::new("taskset")
+            .arg("-c")
+            .arg(args.client_cpu.to_string())
+            .arg(exe)
+            .args(std::env::args_os().skip(1))
+            .env("MUSTER_BENCH_PINNED", "1")
+            .status();
+        return match status {
+            Ok(s) if s.success() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: cannot run taskset: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(bench(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn ceiling(body_file: PathBuf) -> Result<()> {
+    let body =
+        std::fs::read(&body_file).with_context(|| format!("reading {}", body_file.display()))?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(servers::run_ceiling(body.into()))
+}
+
+/// The JSON report.
+#[derive(Serialize)]
+struct Report {
+    date: String,
+    machine: String,
+    pinning: String,
+    settings: BTreeMap<String, serde_json::Value>,
+    medians: Vec<Row>,
+    runs: Vec<Row>,
+}
+
+async fn bench(mut a: RunArgs) -> Result<()> {
+    if a.smoke {
+        a.duration = 0.5;
+        a.runs = 1;
+        a.watchers = a.watchers.min(50);
+        a.changes = 2;
+        a.fd_samples = 2;
+        a.leases = a.leases.min(100);
+        a.scale = vec![2000];
+    }
+    let scenarios: Vec<String> = if a.scenarios.is_empty() || a.scenarios == ["all"] {
+        scenarios::ALL.iter().map(|s| s.to_string()).collect()
+    } else {
+        a.scenarios.clone()
+    };
+    for s in &scenarios {
+        if !scenarios::ALL.contains(&s.as_str()) {
+            bail!(
+                "unknown scenario {s:?}; known: {}",
+                scenarios::ALL.join(", ")
+            );
+        }
+    }
+    let mut targets = Vec::new();
+    for t in &a.targets {
+        targets.push(match t.as_str() {
+            "muster" => Target::Muster,
+            "ceiling" => Target::Ceiling,
+            "etcd" => Target::Etcd,
+            other => bail!("unknown target {other:?}; known: muster, ceiling, etcd"),
+        });
+    }
+    let pinned = !a.no_pin && cpus() >= 1 && std::env::var_os("MUSTER_BENCH_PINNED").is_some();
+    let work = tempfile::Builder::new().prefix("muster-bench-").tempdir()?;
+    let settings = Settings {
+        muster_bin: a
+            .muster_bin
+            .clone()
+            .unwrap_or_else(servers::default_muster_bin),
+        server_cpu: pinned.then_some(a.server_cpu),
+        duration: Duration::from_secs_f64(a.duration),
+        connections: a.connections,
+        leases: a.leases,
+        watchers: a.watchers,
+        changes: a.changes,
+        fd_samples: a.fd_samples,
+        scale: a.scale.clone(),
+        work: work.path().to_path_buf(),
+    };
+    if !settings.muster_bin.exists() {
+        bail!(
+            "muster binary not found at {} (build it, or pass --muster-bin)",
+            settings.muster_bin.display()
+        );
+    }
+    let pinning = if pinned {
+        format!(
+            "servers on cpu {}, load generator on cpu {} (taskset)",
+            a.server_cpu, a.client_cpu
+        )
+    } else {
+        "not pinned".to_string()
+    };
+    eprintln!(
+        "muster-bench: {} scenario(s) x {} target(s) x {} round(s), {:.1}s each, {} connections; {pinning}",
+        scenarios.len(),
+        targets.len(),
+        a.runs,
+        a.duration,
+        a.connections
+    );
+    let mut all = Vec::new();
+    for scenario in &scenarios {
+        for run in 0..a.runs {
+            eprintln!("  {scenario}: round {}/{}", run + 1, a.runs);
+            let rows = scenarios::run(&settings, scenario, &targets, run).await?;
+            for r in &rows {
+                eprintln!(
+                    "    {:<8} {:>10.0} req/s  p50 {:>8}  p99 {:>8}  errors {}{}",
+                    r.target,
+                    r.summary.rps,
+                    fmt_us(r.summary.p50_us),
+                    fmt_us(r.summary.p99_us),
+                    r.summary.errors,
+                    r.summary
+                        .first_error
+                        .as_deref()
+                        .map(|e| format!(" (first: {e})"))
+                        .unwrap_or_default()
+                );
+            }
+            all.extend(rows);
+        }
+    }
+    let medians = medians(&all);
+    print_table(&medians);
+    if let Some(path) = &a.json {
+        let report = Report {
+            date: date(),
+            machine: machine(),
+            pinning,
+            settings: BTreeMap::from([
+                ("duration_s".into(), a.duration.into()),
+                ("connections".into(), a.connections.into()),
+                ("runs".into(), a.runs.into()),
+                ("leases".into(), a.leases.into()),
+                ("watchers".into(), a.watchers.into()),
+                ("smoke".into(), a.smoke.into()),
+            ]),
+            medians,
+            runs: all.clone(),
+        };
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    let failed: Vec<_> = all.iter().filter(|r| r.summary.errors > 0).collect();
+    if !failed.is_empty() {
+        for r in &failed {
+            eprintln!(
+                "error: {} against {}: {} failed requests (first: {})",
+                r.scenario,
+                r.target,
+                r.summary.errors,
+                r.summary.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        bail!("{} run(s) had failed requests", failed.len());
+    }
+    Ok(())
+}
+
+/// The median run (by req/s, or by p99 where req/s is not the point) of
+/// each (scenario, target).
+fn medians(rows: &[Row]) -> Vec<Row> {
+    let mut groups: Vec<((String, String), Vec<&Row>)> = Vec::new();
+    for r in rows {
+        let key = (r.scenario.clone(), r.target.clone());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(r),
+            None => groups.push((key, vec![r])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(_, mut v)| {
+            if is_latency_only(&v[0].scenario) {
+                v.sort_by(|a, b| a.summary.p99_us.total_cmp(&b.summary.p99_us));
+            } else {
+                v.sort_by(|a, b| a.summary.rps.total_cmp(&b.summary.rps));
+            }
+            v[v.len() / 2].clone()
+        })
+        .collect()
+}
+
+/// Scenarios judged by latency (fan-out, detection), not by throughput.
+fn is_latency_only(scenario: &str) -> bool {
+    scenario == "watch-fanout" || scenario == "failure-detection"
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 1_000_000.0 {
+        format!("{:.2}s", us / 1e6)
+    } else if us >= 1000.0 {
+        format!("{:.2}ms", us / 1e3)
+    } else {
+        format!("{us:.0}µs")
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "scenario", "target", "req/s", "p50", "p99", "p99.9", "RSS MiB", "% ceiling", "x etcd"
+    );
+    for r in rows {
+        let find = |t: &str| {
+            rows.iter()
+                .find(|o| o.scenario == r.scenario && o.target == t)
+                .map(|o| o.summary.rps)
+        };
+        let latency_only = is_latency_only(&r.scenario);
+        let (of_ceiling, vs_etcd) = if r.target == "muster" && latency_only {
+            // Lower is better here: how many times etcd's p99 muster's is.
+            let etcd_p99 = rows
+                .iter()
+                .find(|o| o.scenario == r.scenario && o.target == "etcd")
+                .map(|o| o.summary.p99_us);
+            (
+                None,
+                etcd_p99.map(|e| format!("{:.2}x p99", e / r.summary.p99_us)),
+            )
+        } else if r.target == "muster" {
+            (
+                find("ceiling").map(|c| format!("{:.0}%", 100.0 * r.summary.rps / c)),
+                find("etcd").map(|e| format!("{:.2}x", r.summary.rps / e)),
+            )
+        } else {
+            (None, None)
+        };
+        println!(
+            "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            r.scenario,
+            r.target,
+            if latency_only {
+                "-".to_string()
+            } else {
+                format!("{:.0}", r.summary.rps)
+            },
+            fmt_us(r.summary.p50_us),
+            fmt_us(r.summary.p99_us),
+            fmt_us(r.summary.p999_us),
+            r.rss_bytes
+                .map(|b| format!("{:.1}", b as f64 / (1024.0 * 1024.0)))
+                .unwrap_or_else(|| "-".into()),
+            of_ceiling.unwrap_or_else(|| "-".into()),
+            vs_etcd.unwrap_or_else(|| "-".into()),
+        );
+        if !r.extra.is_empty() {
+            let extra: Vec<String> = r.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("{:<18} {:<8} {}", "", "", extra.join(" "));
+        }
+    }
+}
+
+fn date() -> String {
+    std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%M:%SZ")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    format!("{} x {model}", cpus())
+}

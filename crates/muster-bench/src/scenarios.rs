@@ -1,0 +1,782 @@
+//! The scenarios of PERFORMANCE.md, each against muster, the ceiling and
+//! etcd where the flow has an equivalent there.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::etcd::{EtcdClient, EtcdServer, KeepAliveStream};
+use crate::load::{self, Conn, Limits, Summary, Worker, http_workers, request};
+use crate::servers::{self, Proc};
+
+/// Every scenario, in the order `all` runs them.
+pub const ALL: &[&str] = &[
+    "heartbeat",
+    "lookup-1",
+    "lookup-100",
+    "register",
+    "churn",
+    "watch-fanout",
+    "failure-detection",
+    "scale",
+];
+
+/// Which systems a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Muster,
+    Ceiling,
+    Etcd,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Muster => "muster",
+            Target::Ceiling => "ceiling",
+            Target::Etcd => "etcd",
+        }
+    }
+}
+
+/// Settings shared by all scenarios.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub muster_bin: PathBuf,
+    pub server_cpu: Option<usize>,
+    pub duration: Duration,
+    pub connections: usize,
+    pub leases: usize,
+    pub watchers: usize,
+    pub changes: usize,
+    pub fd_samples: usize,
+    pub scale: Vec<u64>,
+    pub work: PathBuf,
+}
+
+/// One measured run of one scenario against one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub target: String,
+    pub run: usize,
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Server resident memory after the load, in bytes.
+    pub rss_bytes: Option<u64>,
+    /// Scenario-specific figures (bytes per instance, recovery time, ...).
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl Row {
+    fn new(scenario: &str, target: Target, run: usize, summary: Summary) -> Row {
+        Row {
+            scenario: scenario.to_string(),
+            target: target.name().to_string(),
+            run,
+            summary,
+            rss_bytes: None,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// A registration body with 2 tags and 2 meta entries, like the memory
+/// target's instances.
+fn instance_body(i: u64) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"address":"10.{}.{}.{}","port":8080,"tags":["prod","v2"],"meta":{{"team":"payments","rev":"r{}"}},"version":"1.4.2","zone":"eu-1a"}}"#,
+        (i >> 16) & 255,
+        (i >> 8) & 255,
+        i & 255,
+        i % 1000
+    ))
+}
+
+struct Muster {
+    proc: Proc,
+    dir: PathBuf,
+}
+
+impl Muster {
+    async fn start(s: &Settings, name: &str) -> Result<Muster> {
+        let dir = s.work.join(format!("{name}-{}", unique()));
+        let proc = servers::spawn_muster(&s.muster_bin, s.server_cpu, &dir, &[]).await?;
+        Ok(Muster { proc, dir })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.proc.addr
+    }
+}
+
+fn unique() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn put_instance(conn: &mut Conn, service: &str, id: &str, body: Bytes) -> Result<Bytes> {
+    conn.call_ok(request(
+        "PUT",
+        &format!("/v1/services/{service}/instances/{id}"),
+        Some(body),
+    ))
+    .await
+}
+
+/// Registers `n` instances of `service` (for lookups).
+async fn populate(addr: SocketAddr, service: &str, n: u64) -> Result<()> {
+    let mut conn = Conn::connect(addr).await?;
+    for i in 0..n {
+        put_instance(&mut conn, service, &format!("i{i}"), instance_body(i)).await?;
+    }
+    Ok(())
+}
+
+fn limits(s: &Settings) -> Limits {
+    Limits {
+        duration: s.duration,
+        max_requests: 50_000_000,
+    }
+}
+
+/// Runs one scenario once against each target (one A/B round).
+pub async fn run(s: &Settings, scenario: &str, targets: &[Target], run: usize) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &t in targets {
+        let row = match (scenario, t) {
+            ("heartbeat", Target::Muster | Target::Ceiling) => heartbeat(s, t, run).await,
+            ("heartbeat", Target::Etcd) => etcd_heartbeat(s, run).await,
+            ("lookup-1", Target::Muster | Target::Ceiling) => lookup(s, t, run, 1).await,
+            ("lookup-100", Target::Muster | Target::Ceiling) => lookup(s, t, run, 100).await,
+            ("lookup-1", Target::Etcd) => etcd_lookup(s, run, 1).await,
+            ("lookup-100", Target::Etcd) => etcd_lookup(s, run, 100).await,
+            ("register", Target::Muster | Target::Ceiling) => register(s, t, run).await,
+            ("register", Target::Etcd) => etcd_register(s, run).await,
+            ("churn", Target::Muster) => churn(s, run).await,
+            ("watch-fanout", Target::Muster) => watch_fanout(s, run).await,
+            ("watch-fanout", Target::Etcd) => etcd_watch_fanout(s, run).await,
+            ("failure-detection", Target::Muster) => failure_detection(s, run).await,
+            ("scale", Target::Muster) => {
+                rows.extend(scale(s, run).await?);
+                continue;
+            }
+            // No equivalent on this target.
+            _ => continue,
+        }
+        .with_context(|| format!("{scenario} against {}", t.name()))?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Runs `plan` against muster, or against the ceiling answering with the
+/// bytes muster gave for `sample`.
+async fn http_flow(
+    s: &Settings,
+    scenario: &str,
+    target: Target,
+    run: usize,
+    m: &Muster,
+    sample: Bytes,
+    plan: impl FnMut(usize) -> Box<dyn FnMut(u64) -> hyper::Request<http_body_util::Full<Bytes>> + Send>,
+) -> Result<Row> {
+    let ceiling;
+    let (addr, pid) = match target {
+        Target::Ceiling => {
+            ceiling = servers::spawn_ceiling(s.server_cpu, &sample, &s.work).await?;
+            (ceiling.addr, ceiling.pid)
+        }
+        _ => (m.addr(), m.proc.pid),
+    };
+    let workers = http_workers(addr, s.connections, plan).await?;
+    let summary = load::drive(workers, limits(s)).await;
+    let mut row = Row::new(scenario, target, run, summary);
+    row.rss_bytes = servers::rss_bytes(pid).ok();
+    row.extra
+        .insert("response_bytes".into(), Value::from(sample.len()));
+    Ok(row)
+}
+
+async fn lookup(s: &Settings, target: Target, run: usize, n: u64) -> Result<Row> {
+    let m = Muster::start(s, "lookup").await?;
+    let service = if n == 1 { "one" } else { "hundred" };
+    populate(m.addr(), service, n).await?;
+    let path = format!("/v1/services/{service}/instances");
+    let sample = Conn::connect(m.addr())
+        .await?
+        .call_ok(request("GET", &path, None))
+        .await?;
+    let scenario = if n == 1 { "lookup-1" } else { "lookup-100" };
+    http_flow(s, scenario, target, run, &m, sample, |_| {
+        let path = path.clone();
+        Box::new(move |_| request("GET", &path, None))
+    })
+    .await
+}
+
+async fn heartbeat(s: &Settings, target: Target, run: usize) -> Result<Row> {
+    let m = Muster::start(s, "heartbeat").await?;
+    let mut conn = Conn::connect(m.addr()).await?;
+    let mut leases = Vec::with_capacity(s.leases);
+    for _ in 0..s.leases {
+        let body = conn
+            .call_ok(request(
+                "POST",
+                "/v1/leases",
+                Some(Bytes::from_static(br#"{"ttl":"60s"}"#)),
+            ))
+            .await?;
+        let v: Value = serde_json::from_slice(&body)?;
+        leases.push(
+            v["id"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no lease id in {v}"))?
+                .to_string(),
+        );
+    }
+    let leases = Arc::new(leases);
+    let sample = conn
+        .call_ok(request(
+            "PUT",
+            &format!("/v1/leases/{}/renew", leases[0]),
+            None,
+        ))
+        .await?;
+    let conns = s.connections;
+    let mut row = http_flow(s, "heartbeat", target, run, &m, sample, |w| {
+        let leases = Arc::clone(&leases);
+        Box::new(move |seq| {
+            let l = &leases[(w + seq as usize * conns) % leases.len()];
+            request("PUT", &format!("/v1/leases/{l}/renew"), None)
+        })
+    })
+    .await?;
+    row.extra.insert("leases".into(), Value::from(s.leases));
+    Ok(row)
+}
+
+async fn register(s: &Settings, target: Target, run: usize) -> Result<Row> {
+    let m = Muster::start(s, "register").await?;
+    let mut conn = Conn::connect(m.addr()).await?;
+    let sample = put_instance(&mut conn, "reg", "sample", instance_body(0)).await?;
+    http_flow(s, "register", target, run, &m, sample, |w| {
+        Box::new(move |seq| {
+            request(
+                "PUT",
+                &format!("/v1/services/reg/instances/w{w}-{seq}"),
+                Some(instance_body(seq)),
+            )
+        })
+    })
+    .await
+}
+
+/// 20% registrations, 10% deregistrations of the worker's own earlier
+/// instances, 70% lookups of the same service.
+async fn churn(s: &Settings, run: usize) -> Result<Row> {
+    let m = Muster::start(s, "churn").await?;
+    populate(m.addr(), "churn", 100).await?;
+    let workers = http_workers(m.addr(), s.connections, |w| {
+        let mut mine: Vec<u64> = Vec::new();
+        Box::new(move |seq| match seq % 10 {
+            0 | 1 => {
+                mine.push(seq);
+                request(
+                    "PUT",
+                    &format!("/v1/services/churn/instances/c{w}-{seq}"),
+                    Some(instance_body(seq)),
+                )
+            }
+            2 if !mine.is_empty() => {
+                let old = mine.remove(0);
+                request(
+                    "DELETE",
+                    &format!("/v1/services/churn/instances/c{w}-{old}"),
+                    None,
+                )
+            }
+            _ => request("GET", "/v1/services/churn/instances", None),
+        })
+    })
+    .await?;
+    let summary = load::drive(workers, limits(s)).await;
+    let mut row = Row::new("churn", Target::Muster, run, summary);
+    row.rss_bytes = m.proc.rss().ok();
+    Ok(row)
+}
+
+/// Reads SSE frames from a watch answer, reporting each upsert/delete event's
+/// arrival on `tx`; `ready` gets one message once the snapshot arrived.
+async fn sse_reader(
+    id: usize,
+    resp: hyper::Response<hyper::body::Incoming>,
+    ready: mpsc::UnboundedSender<usize>,
+    tx: mpsc::UnboundedSender<(usize, Instant, String)>,
+) {
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut snapshot_seen = false;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let now = Instant::now();
+        buf.extend_from_slice(&data);
+        while let Some(end) = find(&buf, b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&event);
+            let kind = text
+                .lines()
+                .find_map(|l| l.strip_prefix("event:"))
+                .map(str::trim)
+                .unwrap_or("");
+            match kind {
+                "snapshot" if !snapshot_seen => {
+                    snapshot_seen = true;
+                    let _ = ready.send(id);
+                }
+                "upsert" | "delete" => {
+                    let data = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("data:"))
+                        .unwrap_or("")
+                        .to_string();
+                    let tag = if kind == "delete" {
+                        format!("delete {data}")
+                    } else {
+                        data
+                    };
+                    if tx.send((id, now, tag)).is_err() {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Opens `n` SSE watches of `service`, at most 256 connecting at a time, and
+/// waits until each has its snapshot.
+async fn open_watches(
+    addr: SocketAddr,
+    service: &str,
+    n: usize,
+) -> Result<mpsc::UnboundedReceiver<(usize, Instant, String)>> {
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(256));
+    let path = format!("/v1/watch?service={service}");
+    let mut opening = Vec::with_capacity(n);
+    for i in 0..n {
+        let gate = Arc::clone(&gate);
+        let (ready_tx, tx, path) = (ready_tx.clone(), tx.clone(), path.clone());
+        opening.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let mut conn = Conn::connect(addr).await?;
+            let resp = conn.stream(request("GET", &path, None)).await?;
+            tokio::spawn(async move {
+                // The connection lives as long as this reader.
+                let _conn = conn;
+                sse_reader(i, resp, ready_tx, tx).await;
+            });
+            anyhow::Ok(())
+        }));
+    }
+    drop(ready_tx);
+    for o in opening {
+        o.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for _ in 0..n {
+        tokio::time::timeout_at(deadline.into(), ready_rx.recv())
+            .await
+            .context("watchers did not all get their snapshot within 120 s")?
+            .ok_or_else(|| anyhow!("a watch ended before its snapshot"))?;
+    }
+    Ok(rx)
+}
+
+async fn watch_fanout(s: &Settings, run: usize) -> Result<Row> {
+    let m = Muster::start(s, "fanout").await?;
+    let mut conn = Conn::connect(m.addr()).await?;
+    put_instance(&mut conn, "fan", "x", instance_body(0)).await?;
+    let mut rx = open_watches(m.addr(), "fan", s.watchers).await?;
+    let mut hist = load::new_histogram();
+    let mut errors = 0;
+    let start = Instant::now();
+    for k in 1..=s.changes as u64 {
+        let t0 = Instant::now();
+        put_instance(&mut conn, "fan", "x", instance_body(k)).await?;
+        let mut got = 0;
+        while got < s.watchers {
+            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+                Ok(Some((_, at, _))) => {
+                    got += 1;
+                    let _ = hist.record((at.duration_since(t0).as_micros() as u64).max(1));
+                }
+                _ => {
+                    errors += (s.watchers - got) as u64;
+                    break;
+                }
+            }
+        }
+    }
+    let summary = Summary::from_histogram(&hist, errors, start.elapsed());
+    let mut row = Row::new("watch-fanout", Target::Muster, run, summary);
+    row.rss_bytes = m.proc.rss().ok();
+    row.extra.insert("watchers".into(), Value::from(s.watchers));
+    row.extra.insert("changes".into(), Value::from(s.changes));
+    Ok(row)
+}
+
+/// Instances with a 2 s TTL renewed once, then left silent: the time from
+/// the acknowledged last renewal to the instance's delete event.
+async fn failure_detection(s: &Settings, run: usize) -> Result<Row> {
+    const TTL: Duration = Duration::from_secs(2);
+    let m = Muster::start(s, "failure").await?;
+    let mut conn = Conn::connect(m.addr()).await?;
+    for i in 0..s.fd_samples {
+        let body = Bytes::from(format!(
+            r#"{{"address":"10.0.0.{}","port":8080,"ttl":"{}s"}}"#,
+            i % 250,
+            TTL.as_secs()
+        ));
+        put_instance(&mut conn, "fd", &format!("i{i}"), body).await?;
+    }
+    let mut rx = open_watches(m.addr(), "fd", 1).await?;
+    // Stagger the last renewals over one TTL so the samples fall at
+    // different points of the server's expiry sweep.
+    let step = TTL / s.fd_samples.max(1) as u32;
+    let mut last = BTreeMap::new();
+    for i in 0..s.fd_samples {
+        conn.call_ok(request(
+            "PUT",
+            &format!("/v1/services/fd/instances/i{i}/heartbeat"),
+            None,
+        ))
+        .await?;
+        last.insert(format!("\"id\":\"i{i}\""), Instant::now());
+        tokio::time::sleep(step).await;
+    }
+    let mut hist = load::new_histogram();
+    let start = Instant::now();
+    let deadline = Instant::now() + TTL * 10;
+    while !last.is_empty() {
+        let (_, at, data) = tokio::time::timeout_at(deadline.into(), rx.recv())
+            .await
+            .context("instances not removed within 10 TTLs")?
+            .ok_or_else(|| anyhow!("watch ended"))?;
+        if !data.starts_with("delete ") {
+            continue;
+        }
+        let key = last.keys().find(|k| data.contains(k.as_str())).cloned();
+        if let Some(k) = key {
+            let t = last.remove(&k).expect("present");
+            let _ = hist.record((at.duration_since(t).as_micros() as u64).max(1));
+        }
+    }
+    let summary = Summary::from_histogram(&hist, 0, start.elapsed());
+    let mut row = Row::new("failure-detection", Target::Muster, run, summary);
+    row.rss_bytes = m.proc.rss().ok();
+    row.extra.insert("ttl_s".into(), Value::from(TTL.as_secs()));
+    row.extra
+        .insert("samples".into(), Value::from(s.fd_samples));
+    Ok(row)
+}
+
+/// Registers N instances (2 tags, 2 meta) over 1,000 services, reports RSS
+/// growth per instance, then kills the server with SIGKILL and times its
+/// recovery until it serves all N again.
+async fn scale(s: &Settings, run: usize) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &n in &s.scale {
+        let m = Muster::start(s, "scale").await?;
+        let base = m.proc.rss()?;
+        let next = Arc::new(AtomicU64::new(0));
+        let workers = http_workers(m.addr(), s.connections.max(128), |_| {
+            let next = Arc::clone(&next);
+            Box::new(move |_| {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                request(
+                    "PUT",
+                    &format!("/v1/services/svc-{}/instances/i{i}", i % 1000),
+                    Some(instance_body(i)),
+                )
+            })
+        })
+        .await?;
+        let summary = load::drive(
+            workers,
+            Limits {
+                duration: Duration::from_secs(900),
+                max_requests: n,
+            },
+        )
+        .await;
+        if summary.requests != n {
+            bail!(
+                "scale {n}: only {} registrations succeeded ({} errors, first: {:?})",
+                summary.requests,
+                summary.errors,
+                summary.first_error
+            );
+        }
+        let loaded = m.proc.rss()?;
+        let count = count_instances(m.addr()).await?;
+        if count != n {
+            bail!("scale {n}: the catalog holds {count} instances");
+        }
+        let Muster { proc, dir } = m;
+        proc.kill9().await?;
+        let disk = dir_size(&dir);
+        let t = Instant::now();
+        let restarted = servers::spawn_muster(&s.muster_bin, s.server_cpu, &dir, &[]).await?;
+        let recovered = count_instances(restarted.addr).await?;
+        let recovery = t.elapsed();
+        if recovered != n {
+            bail!("scale {n}: {recovered} instances after restart");
+        }
+        let after_restart = restarted.rss()?;
+        let mut row = Row::new(&format!("scale-{n}"), Target::Muster, run, summary);
+        row.rss_bytes = Some(loaded);
+        let per = (loaded.saturating_sub(base)) as f64 / n as f64;
+        let per_restarted = (after_restart.saturating_sub(base)) as f64 / n as f64;
+        row.extra.insert("instances".into(), Value::from(n));
+        row.extra.insert("rss_base_bytes".into(), Value::from(base));
+        row.extra
+            .insert("bytes_per_instance".into(), Value::from(per.round()));
+        row.extra.insert(
+            "bytes_per_instance_after_restart".into(),
+            Value::from(per_restarted.round()),
+        );
+        row.extra.insert("disk_bytes".into(), Value::from(disk));
+        row.extra.insert(
+            "ready_s".into(),
+            Value::from((restarted.startup.as_secs_f64() * 1000.0).round() / 1000.0),
+        );
+        row.extra.insert(
+            "recovery_s".into(),
+            Value::from((recovery.as_secs_f64() * 1000.0).round() / 1000.0),
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+async fn count_instances(addr: SocketAddr) -> Result<u64> {
+    let body = Conn::connect(addr)
+        .await?
+        .call_ok(request("GET", "/v1/services", None))
+        .await?;
+    let v: Value = serde_json::from_slice(&body)?;
+    Ok(v["services"]
+        .as_array()
+        .ok_or_else(|| anyhow!("no services in the answer"))?
+        .iter()
+        .filter_map(|s| s["instances"].as_u64())
+        .sum())
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- etcd
+
+/// gRPC connections shared by the etcd workers (etcd's own benchmark tool
+/// also multiplexes many clients over a few connections).
+const ETCD_CHANNELS: usize = 8;
+
+async fn etcd_clients(e: &EtcdServer) -> Result<Vec<EtcdClient>> {
+    let mut v = Vec::new();
+    for _ in 0..ETCD_CHANNELS {
+        v.push(EtcdClient::connect(e.endpoint()).await?);
+    }
+    Ok(v)
+}
+
+struct EtcdPut {
+    client: EtcdClient,
+    w: usize,
+}
+
+impl Worker for EtcdPut {
+    async fn call(&mut self, seq: u64) -> Result<()> {
+        let key = format!("/services/reg/w{}-{seq}", self.w);
+        self.client
+            .put(key.as_bytes(), &instance_body(seq), 0)
+            .await
+    }
+}
+
+struct EtcdRange {
+    client: EtcdClient,
+    prefix: &'static [u8],
+    expect: usize,
+}
+
+impl Worker for EtcdRange {
+    async fn call(&mut self, _seq: u64) -> Result<()> {
+        let (n, _) = self.client.range_prefix(self.prefix).await?;
+        if n != self.expect {
+            bail!("range gave {n} keys, expected {}", self.expect);
+        }
+        Ok(())
+    }
+}
+
+struct EtcdKeepAlive {
+    stream: KeepAliveStream,
+    leases: Arc<Vec<i64>>,
+    w: usize,
+    stride: usize,
+}
+
+impl Worker for EtcdKeepAlive {
+    async fn call(&mut self, seq: u64) -> Result<()> {
+        let l = self.leases[(self.w + seq as usize * self.stride) % self.leases.len()];
+        self.stream.keep_alive(l).await
+    }
+}
+
+fn etcd_row(scenario: &str, run: usize, summary: Summary, e: &EtcdServer) -> Row {
+    let mut row = Row::new(scenario, Target::Etcd, run, summary);
+    row.rss_bytes = servers::rss_bytes(e.pid()).ok();
+    row
+}
+
+async fn etcd_register(s: &Settings, run: usize) -> Result<Row> {
+    let e = EtcdServer::start(s.server_cpu).await?;
+    let clients = etcd_clients(&e).await?;
+    let workers = (0..s.connections)
+        .map(|w| EtcdPut {
+            client: clients[w % clients.len()].clone(),
+            w,
+        })
+        .collect();
+    let summary = load::drive(workers, limits(s)).await;
+    Ok(etcd_row("register", run, summary, &e))
+}
+
+async fn etcd_lookup(s: &Settings, run: usize, n: usize) -> Result<Row> {
+    let e = EtcdServer::start(s.server_cpu).await?;
+    let clients = etcd_clients(&e).await?;
+    let prefix: &'static [u8] = if n == 1 {
+        b"/services/one/"
+    } else {
+        b"/services/hundred/"
+    };
+    let mut c = clients[0].clone();
+    for i in 0..n {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(format!("i{i}").as_bytes());
+        c.put(&key, &instance_body(i as u64), 0).await?;
+    }
+    let workers = (0..s.connections)
+        .map(|w| EtcdRange {
+            client: clients[w % clients.len()].clone(),
+            prefix,
+            expect: n,
+        })
+        .collect();
+    let summary = load::drive(workers, limits(s)).await;
+    let scenario = if n == 1 { "lookup-1" } else { "lookup-100" };
+    Ok(etcd_row(scenario, run, summary, &e))
+}
+
+async fn etcd_heartbeat(s: &Settings, run: usize) -> Result<Row> {
+    let e = EtcdServer::start(s.server_cpu).await?;
+    let mut clients = etcd_clients(&e).await?;
+    let mut leases = Vec::with_capacity(s.leases);
+    for _ in 0..s.leases {
+        leases.push(clients[0].lease_grant(60).await?);
+    }
+    let leases = Arc::new(leases);
+    let mut workers = Vec::with_capacity(s.connections);
+    for w in 0..s.connections {
+        let n = clients.len();
+        workers.push(EtcdKeepAlive {
+            stream: clients[w % n].keep_alive_stream().await?,
+            leases: Arc::clone(&leases),
+            w,
+            stride: s.connections,
+        });
+    }
+    let summary = load::drive(workers, limits(s)).await;
+    let mut row = etcd_row("heartbeat", run, summary, &e);
+    row.extra.insert("leases".into(), Value::from(s.leases));
+    Ok(row)
+}
+
+async fn etcd_watch_fanout(s: &Settings, run: usize) -> Result<Row> {
+    let e = EtcdServer::start(s.server_cpu).await?;
+    let mut clients = etcd_clients(&e).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
+    for i in 0..s.watchers {
+        let n = clients.len();
+        let mut stream = clients[i % n].watch_prefix(b"/services/fan/").await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(k) = stream.next_events().await {
+                let now = Instant::now();
+                for _ in 0..k {
+                    if tx.send(now).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut hist = load::new_histogram();
+    let mut errors = 0;
+    let start = Instant::now();
+    for k in 1..=s.changes as u64 {
+        let t0 = Instant::now();
+        clients[0]
+            .put(b"/services/fan/x", &instance_body(k), 0)
+            .await?;
+        let mut got = 0;
+        while got < s.watchers {
+            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+                Ok(Some(at)) => {
+                    got += 1;
+                    let _ = hist.record((at.duration_since(t0).as_micros() as u64).max(1));
+                }
+                _ => {
+                    errors += (s.watchers - got) as u64;
+                    break;
+                }
+            }
+        }
+    }
+    let summary = Summary::from_histogram(&hist, errors, start.elapsed());
+    let mut row = etcd_row("watch-fanout", run, summary, &e);
+    row.extra.insert("watchers".into(), Value::from(s.watchers));
+    row.extra.insert("changes".into(), Value::from(s.changes));
+    Ok(row)
+}

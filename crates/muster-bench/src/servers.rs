@@ -1,0 +1,193 @@
+//! The processes under load: a muster agent, the bare-HTTP ceiling, and how
+//! to read a process's memory.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdout, Command};
+
+/// A server process started by the harness; killed on drop.
+pub struct Proc {
+    child: Child,
+    /// Where it serves HTTP.
+    pub addr: SocketAddr,
+    /// Its process id (taskset execs, so this is the server itself).
+    pub pid: u32,
+    /// Kept open so the server never writes into a closed pipe.
+    _stdout: ChildStdout,
+    /// How long it took from spawn to its "listening" line.
+    pub startup: Duration,
+}
+
+impl Proc {
+    /// SIGKILL and reap: no chance to flush anything.
+    pub async fn kill9(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Resident memory now, in bytes.
+    pub fn rss(&self) -> Result<u64> {
+        rss_bytes(self.pid)
+    }
+}
+
+/// `VmRSS` of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| anyhow!("no VmRSS for pid {pid}"))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow!("bad VmRSS line {line:?}"))?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+/// A command, pinned to `cpu` with taskset when one is given.
+pub fn pinned(cpu: Option<usize>, program: &Path) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Spawns `cmd`, whose first stdout line is `<prefix><http://addr>`, and
+/// waits (up to `timeout`) for that line.
+async fn spawn_announcing(
+    mut cmd: Command,
+    prefix: &str,
+    log: &Path,
+    timeout: Duration,
+) -> Result<Proc> {
+    let log_file = std::fs::File::create(log)?;
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("spawning server")?;
+    let pid = child.id().ok_or_else(|| anyhow!("server exited at once"))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    let read = tokio::time::timeout(timeout, reader.read_line(&mut line)).await;
+    let startup = start.elapsed();
+    match read {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => bail!(
+            "server exited before it was ready; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        ),
+        Err(_) => bail!("server not ready within {timeout:?}"),
+    }
+    let url = line
+        .trim()
+        .strip_prefix(prefix)
+        .ok_or_else(|| anyhow!("unexpected first line from server: {line:?}"))?;
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .parse()
+        .with_context(|| format!("parsing address from {line:?}"))?;
+    Ok(Proc {
+        child,
+        addr,
+        pid,
+        _stdout: reader.into_inner(),
+        startup,
+    })
+}
+
+/// Starts `muster agent` on 127.0.0.1:0 with its data in `data_dir`.
+pub async fn spawn_muster(
+    bin: &Path,
+    cpu: Option<usize>,
+    data_dir: &Path,
+    extra: &[&str],
+) -> Result<Proc> {
+    let mut cmd = pinned(cpu, bin);
+    cmd.args(["agent", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("MUSTER_LOG", "warn");
+    let log = data_dir.with_extension("log");
+    // Recovering a million instances may take a while; the timeout only
+    // guards against a server that never comes up.
+    spawn_announcing(cmd, "muster listening on ", &log, Duration::from_secs(300)).await
+}
+
+/// Starts the ceiling server (this binary's `ceiling` subcommand) answering
+/// every request with `body`.
+pub async fn spawn_ceiling(cpu: Option<usize>, body: &[u8], dir: &Path) -> Result<Proc> {
+    let body_file = dir.join("ceiling-body.json");
+    std::fs::write(&body_file, body)?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = pinned(cpu, &exe);
+    cmd.args(["ceiling", "--body-file"]).arg(&body_file);
+    spawn_announcing(
+        cmd,
+        "ceiling listening on ",
+        &dir.join("ceiling.log"),
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+/// The muster binary: `--muster-bin`, else `muster` next to this executable.
+pub fn default_muster_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("muster")))
+        .unwrap_or_else(|| PathBuf::from("muster"))
+}
+
+/// The ceiling: a minimal hyper HTTP/1.1 server that answers every request
+/// with the same JSON bytes, on the same kind of multi-threaded tokio runtime
+/// as muster. Prints `ceiling listening on http://ADDR` once bound.
+pub async fn run_ceiling(body: Bytes) -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("ceiling listening on http://{}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let body = body.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let body = body.clone();
+                async move {
+                    // Read the request body like any real endpoint must.
+                    let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(body))
+                            .expect("valid response"),
+                    )
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
