@@ -15,6 +15,10 @@
 //!   [`redb::Durability::Immediate`] (an fsync), then runs the callbacks of all
 //!   operations in that batch. N concurrent appends thus share one fsync
 //!   (group commit). Operations reach the disk in the order they were queued.
+//! * A *lazy* metadata write ([`LogStore::put_meta_lazy`]) is queued like any
+//!   other operation but does not wake the writer: it rides along with the
+//!   next commit that something else asks for (or with [`LogStore::close`]),
+//!   and costs no fsync of its own. A crash may lose it.
 //! * A durability callback runs only after the commit that contains its
 //!   operation returned `Ok`. If a commit fails, every callback of the batch
 //!   gets the error and the store becomes *poisoned*: all later writes are
@@ -112,6 +116,9 @@ enum Op {
 /// The queue shared between handles and the writer thread.
 struct Queue {
     ops: Vec<(Op, Option<OnDurable>)>,
+    /// Whether `ops` holds an operation that is not lazy: only those make
+    /// the writer commit.
+    urgent: bool,
     /// Set when the store is poisoned, with the error message.
     poisoned: Option<String>,
     /// Set when no more writes are accepted; the writer exits once drained.
@@ -237,6 +244,7 @@ impl LogStore {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 ops: Vec::new(),
+                urgent: false,
                 poisoned: None,
                 closed: false,
             }),
@@ -272,11 +280,13 @@ impl LogStore {
     /// Queues `op` after `mutate` updated the mirror, both under the queue
     /// lock so that mirror order equals disk order. If the store refuses
     /// writes, the mirror is left untouched and the error is returned
-    /// (and handed to `on_durable`, if any).
+    /// (and handed to `on_durable`, if any). A `lazy` op does not wake the
+    /// writer: it is committed with the next op that does.
     fn submit(
         &self,
         op: Op,
         on_durable: Option<OnDurable>,
+        lazy: bool,
         mutate: impl FnOnce(&mut Mirror),
     ) -> Result<(), StoreError> {
         let shared = self.shared();
@@ -297,6 +307,10 @@ impl LogStore {
         }
         mutate(&mut shared.write_mirror());
         q.ops.push((op, on_durable));
+        if lazy {
+            return Ok(());
+        }
+        q.urgent = true;
         drop(q);
         shared.wake.notify_one();
         Ok(())
@@ -314,7 +328,7 @@ impl LogStore {
             .map(|(i, bytes)| (i, Bytes::from(bytes)))
             .collect();
         let for_mirror = entries.clone();
-        let _ = self.submit(Op::Append(entries), Some(on_durable), move |m| {
+        let _ = self.submit(Op::Append(entries), Some(on_durable), false, move |m| {
             m.log.extend(for_mirror);
         });
     }
@@ -324,7 +338,7 @@ impl LogStore {
     /// The mirror changes at once; the disk change is queued. Use
     /// [`LogStore::flush`] or [`LogStore::barrier`] to wait for durability.
     pub fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
-        self.submit(Op::TruncateFrom(index), None, |m| {
+        self.submit(Op::TruncateFrom(index), None, false, |m| {
             m.log.split_off(&index);
         })
     }
@@ -334,9 +348,11 @@ impl LogStore {
     /// The mirror changes at once; the disk change is queued. Use
     /// [`LogStore::flush`] or [`LogStore::barrier`] to wait for durability.
     pub fn purge_to(&self, index: u64) -> Result<(), StoreError> {
-        self.submit(Op::PurgeTo(index), None, |m| match index.checked_add(1) {
-            Some(next) => m.log = m.log.split_off(&next),
-            None => m.log.clear(),
+        self.submit(Op::PurgeTo(index), None, false, |m| {
+            match index.checked_add(1) {
+                Some(next) => m.log = m.log.split_off(&next),
+                None => m.log.clear(),
+            }
         })
     }
 
@@ -345,12 +361,36 @@ impl LogStore {
     /// [`LogStore::get_meta`] sees the new value at once; `on_durable` is
     /// called after the commit, ordered with all other queued operations.
     pub fn put_meta(&self, key: &str, value: Option<Vec<u8>>, on_durable: OnDurable) {
+        let _ = self.queue_meta(key, value, Some(on_durable), false);
+    }
+
+    /// Like [`LogStore::put_meta`], but without a commit of its own: the
+    /// value is queued in order with everything else, yet the writer is not
+    /// woken for it. It reaches the disk with the next commit another
+    /// operation asks for (an append, a strict metadata write, a barrier) or
+    /// at [`LogStore::close`]. Until then a crash loses it, so use this only
+    /// for values whose loss is harmless (a hint that can be re-derived).
+    ///
+    /// [`LogStore::get_meta`] sees the new value at once. An error (store
+    /// poisoned or closed) is returned, and nothing is changed.
+    pub fn put_meta_lazy(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        self.queue_meta(key, value, None, true)
+    }
+
+    fn queue_meta(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        on_durable: Option<OnDurable>,
+        lazy: bool,
+    ) -> Result<(), StoreError> {
         let value = value.map(Bytes::from);
         let key_owned = key.to_owned();
         let for_mirror = value.clone();
-        let _ = self.submit(
+        self.submit(
             Op::PutMeta(key_owned.clone(), value),
-            Some(on_durable),
+            on_durable,
+            lazy,
             move |m| match for_mirror {
                 Some(v) => {
                     m.meta.insert(key_owned, v);
@@ -359,7 +399,7 @@ impl LogStore {
                     m.meta.remove(&key_owned);
                 }
             },
-        );
+        )
     }
 
     /// Like [`LogStore::put_meta`], but blocks until the value is durable.
@@ -381,7 +421,7 @@ impl LogStore {
 
     /// Calls `on_durable` once every operation queued before it is durable.
     pub fn barrier(&self, on_durable: OnDurable) {
-        let _ = self.submit(Op::Barrier, Some(on_durable), |_| {});
+        let _ = self.submit(Op::Barrier, Some(on_durable), false, |_| {});
     }
 
     /// Blocks until every operation queued so far is durable.
@@ -589,13 +629,16 @@ fn writer_loop(db: Database, shared: Arc<Shared>) {
     loop {
         let (batch, poisoned) = {
             let mut q = shared.lock_queue();
-            while q.ops.is_empty() && !q.closed {
+            // Lazy ops alone do not make a commit; at close they are
+            // committed with the rest.
+            while !q.urgent && !q.closed {
                 q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
             if q.ops.is_empty() {
                 // Closed and drained.
                 break;
             }
+            q.urgent = false;
             (std::mem::take(&mut q.ops), q.poisoned.clone())
         };
 

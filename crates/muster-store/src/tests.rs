@@ -246,3 +246,54 @@ fn panicking_callback_does_not_stop_the_writer() {
     store.flush().unwrap();
     assert_eq!(indexes(&store), vec![1, 2]);
 }
+
+#[test]
+fn lazy_meta_rides_along_with_the_next_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    {
+        let store = LogStore::open(&path).unwrap();
+        append_sync(&store, vec![entry(1)]).unwrap();
+        let before = store.commits();
+        store.put_meta_lazy("hint", Some(b"1".to_vec())).unwrap();
+        // Visible at once, but no commit of its own.
+        assert_eq!(store.get_meta("hint"), Some(b"1".to_vec()));
+        thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(
+            store.commits(),
+            before,
+            "a lazy write alone must not commit"
+        );
+        // The next append carries it: one commit for both.
+        append_sync(&store, vec![entry(2)]).unwrap();
+        assert_eq!(store.commits(), before + 1);
+        store.put_meta_lazy("hint", Some(b"2".to_vec())).unwrap();
+        store.put_meta_lazy("gone", None).unwrap();
+        // Dropping the last handle (close) commits the lazy tail.
+    }
+    let store = LogStore::open(&path).unwrap();
+    assert_eq!(indexes(&store), vec![1, 2]);
+    assert_eq!(store.get_meta("hint"), Some(b"2".to_vec()));
+    store.close();
+    assert!(matches!(
+        store.put_meta_lazy("hint", Some(b"3".to_vec())),
+        Err(StoreError::Closed)
+    ));
+    assert_eq!(store.get_meta("hint"), Some(b"2".to_vec()));
+}
+
+#[test]
+fn lazy_meta_is_ordered_with_strict_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    {
+        let store = LogStore::open(&path).unwrap();
+        store.put_meta_lazy("k", Some(b"lazy".to_vec())).unwrap();
+        store.put_meta_sync("k", Some(b"strict".to_vec())).unwrap();
+        store.put_meta_lazy("k2", Some(b"a".to_vec())).unwrap();
+        store.put_meta_sync("k2", None).unwrap();
+    }
+    let store = LogStore::open(&path).unwrap();
+    assert_eq!(store.get_meta("k"), Some(b"strict".to_vec()));
+    assert_eq!(store.get_meta("k2"), None);
+}
