@@ -10,7 +10,9 @@
 //! - [`Catalog`]: the state, [`Catalog::apply`] and the read side.
 //! - [`Query`]: discovery filters (tags, meta, version range, zone, health).
 //! - Every service carries its own index (the log index of its last change)
-//!   and a bounded history of changes, which watches resume from.
+//!   and a bounded history of changes, which watches resume from. Several
+//!   changes may share an index (a batch of commands in one log entry, or
+//!   one command touching several instances).
 #![forbid(unsafe_code)]
 
 mod query;
@@ -750,6 +752,41 @@ impl Catalog {
                 .cloned()
                 .collect(),
         )
+    }
+
+    /// What a watcher that last saw event id `last_id` of this service may
+    /// have missed, oldest first: every change after `last_id`, and, when
+    /// several changes of the service share `last_id`, those too (the
+    /// watcher may have got only some of them before it lost the stream, and
+    /// its id cannot say which). So delivery is at least once: a resumed
+    /// watcher may see again changes it already had, which is harmless as
+    /// upserts and deletes are idempotent. When `last_id` holds at most one
+    /// change, exactly the missed changes are returned.
+    ///
+    /// `None` when the history no longer reaches back that far (the caller
+    /// needs a snapshot).
+    pub fn changes_to_resume(&self, key: &ServiceKey, last_id: u64) -> Option<Vec<IndexedChange>> {
+        let Some(svc) = self.services.get(key) else {
+            return Some(Vec::new());
+        };
+        // Changes at the floor index may have been dropped while others of
+        // the same index remain: from exactly there, nothing is certain.
+        if last_id < svc.history_floor || (last_id == svc.history_floor && last_id > 0) {
+            return None;
+        }
+        let start = svc.history.partition_point(|c| c.index < last_id);
+        let shared = svc
+            .history
+            .range(start..)
+            .take_while(|c| c.index == last_id)
+            .nth(1)
+            .is_some();
+        let from = if shared {
+            start
+        } else {
+            svc.history.partition_point(|c| c.index <= last_id)
+        };
+        Some(svc.history.range(from..).cloned().collect())
     }
 
     /// Every service key that ever existed, in order.

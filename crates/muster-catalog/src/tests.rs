@@ -192,6 +192,64 @@ fn history_resumes_or_asks_for_snapshot() {
 }
 
 #[test]
+fn resume_repeats_an_index_shared_by_several_changes() {
+    let mut c = Catalog::new();
+    c.apply(1, 0, &reg("pay", data("a"), LeaseRef::None))
+        .unwrap();
+    // One batch (one log entry): two changes of `pay` at index 2.
+    c.apply(2, 0, &reg("pay", data("b"), LeaseRef::None))
+        .unwrap();
+    c.apply(2, 0, &reg("pay", data("c"), LeaseRef::None))
+        .unwrap();
+    c.apply(3, 0, &reg("pay", data("d"), LeaseRef::None))
+        .unwrap();
+    let ids = |changes: Vec<IndexedChange>| -> Vec<(u64, String)> {
+        changes
+            .into_iter()
+            .map(|ch| match ch.change {
+                Change::Upsert(i) => (ch.index, i.id.clone()),
+                Change::Delete(id) => (ch.index, id),
+            })
+            .collect()
+    };
+    let ic = |i: u64, id: &str| (i, id.to_string());
+    // A watcher that got `b` (id 2) but lost the stream before `c` gets
+    // both again: its id cannot tell which of the two it had.
+    assert_eq!(
+        ids(c.changes_to_resume(&key("pay"), 2).unwrap()),
+        [ic(2, "b"), ic(2, "c"), ic(3, "d")]
+    );
+    // An index with a single change was seen whole: only what came after.
+    assert_eq!(
+        ids(c.changes_to_resume(&key("pay"), 1).unwrap()),
+        [ic(2, "b"), ic(2, "c"), ic(3, "d")]
+    );
+    assert_eq!(ids(c.changes_to_resume(&key("pay"), 3).unwrap()), []);
+    assert_eq!(ids(c.changes_to_resume(&key("pay"), 0).unwrap()).len(), 4);
+    assert_eq!(c.changes_to_resume(&key("never"), 5), Some(vec![]));
+    // The live stream (which sees whole entries) goes on strictly after.
+    assert_eq!(ids(c.changes_since(&key("pay"), 2).unwrap()), [ic(3, "d")]);
+}
+
+#[test]
+fn resume_from_the_history_floor_asks_for_a_snapshot() {
+    let mut c = Catalog::new();
+    let n = HISTORY_PER_SERVICE as u64 + 2;
+    for i in 1..=n {
+        let mut d = data("a");
+        d.port = i as u16;
+        c.apply(i, 0, &reg("pay", d, LeaseRef::None)).unwrap();
+    }
+    // Changes 1 and 2 were dropped: the floor is 2.
+    assert!(c.changes_to_resume(&key("pay"), 1).is_none());
+    assert!(c.changes_to_resume(&key("pay"), 2).is_none());
+    assert_eq!(
+        c.changes_to_resume(&key("pay"), 3).unwrap().len(),
+        HISTORY_PER_SERVICE - 1
+    );
+}
+
+#[test]
 fn filters_combine() {
     let mut c = Catalog::new();
     let mut a = data("a");
@@ -465,6 +523,39 @@ fn run(cmds: &[Command]) -> (Catalog, Vec<ApplyResult>) {
     (c, results)
 }
 
+/// Applies `cmds` in entries of the given sizes (cycled): the commands of
+/// one entry share its index, as batched proposals do.
+fn run_batched(cmds: &[Command], sizes: &[usize]) -> Catalog {
+    let mut c = Catalog::new();
+    let mut rest = cmds;
+    let mut index = 0;
+    for size in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (batch, tail) = rest.split_at((*size).clamp(1, rest.len()));
+        index += 1;
+        for cmd in batch {
+            let _ = c.apply(index, 1_000 * index, cmd);
+        }
+        rest = tail;
+    }
+    c
+}
+
+fn replay(view: &mut BTreeMap<String, Arc<Instance>>, changes: &[IndexedChange]) {
+    for ch in changes {
+        match &ch.change {
+            Change::Upsert(i) => {
+                view.insert(i.id.clone(), i.clone());
+            }
+            Change::Delete(id) => {
+                view.remove(id);
+            }
+        }
+    }
+}
+
 /// A deliberately naive reading of the same semantics, written independently.
 fn naive_matches(q: &Query, i: &Instance) -> bool {
     let passing = i.maintenance.is_none() && i.checks.iter().all(|c| c.status == Health::Passing);
@@ -574,6 +665,40 @@ proptest! {
             }
             let now = after.service(&k).map(|s| s.instances.clone()).unwrap_or_default();
             prop_assert_eq!(view, now);
+        }
+    }
+
+    #[test]
+    fn resume_after_any_event_misses_nothing_with_batches(
+        cmds in proptest::collection::vec(arb_command(), 1..60),
+        sizes in proptest::collection::vec(1usize..6, 1..8),
+    ) {
+        // A watcher that got the first `seen` events of a service (in any
+        // batch, possibly part of one) and resumes from the last one's id
+        // gets everything after it, ends with exactly the current instances,
+        // and gets repeats only when that id is shared by several changes.
+        let c = run_batched(&cmds, &sizes);
+        for svc in SERVICES {
+            let k = key(svc);
+            let Some(s) = c.service(&k) else { continue };
+            prop_assert_eq!(s.history_floor, 0, "history is complete here");
+            let events: Vec<IndexedChange> = s.history.iter().cloned().collect();
+            for seen in 1..=events.len() {
+                let mut view = BTreeMap::new();
+                replay(&mut view, &events[..seen]);
+                let last_id = events[seen - 1].index;
+                let resumed = c.changes_to_resume(&k, last_id).expect("history reaches back");
+                // At least once: every event not yet seen, in order, at the end.
+                prop_assert!(resumed.len() >= events.len() - seen);
+                prop_assert_eq!(&resumed[resumed.len() - (events.len() - seen)..], &events[seen..]);
+                // Exactly once when the id names one change.
+                let sharing = events.iter().filter(|e| e.index == last_id).count();
+                if sharing == 1 {
+                    prop_assert_eq!(&resumed[..], &events[seen..]);
+                }
+                replay(&mut view, &resumed);
+                prop_assert_eq!(&view, &s.instances);
+            }
         }
     }
 }

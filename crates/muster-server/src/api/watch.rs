@@ -1,7 +1,15 @@
 //! `GET /v1/watch`: Server-Sent Events of one service. A snapshot first, then
 //! `upsert`/`delete` deltas, each with `id:` = the log index. A client that
-//! reconnects with `Last-Event-ID` gets only what it missed, or a fresh
-//! snapshot when the service's history no longer reaches back that far.
+//! reconnects with `Last-Event-ID` gets what it missed, or a fresh snapshot
+//! when the service's history no longer reaches back that far.
+//!
+//! Several events of one service can share an id (one log entry carries a
+//! batch of commands; one command can remove several instances). A client
+//! that lost the stream between two of them cannot tell by its id which it
+//! got, so a resume from such an id sends all events of that id again (at
+//! least once; upserts and deletes are idempotent). A resume from an id with
+//! a single event sends exactly what came after it. Within one stream every
+//! event is sent once: an entry is applied whole under the catalog lock.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -96,17 +104,32 @@ pub async fn watch(
         .into_response())
 }
 
+/// Where a stream stands.
+#[derive(Debug, Clone, Copy)]
+enum Since {
+    /// Nothing sent yet: a snapshot.
+    Start,
+    /// Reconnected with `Last-Event-ID`: what the client may have missed.
+    Resume(u64),
+    /// Everything up to and including this index was sent on this stream.
+    Sent(u64),
+}
+
 /// What to send next: a whole snapshot or the deltas after `since`.
 fn next_events(
     state: &AppStateRef,
     key: &ServiceKey,
     query: &Query,
-    since: Option<u64>,
+    since: Since,
 ) -> (u64, Vec<WatchEvent>) {
     let c = state.node.catalog().read().expect("catalog lock");
-    let deltas = since
-        .filter(|s| *s <= c.applied_index())
-        .and_then(|s| c.changes_since(key, s).map(|ch| (s, ch)));
+    let deltas = match since {
+        Since::Start => None,
+        // An id from the future (e.g. after data loss) gets a snapshot.
+        Since::Resume(id) if id > c.applied_index() => None,
+        Since::Resume(id) => c.changes_to_resume(key, id).map(|ch| (id, ch)),
+        Since::Sent(index) => c.changes_since(key, index).map(|ch| (index, ch)),
+    };
     match deltas {
         Some((since, changes)) => {
             let last = changes.last().map_or(since, |c| c.index);
@@ -149,7 +172,7 @@ async fn stream_changes(
     // Subscribe before reading so no change slips between read and wait.
     let mut changed = state.hub.subscribe_service(key.clone());
     let mut shutdown = state.shutdown.clone();
-    let mut since = last_id;
+    let mut since = last_id.map_or(Since::Start, Since::Resume);
     loop {
         let (last, events) = next_events(&state, &key, &query, since);
         for e in &events {
@@ -157,7 +180,7 @@ async fn stream_changes(
                 return;
             }
         }
-        since = Some(last);
+        since = Since::Sent(last);
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
             _ = tx.closed() => return,
