@@ -10,6 +10,10 @@
 //! * **Acknowledged means durable.** [`Node::propose`] returns only after the
 //!   entry was fsynced (openraft is told a log append is flushed only from the
 //!   store's durability callback) and applied to the catalog.
+//! * **Group commit.** Concurrent proposals are batched into one log entry
+//!   (one append, one fsync); the commands of an entry are applied in order,
+//!   all at its index. A lone proposal is not delayed: it goes out at once as
+//!   a batch of one, and proposals arriving meanwhile form the next batch.
 //! * **Rebuilt on start.** The catalog lives in memory. On start-up it is
 //!   loaded from the last snapshot, then openraft re-applies every committed
 //!   log entry after it (the committed log id is saved for that purpose).
@@ -22,6 +26,7 @@
 // traits require; the helpers that produce it return it as is.
 #![allow(clippy::result_large_err)]
 
+mod batcher;
 mod codec;
 mod log_store;
 pub(crate) mod network;
@@ -55,9 +60,11 @@ pub trait ApplyObserver: Send + Sync + 'static {
     /// Called after a batch of entries was applied, with the catalog lock
     /// released, in log order.
     ///
-    /// Called once per command entry; entries without a command (blank and
-    /// membership entries) only advance the catalog's applied index and are
-    /// not reported. Also called for entries re-applied at start-up.
+    /// Called once per command, in the order applied; the commands of one
+    /// entry (one batch of proposals) share its `index`. Entries without a
+    /// command (blank and membership entries) only advance the catalog's
+    /// applied index and are not reported. Also called for entries
+    /// re-applied at start-up.
     fn applied(&self, index: u64, result: &muster_catalog::ApplyResult);
 
     /// Called after the whole catalog was replaced (snapshot loaded at
@@ -72,6 +79,7 @@ pub trait ApplyObserver: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
     /// The log index of the entry: the catalog's version after it.
+    /// Proposals batched into one entry share it.
     pub index: u64,
     /// What the catalog made of the command.
     pub result: muster_catalog::ApplyResult,

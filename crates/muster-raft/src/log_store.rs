@@ -118,10 +118,24 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         read_meta(&self.store, KEY_VOTE).map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
-    /// Saved without waiting for the fsync: the write is queued behind the
-    /// log entries it refers to, so the stored committed id never points past
-    /// durable logs, and losing the latest value only means re-applying less
-    /// at start-up.
+    /// Saved lazily: the value is queued without a commit (and fsync) of its
+    /// own and reaches the disk with the next append (or at close). openraft
+    /// calls this after every commit, so a strict write would double the
+    /// fsyncs per batch of proposals.
+    ///
+    /// Losing the latest value in a crash is safe:
+    /// * it is only ever behind, never ahead: it is queued after the appends
+    ///   of the entries it names, which were flushed before openraft could
+    ///   commit them, so a stored committed id never points past durable
+    ///   logs;
+    /// * the committed index is not needed for correctness. For a single
+    ///   voter, openraft re-derives it at start-up from its own durable log
+    ///   (the quorum of one has flushed its last log id) and re-applies
+    ///   everything up to it; in a cluster it is re-learnt from the leader.
+    ///   A stale value only means re-applying more entries on restart
+    ///   (`tests/node.rs` checks recovery with the marker deleted).
+    ///
+    /// Vote writes and appends stay strict (fsynced before they are reported).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let value = committed
             .as_ref()
@@ -131,19 +145,9 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         if let Some(c) = &committed {
             self.committed.fetch_max(c.index, Ordering::Relaxed);
         }
-        self.store.put_meta(
-            KEY_COMMITTED,
-            value,
-            Box::new(|r| {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "saving the committed log id failed");
-                }
-            }),
-        );
-        if self.store.is_poisoned() {
-            return Err(StorageIOError::write(AnyError::error("store is poisoned")).into());
-        }
-        Ok(())
+        self.store
+            .put_meta_lazy(KEY_COMMITTED, value)
+            .map_err(|e| StorageIOError::write(store_err(e)).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

@@ -3,18 +3,19 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use muster_catalog::{Catalog, Command};
 use muster_store::LogStore;
-use openraft::error::{ClientWriteError, Fatal};
 use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
+use crate::batcher::{self, Proposal};
 use crate::log_store::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_SNAPSHOT, KEY_VOTE, RaftLog};
 use crate::network::NoPeers;
 use crate::state_machine::StateMachine;
-use crate::types::{Raft, Request};
+use crate::types::Raft;
 use crate::{Applied, ApplyObserver, NodeInfo, ProposeError, RaftConfig, RaftError};
 
 /// The file name of the store inside the data directory.
@@ -22,6 +23,9 @@ const STORE_FILE: &str = "raft.redb";
 /// At most this many already-snapshotted logs are kept (for followers that
 /// lag a little, once there are followers).
 const MAX_LOGS_KEPT_AFTER_SNAPSHOT: u64 = 1000;
+/// How long shutdown waits for the batches being written to be answered
+/// before it stops raft under them.
+const BATCHES_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running raft node and the catalog it applies to.
 ///
@@ -38,6 +42,12 @@ struct Inner {
     store: LogStore,
     committed: Arc<AtomicU64>,
     leader_rx: watch::Receiver<bool>,
+    /// Proposals for the batcher.
+    proposals: mpsc::Sender<Proposal>,
+    /// Tells the batcher to stop.
+    stop_batcher: watch::Sender<bool>,
+    /// The batcher task, taken by shutdown.
+    batcher: std::sync::Mutex<Option<JoinHandle<()>>>,
     shutting_down: AtomicBool,
     /// Held during shutdown; `true` once it completed.
     stopped: tokio::sync::Mutex<bool>,
@@ -88,13 +98,6 @@ fn describe(m: &RaftMetrics<u64, BasicNode>) -> String {
         m.last_applied.map(|l| l.index),
         m.running_state,
     )
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Keeps `tx` equal to "this node is a ready leader" until raft stops.
@@ -166,6 +169,9 @@ impl Node {
 
         let (leader_tx, leader_rx) = watch::channel(false);
         spawn_leader_watch(&raft, cfg.node_id, disk_last, leader_tx);
+        let (proposals, proposals_rx) = mpsc::channel(batcher::QUEUE_CAPACITY);
+        let (stop_batcher, stop_rx) = watch::channel(false);
+        let batcher = tokio::spawn(batcher::run(raft.clone(), proposals_rx, stop_rx));
 
         Ok(Node {
             inner: Arc::new(Inner {
@@ -175,6 +181,9 @@ impl Node {
                 store,
                 committed,
                 leader_rx,
+                proposals,
+                stop_batcher,
+                batcher: std::sync::Mutex::new(Some(batcher)),
                 shutting_down: AtomicBool::new(false),
                 stopped: tokio::sync::Mutex::new(false),
             }),
@@ -198,35 +207,32 @@ impl Node {
         }
     }
 
-    /// Appends a command (stamped with the wall clock now, in ms), waits
-    /// until it is committed (fsynced) and applied, and returns its log index
-    /// and the catalog's result.
+    /// Appends a command, waits until it is committed (fsynced) and applied,
+    /// and returns its log index and the catalog's result.
+    ///
+    /// Concurrent proposals are batched into one log entry (stamped with the
+    /// leader's wall clock, in ms, when the batch is formed), so they may
+    /// share an index; each gets its own result. A proposal made alone is
+    /// written at once. An error that hits the entry (not leader, shutting
+    /// down, fatal) is returned to every proposal of its batch.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, ProposeError> {
-        use openraft::error::RaftError as OpenraftError;
-
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(ProposeError::ShuttingDown);
         }
-        let req = Request {
-            now_ms: now_ms(),
-            command: cmd,
-        };
-        match self.inner.raft.client_write(req).await {
-            Ok(resp) => Ok(Applied {
-                index: resp.log_id.index,
-                result: resp.data,
-            }),
-            Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(OpenraftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ProposeError::Fatal(e.to_string()))
-            }
-            Err(OpenraftError::Fatal(Fatal::Stopped)) => Err(ProposeError::ShuttingDown),
-            Err(OpenraftError::Fatal(e)) => Err(ProposeError::Fatal(e.to_string())),
-        }
+        let (proposal, reply) = Proposal::new(cmd);
+        self.inner
+            .proposals
+            .send(proposal)
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
+        // A dropped reply means the batcher is gone: the node is stopping.
+        reply.await.unwrap_or(Err(ProposeError::ShuttingDown))
+    }
+
+    /// How many write transactions (each one fsync) the store committed
+    /// since the node was opened; with batching, far fewer than proposals.
+    pub fn store_commits(&self) -> u64 {
+        self.inner.store.commits()
     }
 
     /// The catalog, shared with the state machine. Hold its lock briefly and
@@ -308,13 +314,30 @@ impl Node {
     }
 
     /// Stops openraft and closes the store (committing anything queued).
-    /// Later proposals fail with [`ProposeError::ShuttingDown`]. Idempotent.
+    /// Batches being written are answered first; proposals still queued
+    /// and later ones fail with [`ProposeError::ShuttingDown`]. Idempotent.
     pub async fn shutdown(&self) -> Result<(), RaftError> {
         let mut stopped = self.inner.stopped.lock().await;
         if *stopped {
             return Ok(());
         }
         self.inner.shutting_down.store(true, Ordering::Release);
+        // The batcher refuses what is still queued and waits for the batches
+        // being written to be answered while raft still runs.
+        self.inner.stop_batcher.send_replace(true);
+        let batcher = self
+            .inner
+            .batcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(batcher) = batcher
+            && tokio::time::timeout(BATCHES_DRAIN_TIMEOUT, batcher)
+                .await
+                .is_err()
+        {
+            tracing::warn!("batches in flight not answered in time; stopping raft under them");
+        }
         let result = self
             .inner
             .raft

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use muster_catalog::{ApplyResult, Catalog, Outcome};
+use muster_catalog::Catalog;
 use muster_store::LogStore;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -16,7 +16,9 @@ use openraft::{
 use crate::ApplyObserver;
 use crate::codec;
 use crate::log_store::{KEY_SNAPSHOT, durable};
-use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 
 /// What is shared between the state machine and its snapshot builders.
 struct Shared {
@@ -171,41 +173,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut results = Vec::new();
-        // (index, position in `results`) of command entries, for the observer.
-        let mut commands = Vec::new();
+        let entries = entries.into_iter();
+        let mut responses: Vec<Response> = Vec::with_capacity(entries.size_hint().0);
+        let mut indexes: Vec<u64> = Vec::with_capacity(entries.size_hint().0);
         {
+            // One write lock for every entry handed over: readers see whole
+            // entries (whole batches), never a part of one.
             let mut catalog = write_catalog(&self.catalog)?;
             for entry in entries {
                 let index = entry.log_id.index;
-                let result = match entry.payload {
+                let response = match entry.payload {
                     EntryPayload::Blank => {
                         catalog.advance(index);
-                        Ok(Outcome::default())
+                        Vec::new()
                     }
                     EntryPayload::Normal(req) => {
-                        commands.push((index, results.len()));
-                        catalog.apply(index, req.now_ms, &req.command)
+                        // Every command of the batch at the entry's index.
+                        catalog.advance(index);
+                        req.commands
+                            .iter()
+                            .map(|cmd| catalog.apply(index, req.now_ms, cmd))
+                            .collect()
                     }
                     EntryPayload::Membership(m) => {
                         self.membership = StoredMembership::new(Some(entry.log_id), m);
                         catalog.advance(index);
-                        Ok(Outcome::default())
+                        Vec::new()
                     }
                 };
-                results.push(result);
+                responses.push(response);
+                indexes.push(index);
                 self.applied = Some(entry.log_id);
             }
         }
-        for (index, at) in commands {
-            self.observer.applied(index, &results[at]);
+        // Blank and membership entries have no results, so no calls.
+        for (index, response) in indexes.into_iter().zip(&responses) {
+            for result in response {
+                self.observer.applied(index, result);
+            }
         }
-        Ok(results)
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

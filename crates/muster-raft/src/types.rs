@@ -5,20 +5,28 @@ use std::io::Cursor;
 use muster_catalog::{ApplyResult, Command};
 use serde::{Deserialize, Serialize};
 
-/// The payload of a normal log entry: a command and the leader's clock.
+/// The payload of a normal log entry: a batch of commands (every proposal
+/// that was queued when the entry was formed) and the leader's clock.
+///
+/// The commands are applied in order, all at the entry's log index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Request {
-    /// The leader's wall clock (ms since the Unix epoch) when it proposed.
+    /// The leader's wall clock (ms since the Unix epoch) when it formed the
+    /// batch.
     pub(crate) now_ms: u64,
-    /// The command.
-    pub(crate) command: Command,
+    /// The commands, in the order they are applied.
+    pub(crate) commands: Vec<Command>,
 }
+
+/// What applying an entry gave: one result per command of the batch, in
+/// order (empty for blank and membership entries).
+pub(crate) type Response = Vec<ApplyResult>;
 
 openraft::declare_raft_types!(
     /// muster's openraft types.
     pub(crate) TypeConfig:
         D = Request,
-        R = ApplyResult,
+        R = Response,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

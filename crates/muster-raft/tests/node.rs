@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use muster_catalog::{ApplyResult, Catalog, Command, InstanceData, LeaseRef, ServiceKey};
+use muster_catalog::{
+    ApplyError, ApplyResult, Catalog, Command, InstanceData, LeaseRef, ServiceKey,
+};
 use muster_raft::{ApplyObserver, Node, ProposeError, RaftConfig};
 
 const READY: Duration = Duration::from_secs(20);
@@ -203,45 +205,183 @@ async fn restart_from_snapshot_and_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_proposals_get_distinct_indexes() {
+async fn concurrent_proposals_each_get_their_own_result() {
     let dir = tempfile::tempdir().unwrap();
     let (node, recorder) = open(dir.path(), 50).await;
     let tasks: Vec<_> = (1..=200u64)
         .map(|lease| {
             let node = node.clone();
             tokio::spawn(async move {
-                node.propose(Command::CreateLease {
-                    id: lease,
-                    ttl_ms: 10_000,
-                })
-                .await
+                let applied = node
+                    .propose(Command::CreateLease {
+                        id: lease,
+                        ttl_ms: 10_000,
+                    })
+                    .await;
+                (lease, applied)
             })
         })
         .collect();
     let mut indexes = BTreeSet::new();
     for t in tasks {
-        let applied = t.await.unwrap().unwrap();
-        applied.result.unwrap();
-        assert!(
-            indexes.insert(applied.index),
-            "duplicate index {}",
-            applied.index
+        let (lease, applied) = t.await.unwrap();
+        let applied = applied.unwrap();
+        // Batched proposals share an index, but each has its own result.
+        assert_eq!(
+            applied.result.unwrap().leases_created,
+            vec![(lease, 10_000)]
         );
+        indexes.insert(applied.index);
     }
-    assert_eq!(indexes.len(), 200);
     let c = catalog(&node);
     assert_eq!(c.lease_count(), 200);
     assert_eq!(c.applied_index(), *indexes.last().unwrap());
     let observed = recorder.applied.lock().unwrap().clone();
+    assert_eq!(observed.len(), 200, "one observer call per command");
     assert_eq!(observed.iter().copied().collect::<BTreeSet<_>>(), indexes);
     assert!(
-        observed.windows(2).all(|w| w[0] < w[1]),
+        observed.windows(2).all(|w| w[0] <= w[1]),
         "observer sees log order"
     );
     node.shutdown().await.unwrap();
 
     let (node, _) = open(dir.path(), 50).await;
     assert_eq!(catalog(&node).lease_count(), 200);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_are_batched_into_few_entries() {
+    const N: usize = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, recorder) = open(dir.path(), 10_000).await;
+    let first_index = node.info().applied_index;
+    let commits_before = node.store_commits();
+    let tasks: Vec<_> = (0..N)
+        .map(|n| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                // Every tenth proposal fails at apply, with its own error.
+                let cmd = if n % 10 == 9 {
+                    Command::Deregister {
+                        namespace: "default".into(),
+                        service: "payments".into(),
+                        id: format!("missing-{n}"),
+                    }
+                } else {
+                    let mut c = register(&format!("i-{n}"), 0);
+                    if let Command::Register { lease, .. } = &mut c {
+                        *lease = LeaseRef::None;
+                    }
+                    c
+                };
+                (n, node.propose(cmd).await)
+            })
+        })
+        .collect();
+    let mut entries = BTreeSet::new();
+    let mut registered = BTreeSet::new();
+    for t in tasks {
+        let (n, applied) = t.await.unwrap();
+        let applied = applied.unwrap();
+        assert!(applied.index > first_index);
+        entries.insert(applied.index);
+        if n % 10 == 9 {
+            assert_eq!(
+                applied.result,
+                Err(ApplyError::UnknownInstance {
+                    service: "payments".into(),
+                    id: format!("missing-{n}"),
+                })
+            );
+        } else {
+            let inst = applied.result.unwrap().instance.unwrap();
+            assert_eq!(inst.id, format!("i-{n}"));
+            assert_eq!(inst.modify_index, applied.index);
+            registered.insert(inst.id.clone());
+        }
+    }
+    let commits = node.store_commits() - commits_before;
+    eprintln!(
+        "{N} proposals in {} entries, {commits} store commits",
+        entries.len()
+    );
+    assert!(
+        entries.len() < N / 2,
+        "expected batching: {} entries for {N} proposals",
+        entries.len()
+    );
+    assert!(
+        commits < (N / 2) as u64,
+        "expected group commit: {commits} commits for {N} proposals"
+    );
+    let observed = recorder.applied.lock().unwrap().clone();
+    assert_eq!(observed.len(), N, "one observer call per command");
+    assert!(observed.windows(2).all(|w| w[0] <= w[1]));
+
+    let c = catalog(&node);
+    assert_eq!(c.instance_count(), N - N / 10);
+    let before = c;
+    node.shutdown().await.unwrap();
+
+    let (node, _) = open(dir.path(), 10_000).await;
+    let after = catalog(&node);
+    let key = ServiceKey::new("default", "payments");
+    let ids: BTreeSet<String> = after
+        .service(&key)
+        .unwrap()
+        .instances
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(ids, registered);
+    assert_eq!(after, after_restart(before, &node));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_every_queued_proposal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = open(dir.path(), 10_000).await;
+    let tasks: Vec<_> = (1..=3000u64)
+        .map(|lease| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let r = node
+                    .propose(Command::CreateLease {
+                        id: lease,
+                        ttl_ms: 10_000,
+                    })
+                    .await;
+                (lease, r)
+            })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    tokio::time::timeout(READY, node.shutdown())
+        .await
+        .expect("shutdown does not hang")
+        .unwrap();
+    let mut acknowledged = BTreeSet::new();
+    for t in tasks {
+        let (lease, r) = tokio::time::timeout(READY, t)
+            .await
+            .expect("every proposal is answered")
+            .unwrap();
+        match r {
+            Ok(applied) => {
+                applied.result.unwrap();
+                acknowledged.insert(lease);
+            }
+            Err(e) => assert_eq!(e, ProposeError::ShuttingDown),
+        }
+    }
+    // Acknowledged means durable.
+    let (node, _) = open(dir.path(), 10_000).await;
+    let c = catalog(&node);
+    for lease in &acknowledged {
+        assert!(c.lease(*lease).is_some(), "acknowledged lease {lease} lost");
+    }
     node.shutdown().await.unwrap();
 }
 

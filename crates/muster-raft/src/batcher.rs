@@ -1,0 +1,257 @@
+//! Group commit of proposals: concurrent proposals share one log entry.
+//!
+//! openraft appends each `client_write` as its own entry and awaits the
+//! fsync of every append before it handles the next message, so one entry
+//! per proposal means one fsync per proposal, one after the other. The
+//! batcher instead takes every proposal queued so far (up to a cap), sends
+//! them as the commands of one entry, and hands each proposer its own result.
+//! A lone proposal goes out at once as a batch of one; proposals arriving
+//! while a batch is being written form the next batch, so batches grow with
+//! load and no delay is ever added.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use muster_catalog::Command;
+use openraft::error::{ClientWriteError, Fatal};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use crate::types::{Raft, Request};
+use crate::{Applied, ProposeError};
+
+/// At most this many commands in one entry.
+pub(crate) const MAX_BATCH_COMMANDS: usize = 4096;
+/// A batch stops growing once its commands' estimated encoded size reaches
+/// this (a single larger command still goes out, alone).
+pub(crate) const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Batches written at once. Above one, the fsync of a batch overlaps the
+/// apply and the answers of the one before it.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+/// Proposals waiting for the batcher; beyond it `propose` waits to queue.
+pub(crate) const QUEUE_CAPACITY: usize = 4 * MAX_BATCH_COMMANDS;
+
+/// The answer to one proposal.
+pub(crate) type Reply = oneshot::Sender<Result<Applied, ProposeError>>;
+
+/// One queued proposal.
+pub(crate) struct Proposal {
+    pub(crate) command: Command,
+    pub(crate) reply: Reply,
+}
+
+impl Proposal {
+    pub(crate) fn new(
+        command: Command,
+    ) -> (Proposal, oneshot::Receiver<Result<Applied, ProposeError>>) {
+        let (reply, rx) = oneshot::channel();
+        (Proposal { command, reply }, rx)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A cheap upper-bound-ish estimate of a command's encoded size, to keep
+/// entries around [`MAX_BATCH_BYTES`] without encoding anything twice.
+pub(crate) fn approx_size(cmd: &Command) -> usize {
+    const FRAME: usize = 96;
+    const PER_CHECK: usize = 512;
+    match cmd {
+        Command::Register {
+            namespace,
+            service,
+            instance: i,
+            ..
+        } => {
+            FRAME
+                + namespace.len()
+                + service.len()
+                + i.id.len()
+                + i.address.len()
+                + i.tags.iter().map(|t| t.len() + 4).sum::<usize>()
+                + i.meta
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 6)
+                    .sum::<usize>()
+                + i.version.as_ref().map_or(0, String::len)
+                + i.zone.as_ref().map_or(0, String::len)
+                + i.checks.len() * PER_CHECK
+        }
+        Command::Deregister {
+            namespace,
+            service,
+            id,
+        } => FRAME + namespace.len() + service.len() + id.len(),
+        Command::CreateLease { .. } | Command::RevokeLease { .. } => FRAME,
+        Command::CheckStatus {
+            namespace,
+            service,
+            id,
+            check,
+            output,
+            ..
+        } => FRAME + namespace.len() + service.len() + id.len() + check.len() + output.len() * 2,
+        Command::Maintenance {
+            namespace,
+            service,
+            id,
+            reason,
+        } => {
+            FRAME
+                + namespace.len()
+                + service.len()
+                + id.len()
+                + reason.as_ref().map_or(0, String::len)
+        }
+        Command::PutCheck {
+            namespace,
+            service,
+            id,
+            ..
+        } => FRAME + namespace.len() + service.len() + id.len() + PER_CHECK,
+        Command::RemoveCheck {
+            namespace,
+            service,
+            id,
+            check,
+        } => FRAME + namespace.len() + service.len() + id.len() + check.len(),
+        Command::ExpireLeases { ids } => FRAME + ids.len() * 21,
+    }
+}
+
+/// Proposals that go out as one entry.
+struct Batch {
+    commands: Vec<Command>,
+    replies: Vec<Reply>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn new(first: Proposal) -> Batch {
+        let mut batch = Batch {
+            commands: Vec::new(),
+            replies: Vec::new(),
+            bytes: 0,
+        };
+        batch.push(first);
+        batch
+    }
+
+    fn push(&mut self, p: Proposal) {
+        self.bytes += approx_size(&p.command);
+        self.commands.push(p.command);
+        self.replies.push(p.reply);
+    }
+
+    fn is_full(&self) -> bool {
+        self.commands.len() >= MAX_BATCH_COMMANDS || self.bytes >= MAX_BATCH_BYTES
+    }
+
+    /// Whether `p` may join without taking the batch past its byte cap.
+    fn fits(&self, p: &Proposal) -> bool {
+        self.bytes + approx_size(&p.command) <= MAX_BATCH_BYTES
+    }
+
+    /// Writes the batch as one entry and answers every proposer.
+    async fn write(self, raft: &Raft) {
+        use openraft::error::RaftError as OpenraftError;
+
+        let Batch {
+            commands, replies, ..
+        } = self;
+        let n = commands.len();
+        let req = Request {
+            now_ms: now_ms(),
+            commands,
+        };
+        let err = match raft.client_write(req).await {
+            Ok(resp) if resp.data.len() == n => {
+                let index = resp.log_id.index;
+                for (reply, result) in replies.into_iter().zip(resp.data) {
+                    let _ = reply.send(Ok(Applied { index, result }));
+                }
+                return;
+            }
+            Ok(resp) => ProposeError::Fatal(format!(
+                "entry {} applied {} results for {n} commands",
+                resp.log_id,
+                resp.data.len()
+            )),
+            Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                ProposeError::NotLeader {
+                    leader: f.leader_id,
+                }
+            }
+            Err(OpenraftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                ProposeError::Fatal(e.to_string())
+            }
+            Err(OpenraftError::Fatal(Fatal::Stopped)) => ProposeError::ShuttingDown,
+            Err(OpenraftError::Fatal(e)) => ProposeError::Fatal(e.to_string()),
+        };
+        for reply in replies {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+}
+
+/// Takes queued proposals and writes them in batches until `stop` turns
+/// `true` (or its sender or every proposal sender is gone). Then refuses
+/// what is still queued with [`ProposeError::ShuttingDown`] and waits for
+/// the batches in flight to be answered.
+pub(crate) async fn run(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Proposal>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // A proposal that did not fit the last batch: the first of the next.
+    let mut carry: Option<Proposal> = None;
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            p = Arc::clone(&in_flight).acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let first = match carry.take() {
+            Some(p) => p,
+            None => tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => break,
+                },
+            },
+        };
+        // Everything queued now, without waiting for more.
+        let mut batch = Batch::new(first);
+        while !batch.is_full() {
+            match rx.try_recv() {
+                Ok(p) if batch.fits(&p) => batch.push(p),
+                Ok(p) => {
+                    carry = Some(p);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            batch.write(&raft).await;
+            drop(permit);
+        });
+    }
+    // No proposal gets in after `close`; refuse those already queued.
+    rx.close();
+    if let Some(p) = carry {
+        let _ = p.reply.send(Err(ProposeError::ShuttingDown));
+    }
+    while let Ok(p) = rx.try_recv() {
+        let _ = p.reply.send(Err(ProposeError::ShuttingDown));
+    }
+    let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
+}
