@@ -2,7 +2,7 @@
 //! and served as bytes until the service's index moves.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use muster_catalog::ServiceKey;
@@ -36,5 +36,60 @@ impl ReadCache {
             m.clear();
         }
         m.insert((key, query), (index, bytes));
+    }
+}
+
+/// Watch frames encoded once and shared: every watcher of a service with the
+/// same filter, at the same place in the stream, sends the same events, so
+/// the first one to get there encodes them and the rest clone the frames.
+/// With thousands of watchers of one service this turns a fan-out from
+/// thousands of serialisations into one.
+#[derive(Default)]
+pub struct WatchFrames {
+    inner: Mutex<HashMap<(ServiceKey, String), SharedFrames>>,
+}
+
+/// Frames for the watchers of one (service, filter) that stand at `from`.
+#[derive(Clone)]
+pub struct SharedFrames {
+    /// Where the watchers stood (0 for a fresh snapshot).
+    pub from: u64,
+    /// Whether this is a snapshot (`from` unused) or the deltas after `from`.
+    pub snapshot: bool,
+    /// The service index the frames bring a watcher to.
+    pub last: u64,
+    /// The encoded events.
+    pub frames: Arc<[axum::response::sse::Event]>,
+}
+
+impl WatchFrames {
+    /// The frames for (`key`, `filter`) from `from` if they were made at
+    /// service index `current`, else what `make` builds (then kept for the
+    /// next watcher). `make` runs under this cache's lock, so watchers
+    /// arriving meanwhile wait for it instead of encoding again.
+    pub fn get_or_make(
+        &self,
+        key: &ServiceKey,
+        filter: &str,
+        from: u64,
+        snapshot: bool,
+        current: u64,
+        make: impl FnOnce() -> SharedFrames,
+    ) -> SharedFrames {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let k = (key.clone(), filter.to_string());
+        if let Some(f) = map.get(&k)
+            && f.from == from
+            && f.snapshot == snapshot
+            && f.last == current
+        {
+            return f.clone();
+        }
+        let made = make();
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(k, made.clone());
+        made
     }
 }

@@ -122,6 +122,7 @@ pub async fn serve(
         leases: leases.clone(),
         checks: checks.clone(),
         cache: Default::default(),
+        frames: Default::default(),
         shutdown: stop_rx.clone(),
         metrics,
         config: config.clone(),

@@ -25,6 +25,8 @@ pub struct AppState {
     pub checks: Arc<CheckRunner>,
     /// Pre-serialised read answers.
     pub cache: ReadCache,
+    /// Watch events encoded once for all watchers at the same place.
+    pub frames: crate::cache::WatchFrames,
     /// Flips to `true` when the server shuts down, ending long polls and watches.
     pub shutdown: watch::Receiver<bool>,
     /// Renders `/metrics`.

@@ -12,6 +12,7 @@
 //! event is sent once: an entry is applied whole under the catalog lock.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -20,12 +21,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use muster_catalog::{Change, Query, ServiceKey};
 use muster_types::{ErrorBody, WatchEvent, validate_service_name};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::Params;
 use super::instances::parse_query;
 use crate::AppStateRef;
+use crate::cache::SharedFrames;
 use crate::error::ApiError;
 
 /// Counts open watchers; the guard lives as long as the stream's task.
@@ -97,9 +97,24 @@ pub async fn watch(
                 })?,
         ),
     };
-    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
-    tokio::spawn(stream_changes(state, key, query, last_id, tx));
-    Ok(Sse::new(ReceiverStream::new(rx))
+    let watcher = Watcher {
+        // Subscribe before the first read so no change slips in between.
+        changed: state.hub.subscribe_service(key.clone()),
+        shutdown: state.shutdown.clone(),
+        filter: format!("{query:?}"),
+        since: last_id.map_or(Since::Start, Since::Resume),
+        state,
+        key,
+        query,
+        pending: Arc::from(Vec::new()),
+        next: 0,
+        started: false,
+        _gauge: WatcherGauge::new(),
+    };
+    let events = futures::stream::unfold(watcher, |mut w| async move {
+        w.next().await.map(|e| (Ok::<_, Infallible>(e), w))
+    });
+    Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
@@ -161,30 +176,85 @@ fn next_events(
     }
 }
 
-async fn stream_changes(
+/// One watcher's place in the stream. The SSE body polls it directly (no
+/// task or channel in between), so a change reaches a watcher through one
+/// wake-up of its connection.
+struct Watcher {
     state: AppStateRef,
     key: ServiceKey,
     query: Query,
-    last_id: Option<u64>,
-    tx: mpsc::Sender<Result<Event, Infallible>>,
-) {
-    let _gauge = WatcherGauge::new();
-    // Subscribe before reading so no change slips between read and wait.
-    let mut changed = state.hub.subscribe_service(key.clone());
-    let mut shutdown = state.shutdown.clone();
-    let mut since = last_id.map_or(Since::Start, Since::Resume);
-    loop {
-        let (last, events) = next_events(&state, &key, &query, since);
-        for e in &events {
-            if tx.send(Ok(sse(e))).await.is_err() {
-                return;
+    filter: String,
+    since: Since,
+    changed: tokio::sync::watch::Receiver<u64>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    pending: Arc<[Event]>,
+    next: usize,
+    started: bool,
+    _gauge: WatcherGauge,
+}
+
+impl Watcher {
+    /// The frames that bring this watcher from `since` to the present.
+    fn frames(&self) -> (u64, Arc<[Event]>) {
+        let since = self.since;
+        match since {
+            // Where many watchers stand at once: encode once, share.
+            Since::Start | Since::Sent(_) => {
+                let (from, snapshot) = match since {
+                    Since::Sent(i) => (i, false),
+                    _ => (0, true),
+                };
+                let current = self
+                    .state
+                    .node
+                    .catalog()
+                    .read()
+                    .expect("catalog lock")
+                    .service_index(&self.key);
+                let shared = self.state.frames.get_or_make(
+                    &self.key,
+                    &self.filter,
+                    from,
+                    snapshot,
+                    current,
+                    || {
+                        let (last, events) =
+                            next_events(&self.state, &self.key, &self.query, since);
+                        SharedFrames {
+                            from,
+                            snapshot,
+                            last,
+                            frames: events.iter().map(sse).collect(),
+                        }
+                    },
+                );
+                (shared.last, shared.frames)
+            }
+            Since::Resume(_) => {
+                let (last, events) = next_events(&self.state, &self.key, &self.query, since);
+                (last, events.iter().map(sse).collect())
             }
         }
-        since = Since::Sent(last);
-        tokio::select! {
-            r = changed.changed() => if r.is_err() { return },
-            _ = tx.closed() => return,
-            _ = shutdown.changed() => return,
+    }
+
+    /// The next event to send; `None` ends the stream (shutdown).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.get(self.next) {
+                self.next += 1;
+                return Some(e.clone());
+            }
+            if self.started {
+                tokio::select! {
+                    r = self.changed.changed() => if r.is_err() { return None },
+                    _ = self.shutdown.changed() => return None,
+                }
+            }
+            self.started = true;
+            let (last, frames) = self.frames();
+            self.pending = frames;
+            self.next = 0;
+            self.since = Since::Sent(last);
         }
     }
 }
