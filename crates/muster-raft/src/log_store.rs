@@ -1,10 +1,11 @@
 //! openraft's [`RaftLogStorage`] over [`muster_store::LogStore`].
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use muster_store::{LogStore, OnDurable, StoreError};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -43,12 +44,22 @@ pub(crate) fn read_meta<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
+/// At most this many appended entries are kept decoded for their first read.
+const MAX_UNREAD: usize = 64;
+
 /// The raft log and vote, kept in a [`LogStore`]. Also the log reader.
 #[derive(Clone)]
 pub(crate) struct RaftLog {
     store: LogStore,
     /// Highest committed index saved, for [`crate::NodeInfo`].
     committed: Arc<AtomicU64>,
+    /// Entries appended and not read yet, as handed to `append`.
+    ///
+    /// openraft reads every entry it appended back from the log to apply it,
+    /// moments later; keeping the entry spares decoding what was just
+    /// encoded (a batch of up to thousands of commands). The first read
+    /// takes it; later reads decode the stored bytes, which are the same.
+    unread: Arc<Mutex<BTreeMap<u64, Entry>>>,
 }
 
 impl RaftLog {
@@ -57,7 +68,15 @@ impl RaftLog {
         if let Ok(Some(c)) = read_meta::<LogId>(&store, KEY_COMMITTED) {
             committed.fetch_max(c.index, Ordering::Relaxed);
         }
-        RaftLog { store, committed }
+        RaftLog {
+            store,
+            committed,
+            unread: Arc::default(),
+        }
+    }
+
+    fn unread(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
+        self.unread.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
@@ -74,12 +93,14 @@ impl RaftLogReader<TypeConfig> for RaftLog {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.store
-            .range(range)
+        let stored = self.store.range(range);
+        let mut unread = self.unread();
+        stored
             .into_iter()
-            .map(|(i, bytes)| {
-                codec::decode_entry(&bytes)
-                    .map_err(|e| StorageIOError::read_log_at_index(i, &e).into())
+            .map(|(i, bytes)| match unread.remove(&i) {
+                Some(entry) => Ok(entry),
+                None => codec::decode_entry(&bytes)
+                    .map_err(|e| StorageIOError::read_log_at_index(i, &e).into()),
             })
             .collect()
     }
@@ -164,10 +185,23 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         I::IntoIter: OptionalSend,
     {
         let mut batch = Vec::new();
+        let mut decoded = Vec::new();
         for entry in entries {
             let bytes = codec::encode_entry(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             batch.push((entry.log_id.index, bytes));
+            decoded.push(entry);
+        }
+        {
+            // Before the store append, so a reader that sees the new bytes
+            // never takes an older entry of the same index from here.
+            let mut unread = self.unread();
+            for entry in decoded {
+                unread.insert(entry.log_id.index, entry);
+            }
+            while unread.len() > MAX_UNREAD {
+                unread.pop_first();
+            }
         }
         // Readable when `append` returns; `callback` runs after the fsync.
         self.store.append(
@@ -180,6 +214,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
     /// Not waited for: later appends are queued behind the truncation, so
     /// they are never reported durable before it is.
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.unread().split_off(&log_id.index);
         self.store
             .truncate_from(log_id.index)
             .map_err(|e| StorageIOError::write_logs(store_err(e)).into())
@@ -189,6 +224,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
     /// store holds either the old state or the new one.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let value = codec::encode_value(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.unread().retain(|i, _| *i > log_id.index);
         self.store.put_meta(
             KEY_LAST_PURGED,
             Some(value),
