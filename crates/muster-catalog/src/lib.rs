@@ -17,32 +17,47 @@
 
 mod query;
 
+mod instances;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use muster_types::{Check, Health, Instance, ServiceSummary, format_lease_id};
+use muster_types::{
+    Check, CompactString, Health, Instance, Meta, ServiceSummary, SharedStr, Tags, format_lease_id,
+};
 use serde::{Deserialize, Serialize};
 
+pub use instances::{Instances, LeaseMember, LeaseMembers};
 pub use query::{HealthFilter, Query, VersionMatch};
 
 /// How many changes each service remembers for watch resumption.
 pub const HISTORY_PER_SERVICE: usize = 256;
 
-/// Identifies a service: namespace plus name.
+/// Identifies a service: namespace plus name. Every instance of a service
+/// shares the two strings of the catalog's key (see [`ServiceKey::interned`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ServiceKey {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: SharedStr,
     /// Service name.
-    pub service: String,
+    pub service: SharedStr,
 }
 
 impl ServiceKey {
-    /// Builds a key.
-    pub fn new(namespace: impl Into<String>, service: impl Into<String>) -> Self {
+    /// Builds a key with strings of its own (no interner lock: for lookups).
+    pub fn new(namespace: impl Into<SharedStr>, service: impl Into<SharedStr>) -> Self {
         ServiceKey {
             namespace: namespace.into(),
             service: service.into(),
+        }
+    }
+
+    /// Builds a key from interned strings, shared with every other key and
+    /// instance of the same service.
+    pub fn interned(namespace: &str, service: &str) -> Self {
+        ServiceKey {
+            namespace: SharedStr::interned(namespace),
+            service: SharedStr::interned(service),
         }
     }
 }
@@ -247,7 +262,7 @@ pub enum Change {
     /// Instance registered or replaced.
     Upsert(Arc<Instance>),
     /// Instance removed.
-    Delete(String),
+    Delete(CompactString),
 }
 
 /// A change with the index it happened at.
@@ -261,16 +276,49 @@ pub struct IndexedChange {
 
 /// One service: its instances, index and recent history.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ServiceData")]
 pub struct Service {
     /// Index of the last change (kept after the last instance leaves, so
     /// blocking queries and watches see the removal).
     pub index: u64,
     /// Instances by id.
-    pub instances: BTreeMap<String, Arc<Instance>>,
+    pub instances: Instances,
     /// Recent changes, oldest first.
     history: VecDeque<IndexedChange>,
     /// Every change after this index is in `history`.
     history_floor: u64,
+}
+
+/// [`Service`] as decoded, before its history shares the instances.
+#[derive(Deserialize)]
+struct ServiceData {
+    index: u64,
+    instances: Instances,
+    history: VecDeque<IndexedChange>,
+    history_floor: u64,
+}
+
+impl From<ServiceData> for Service {
+    /// A decoded history holds copies of the instances it upserted; the
+    /// ones equal to a current instance become that instance again, so a
+    /// restored catalog costs no more memory than the one it was taken from.
+    fn from(d: ServiceData) -> Self {
+        let mut history = d.history;
+        for ch in &mut history {
+            if let Change::Upsert(i) = &mut ch.change
+                && let Some(current) = d.instances.get(&i.id)
+                && **current == **i
+            {
+                *i = current.clone();
+            }
+        }
+        Service {
+            index: d.index,
+            instances: d.instances,
+            history,
+            history_floor: d.history_floor,
+        }
+    }
 }
 
 /// A lease: a TTL and the instances that live and die with it.
@@ -283,7 +331,7 @@ pub struct Lease {
     /// Created by a registration with `ttl`: removed with its last instance.
     pub own: bool,
     /// Attached instances.
-    pub instances: BTreeSet<(ServiceKey, String)>,
+    pub instances: LeaseMembers,
     /// Index of the last change.
     pub index: u64,
 }
@@ -335,7 +383,7 @@ impl Catalog {
                 service,
                 id,
             } => {
-                let key = ServiceKey::new(namespace.as_str(), service.as_str());
+                let key = ServiceKey::interned(namespace, service);
                 let exists = self
                     .services
                     .get(&key)
@@ -368,7 +416,7 @@ impl Catalog {
                 status,
                 output,
             } => {
-                let key = ServiceKey::new(namespace.as_str(), service.as_str());
+                let key = ServiceKey::interned(namespace, service);
                 self.modify_instance(index, &key, id, &mut out, |inst| {
                     let c = inst
                         .checks
@@ -393,12 +441,12 @@ impl Catalog {
                 id,
                 reason,
             } => {
-                let key = ServiceKey::new(namespace.as_str(), service.as_str());
+                let key = ServiceKey::interned(namespace, service);
                 self.modify_instance(index, &key, id, &mut out, |inst| {
-                    if inst.maintenance == *reason {
+                    if inst.maintenance.as_deref() == reason.as_deref() {
                         return Ok(false);
                     }
-                    inst.maintenance = reason.clone();
+                    inst.maintenance = reason.as_deref().map(Box::from);
                     Ok(true)
                 })?;
             }
@@ -408,7 +456,7 @@ impl Catalog {
                 id,
                 check,
             } => {
-                let key = ServiceKey::new(namespace.as_str(), service.as_str());
+                let key = ServiceKey::interned(namespace, service);
                 self.modify_instance(index, &key, id, &mut out, |inst| {
                     let mut new = check.clone();
                     new.status_index = index;
@@ -435,7 +483,7 @@ impl Catalog {
                 id,
                 check,
             } => {
-                let key = ServiceKey::new(namespace.as_str(), service.as_str());
+                let key = ServiceKey::interned(namespace, service);
                 self.modify_instance(index, &key, id, &mut out, |inst| {
                     let before = inst.checks.len();
                     inst.checks.retain(|c| c.id != *check);
@@ -472,7 +520,9 @@ impl Catalog {
         lease: LeaseRef,
         out: &mut Outcome,
     ) -> Result<(), ApplyError> {
-        let key = ServiceKey::new(namespace, service);
+        // Interned: the key, every instance and lease entry of the service
+        // share its two strings.
+        let key = ServiceKey::interned(namespace, service);
         let previous = self
             .services
             .get(&key)
@@ -530,21 +580,22 @@ impl Catalog {
             })
             .collect();
         let maintenance = previous.as_ref().and_then(|p| p.maintenance.clone());
+        let id = CompactString::from(data.id.as_str());
         let instance = Arc::new(Instance {
-            id: data.id.clone(),
-            namespace: namespace.to_string(),
-            service: service.to_string(),
-            address: data.address.clone(),
+            id: id.clone(),
+            namespace: key.namespace.clone(),
+            service: key.service.clone(),
+            address: data.address.as_str().into(),
             port: data.port,
-            tags: data.tags.clone(),
-            meta: data.meta.clone(),
-            version: data.version.clone(),
-            zone: data.zone.clone(),
+            tags: data.tags.iter().collect::<Tags>(),
+            meta: data.meta.iter().collect::<Meta>(),
+            version: data.version.as_deref().map(SharedStr::interned),
+            zone: data.zone.as_deref().map(SharedStr::interned),
             weight: data.weight,
             health: health_of(&checks, maintenance.as_deref()),
             checks,
             maintenance,
-            lease: lease_id.map(format_lease_id),
+            lease: lease_id.map(|l| format_lease_id(l).into()),
             create_index: previous.as_ref().map_or(index, |p| p.create_index),
             modify_index: index,
             registered_at_ms: now_ms,
@@ -569,15 +620,15 @@ impl Catalog {
             }
             if let Some(new) = lease_id {
                 let l = self.leases.get_mut(&new).expect("lease resolved above");
-                l.instances.insert((key.clone(), data.id.clone()));
+                l.instances.insert((key.clone(), id));
                 l.index = index;
             }
         }
 
         let svc = self.services.entry(key.clone()).or_default();
-        svc.instances.insert(data.id.clone(), instance.clone());
+        svc.instances.insert(instance.clone());
         svc.record(index, Change::Upsert(instance.clone()));
-        self.namespace_index.insert(namespace.to_string(), index);
+        self.set_namespace_index(&key.namespace, index);
         out.changed.push(key);
         out.instance = Some(instance);
         Ok(())
@@ -596,7 +647,7 @@ impl Catalog {
         let svc = self.services.get_mut(key);
         let Some(current) = svc.as_ref().and_then(|s| s.instances.get(id)) else {
             return Err(ApplyError::UnknownInstance {
-                service: key.service.clone(),
+                service: key.service.to_string(),
                 id: id.to_string(),
             });
         };
@@ -609,9 +660,9 @@ impl Catalog {
         inst.modify_index = index;
         let inst = Arc::new(inst);
         let svc = svc.expect("instance found above");
-        svc.instances.insert(id.to_string(), inst.clone());
+        svc.instances.insert(inst.clone());
         svc.record(index, Change::Upsert(inst.clone()));
-        self.namespace_index.insert(key.namespace.clone(), index);
+        self.set_namespace_index(&key.namespace, index);
         out.changed.push(key.clone());
         out.instance = Some(inst);
         Ok(())
@@ -624,7 +675,7 @@ impl Catalog {
                 id,
                 ttl_ms,
                 own,
-                instances: BTreeSet::new(),
+                instances: LeaseMembers::new(),
                 index,
             },
         );
@@ -634,7 +685,7 @@ impl Catalog {
     /// Detaches an instance from a lease; an own lease left empty goes too.
     fn detach(&mut self, index: u64, lease: u64, key: &ServiceKey, id: &str, out: &mut Outcome) {
         if let Some(l) = self.leases.get_mut(&lease) {
-            l.instances.remove(&(key.clone(), id.to_string()));
+            l.instances.remove(key, id);
             l.index = index;
             if l.own && l.instances.is_empty() {
                 self.leases.remove(&lease);
@@ -650,12 +701,21 @@ impl Catalog {
         let Some(inst) = svc.instances.remove(id) else {
             return;
         };
-        svc.record(index, Change::Delete(id.to_string()));
-        self.namespace_index.insert(key.namespace.clone(), index);
+        svc.record(index, Change::Delete(inst.id.clone()));
+        self.set_namespace_index(&key.namespace, index);
         out.changed.push(key.clone());
         out.removed += 1;
         if let Some(lease) = inst.lease.as_deref().and_then(muster_types::parse_lease_id) {
             self.detach(index, lease, key, id, out);
+        }
+    }
+
+    fn set_namespace_index(&mut self, namespace: &str, index: u64) {
+        match self.namespace_index.get_mut(namespace) {
+            Some(i) => *i = index,
+            None => {
+                self.namespace_index.insert(namespace.to_string(), index);
+            }
         }
     }
 
@@ -664,7 +724,7 @@ impl Catalog {
             return;
         };
         out.leases_removed.push(id);
-        for (key, inst) in &lease.instances {
+        for (key, inst) in lease.instances.iter() {
             self.remove_instance(index, key, inst, out);
         }
     }
@@ -712,11 +772,11 @@ impl Catalog {
         let start = ServiceKey::new(namespace, "");
         self.services
             .range(start..)
-            .take_while(|(k, _)| k.namespace == namespace)
+            .take_while(|(k, _)| k.namespace.as_str() == namespace)
             .filter(|(_, s)| !s.instances.is_empty())
             .map(|(k, s)| {
                 let mut sum = ServiceSummary {
-                    name: k.service.clone(),
+                    name: k.service.to_string(),
                     instances: s.instances.len() as u64,
                     passing: 0,
                     warning: 0,

@@ -41,7 +41,7 @@ fn all(c: &Catalog, svc: &str) -> Vec<String> {
     c.query(&key(svc), &q)
         .1
         .iter()
-        .map(|i| i.id.clone())
+        .map(|i| i.id.to_string())
         .collect()
 }
 
@@ -207,8 +207,8 @@ fn resume_repeats_an_index_shared_by_several_changes() {
         changes
             .into_iter()
             .map(|ch| match ch.change {
-                Change::Upsert(i) => (ch.index, i.id.clone()),
-                Change::Delete(id) => (ch.index, id),
+                Change::Upsert(i) => (ch.index, i.id.to_string()),
+                Change::Delete(id) => (ch.index, id.to_string()),
             })
             .collect()
     };
@@ -267,7 +267,7 @@ fn filters_combine() {
         c.query(&key("pay"), &q)
             .1
             .iter()
-            .map(|i| i.id.clone())
+            .map(|i| i.id.to_string())
             .collect()
     };
     assert_eq!(
@@ -543,14 +543,268 @@ fn run_batched(cmds: &[Command], sizes: &[usize]) -> Catalog {
     c
 }
 
+/// The commands that made `testdata/snapshot-plain-types.json`, a catalog
+/// serialised by the code before instances had compact strings.
+fn snapshot_scenario() -> Vec<Command> {
+    let data = |id: &str, tags: &[&str], meta: &[(&str, &str)]| InstanceData {
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        meta: meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        version: Some("1.4.2".into()),
+        zone: Some("eu-1a".into()),
+        checks: vec![Check {
+            id: "ttl".into(),
+            name: "ttl".into(),
+            kind: muster_types::CheckKind::Ttl,
+            interval_ms: 10_000,
+            timeout_ms: 10_000,
+            success_before_passing: 1,
+            failures_before_critical: 1,
+            deregister_critical_after_ms: None,
+            notes: None,
+            status: Health::Passing,
+            output: String::new(),
+            status_index: 0,
+            last_run_ms: None,
+            last_output: None,
+        }],
+        ..self::data(id)
+    };
+    let at = |ns: &str, svc: &str, d: InstanceData, lease: LeaseRef| Command::Register {
+        namespace: ns.into(),
+        service: svc.into(),
+        instance: d,
+        lease,
+    };
+    vec![
+        Command::CreateLease {
+            id: 7,
+            ttl_ms: 10_000,
+        },
+        at(
+            "default",
+            "pay",
+            data("a", &["v2", "prod"], &[("team", "pay")]),
+            LeaseRef::Existing(7),
+        ),
+        at(
+            "default",
+            "pay",
+            data("b", &["prod"], &[]),
+            LeaseRef::Own {
+                id: 9,
+                ttl_ms: 5_000,
+            },
+        ),
+        at(
+            "ops",
+            "cart",
+            data(
+                "c\"é",
+                &[],
+                &[
+                    ("k", "v"),
+                    (
+                        "a-very-long-meta-value-key",
+                        "a value well over twenty-four bytes long",
+                    ),
+                ],
+            ),
+            LeaseRef::None,
+        ),
+        Command::Maintenance {
+            namespace: "default".into(),
+            service: "pay".into(),
+            id: "a".into(),
+            reason: Some("upgrade".into()),
+        },
+        Command::CheckStatus {
+            namespace: "default".into(),
+            service: "pay".into(),
+            id: "b".into(),
+            check: "ttl".into(),
+            status: Health::Critical,
+            output: "late".into(),
+        },
+        at(
+            "default",
+            "pay",
+            data("d", &["prod"], &[]),
+            LeaseRef::Existing(7),
+        ),
+        Command::Deregister {
+            namespace: "default".into(),
+            service: "pay".into(),
+            id: "d".into(),
+        },
+    ]
+}
+
+const PLAIN_SNAPSHOT: &str = include_str!("../testdata/snapshot-plain-types.json");
+
+#[test]
+fn snapshot_format_is_unchanged() {
+    // Snapshots taken before the compact types decode, and the same
+    // commands serialise to the same bytes.
+    let mut c = Catalog::new();
+    for (i, cmd) in snapshot_scenario().iter().enumerate() {
+        let n = i as u64 + 1;
+        c.apply(n, 1_000 * n, cmd).unwrap();
+    }
+    assert_eq!(serde_json::to_string(&c).unwrap(), PLAIN_SNAPSHOT);
+    let restored: Catalog = serde_json::from_str(PLAIN_SNAPSHOT).unwrap();
+    assert_eq!(restored, c);
+    assert_eq!(serde_json::to_string(&restored).unwrap(), PLAIN_SNAPSHOT);
+}
+
+#[test]
+fn a_restored_history_shares_the_current_instances() {
+    let mut c = Catalog::new();
+    for (i, cmd) in snapshot_scenario().iter().enumerate() {
+        let n = i as u64 + 1;
+        c.apply(n, 1_000 * n, cmd).unwrap();
+    }
+    let restored: Catalog = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+    let k = key("pay");
+    let svc = restored.service(&k).unwrap();
+    let mut shared = 0;
+    for ch in restored.changes_since(&k, 0).unwrap() {
+        if let Change::Upsert(i) = ch.change
+            && let Some(current) = svc.instances.get(&i.id)
+            && *current == i
+        {
+            assert!(Arc::ptr_eq(current, &i), "history holds a copy of {}", i.id);
+            shared += 1;
+        }
+    }
+    assert_eq!(shared, 2, "the last upserts of a and b");
+    // Decoding interns: the restored instances share their strings.
+    let (a, b) = (
+        svc.instances.get("a").unwrap(),
+        svc.instances.get("b").unwrap(),
+    );
+    assert!(SharedStr::ptr_eq(&a.namespace, &b.namespace));
+    assert!(SharedStr::ptr_eq(&a.service, &b.service));
+    assert!(SharedStr::ptr_eq(
+        a.version.as_ref().unwrap(),
+        b.version.as_ref().unwrap()
+    ));
+    assert!(SharedStr::ptr_eq(
+        &a.tags.as_slice()[0],
+        &b.tags.as_slice()[0]
+    ));
+}
+
+#[test]
+fn instances_of_a_service_share_their_strings() {
+    let mut c = Catalog::new();
+    let mut d = data("a");
+    d.tags = ["prod".to_string(), "v2".to_string()].into();
+    d.meta = [("team".to_string(), "pay".to_string())].into();
+    d.version = Some("1.4.2".into());
+    d.zone = Some("eu-1a".into());
+    let mut e = d.clone();
+    e.id = "b".into();
+    c.apply(1, 0, &reg("pay", d, LeaseRef::None)).unwrap();
+    c.apply(2, 0, &reg("pay", e, LeaseRef::None)).unwrap();
+    let (k, svc) = (key("pay"), c.service(&key("pay")).unwrap());
+    let (a, b) = (
+        svc.instances.get("a").unwrap(),
+        svc.instances.get("b").unwrap(),
+    );
+    let stored_key = c.service_keys().find(|sk| **sk == k).unwrap();
+    assert!(SharedStr::ptr_eq(&a.namespace, &stored_key.namespace));
+    assert!(SharedStr::ptr_eq(&b.namespace, &stored_key.namespace));
+    assert!(SharedStr::ptr_eq(&b.service, &stored_key.service));
+    assert!(Tags::ptr_eq(&a.tags, &b.tags));
+    assert!(SharedStr::ptr_eq(
+        &a.meta.entries()[0].0,
+        &b.meta.entries()[0].0
+    ));
+    assert!(SharedStr::ptr_eq(
+        a.zone.as_ref().unwrap(),
+        b.zone.as_ref().unwrap()
+    ));
+}
+
+#[test]
+fn instances_look_up_and_replace_by_id() {
+    let mut c = Catalog::new();
+    for (n, id) in ["b", "a", "c"].into_iter().enumerate() {
+        c.apply(n as u64 + 1, 0, &reg("pay", data(id), LeaseRef::None))
+            .unwrap();
+    }
+    let mut d = data("b");
+    d.port = 1;
+    c.apply(4, 0, &reg("pay", d, LeaseRef::None)).unwrap();
+    let svc = c.service(&key("pay")).unwrap();
+    assert_eq!(svc.instances.len(), 3);
+    assert_eq!(
+        svc.instances.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    assert_eq!(svc.instances.get("b").unwrap().port, 1);
+    assert!(svc.instances.contains_key("c") && !svc.instances.contains_key("d"));
+    assert!(
+        svc.instances
+            .iter()
+            .all(|(id, i)| *id == i.id && svc.instances.get(id).is_some())
+    );
+}
+
+proptest! {
+    #[test]
+    fn lease_members_behave_as_a_set(
+        ops in proptest::collection::vec((any::<bool>(), 0usize..3, 0usize..40), 0..300),
+    ) {
+        // Crosses between the small sorted vector and the B-tree both ways.
+        let keys = [key("a"), key("b"), ServiceKey::new("ops", "a")];
+        let mut m = LeaseMembers::new();
+        let mut model = BTreeSet::new();
+        for (insert, k, id) in ops {
+            let (k, id) = (keys[k].clone(), format!("i{id}"));
+            if insert {
+                let fresh = model.insert((k.clone(), id.clone()));
+                prop_assert_eq!(m.insert((k, id.as_str().into())), fresh);
+            } else {
+                let had = model.remove(&(k.clone(), id.clone()));
+                prop_assert_eq!(m.remove(&k, &id), had);
+            }
+            prop_assert_eq!(m.len(), model.len());
+            let got: Vec<(ServiceKey, String)> =
+                m.iter().map(|(k, id)| (k.clone(), id.to_string())).collect();
+            let want: Vec<(ServiceKey, String)> = model.iter().cloned().collect();
+            prop_assert_eq!(&got, &want);
+            for (k, id) in &want {
+                prop_assert!(m.contains(k, id));
+            }
+            // Same JSON as the B-tree set it replaces, and back.
+            let json = serde_json::to_string(&m).unwrap();
+            prop_assert_eq!(&json, &serde_json::to_string(&model).unwrap());
+            let back: LeaseMembers = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(&back, &m);
+        }
+    }
+}
+
+/// The instances as a plain map, the model the tests replay changes into.
+fn as_map(instances: &Instances) -> BTreeMap<String, Arc<Instance>> {
+    instances
+        .iter()
+        .map(|(id, i)| (id.to_string(), i.clone()))
+        .collect()
+}
+
 fn replay(view: &mut BTreeMap<String, Arc<Instance>>, changes: &[IndexedChange]) {
     for ch in changes {
         match &ch.change {
             Change::Upsert(i) => {
-                view.insert(i.id.clone(), i.clone());
+                view.insert(i.id.to_string(), i.clone());
             }
             Change::Delete(id) => {
-                view.remove(id);
+                view.remove(id.as_str());
             }
         }
     }
@@ -568,12 +822,12 @@ fn naive_matches(q: &Query, i: &Instance) -> bool {
         }
     }
     for (k, v) in &q.meta {
-        if i.meta.get(k) != Some(v) {
+        if i.meta.get(k).map(|v| v.as_str()) != Some(v.as_str()) {
             return false;
         }
     }
     if let Some(z) = &q.zone
-        && i.zone.as_ref() != Some(z)
+        && i.zone.as_deref() != Some(z.as_str())
     {
         return false;
     }
@@ -603,6 +857,18 @@ proptest! {
         // A snapshot (serialised catalog) restores the same state.
         let restored: Catalog = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
         prop_assert_eq!(&restored, &a);
+        // ... and its history points at the current instances, not copies.
+        for k in restored.service_keys() {
+            let svc = restored.service(k).unwrap();
+            for ch in restored.changes_since(k, 0).into_iter().flatten() {
+                if let Change::Upsert(i) = ch.change
+                    && let Some(current) = svc.instances.get(&i.id)
+                    && *current == i
+                {
+                    prop_assert!(Arc::ptr_eq(current, &i));
+                }
+            }
+        }
     }
 
     #[test]
@@ -613,10 +879,10 @@ proptest! {
         let (c, _) = run(&cmds);
         for svc in SERVICES {
             let k = key(svc);
-            let got: Vec<String> = c.query(&k, &q).1.iter().map(|i| i.id.clone()).collect();
+            let got: Vec<String> = c.query(&k, &q).1.iter().map(|i| i.id.to_string()).collect();
             let want: Vec<String> = c
                 .service(&k)
-                .map(|s| s.instances.values().filter(|i| naive_matches(&q, i)).map(|i| i.id.clone()).collect())
+                .map(|s| s.instances.values().filter(|i| naive_matches(&q, i)).map(|i| i.id.to_string()).collect())
                 .unwrap_or_default();
             prop_assert_eq!(got, want);
         }
@@ -632,14 +898,14 @@ proptest! {
                 for i in s.instances.values() {
                     if let Some(l) = i.lease.as_deref().and_then(muster_types::parse_lease_id) {
                         let lease = c.lease(l).expect("instance lease exists");
-                        prop_assert!(lease.instances.contains(&(k.clone(), i.id.clone())));
+                        prop_assert!(lease.instances.contains(&k, &i.id));
                     }
                 }
             }
         }
         for l in c.leases() {
             prop_assert!(!(l.own && l.instances.is_empty()), "empty own lease {}", l.id);
-            for (k, id) in &l.instances {
+            for (k, id) in l.instances.iter() {
                 prop_assert!(c.instance(k, id).is_some());
             }
         }
@@ -655,15 +921,15 @@ proptest! {
         for svc in SERVICES {
             let k = key(svc);
             let mut view: BTreeMap<String, Arc<Instance>> =
-                before.service(&k).map(|s| s.instances.clone()).unwrap_or_default();
+                before.service(&k).map(|s| as_map(&s.instances)).unwrap_or_default();
             let changes = after.changes_since(&k, cut as u64).expect("history is long enough");
             for ch in changes {
                 match ch.change {
-                    Change::Upsert(i) => { view.insert(i.id.clone(), i); }
-                    Change::Delete(id) => { view.remove(&id); }
+                    Change::Upsert(i) => { view.insert(i.id.to_string(), i); }
+                    Change::Delete(id) => { view.remove(id.as_str()); }
                 }
             }
-            let now = after.service(&k).map(|s| s.instances.clone()).unwrap_or_default();
+            let now = after.service(&k).map(|s| as_map(&s.instances)).unwrap_or_default();
             prop_assert_eq!(view, now);
         }
     }
@@ -697,7 +963,7 @@ proptest! {
                     prop_assert_eq!(&resumed[..], &events[seen..]);
                 }
                 replay(&mut view, &resumed);
-                prop_assert_eq!(&view, &s.instances);
+                prop_assert_eq!(&view, &as_map(&s.instances));
             }
         }
     }

@@ -59,7 +59,7 @@ impl Stat {
 struct State {
     rng: StdRng,
     next: usize,
-    stats: HashMap<String, Arc<Stat>>,
+    stats: HashMap<muster_types::CompactString, Arc<Stat>>,
     /// Index of the snapshot `stats` was last pruned against.
     pruned_at: u64,
 }

@@ -191,7 +191,7 @@ impl Entry {
                 WatchEvent::Delete { index, id } => {
                     if let Some(d) = &mut v.data {
                         let mut list = d.instances.to_vec();
-                        if let Ok(p) = list.binary_search_by(|i| i.id.cmp(&id)) {
+                        if let Ok(p) = list.binary_search_by(|i| i.id.as_str().cmp(&id)) {
                             list.remove(p);
                         }
                         *d = Data {

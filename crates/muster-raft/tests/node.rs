@@ -298,7 +298,7 @@ async fn concurrent_proposals_are_batched_into_few_entries() {
             let inst = applied.result.unwrap().instance.unwrap();
             assert_eq!(inst.id, format!("i-{n}"));
             assert_eq!(inst.modify_index, applied.index);
-            registered.insert(inst.id.clone());
+            registered.insert(inst.id.to_string());
         }
     }
     let commits = node.store_commits() - commits_before;
@@ -332,7 +332,7 @@ async fn concurrent_proposals_are_batched_into_few_entries() {
         .unwrap()
         .instances
         .keys()
-        .cloned()
+        .map(|id| id.to_string())
         .collect();
     assert_eq!(ids, registered);
     assert_eq!(after, after_restart(before, &node));

@@ -56,6 +56,9 @@ pub enum ReportError {
 pub struct CheckRunner {
     node: Node,
     tasks: Mutex<HashMap<TaskKey, Running>>,
+    /// How many check tasks each service has (services without any are
+    /// absent), so a change that cannot concern checks skips the scan.
+    per_service: Mutex<HashMap<ServiceKey, usize>>,
     permits: Arc<Semaphore>,
     http: reqwest::Client,
     http_insecure: reqwest::Client,
@@ -131,6 +134,7 @@ impl CheckRunner {
         Arc::new(CheckRunner {
             node,
             tasks: Mutex::new(HashMap::new()),
+            per_service: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             http: build(false),
             http_insecure: build(true),
@@ -158,7 +162,25 @@ impl CheckRunner {
             for (_, r) in self.tasks.lock().expect("checks lock").drain() {
                 r.task.abort();
             }
+            self.per_service.lock().expect("checks lock").clear();
             metrics::gauge!("muster_checks").set(0.0);
+        }
+    }
+
+    /// Reconciles `key` if the change may concern checks: `may_have_checks`
+    /// says the change itself may have added or changed some; otherwise only
+    /// a service that has check tasks can need stopping any. Registrations
+    /// and removals of instances without checks thus cost no scan of the
+    /// service (that scan dominated write throughput).
+    pub fn reconcile_if_needed(self: &Arc<Self>, key: &ServiceKey, may_have_checks: bool) {
+        if may_have_checks
+            || self
+                .per_service
+                .lock()
+                .expect("checks lock")
+                .contains_key(key)
+        {
+            self.reconcile(key);
         }
     }
 
@@ -176,12 +198,13 @@ impl CheckRunner {
                         .flat_map(|i| {
                             i.checks
                                 .iter()
-                                .map(|ch| ((i.id.clone(), ch.id.clone()), ch.clone()))
+                                .map(|ch| ((i.id.to_string(), ch.id.clone()), ch.clone()))
                         })
                         .collect()
                 })
                 .unwrap_or_default()
         };
+        let desired_count = desired.len();
         let mut tasks = self.tasks.lock().expect("checks lock");
         tasks.retain(|(k, inst, check), r| {
             if k != key {
@@ -223,6 +246,12 @@ impl CheckRunner {
                     runtime,
                 },
             );
+        }
+        let mut per_service = self.per_service.lock().expect("checks lock");
+        if desired_count == 0 {
+            per_service.remove(key);
+        } else {
+            per_service.insert(key.clone(), desired_count);
         }
         metrics::gauge!("muster_checks").set(tasks.len() as f64);
     }
@@ -277,8 +306,8 @@ impl CheckRunner {
         output: &str,
     ) -> bool {
         let cmd = Command::CheckStatus {
-            namespace: key.namespace.clone(),
-            service: key.service.clone(),
+            namespace: key.namespace.to_string(),
+            service: key.service.to_string(),
             id: inst.to_string(),
             check: check.id.clone(),
             status,
@@ -304,8 +333,8 @@ impl CheckRunner {
         tracing::warn!(service = %key.service, instance = inst, check = %check.id,
             "instance critical longer than deregister_critical_after: removing it");
         let cmd = Command::Deregister {
-            namespace: key.namespace.clone(),
-            service: key.service.clone(),
+            namespace: key.namespace.to_string(),
+            service: key.service.to_string(),
             id: inst.to_string(),
         };
         if let Err(e) = self.node.propose(cmd).await {

@@ -25,11 +25,11 @@ fn subscribe<K: std::hash::Hash + Eq>(
         .subscribe()
 }
 
-fn notify<K: std::hash::Hash + Eq>(
-    map: &Mutex<HashMap<K, watch::Sender<u64>>>,
-    key: &K,
-    index: u64,
-) {
+fn notify<K, Q>(map: &Mutex<HashMap<K, watch::Sender<u64>>>, key: &Q, index: u64)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
     let mut m = map.lock().expect("hub lock");
     if let Some(tx) = m.get(key) {
         if tx.receiver_count() == 0 {
@@ -55,7 +55,7 @@ impl Hub {
     /// Wakes the waiters of one service and of its namespace.
     pub fn notify(&self, key: &ServiceKey, index: u64) {
         notify(&self.services, key, index);
-        notify(&self.namespaces, &key.namespace, index);
+        notify(&self.namespaces, key.namespace.as_str(), index);
     }
 
     /// How many receivers wait on a service (for tests and metrics).

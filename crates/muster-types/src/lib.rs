@@ -10,14 +10,16 @@
 //! - [`limits`] holds every size and count limit in one place.
 #![forbid(unsafe_code)]
 
+mod compact;
 mod duration;
 mod validate;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use compact::{CompactString, MAX_INTERNED_LEN, Meta, MetaIter, SharedStr, Tags};
 pub use duration::{format_duration, parse_duration};
 pub use validate::{
     FieldError, Registration, truncate_output, validate_check, validate_instance_id,
@@ -301,27 +303,39 @@ pub struct CheckReport {
     pub output: Option<String>,
 }
 
+// Its strings are compact (see `SharedStr`, `CompactString`, `Tags`, `Meta`):
+// a registry holds many instances, most of whose strings repeat. Each field
+// serialises as the plain string, set or map it stands for. (A plain comment:
+// the doc comment is the OpenAPI description.)
 /// One registered instance, as every read returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Instance {
     /// Client-chosen id, unique within namespace and service.
-    pub id: String,
+    #[schema(value_type = String)]
+    pub id: CompactString,
     /// Namespace the instance lives in.
-    pub namespace: String,
+    #[schema(value_type = String)]
+    pub namespace: SharedStr,
     /// Service the instance belongs to.
-    pub service: String,
+    #[schema(value_type = String)]
+    pub service: SharedStr,
     /// IP address or host name.
-    pub address: String,
+    #[schema(value_type = String)]
+    pub address: CompactString,
     /// TCP port.
     pub port: u16,
     /// Tags, sorted and without duplicates.
-    pub tags: BTreeSet<String>,
+    #[schema(value_type = std::collections::BTreeSet<String>)]
+    pub tags: Tags,
     /// Metadata.
-    pub meta: BTreeMap<String, String>,
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub meta: Meta,
     /// Version string, if any.
-    pub version: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub version: Option<SharedStr>,
     /// Zone, if any.
-    pub zone: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub zone: Option<SharedStr>,
     /// Load-balancing weight.
     pub weight: u32,
     /// Current health: the worst of its checks; critical in maintenance.
@@ -331,9 +345,11 @@ pub struct Instance {
     pub checks: Vec<Check>,
     /// Maintenance reason, while the instance is in maintenance.
     #[serde(default)]
-    pub maintenance: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub maintenance: Option<Box<str>>,
     /// Lease holding the instance, if it is ephemeral.
-    pub lease: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub lease: Option<CompactString>,
     /// Log index that created the instance.
     pub create_index: u64,
     /// Log index that last changed the instance.
@@ -559,6 +575,121 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    /// A fully populated instance exactly as API v1 sends it: the compact
+    /// field types must not change a byte of it.
+    const FULL_INSTANCE_JSON: &str = r#"{"id":"pay-1","namespace":"default","service":"payments","address":"10.0.0.1","port":8080,"tags":["eu","v2"],"meta":{"rev":"r42","team":"payments"},"version":"1.4.2","zone":"eu-1a","weight":100,"health":"critical","checks":[{"id":"tcp","name":"tcp","kind":{"type":"tcp","addr":"10.0.0.1:8080"},"interval_ms":10000,"timeout_ms":1000,"success_before_passing":1,"failures_before_critical":2,"deregister_critical_after_ms":60000,"notes":"n","status":"passing","output":"ok","status_index":5,"last_run_ms":1700000000500}],"maintenance":"upgrade","lease":"00000000000000ff","create_index":3,"modify_index":7,"registered_at_ms":1700000000000}"#;
+
+    fn full_instance() -> Instance {
+        Instance {
+            id: "pay-1".into(),
+            namespace: "default".into(),
+            service: "payments".into(),
+            address: "10.0.0.1".into(),
+            port: 8080,
+            tags: ["v2", "eu"].into_iter().collect(),
+            meta: [("team", "payments"), ("rev", "r42")].into_iter().collect(),
+            version: Some("1.4.2".into()),
+            zone: Some("eu-1a".into()),
+            weight: 100,
+            health: Health::Critical,
+            checks: vec![Check {
+                id: "tcp".into(),
+                name: "tcp".into(),
+                kind: CheckKind::Tcp {
+                    addr: "10.0.0.1:8080".into(),
+                },
+                interval_ms: 10_000,
+                timeout_ms: 1_000,
+                success_before_passing: 1,
+                failures_before_critical: 2,
+                deregister_critical_after_ms: Some(60_000),
+                notes: Some("n".into()),
+                status: Health::Passing,
+                output: "ok".into(),
+                status_index: 5,
+                last_run_ms: Some(1_700_000_000_500),
+                last_output: None,
+            }],
+            maintenance: Some("upgrade".into()),
+            lease: Some(format_lease_id(255).into()),
+            create_index: 3,
+            modify_index: 7,
+            registered_at_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// The instance type as it was with plain strings, sets and maps.
+    #[derive(Serialize, Deserialize)]
+    struct PlainInstance {
+        id: String,
+        namespace: String,
+        service: String,
+        address: String,
+        port: u16,
+        tags: std::collections::BTreeSet<String>,
+        meta: BTreeMap<String, String>,
+        version: Option<String>,
+        zone: Option<String>,
+        weight: u32,
+        health: Health,
+        #[serde(default)]
+        checks: Vec<Check>,
+        #[serde(default)]
+        maintenance: Option<String>,
+        lease: Option<String>,
+        create_index: u64,
+        modify_index: u64,
+        registered_at_ms: u64,
+    }
+
+    #[test]
+    fn instance_json_is_unchanged() {
+        let inst = full_instance();
+        assert_eq!(serde_json::to_string(&inst).unwrap(), FULL_INSTANCE_JSON);
+        let back: Instance = serde_json::from_str(FULL_INSTANCE_JSON).unwrap();
+        assert_eq!(back, inst);
+        let plain: PlainInstance = serde_json::from_str(FULL_INSTANCE_JSON).unwrap();
+        assert_eq!(serde_json::to_string(&plain).unwrap(), FULL_INSTANCE_JSON);
+    }
+
+    #[test]
+    fn instance_json_matches_plain_types() {
+        // Long strings (stored out of line), escapes, non-ASCII, duplicate
+        // tags, nulls and omitted defaulted fields: both types decode and
+        // re-encode every input to the same bytes.
+        let long = "a".repeat(200);
+        let inputs = [
+            format!(
+                r#"{{"id":"{long}","namespace":"ns","service":"s","address":"{long}.example.com","port":1,"tags":["z","\u00e9t\u00e9","z","a\"b","{long}"],"meta":{{"{long}":"{long}","k":"v\n","k":"w","":""}},"version":null,"zone":null,"weight":1,"health":"passing","lease":null,"create_index":1,"modify_index":1,"registered_at_ms":0}}"#
+            ),
+            r#"{"id":"i","namespace":"default","service":"x","address":"::1","port":65535,"tags":[],"meta":{},"version":"v","zone":"z","weight":10000,"health":"warning","checks":[],"maintenance":null,"lease":"ffffffffffffffff","create_index":0,"modify_index":9,"registered_at_ms":5}"#.to_string(),
+        ];
+        for input in &inputs {
+            let compact: Instance = serde_json::from_str(input).unwrap();
+            let plain: PlainInstance = serde_json::from_str(input).unwrap();
+            assert_eq!(
+                serde_json::to_string(&compact).unwrap(),
+                serde_json::to_string(&plain).unwrap(),
+                "{input}"
+            );
+            assert_eq!(
+                serde_json::to_value(&compact).unwrap(),
+                serde_json::to_value(&plain).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn instance_stays_small() {
+        // One allocation of 224 bytes with glibc (its 16-byte Arc header and
+        // 8-byte chunk header included): see the catalog's memory notes.
+        assert!(
+            std::mem::size_of::<Instance>() <= 200,
+            "{}",
+            std::mem::size_of::<Instance>()
+        );
     }
 
     #[test]

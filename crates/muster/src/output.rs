@@ -55,7 +55,11 @@ pub fn services(s: &ServicesResponse) {
 }
 
 fn tags(i: &Instance) -> String {
-    i.tags.iter().cloned().collect::<Vec<_>>().join(",")
+    i.tags
+        .iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The instances table.
@@ -71,15 +75,15 @@ pub fn instances(list: &[Instance]) {
         list.iter()
             .map(|i| {
                 vec![
-                    i.id.clone(),
+                    i.id.to_string(),
                     format!("{}:{}", i.address, i.port),
                     i.health.as_str().to_string(),
                     checks_summary(i),
-                    i.version.clone().unwrap_or_else(|| "-".into()),
-                    i.zone.clone().unwrap_or_else(|| "-".into()),
+                    i.version.as_deref().unwrap_or("-").to_string(),
+                    i.zone.as_deref().unwrap_or("-").to_string(),
                     i.weight.to_string(),
                     tags(i),
-                    i.lease.clone().unwrap_or_else(|| "-".into()),
+                    i.lease.as_deref().unwrap_or("-").to_string(),
                 ]
             })
             .collect(),

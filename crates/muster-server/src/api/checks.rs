@@ -59,8 +59,8 @@ pub async fn maintenance(
     write(
         &state,
         Command::Maintenance {
-            namespace: key.namespace,
-            service: key.service,
+            namespace: key.namespace.to_string(),
+            service: key.service.to_string(),
             id,
             reason,
         },
@@ -119,8 +119,8 @@ pub async fn put_check(
     write(
         &state,
         Command::PutCheck {
-            namespace: key.namespace,
-            service: key.service,
+            namespace: key.namespace.to_string(),
+            service: key.service.to_string(),
             id,
             check,
         },
@@ -145,8 +145,8 @@ pub async fn delete_check(
     write(
         &state,
         Command::RemoveCheck {
-            namespace: key.namespace,
-            service: key.service,
+            namespace: key.namespace.to_string(),
+            service: key.service.to_string(),
             id,
             check,
         },

@@ -90,8 +90,8 @@ pub async fn register(
         return Err(muster_catalog::ApplyError::UnknownLease(l).into());
     }
     let cmd = Command::Register {
-        namespace,
-        service,
+        namespace: namespace.to_string(),
+        service: service.to_string(),
         instance: InstanceData {
             id,
             address: reg.address,
@@ -165,8 +165,8 @@ pub async fn deregister(
     let applied = state
         .node
         .propose(Command::Deregister {
-            namespace,
-            service,
+            namespace: namespace.to_string(),
+            service: service.to_string(),
             id,
         })
         .await?;
@@ -331,8 +331,8 @@ pub async fn discover(
     let (index, found) = c.query(&key, &query);
     drop(c);
     let body = InstancesResponse {
-        namespace: key.namespace.clone(),
-        service: key.service.clone(),
+        namespace: key.namespace.to_string(),
+        service: key.service.to_string(),
         index,
         instances: found.iter().map(|i| (**i).clone()).collect(),
     };

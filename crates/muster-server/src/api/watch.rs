@@ -158,9 +158,12 @@ fn next_events(
                     // No longer matching the filter is, for this watcher, a removal.
                     Change::Upsert(i) => WatchEvent::Delete {
                         index: c.index,
-                        id: i.id.clone(),
+                        id: i.id.to_string(),
                     },
-                    Change::Delete(id) => WatchEvent::Delete { index: c.index, id },
+                    Change::Delete(id) => WatchEvent::Delete {
+                        index: c.index,
+                        id: id.to_string(),
+                    },
                 })
                 .collect();
             (last, events)
