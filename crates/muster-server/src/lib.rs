@@ -105,13 +105,32 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         async move {
             loop {
-                tokio::select! {
+                let first = tokio::select! {
                     key = reconcile_rx.recv() => match key {
-                        Some(Some(key)) => checks.reconcile(&key),
-                        Some(None) => checks.reconcile_all(),
+                        Some(k) => k,
                         None => return,
                     },
                     _ = stop.changed() => return,
+                };
+                // A batch of writes queues many requests at once, mostly for
+                // the same services: merge them, then reconcile each once.
+                let mut all = false;
+                let mut keys: std::collections::HashMap<muster_catalog::ServiceKey, bool> =
+                    std::collections::HashMap::new();
+                let mut next = Some(first);
+                while let Some(k) = next {
+                    match k {
+                        None => all = true,
+                        Some((key, may)) => *keys.entry(key).or_default() |= may,
+                    }
+                    next = reconcile_rx.try_recv().ok();
+                }
+                if all {
+                    checks.reconcile_all();
+                } else {
+                    for (key, may) in keys {
+                        checks.reconcile_if_needed(&key, may);
+                    }
                 }
             }
         }

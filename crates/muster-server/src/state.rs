@@ -41,8 +41,9 @@ pub struct Observer {
     pub hub: Arc<Hub>,
     /// Lease timers.
     pub leases: Arc<LeaseManager>,
-    /// Services whose checks need reconciling (drained by the check runner).
-    pub reconcile: tokio::sync::mpsc::UnboundedSender<Option<muster_catalog::ServiceKey>>,
+    /// Services whose checks may need reconciling, with whether the change
+    /// may have added or changed checks (drained by the check runner).
+    pub reconcile: tokio::sync::mpsc::UnboundedSender<Option<(muster_catalog::ServiceKey, bool)>>,
 }
 
 impl ApplyObserver for Observer {
@@ -54,9 +55,16 @@ impl ApplyObserver for Observer {
         for id in &out.leases_removed {
             self.leases.removed(*id);
         }
+        // A registration says whether it carries checks; a removal only
+        // matters where checks run; anything else (check and maintenance
+        // commands) may concern checks.
+        let may_have_checks = out
+            .instance
+            .as_ref()
+            .map_or(out.removed == 0, |i| !i.checks.is_empty());
         for key in &out.changed {
             self.hub.notify(key, index);
-            let _ = self.reconcile.send(Some(key.clone()));
+            let _ = self.reconcile.send(Some((key.clone(), may_have_checks)));
         }
     }
 
