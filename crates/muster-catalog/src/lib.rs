@@ -446,7 +446,7 @@ impl Catalog {
                     if inst.maintenance.as_deref() == reason.as_deref() {
                         return Ok(false);
                     }
-                    inst.maintenance = reason.as_deref().map(Box::from);
+                    inst.maintenance = reason.as_deref().map(SharedStr::interned);
                     Ok(true)
                 })?;
             }
@@ -472,7 +472,11 @@ impl Catalog {
                             }
                             *old = new;
                         }
-                        None => inst.checks.push(new),
+                        None => {
+                            let mut checks = std::mem::take(&mut inst.checks).into_vec();
+                            checks.push(new);
+                            inst.checks = checks.into_boxed_slice();
+                        }
                     }
                     Ok(true)
                 })?;
@@ -486,7 +490,9 @@ impl Catalog {
                 let key = ServiceKey::interned(namespace, service);
                 self.modify_instance(index, &key, id, &mut out, |inst| {
                     let before = inst.checks.len();
-                    inst.checks.retain(|c| c.id != *check);
+                    let mut checks = std::mem::take(&mut inst.checks).into_vec();
+                    checks.retain(|c| c.id != *check);
+                    inst.checks = checks.into_boxed_slice();
                     if inst.checks.len() == before {
                         return Err(ApplyError::UnknownCheck {
                             id: id.clone(),
@@ -562,7 +568,7 @@ impl Catalog {
         };
 
         // Checks that survive a re-registration keep their state.
-        let checks: Vec<Check> = data
+        let checks: Box<[Check]> = data
             .checks
             .iter()
             .map(|c| {
