@@ -411,5 +411,10 @@ fn machine() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| "unknown cpu".into());
-    format!("{} x {model}", cpus())
+    // Every core of the machine, not only those this process may run on.
+    let cores = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(0)
+        .max(1);
+    format!("{cores} x {model}")
 }

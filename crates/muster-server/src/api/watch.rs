@@ -60,7 +60,7 @@ fn sse(e: &WatchEvent) -> Event {
            ("version" = Option<String>, Query, description = "Filter, as for discovery"),
            ("zone" = Option<String>, Query, description = "Filter, as for discovery"),
            ("health" = Option<String>, Query, description = "Filter, as for discovery"),
-           ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this index")),
+           ("Last-Event-ID" = Option<u64>, Header, description = "Resume from this index: what came after it, and again the events that share it")),
     responses((status = 200, description = "text/event-stream of WatchEvent (event names snapshot, upsert, delete)", body = WatchEvent, content_type = "text/event-stream"),
               (status = 400, description = "Invalid parameter", body = ErrorBody)))]
 pub async fn watch(
