@@ -413,6 +413,26 @@ async fn open_watches(
     Ok(rx)
 }
 
+/// Records, for each of `n` watchers, the time from `t0` to its receipt of
+/// one change; returns how many did not get it within 30 s.
+async fn record_receipts<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    n: usize,
+    t0: Instant,
+    hist: &mut hdrhistogram::Histogram<u64>,
+    at: impl Fn(T) -> Instant,
+) -> u64 {
+    for got in 0..n {
+        match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+            Ok(Some(item)) => {
+                let _ = hist.record((at(item).duration_since(t0).as_micros() as u64).max(1));
+            }
+            _ => return (n - got) as u64,
+        }
+    }
+    0
+}
+
 async fn watch_fanout(s: &Settings, run: usize) -> Result<Row> {
     let m = Muster::start(s, "fanout").await?;
     let mut conn = Conn::connect(m.addr()).await?;
@@ -424,19 +444,7 @@ async fn watch_fanout(s: &Settings, run: usize) -> Result<Row> {
     for k in 1..=s.changes as u64 {
         let t0 = Instant::now();
         put_instance(&mut conn, "fan", "x", instance_body(k)).await?;
-        let mut got = 0;
-        while got < s.watchers {
-            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
-                Ok(Some((_, at, _))) => {
-                    got += 1;
-                    let _ = hist.record((at.duration_since(t0).as_micros() as u64).max(1));
-                }
-                _ => {
-                    errors += (s.watchers - got) as u64;
-                    break;
-                }
-            }
-        }
+        errors += record_receipts(&mut rx, s.watchers, t0, &mut hist, |(_, at, _)| at).await;
     }
     let summary = Summary::from_histogram(&hist, errors, start.elapsed());
     let mut row = Row::new("watch-fanout", Target::Muster, run, summary);
@@ -760,19 +768,7 @@ async fn etcd_watch_fanout(s: &Settings, run: usize) -> Result<Row> {
         clients[0]
             .put(b"/services/fan/x", &instance_body(k), 0)
             .await?;
-        let mut got = 0;
-        while got < s.watchers {
-            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
-                Ok(Some(at)) => {
-                    got += 1;
-                    let _ = hist.record((at.duration_since(t0).as_micros() as u64).max(1));
-                }
-                _ => {
-                    errors += (s.watchers - got) as u64;
-                    break;
-                }
-            }
-        }
+        errors += record_receipts(&mut rx, s.watchers, t0, &mut hist, |at| at).await;
     }
     let summary = Summary::from_histogram(&hist, errors, start.elapsed());
     let mut row = etcd_row("watch-fanout", run, summary, &e);
