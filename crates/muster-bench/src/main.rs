@@ -92,6 +92,10 @@ struct RunArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// `scale` copies each killed server's data directory here (as
+    /// `scale-<n>`), to profile its restart again and again.
+    #[arg(long)]
+    keep_data: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -213,6 +217,7 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         fd_samples: a.fd_samples,
         scale: a.scale.clone(),
         work: work.path().to_path_buf(),
+        keep_data: a.keep_data.clone(),
     };
     if !settings.muster_bin.exists() {
         bail!(

@@ -62,6 +62,7 @@ pub struct Settings {
     pub fd_samples: usize,
     pub scale: Vec<u64>,
     pub work: PathBuf,
+    pub keep_data: Option<PathBuf>,
 }
 
 /// One measured run of one scenario against one target.
@@ -554,6 +555,9 @@ async fn scale(s: &Settings, run: usize) -> Result<Vec<Row>> {
         let Muster { proc, dir } = m;
         proc.kill9().await?;
         let disk = dir_size(&dir);
+        if let Some(keep) = &s.keep_data {
+            copy_dir(&dir, &keep.join(format!("scale-{n}")))?;
+        }
         let t = Instant::now();
         let restarted = servers::spawn_muster(&s.muster_bin, s.server_cpu, &dir, &[]).await?;
         let recovered = count_instances(restarted.addr).await?;
@@ -600,6 +604,23 @@ async fn count_instances(addr: SocketAddr) -> Result<u64> {
         .iter()
         .filter_map(|s| s["instances"].as_u64())
         .sum())
+}
+
+/// Copies the files of `from` (not recursive: a data directory is flat)
+/// into `to`, replacing what was there.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).with_context(|| format!("removing {}", to.display()))?;
+    }
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn dir_size(dir: &std::path::Path) -> u64 {

@@ -1,12 +1,13 @@
 //! Every byte format this crate writes, in one place so it can be swapped.
 //!
-//! Today everything is JSON (serde_json); the snapshot blob frames the JSON
-//! metadata in front of the raw snapshot data.
+//! Today everything is JSON (serde_json). The snapshot file's framing is in
+//! [`crate::snapshot_file`].
 
 use muster_catalog::Catalog;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::snapshot_file::StoredSnapshot;
 use crate::types::{Entry, LogId, SnapshotMeta};
 
 /// A value could not be encoded or decoded.
@@ -60,31 +61,30 @@ pub(crate) fn decode_catalog(bytes: &[u8]) -> Result<Catalog, CodecError> {
     Ok(serde_json::from_slice(bytes)?)
 }
 
-const SNAPSHOT_MAGIC: &[u8; 4] = b"MSN1";
+const LEGACY_SNAPSHOT_MAGIC: &[u8; 4] = b"MSN1";
 
-/// Frames snapshot metadata and data into one stored blob, so both are
-/// written in one store operation.
-pub(crate) fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>, CodecError> {
-    let meta = serde_json::to_vec(meta)?;
-    let len =
-        u32::try_from(meta.len()).map_err(|_| CodecError("snapshot metadata too large".into()))?;
-    let mut out = Vec::with_capacity(8 + meta.len() + data.len());
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&meta);
-    out.extend_from_slice(data);
-    Ok(out)
-}
-
-/// Splits a blob made by [`encode_snapshot`].
-pub(crate) fn decode_snapshot(blob: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), CodecError> {
+/// Splits the snapshot blob older versions kept in the store's metadata:
+/// `MSN1`, the metadata's length (u32, big-endian), the metadata, the data.
+pub(crate) fn decode_legacy_snapshot(blob: Vec<u8>) -> Result<StoredSnapshot, CodecError> {
     let bad = || CodecError("snapshot blob is truncated or has a bad header".into());
-    let rest = blob.strip_prefix(SNAPSHOT_MAGIC).ok_or_else(bad)?;
+    let rest = blob.strip_prefix(LEGACY_SNAPSHOT_MAGIC).ok_or_else(bad)?;
     let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
     let len = u32::from_be_bytes(*len) as usize;
     if rest.len() < len {
         return Err(bad());
     }
-    let (meta, data) = rest.split_at(len);
-    Ok((serde_json::from_slice(meta)?, data.to_vec()))
+    let meta: SnapshotMeta = serde_json::from_slice(&rest[..len])?;
+    Ok(StoredSnapshot::new(meta, blob, 8 + len))
+}
+
+#[cfg(test)]
+/// Frames a snapshot the way older versions stored it, for upgrade tests.
+pub(crate) fn encode_legacy_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
+    let meta = serde_json::to_vec(meta).expect("metadata encodes");
+    let mut out = Vec::with_capacity(8 + meta.len() + data.len());
+    out.extend_from_slice(LEGACY_SNAPSHOT_MAGIC);
+    out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(data);
+    out
 }

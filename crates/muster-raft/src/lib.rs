@@ -31,6 +31,7 @@ mod codec;
 mod log_store;
 pub(crate) mod network;
 mod node;
+mod snapshot_file;
 mod state_machine;
 mod types;
 

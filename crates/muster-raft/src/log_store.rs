@@ -20,7 +20,9 @@ pub(crate) const KEY_VOTE: &str = "raft/vote";
 pub(crate) const KEY_COMMITTED: &str = "raft/committed";
 /// Metadata key of the last purged log id.
 pub(crate) const KEY_LAST_PURGED: &str = "raft/last_purged";
-/// Metadata key of the current snapshot (framed meta + data).
+/// Metadata key under which older versions kept the current snapshot
+/// (framed meta + data); read once if there is no snapshot file, and
+/// deleted when the next snapshot is saved.
 pub(crate) const KEY_SNAPSHOT: &str = "raft/snapshot";
 
 /// Runs `submit` with a durability callback and waits for it.
@@ -93,7 +95,10 @@ impl RaftLogReader<TypeConfig> for RaftLog {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let stored = self.store.range(range);
+        let stored = self
+            .store
+            .range(range)
+            .map_err(|e| StorageIOError::read_logs(store_err(e)))?;
         let mut unread = self.unread();
         stored
             .into_iter()
@@ -111,7 +116,11 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.last_purged()?;
-        let last_log_id = match self.store.last() {
+        let last = self
+            .store
+            .last()
+            .map_err(|e| StorageIOError::read_logs(store_err(e)))?;
+        let last_log_id = match last {
             Some((i, bytes)) => Some(
                 codec::decode_entry_log_id(&bytes)
                     .map_err(|e| StorageIOError::read_log_at_index(i, &e))?,

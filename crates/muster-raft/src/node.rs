@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::batcher::{self, Proposal};
 use crate::log_store::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_SNAPSHOT, KEY_VOTE, RaftLog};
 use crate::network::NoPeers;
+use crate::snapshot_file::SnapshotFile;
 use crate::state_machine::StateMachine;
 use crate::types::Raft;
 use crate::{Applied, ApplyObserver, NodeInfo, ProposeError, RaftConfig, RaftError};
@@ -135,7 +136,9 @@ impl Node {
             .await
             .map_err(|e| RaftError::Fatal(format!("opening the store panicked: {e}")))??;
 
+        let snapshot_file = SnapshotFile::in_dir(&cfg.data_dir);
         let fresh = store.is_empty()
+            && !snapshot_file.exists()
             && [KEY_VOTE, KEY_COMMITTED, KEY_LAST_PURGED, KEY_SNAPSHOT]
                 .iter()
                 .all(|k| store.get_meta(k).is_none());
@@ -143,8 +146,15 @@ impl Node {
         let disk_last = store.last_index().unwrap_or(0);
 
         let catalog = Arc::new(RwLock::new(Catalog::new()));
-        let sm = StateMachine::open(store.clone(), Arc::clone(&catalog), observer)
-            .map_err(|e| RaftError::Corrupt(e.to_string()))?;
+        let sm = {
+            let (store, catalog) = (store.clone(), Arc::clone(&catalog));
+            tokio::task::spawn_blocking(move || {
+                StateMachine::open(store, snapshot_file, catalog, observer)
+            })
+            .await
+            .map_err(|e| RaftError::Fatal(format!("loading the snapshot panicked: {e}")))?
+            .map_err(|e| RaftError::Corrupt(e.to_string()))?
+        };
         let committed = Arc::new(AtomicU64::new(0));
         let log = RaftLog::new(store.clone(), Arc::clone(&committed));
 

@@ -1,5 +1,5 @@
-//! openraft's [`RaftStateMachine`] over the in-memory catalog, with
-//! snapshots kept in the store's metadata.
+//! openraft's [`RaftStateMachine`] over the in-memory catalog, with the
+//! current snapshot in its own file ([`crate::snapshot_file`]).
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use openraft::{
 use crate::ApplyObserver;
 use crate::codec;
 use crate::log_store::{KEY_SNAPSHOT, durable};
+use crate::snapshot_file::{SnapshotFile, StoredSnapshot};
 use crate::types::{
     Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -23,35 +24,68 @@ use crate::types::{
 /// What is shared between the state machine and its snapshot builders.
 struct Shared {
     store: LogStore,
-    /// Serialises "is the stored snapshot older?" + "store this one".
-    snapshot_lock: tokio::sync::Mutex<()>,
+    file: SnapshotFile,
+    /// The metadata of the stored snapshot. Its lock serialises "is the
+    /// stored snapshot older?" with "store this one".
+    current: tokio::sync::Mutex<Option<SnapshotMeta>>,
     /// Makes snapshot ids unique within this process.
     snapshot_seq: AtomicU64,
 }
 
 impl Shared {
-    fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+    /// Reads the current snapshot: the file, or else one an older version
+    /// kept in the store's metadata (moved to the file by the next save).
+    /// Blocking: it reads the whole file.
+    fn read_current(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        if let Some(snapshot) = self
+            .file
+            .read()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        {
+            return Ok(Some(snapshot));
+        }
         self.store
             .get_meta(KEY_SNAPSHOT)
-            .map(|blob| codec::decode_snapshot(&blob))
+            .map(codec::decode_legacy_snapshot)
             .transpose()
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 
+    /// [`Shared::read_current`] on a blocking thread.
+    async fn read_current_async(self: &Arc<Self>) -> Result<Option<StoredSnapshot>, StorageError> {
+        let shared = Arc::clone(self);
+        tokio::task::spawn_blocking(move || shared.read_current())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?
+    }
+
     /// Durably stores a snapshot unless the stored one is newer.
     /// Returns whether it was stored.
-    async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<bool, StorageError> {
-        let _guard = self.snapshot_lock.lock().await;
-        if let Some((current, _)) = self.current_snapshot()?
-            && current.last_log_id > meta.last_log_id
+    async fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        data: Arc<Vec<u8>>,
+    ) -> Result<bool, StorageError> {
+        let mut current = self.current.lock().await;
+        if let Some(stored) = current.as_ref()
+            && stored.last_log_id > meta.last_log_id
         {
             return Ok(false);
         }
-        let blob = codec::encode_snapshot(meta, data)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        durable(|cb| self.store.put_meta(KEY_SNAPSHOT, Some(blob), cb))
+        let err = |e: AnyError| StorageIOError::write_snapshot(Some(meta.signature()), e);
+        let file = self.file.clone();
+        let owned_meta = meta.clone();
+        tokio::task::spawn_blocking(move || file.write(&owned_meta, &data))
             .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+            .map_err(|e| err(AnyError::new(&e)))?
+            .map_err(|e| err(AnyError::new(&e)))?;
+        *current = Some(meta.clone());
+        if self.store.get_meta(KEY_SNAPSHOT).is_some() {
+            // The file supersedes the copy an older version kept here.
+            durable(|cb| self.store.put_meta(KEY_SNAPSHOT, None, cb))
+                .await
+                .map_err(|e| err(AnyError::new(&e)))?;
+        }
         Ok(true)
     }
 
@@ -95,16 +129,19 @@ fn read_catalog(catalog: &RwLock<Catalog>) -> Result<RwLockReadGuard<'_, Catalog
 }
 
 impl StateMachine {
-    /// Builds the state machine; if the store holds a snapshot, it replaces
-    /// the catalog's content and `observer.restored` is called.
+    /// Builds the state machine; if `file` (or, from an older version, the
+    /// store) holds a snapshot, it replaces the catalog's content and
+    /// `observer.restored` is called. Blocking: it reads the snapshot.
     pub(crate) fn open(
         store: LogStore,
+        file: SnapshotFile,
         catalog: Arc<RwLock<Catalog>>,
         observer: Arc<dyn ApplyObserver>,
     ) -> Result<StateMachine, StorageError> {
         let shared = Arc::new(Shared {
             store,
-            snapshot_lock: tokio::sync::Mutex::new(()),
+            file,
+            current: tokio::sync::Mutex::new(None),
             snapshot_seq: AtomicU64::new(0),
         });
         let mut sm = StateMachine {
@@ -114,10 +151,13 @@ impl StateMachine {
             observer,
             shared,
         };
-        if let Some((meta, data)) = sm.shared.current_snapshot()? {
-            let restored = decode_snapshot_data(&meta, &data)?;
+        if let Some(stored) = sm.shared.read_current()? {
+            let restored = decode_snapshot_data(&stored.meta, stored.data())?;
+            let bytes = stored.data().len();
+            let meta = stored.meta;
             sm.restore(&meta, restored)?;
-            tracing::info!(snapshot = %meta, "catalog loaded from snapshot");
+            *sm.shared.current.try_lock().expect("not shared yet") = Some(meta.clone());
+            tracing::info!(snapshot = %meta, bytes, "catalog loaded from snapshot");
         }
         Ok(sm)
     }
@@ -156,9 +196,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id: self.shared.next_snapshot_id(self.applied.as_ref()),
         };
-        if self.shared.save_snapshot(&meta, &data).await? {
+        let data = Arc::new(data);
+        if self.shared.save_snapshot(&meta, Arc::clone(&data)).await? {
             tracing::info!(snapshot = %meta, bytes = data.len(), "snapshot built");
         }
+        // The writer has finished with its reference by now.
+        let data = Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone());
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -247,7 +290,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         // Decode before storing: a snapshot that does not decode is refused.
         let restored = decode_snapshot_data(meta, &data)?;
-        self.shared.save_snapshot(meta, &data).await?;
+        self.shared.save_snapshot(meta, Arc::new(data)).await?;
         self.restore(meta, restored)?;
         tracing::info!(snapshot = %meta, "snapshot installed");
         Ok(())
@@ -256,10 +299,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         Ok(self
             .shared
-            .current_snapshot()?
-            .map(|(meta, data)| Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
+            .read_current_async()
+            .await?
+            .map(|stored| Snapshot {
+                meta: stored.meta.clone(),
+                snapshot: Box::new(Cursor::new(stored.into_data())),
             }))
     }
 }

@@ -9,6 +9,7 @@ use openraft::testing::{StoreBuilder, Suite};
 
 use crate::ApplyObserver;
 use crate::log_store::RaftLog;
+use crate::snapshot_file::SnapshotFile;
 use crate::state_machine::StateMachine;
 use crate::types::{StorageError, TypeConfig};
 
@@ -28,6 +29,7 @@ impl StoreBuilder<TypeConfig, RaftLog, StateMachine, tempfile::TempDir> for Buil
         let log = RaftLog::new(store.clone(), Arc::new(AtomicU64::new(0)));
         let sm = StateMachine::open(
             store,
+            SnapshotFile::in_dir(dir.path()),
             Arc::new(RwLock::new(Catalog::new())),
             Arc::new(NoObserver),
         )?;
@@ -38,4 +40,70 @@ impl StoreBuilder<TypeConfig, RaftLog, StateMachine, tempfile::TempDir> for Buil
 #[test]
 fn openraft_storage_suite() -> Result<(), StorageError> {
     Suite::test_all(Builder)
+}
+
+/// A data directory written by a version that kept the snapshot in the
+/// store's metadata still loads, and the next snapshot moves it to the file.
+#[tokio::test]
+async fn a_snapshot_in_the_store_metadata_loads_and_moves_to_the_file() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, RaftSnapshotBuilder, StoredMembership};
+
+    use crate::codec;
+    use crate::log_store::KEY_SNAPSHOT;
+    use crate::types::{LogId, SnapshotMeta};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut catalog = Catalog::new();
+    catalog
+        .apply(
+            1,
+            0,
+            &muster_catalog::Command::CreateLease {
+                id: 7,
+                ttl_ms: 10_000,
+            },
+        )
+        .unwrap();
+    let meta = SnapshotMeta {
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
+        last_membership: StoredMembership::default(),
+        snapshot_id: "legacy".into(),
+    };
+    let store = LogStore::open(&dir.path().join("raft.redb")).unwrap();
+    let data = codec::encode_catalog(&catalog).unwrap();
+    store
+        .put_meta_sync(
+            KEY_SNAPSHOT,
+            Some(codec::encode_legacy_snapshot(&meta, &data)),
+        )
+        .unwrap();
+
+    let file = SnapshotFile::in_dir(dir.path());
+    let loaded = Arc::new(RwLock::new(Catalog::new()));
+    let mut sm = StateMachine::open(
+        store.clone(),
+        file.clone(),
+        Arc::clone(&loaded),
+        Arc::new(NoObserver),
+    )
+    .unwrap();
+    assert_eq!(*loaded.read().unwrap(), catalog);
+    assert_eq!(sm.applied_state().await.unwrap().0, meta.last_log_id);
+    assert!(!file.exists());
+
+    let built = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(built.meta.last_log_id, meta.last_log_id);
+    assert!(file.exists());
+    assert_eq!(store.get_meta(KEY_SNAPSHOT), None, "legacy copy deleted");
+
+    // And the file alone restores the same catalog.
+    let reloaded = Arc::new(RwLock::new(Catalog::new()));
+    StateMachine::open(store, file, Arc::clone(&reloaded), Arc::new(NoObserver)).unwrap();
+    assert_eq!(*reloaded.read().unwrap(), catalog);
 }

@@ -6,9 +6,11 @@
 //!
 //! * The log maps a `u64` index to opaque entry bytes. Metadata maps a string
 //!   key to opaque bytes.
-//! * Every non-purged log entry and every metadata value is mirrored in memory,
-//!   so reads never touch the disk. The mirror is loaded once by
-//!   [`LogStore::open`].
+//! * Every metadata value is mirrored in memory. The log is mirrored as an
+//!   index of which entries exist; an entry's bytes stay in memory only until
+//!   the commit that writes them, and are read back from redb after that.
+//!   So memory holds the metadata and the not-yet-durable writes, never the
+//!   whole log. The mirror is loaded once by [`LogStore::open`].
 //! * Mutations update the mirror *before* they return, and are queued for one
 //!   dedicated writer thread. The writer drains everything queued so far and
 //!   commits it in one redb write transaction with
@@ -125,14 +127,31 @@ struct Queue {
     closed: bool,
 }
 
-/// The in-memory mirror of the disk state.
+/// Where a log entry's bytes are.
+#[derive(Clone)]
+enum Slot {
+    /// Queued and not yet committed, or committed by a batch whose writer
+    /// has not yet released them: here and only here are they current.
+    Pending(Bytes),
+    /// Committed: read them from redb.
+    Disk,
+}
+
+/// The in-memory mirror of the disk state, ahead of the disk by the
+/// operations still queued.
 #[derive(Default)]
 struct Mirror {
-    log: BTreeMap<u64, Bytes>,
+    /// Every log index the store holds, with the bytes of those whose write
+    /// is not durable yet.
+    log: BTreeMap<u64, Slot>,
     meta: HashMap<String, Bytes>,
 }
 
 struct Shared {
+    /// The database, for readers of entries that are no longer pending (the
+    /// writer thread holds its own handle). `None` once the store is closed,
+    /// so that closing releases the file.
+    db: Mutex<Option<Arc<Database>>>,
     queue: Mutex<Queue>,
     wake: Condvar,
     mirror: RwLock<Mirror>,
@@ -178,6 +197,11 @@ impl Handle {
                 tracing::error!(path = %self.path.display(), "store writer thread panicked");
             }
         }
+        self.shared
+            .db
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 }
 
@@ -241,7 +265,9 @@ impl LogStore {
             "store opened"
         );
 
+        let db = Arc::new(db);
         let shared = Arc::new(Shared {
+            db: Mutex::new(Some(Arc::clone(&db))),
             queue: Mutex::new(Queue {
                 ops: Vec::new(),
                 urgent: false,
@@ -327,7 +353,10 @@ impl LogStore {
             .into_iter()
             .map(|(i, bytes)| (i, Bytes::from(bytes)))
             .collect();
-        let for_mirror = entries.clone();
+        let for_mirror: Vec<(u64, Slot)> = entries
+            .iter()
+            .map(|(i, b)| (*i, Slot::Pending(Arc::clone(b))))
+            .collect();
         let _ = self.submit(Op::Append(entries), Some(on_durable), false, move |m| {
             m.log.extend(for_mirror);
         });
@@ -446,36 +475,79 @@ impl LogStore {
             .map(|v| v.to_vec())
     }
 
-    /// Returns the log entries whose indexes fall in `range`, in index order,
-    /// from memory.
-    pub fn range(&self, range: impl RangeBounds<u64>) -> Vec<(u64, Bytes)> {
+    /// Returns the log entries whose indexes fall in `range`, in index order.
+    ///
+    /// Entries not yet durable come from memory, the others from redb, as of
+    /// the latest write queued when the call began.
+    pub fn range(&self, range: impl RangeBounds<u64>) -> Result<Vec<(u64, Bytes)>, StoreError> {
         let bounds = (
             clone_bound(range.start_bound()),
             clone_bound(range.end_bound()),
         );
         if is_empty_range(&bounds) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        self.shared()
-            .read_mirror()
-            .log
-            .range(bounds)
-            .map(|(i, b)| (*i, Arc::clone(b)))
+        let (slots, txn) = {
+            let mirror = self.shared().read_mirror();
+            let slots: Vec<(u64, Slot)> = mirror
+                .log
+                .range(bounds)
+                .map(|(i, s)| (*i, s.clone()))
+                .collect();
+            // Begun under the mirror lock: a `Disk` slot is only changed
+            // (made pending again, or removed) in the mirror before its new
+            // write is queued, so the disk still holds what the slot names.
+            let txn = if slots.iter().any(|(_, s)| matches!(s, Slot::Disk)) {
+                Some(self.begin_read()?)
+            } else {
+                None
+            };
+            (slots, txn)
+        };
+        let Some(txn) = txn else {
+            return Ok(slots
+                .into_iter()
+                .map(|(i, s)| match s {
+                    Slot::Pending(b) => (i, b),
+                    Slot::Disk => unreachable!("no disk slot without a read transaction"),
+                })
+                .collect());
+        };
+        let log = txn
+            .open_table(LOG)
+            .map_err(|e| StoreError::redb("open log table")(e.into()))?;
+        slots
+            .into_iter()
+            .map(|(i, s)| match s {
+                Slot::Pending(b) => Ok((i, b)),
+                Slot::Disk => read_entry(&log, i).map(|b| (i, b)),
+            })
             .collect()
     }
 
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        let db = self
+            .shared()
+            .db
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        db.begin_read()
+            .map_err(|e| StoreError::redb("begin read")(e.into()))
+    }
+
     /// Returns the entry at `index`, if present.
-    pub fn get(&self, index: u64) -> Option<Bytes> {
-        self.shared().read_mirror().log.get(&index).cloned()
+    pub fn get(&self, index: u64) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.range(index..=index)?.pop().map(|(_, b)| b))
     }
 
     /// Returns the last (highest-index) entry, if any.
-    pub fn last(&self) -> Option<(u64, Bytes)> {
-        self.shared()
-            .read_mirror()
-            .log
-            .last_key_value()
-            .map(|(i, b)| (*i, Arc::clone(b)))
+    pub fn last(&self) -> Result<Option<(u64, Bytes)>, StoreError> {
+        match self.last_index() {
+            Some(i) => self.range(i..=i).map(|mut v| v.pop()),
+            None => Ok(None),
+        }
     }
 
     /// Returns the index of the first (lowest-index) entry, if any.
@@ -494,6 +566,17 @@ impl LogStore {
             .log
             .last_key_value()
             .map(|(i, _)| *i)
+    }
+
+    /// The number of entries whose bytes are held in memory because their
+    /// write is not durable yet.
+    pub fn pending_entries(&self) -> usize {
+        self.shared()
+            .read_mirror()
+            .log
+            .values()
+            .filter(|s| matches!(s, Slot::Pending(_)))
+            .count()
     }
 
     /// The number of entries in the log.
@@ -521,8 +604,10 @@ impl LogStore {
     /// Stops accepting writes, commits everything queued and waits for the
     /// writer thread to exit (closing the database file).
     ///
-    /// Affects every clone. Reads keep working from memory. Called
-    /// implicitly when the last handle is dropped.
+    /// Affects every clone. Metadata and log indexes can still be read from
+    /// memory; reading a durable entry's bytes fails with
+    /// [`StoreError::Closed`]. Called implicitly when the last handle is
+    /// dropped.
     pub fn close(&self) {
         self.inner.stop_writer();
     }
@@ -549,6 +634,22 @@ fn is_empty_range(bounds: &(Bound<u64>, Bound<u64>)) -> bool {
     }
 }
 
+fn read_entry(log: &redb::ReadOnlyTable<u64, &[u8]>, index: u64) -> Result<Bytes, StoreError> {
+    match log
+        .get(index)
+        .map_err(|e| StoreError::redb("read log")(e.into()))?
+    {
+        Some(v) => Ok(Bytes::from(v.value())),
+        // The mirror says the entry is durable: the file lost it.
+        None => Err(StoreError::Redb {
+            op: "read log",
+            source: Arc::new(redb::Error::Corrupted(format!(
+                "log entry {index} is missing from the file"
+            ))),
+        }),
+    }
+}
+
 fn load_mirror(db: &Database) -> Result<Mirror, StoreError> {
     let txn = db
         .begin_read()
@@ -561,8 +662,8 @@ fn load_mirror(db: &Database) -> Result<Mirror, StoreError> {
         .iter()
         .map_err(|e| StoreError::redb("read log")(e.into()))?
     {
-        let (k, v) = row.map_err(|e| StoreError::redb("read log")(e.into()))?;
-        mirror.log.insert(k.value(), Bytes::from(v.value()));
+        let (k, _) = row.map_err(|e| StoreError::redb("read log")(e.into()))?;
+        mirror.log.insert(k.value(), Slot::Disk);
     }
     let meta = txn
         .open_table(META)
@@ -625,7 +726,25 @@ fn commit_batch(db: &Database, ops: &[(Op, Option<OnDurable>)]) -> Result<(), St
         .map_err(|e| StoreError::redb("commit")(e.into()))
 }
 
-fn writer_loop(db: Database, shared: Arc<Shared>) {
+/// After `batch` was committed: its appended entries are on disk now, so
+/// their slots stop holding the bytes, unless a later write of the same
+/// index (not durable yet) replaced them.
+fn release_committed(shared: &Shared, batch: &[(Op, Option<OnDurable>)]) {
+    let mut mirror = shared.write_mirror();
+    for (op, _) in batch {
+        if let Op::Append(entries) = op {
+            for (i, bytes) in entries {
+                if let Some(slot) = mirror.log.get_mut(i)
+                    && matches!(slot, Slot::Pending(b) if Arc::ptr_eq(b, bytes))
+                {
+                    *slot = Slot::Disk;
+                }
+            }
+        }
+    }
+}
+
+fn writer_loop(db: Arc<Database>, shared: Arc<Shared>) {
     loop {
         let (batch, poisoned) = {
             let mut q = shared.lock_queue();
@@ -650,6 +769,7 @@ fn writer_loop(db: Database, shared: Arc<Shared>) {
                 match &r {
                     Ok(()) => {
                         shared.commits.fetch_add(1, Ordering::Relaxed);
+                        release_committed(&shared, &batch);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "store commit failed; store is now poisoned");
@@ -671,7 +791,6 @@ fn writer_loop(db: Database, shared: Arc<Shared>) {
             }
         }
     }
-    drop(db);
 }
 
 #[cfg(test)]
