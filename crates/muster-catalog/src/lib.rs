@@ -25,6 +25,7 @@
 mod instances;
 mod query;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -352,10 +353,55 @@ pub struct Catalog {
     namespace_index: BTreeMap<String, u64>,
 }
 
+/// A catalog without its services, for encoders that write a catalog one
+/// service at a time (snapshots): [`Catalog::head`], then every pair of
+/// [`Catalog::service_entries`]; [`Catalog::from_parts`] puts them back
+/// together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogHead<'a> {
+    /// Highest log index applied.
+    pub index: u64,
+    /// Every lease.
+    pub leases: Cow<'a, BTreeMap<u64, Lease>>,
+    /// Index of the last change per namespace.
+    pub namespace_index: Cow<'a, BTreeMap<String, u64>>,
+    /// How many services follow the head.
+    pub services: u64,
+}
+
 impl Catalog {
     /// An empty catalog.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Everything but the services, borrowed.
+    pub fn head(&self) -> CatalogHead<'_> {
+        CatalogHead {
+            index: self.index,
+            leases: Cow::Borrowed(&self.leases),
+            namespace_index: Cow::Borrowed(&self.namespace_index),
+            services: self.services.len() as u64,
+        }
+    }
+
+    /// Every service with its key, in key order.
+    pub fn service_entries(&self) -> impl ExactSizeIterator<Item = (&ServiceKey, &Service)> {
+        self.services.iter()
+    }
+
+    /// The catalog made of a head and its services (as written by
+    /// [`Catalog::head`] and [`Catalog::service_entries`]).
+    pub fn from_parts(
+        head: CatalogHead<'_>,
+        services: impl IntoIterator<Item = (ServiceKey, Service)>,
+    ) -> Catalog {
+        Catalog {
+            index: head.index,
+            services: services.into_iter().collect(),
+            leases: head.leases.into_owned(),
+            namespace_index: head.namespace_index.into_owned(),
+        }
     }
 
     /// Highest log index applied.

@@ -54,6 +54,11 @@ pub struct RaftConfig {
     /// Build a snapshot after this many log entries since the last one
     /// (at least 1).
     pub snapshot_logs: u64,
+    /// Also build one after this many commands since the last one, or a
+    /// quarter of the instances that one held if more (at least 1). One
+    /// entry carries a whole batch of commands, so this is what bounds the
+    /// replay on restart.
+    pub snapshot_commands: u64,
 }
 
 /// Receives what the state machine did, for watches, caches and timers.

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::batcher::{self, Proposal};
 use crate::log_store::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_SNAPSHOT, KEY_VOTE, RaftLog};
 use crate::network::NoPeers;
-use crate::snapshot_file::SnapshotFile;
+use crate::snapshot_file::SnapshotDir;
 use crate::state_machine::StateMachine;
 use crate::types::Raft;
 use crate::{Applied, ApplyObserver, NodeInfo, ProposeError, RaftConfig, RaftError};
@@ -59,6 +59,11 @@ struct Inner {
 fn raft_config(cfg: &RaftConfig) -> Result<Config, RaftError> {
     if cfg.snapshot_logs == 0 {
         return Err(RaftError::Config("snapshot_logs must be at least 1".into()));
+    }
+    if cfg.snapshot_commands == 0 {
+        return Err(RaftError::Config(
+            "snapshot_commands must be at least 1".into(),
+        ));
     }
     Config {
         cluster_name: "muster".into(),
@@ -136,9 +141,9 @@ impl Node {
             .await
             .map_err(|e| RaftError::Fatal(format!("opening the store panicked: {e}")))??;
 
-        let snapshot_file = SnapshotFile::in_dir(&cfg.data_dir);
+        let snapshot_dir = SnapshotDir::in_dir(&cfg.data_dir);
         let fresh = store.is_empty()
-            && !snapshot_file.exists()
+            && !snapshot_dir.exists()
             && [KEY_VOTE, KEY_COMMITTED, KEY_LAST_PURGED, KEY_SNAPSHOT]
                 .iter()
                 .all(|k| store.get_meta(k).is_none());
@@ -149,12 +154,13 @@ impl Node {
         let sm = {
             let (store, catalog) = (store.clone(), Arc::clone(&catalog));
             tokio::task::spawn_blocking(move || {
-                StateMachine::open(store, snapshot_file, catalog, observer)
+                StateMachine::open(&store, snapshot_dir, catalog, observer)
             })
             .await
             .map_err(|e| RaftError::Fatal(format!("loading the snapshot panicked: {e}")))?
             .map_err(|e| RaftError::Corrupt(e.to_string()))?
         };
+        let pace = sm.pace(cfg.snapshot_commands);
         let committed = Arc::new(AtomicU64::new(0));
         let log = RaftLog::new(store.clone(), Arc::clone(&committed));
 
@@ -181,7 +187,7 @@ impl Node {
         spawn_leader_watch(&raft, cfg.node_id, disk_last, leader_tx);
         let (proposals, proposals_rx) = mpsc::channel(batcher::QUEUE_CAPACITY);
         let (stop_batcher, stop_rx) = watch::channel(false);
-        let batcher = tokio::spawn(batcher::run(raft.clone(), proposals_rx, stop_rx));
+        let batcher = tokio::spawn(batcher::run(raft.clone(), pace, proposals_rx, stop_rx));
 
         Ok(Node {
             inner: Arc::new(Inner {
@@ -285,9 +291,35 @@ impl Node {
         self.inner.leader_rx.clone()
     }
 
+    /// Waits, without asking for one, until a snapshot covering log index
+    /// `index` or later is stored; returns the index it covers.
+    pub async fn wait_snapshot(&self, index: u64, timeout: Duration) -> Result<u64, RaftError> {
+        let m = self
+            .inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                move |m| m.snapshot.is_some_and(|s| s.index >= index) || m.running_state.is_err(),
+                "snapshot stored",
+            )
+            .await
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::ShuttingDown => RaftError::Stopped,
+                openraft::metrics::WaitError::Timeout(waited, _) => RaftError::NotReady {
+                    waited,
+                    state: format!("no snapshot covering index {index}"),
+                },
+            })?;
+        if let Err(e) = &m.running_state {
+            return Err(RaftError::Fatal(e.to_string()));
+        }
+        Ok(m.snapshot.map_or(0, |s| s.index))
+    }
+
     /// Builds a snapshot covering at least everything applied so far, waits
     /// until it is stored, and returns the log index it covers. (Snapshots
-    /// are also built automatically every `snapshot_logs` entries.)
+    /// are also built automatically every `snapshot_logs` entries and paced
+    /// by `snapshot_commands`.)
     pub async fn snapshot(&self, timeout: Duration) -> Result<u64, RaftError> {
         let raft = &self.inner.raft;
         let target = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);

@@ -1,35 +1,40 @@
-//! The current snapshot as one file beside the store.
+//! The current snapshot as files beside the store.
 //!
 //! A snapshot holds the whole catalog (hundreds of megabytes at a million
-//! instances), so it lives in its own file rather than in the store: written
-//! once, read once at start-up, and never held in memory in between.
+//! instances), so it lives in files rather than in the store, is written and
+//! read a frame at a time ([`crate::codec::write_catalog`]), and is never
+//! held in memory: openraft gets an open file as the snapshot's data.
 //!
-//! A new snapshot is written to a temporary file, fsynced, renamed over the
-//! old one and the directory fsynced, so after a crash the file is either
-//! the old snapshot or the new one, whole.
+//! Two kinds of file:
+//! * a *data file*, `snapshot-<hex>.data`, holding only the snapshot data
+//!   (so an open handle at offset 0 is exactly what openraft expects);
+//! * the *pointer*, `snapshot.json`: the snapshot's metadata, the name of
+//!   its data file and that file's length.
 //!
-//! Layout: the magic `MSN2`, the metadata's length (u32, big-endian), the
-//! data's length (u64, big-endian), the metadata (encoded by [`codec`]),
-//! then the data. The lengths make a truncated file an error, not a short
-//! catalog.
+//! Saving writes and fsyncs a new data file, then replaces the pointer
+//! (temporary file, fsync, rename, directory fsync) and only then deletes
+//! the old data file. A crash leaves either the old pointer and data or the
+//! new ones; data files no pointer names are leftovers, removed at open.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::codec::{self, CodecError};
+use serde::{Deserialize, Serialize};
+
 use crate::types::SnapshotMeta;
 
-/// Name of the snapshot file in the data directory.
-pub(crate) const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// Name of the pointer file in the data directory.
+pub(crate) const POINTER_FILE: &str = "snapshot.json";
+const DATA_PREFIX: &str = "snapshot-";
+const DATA_SUFFIX: &str = ".data";
 
-const MAGIC: &[u8; 4] = b"MSN2";
-const HEADER: usize = 4 + 4 + 8;
-
-/// Why the snapshot file could not be read or written.
+/// Why the snapshot files could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SnapshotFileError {
-    /// Reading or writing the file failed.
+    /// Reading or writing a file failed.
     #[error("snapshot file {path}: {source}")]
     Io {
         /// The file.
@@ -38,7 +43,7 @@ pub(crate) enum SnapshotFileError {
         #[source]
         source: io::Error,
     },
-    /// The file is not a whole snapshot.
+    /// The files do not hold a whole snapshot.
     #[error("snapshot file {path} is corrupt: {reason}")]
     Corrupt {
         /// The file.
@@ -48,136 +53,203 @@ pub(crate) enum SnapshotFileError {
     },
 }
 
-/// A snapshot read back: its metadata and the whole file, whose bytes from
-/// `data_start` on are the data (kept in place: no copy of a large buffer).
-pub(crate) struct StoredSnapshot {
+/// The content of the pointer file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Pointer {
+    meta: SnapshotMeta,
+    /// File name of the data file, in the same directory.
+    data: String,
+    /// Length of the data file in bytes.
+    len: u64,
+}
+
+/// The current snapshot: its metadata and where its data are.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Current {
     pub(crate) meta: SnapshotMeta,
-    blob: Vec<u8>,
-    data_start: usize,
+    pub(crate) data: PathBuf,
 }
 
-impl StoredSnapshot {
-    /// A snapshot whose data are `blob[data_start..]`.
-    pub(crate) fn new(meta: SnapshotMeta, blob: Vec<u8>, data_start: usize) -> Self {
-        StoredSnapshot {
-            meta,
-            blob,
-            data_start,
-        }
-    }
-
-    /// The snapshot data.
-    pub(crate) fn data(&self) -> &[u8] {
-        &self.blob[self.data_start..]
-    }
-
-    /// The snapshot data, owned.
-    pub(crate) fn into_data(mut self) -> Vec<u8> {
-        self.blob.drain(..self.data_start);
-        self.blob
-    }
+/// A data file being written, not yet a snapshot.
+#[derive(Debug)]
+pub(crate) struct NewData {
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
 }
 
-/// The snapshot file of a data directory.
+/// The snapshot files of a data directory.
 #[derive(Debug, Clone)]
-pub(crate) struct SnapshotFile {
-    path: PathBuf,
+pub(crate) struct SnapshotDir {
+    dir: PathBuf,
 }
 
-impl SnapshotFile {
-    /// The snapshot file in `dir`.
+/// Makes data file names unique within this process (with the clock, across
+/// processes).
+static NEXT_DATA: AtomicU64 = AtomicU64::new(0);
+
+impl SnapshotDir {
+    /// The snapshot files in `dir`.
     pub(crate) fn in_dir(dir: &Path) -> Self {
-        SnapshotFile {
-            path: dir.join(SNAPSHOT_FILE),
+        SnapshotDir {
+            dir: dir.to_path_buf(),
         }
     }
 
-    fn io(&self, source: io::Error) -> SnapshotFileError {
+    fn pointer_path(&self) -> PathBuf {
+        self.dir.join(POINTER_FILE)
+    }
+
+    fn io(path: &Path, source: io::Error) -> SnapshotFileError {
         SnapshotFileError::Io {
-            path: self.path.clone(),
+            path: path.to_path_buf(),
             source,
         }
     }
 
-    fn corrupt(&self, reason: impl Into<String>) -> SnapshotFileError {
+    fn corrupt(path: &Path, reason: impl Into<String>) -> SnapshotFileError {
         SnapshotFileError::Corrupt {
-            path: self.path.clone(),
+            path: path.to_path_buf(),
             reason: reason.into(),
         }
     }
 
-    /// Whether a snapshot file exists.
+    /// Whether a snapshot exists.
     pub(crate) fn exists(&self) -> bool {
-        self.path.exists()
+        self.pointer_path().exists()
     }
 
-    /// Reads the snapshot, if there is one. Blocking.
-    pub(crate) fn read(&self) -> Result<Option<StoredSnapshot>, SnapshotFileError> {
-        let mut file = match File::open(&self.path) {
-            Ok(f) => f,
+    /// The current snapshot, if there is one, after checking that its data
+    /// file is whole. Blocking.
+    pub(crate) fn current(&self) -> Result<Option<Current>, SnapshotFileError> {
+        let path = self.pointer_path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io(e)),
+            Err(e) => return Err(Self::io(&path, e)),
         };
-        let len = file.metadata().map_err(|e| self.io(e))?.len();
-        let mut blob = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        file.read_to_end(&mut blob).map_err(|e| self.io(e))?;
-        self.parse(blob).map(Some)
+        let pointer: Pointer =
+            serde_json::from_slice(&bytes).map_err(|e| Self::corrupt(&path, e.to_string()))?;
+        if !is_data_name(&pointer.data) {
+            return Err(Self::corrupt(
+                &path,
+                format!("names {:?}, not a snapshot data file", pointer.data),
+            ));
+        }
+        let data = self.dir.join(&pointer.data);
+        let len = fs::metadata(&data).map_err(|e| Self::io(&data, e))?.len();
+        if len != pointer.len {
+            return Err(Self::corrupt(
+                &data,
+                format!("{len} bytes, but {POINTER_FILE} says {}", pointer.len),
+            ));
+        }
+        Ok(Some(Current {
+            meta: pointer.meta,
+            data,
+        }))
     }
 
-    fn parse(&self, blob: Vec<u8>) -> Result<StoredSnapshot, SnapshotFileError> {
-        let Some(header) = blob.get(..HEADER) else {
-            return Err(self.corrupt("shorter than its header"));
-        };
-        if &header[..4] != MAGIC {
-            return Err(self.corrupt("bad magic"));
-        }
-        let meta_len = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
-        let data_len = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
-        let expected = (HEADER as u64)
-            .checked_add(meta_len as u64)
-            .and_then(|n| n.checked_add(data_len));
-        if expected != Some(blob.len() as u64) {
-            return Err(self.corrupt(format!(
-                "{} bytes, but its header promises {}",
-                blob.len(),
-                HEADER as u64 + meta_len as u64 + data_len
-            )));
-        }
-        let meta = codec::decode_value::<SnapshotMeta>(&blob[HEADER..HEADER + meta_len])
-            .map_err(|e: CodecError| self.corrupt(format!("metadata: {e}")))?;
-        Ok(StoredSnapshot::new(meta, blob, HEADER + meta_len))
+    /// Creates a new, empty data file to write a snapshot into. Blocking.
+    pub(crate) fn create_data(&self) -> Result<NewData, SnapshotFileError> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        let seq = NEXT_DATA.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("{DATA_PREFIX}{nanos:016x}-{seq:x}{DATA_SUFFIX}"));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Self::io(&path, e))?;
+        Ok(NewData { path, file })
     }
 
-    /// Durably replaces the snapshot with `meta` and `data`. Blocking.
-    pub(crate) fn write(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), SnapshotFileError> {
-        let meta = codec::encode_value(meta)
-            .map_err(|e| self.corrupt(format!("encoding metadata: {e}")))?;
-        let meta_len =
-            u32::try_from(meta.len()).map_err(|_| self.corrupt("metadata larger than 4 GiB"))?;
-        let tmp = self.path.with_extension("bin.tmp");
+    /// Makes `data` (a file from [`SnapshotDir::create_data`], completely
+    /// written) the current snapshot with `meta`: fsyncs it, replaces the
+    /// pointer durably, then deletes every other data file. Blocking.
+    pub(crate) fn commit(
+        &self,
+        meta: &SnapshotMeta,
+        data: NewData,
+    ) -> Result<Current, SnapshotFileError> {
+        let NewData { path, mut file } = data;
+        file.flush().map_err(|e| Self::io(&path, e))?;
+        file.sync_all().map_err(|e| Self::io(&path, e))?;
+        let len = file.metadata().map_err(|e| Self::io(&path, e))?.len();
+        drop(file);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| is_data_name(n))
+            .ok_or_else(|| Self::corrupt(&path, "not a snapshot data file"))?
+            .to_owned();
+        let pointer = Pointer {
+            meta: meta.clone(),
+            data: name,
+            len,
+        };
+        let bytes = serde_json::to_vec(&pointer)
+            .map_err(|e| Self::corrupt(&self.pointer_path(), e.to_string()))?;
+        let tmp = self.dir.join(format!("{POINTER_FILE}.tmp"));
         let write = || -> io::Result<()> {
-            let mut file = File::create(&tmp)?;
-            let mut header = [0u8; HEADER];
-            header[..4].copy_from_slice(MAGIC);
-            header[4..8].copy_from_slice(&meta_len.to_be_bytes());
-            header[8..16].copy_from_slice(&(data.len() as u64).to_be_bytes());
-            file.write_all(&header)?;
-            file.write_all(&meta)?;
-            file.write_all(data)?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&tmp, &self.path)?;
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, self.pointer_path())?;
             // The rename is durable once the directory is.
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
+            File::open(&self.dir)?.sync_all()
         };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            self.io(e)
+        write().map_err(|e| Self::io(&tmp, e))?;
+        self.remove_other_data(&path);
+        Ok(Current {
+            meta: meta.clone(),
+            data: path,
         })
     }
+
+    /// Deletes a data file that was not committed. Blocking.
+    pub(crate) fn discard(&self, data: NewData) {
+        drop(data.file);
+        if let Err(e) = fs::remove_file(&data.path) {
+            tracing::warn!(path = %data.path.display(), error = %e, "cannot remove an unused snapshot file");
+        }
+    }
+
+    /// Deletes every data file the pointer does not name (leftovers of a
+    /// crash mid-save). Blocking.
+    pub(crate) fn remove_leftovers(&self) -> Result<(), SnapshotFileError> {
+        let keep = self.current()?.map(|c| c.data);
+        match keep {
+            Some(keep) => self.remove_other_data(&keep),
+            None => self.remove_other_data(Path::new("")),
+        }
+        Ok(())
+    }
+
+    fn remove_other_data(&self, keep: &Path) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_data = entry.file_name().to_str().is_some_and(is_data_name);
+            if is_data
+                && path != keep
+                && let Err(e) = fs::remove_file(&path)
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old snapshot file");
+            }
+        }
+    }
+}
+
+fn is_data_name(name: &str) -> bool {
+    name.starts_with(DATA_PREFIX) && name.ends_with(DATA_SUFFIX) && !name.contains(['/', '\\'])
 }
 
 #[cfg(test)]
@@ -193,48 +265,91 @@ mod tests {
         }
     }
 
-    #[test]
-    fn written_snapshots_read_back_and_replace_each_other() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = SnapshotFile::in_dir(dir.path());
-        assert!(file.read().unwrap().is_none());
-        assert!(!file.exists());
+    fn write(dir: &SnapshotDir, index: u64, data: &[u8]) -> Current {
+        let mut new = dir.create_data().unwrap();
+        new.file.write_all(data).unwrap();
+        dir.commit(&meta(index), new).unwrap()
+    }
 
-        file.write(&meta(5), b"first data").unwrap();
-        let s = file.read().unwrap().unwrap();
-        assert_eq!(s.meta, meta(5));
-        assert_eq!(s.data(), b"first data");
-
-        file.write(&meta(9), b"second").unwrap();
-        let s = file.read().unwrap().unwrap();
-        assert_eq!(s.meta, meta(9));
-        assert_eq!(s.into_data(), b"second");
-        // No temporary file is left behind.
-        let names: Vec<_> = fs::read_dir(dir.path())
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
             .unwrap()
-            .map(|e| e.unwrap().file_name())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names, vec![SNAPSHOT_FILE]);
+        v.sort();
+        v
     }
 
     #[test]
-    fn a_truncated_or_foreign_file_is_corrupt_not_short() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = SnapshotFile::in_dir(dir.path());
-        file.write(&meta(3), b"0123456789").unwrap();
-        let path = dir.path().join(SNAPSHOT_FILE);
-        let whole = fs::read(&path).unwrap();
+    fn a_committed_snapshot_replaces_the_last_and_its_data_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::in_dir(tmp.path());
+        assert_eq!(dir.current().unwrap(), None);
+        assert!(!dir.exists());
 
-        fs::write(&path, &whole[..whole.len() - 1]).unwrap();
-        let err = file.read().err().expect("truncated file refused");
-        assert!(err.to_string().contains("promises"), "{err}");
+        let first = write(&dir, 5, b"first data");
+        assert_eq!(dir.current().unwrap(), Some(first.clone()));
+        assert_eq!(fs::read(&first.data).unwrap(), b"first data");
 
-        fs::write(&path, b"MSN1 an old blob").unwrap();
-        let err = file.read().err().expect("bad magic refused");
-        assert!(err.to_string().contains("bad magic"), "{err}");
+        let second = write(&dir, 9, b"second");
+        let current = dir.current().unwrap().unwrap();
+        assert_eq!(current, second);
+        assert_eq!(current.meta, meta(9));
+        assert_eq!(fs::read(&current.data).unwrap(), b"second");
+        // One pointer, one data file: the old one is gone, no temporary left.
+        let files = names(tmp.path());
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert!(files.contains(&POINTER_FILE.to_string()));
+        assert!(!first.data.exists());
+    }
 
-        fs::write(&path, b"MS").unwrap();
-        let err = file.read().err().expect("short file refused");
-        assert!(err.to_string().contains("header"), "{err}");
+    #[test]
+    fn leftovers_of_an_interrupted_save_are_removed_and_the_snapshot_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::in_dir(tmp.path());
+        let kept = write(&dir, 3, b"kept");
+        // A crash after writing a new data file, before the pointer moved.
+        let mut orphan = dir.create_data().unwrap();
+        orphan.file.write_all(b"half a snapshot").unwrap();
+        drop(orphan);
+        let unused = dir.create_data().unwrap();
+        dir.discard(unused);
+        assert_eq!(names(tmp.path()).len(), 3);
+
+        dir.remove_leftovers().unwrap();
+        assert_eq!(names(tmp.path()).len(), 2);
+        assert_eq!(dir.current().unwrap(), Some(kept.clone()));
+        assert_eq!(fs::read(&kept.data).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn a_short_data_file_or_a_bad_pointer_is_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::in_dir(tmp.path());
+        let current = write(&dir, 3, b"0123456789");
+
+        fs::write(&current.data, b"01234").unwrap();
+        let err = dir.current().expect_err("short data refused");
+        assert!(err.to_string().contains("says 10"), "{err}");
+
+        fs::write(tmp.path().join(POINTER_FILE), b"{not json").unwrap();
+        let err = dir.current().expect_err("bad pointer refused");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+
+        let pointer = Pointer {
+            meta: meta(3),
+            data: "../raft.redb".into(),
+            len: 0,
+        };
+        fs::write(
+            tmp.path().join(POINTER_FILE),
+            serde_json::to_vec(&pointer).unwrap(),
+        )
+        .unwrap();
+        let err = dir.current().expect_err("foreign file refused");
+        assert!(
+            err.to_string().contains("not a snapshot data file"),
+            "{err}"
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! openraft's [`RaftStateMachine`] over the in-memory catalog, with the
-//! current snapshot in its own file ([`crate::snapshot_file`]).
+//! current snapshot in files of its own ([`crate::snapshot_file`]), handed
+//! to openraft as an open file.
 
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,78 +18,136 @@ use openraft::{
 
 use crate::ApplyObserver;
 use crate::codec;
-use crate::log_store::{KEY_SNAPSHOT, durable};
-use crate::snapshot_file::{SnapshotFile, StoredSnapshot};
+use crate::log_store::KEY_SNAPSHOT;
+use crate::snapshot_file::{Current, NewData, SnapshotDir};
 use crate::types::{
     Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
+/// Snapshots paced by commands, beside openraft's policy by entries.
+///
+/// One entry carries a whole batch (up to thousands of commands), so a
+/// count of entries says little about how long a restart replays. A
+/// snapshot is due once the commands applied since the last one reach a
+/// quarter of the instances that one held (at least
+/// [`crate::RaftConfig::snapshot_commands`]): a restart then replays at most that many
+/// commands after loading the snapshot, and each snapshot's cost is spread
+/// over a number of commands that grows with the catalog.
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotPace {
+    /// The fewest commands that make a snapshot due.
+    min_commands: AtomicU64,
+    /// Commands applied since the last snapshot build began.
+    commands: AtomicU64,
+    /// Instances in the last snapshot built or loaded.
+    instances: AtomicU64,
+    /// Snapshot builds begun since start.
+    builds: AtomicU64,
+}
+
+impl SnapshotPace {
+    /// Commands after which a snapshot is due.
+    pub(crate) fn threshold(&self) -> u64 {
+        self.min_commands
+            .load(Ordering::Relaxed)
+            .max(self.instances.load(Ordering::Relaxed) / 4)
+    }
+
+    /// Commands applied since the last snapshot build began.
+    pub(crate) fn commands(&self) -> u64 {
+        self.commands.load(Ordering::Relaxed)
+    }
+
+    /// Snapshot builds begun since start.
+    pub(crate) fn builds(&self) -> u64 {
+        self.builds.load(Ordering::Relaxed)
+    }
+}
+
 /// What is shared between the state machine and its snapshot builders.
 struct Shared {
-    store: LogStore,
-    file: SnapshotFile,
-    /// The metadata of the stored snapshot. Its lock serialises "is the
-    /// stored snapshot older?" with "store this one".
-    current: tokio::sync::Mutex<Option<SnapshotMeta>>,
+    dir: SnapshotDir,
+    /// The stored snapshot. Its lock serialises "is the stored snapshot
+    /// older?" with "store this one".
+    current: tokio::sync::Mutex<Option<Current>>,
     /// Makes snapshot ids unique within this process.
     snapshot_seq: AtomicU64,
+    /// Counts for the batcher's snapshot triggers.
+    pace: Arc<SnapshotPace>,
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e)))?
+}
+
+fn snapshot_err(
+    meta: Option<&SnapshotMeta>,
+    e: &(dyn std::error::Error + 'static),
+) -> StorageError {
+    let source = AnyError::error(e.to_string());
+    StorageIOError::write_snapshot(meta.map(|m| m.signature()), source).into()
 }
 
 impl Shared {
-    /// Reads the current snapshot: the file, or else one an older version
-    /// kept in the store's metadata (moved to the file by the next save).
-    /// Blocking: it reads the whole file.
-    fn read_current(&self) -> Result<Option<StoredSnapshot>, StorageError> {
-        if let Some(snapshot) = self
-            .file
-            .read()
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-        {
-            return Ok(Some(snapshot));
-        }
-        self.store
-            .get_meta(KEY_SNAPSHOT)
-            .map(codec::decode_legacy_snapshot)
-            .transpose()
-            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
-    }
-
-    /// [`Shared::read_current`] on a blocking thread.
-    async fn read_current_async(self: &Arc<Self>) -> Result<Option<StoredSnapshot>, StorageError> {
-        let shared = Arc::clone(self);
-        tokio::task::spawn_blocking(move || shared.read_current())
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?
-    }
-
-    /// Durably stores a snapshot unless the stored one is newer.
-    /// Returns whether it was stored.
+    /// Makes `data` (completely written) the stored snapshot, unless the
+    /// stored one is newer; then `data` is discarded. Returns whether it was
+    /// stored.
     async fn save_snapshot(
         &self,
         meta: &SnapshotMeta,
-        data: Arc<Vec<u8>>,
+        data: NewData,
     ) -> Result<bool, StorageError> {
         let mut current = self.current.lock().await;
+        let dir = self.dir.clone();
         if let Some(stored) = current.as_ref()
-            && stored.last_log_id > meta.last_log_id
+            && stored.meta.last_log_id > meta.last_log_id
         {
+            blocking(move || {
+                dir.discard(data);
+                Ok(())
+            })
+            .await?;
             return Ok(false);
         }
-        let err = |e: AnyError| StorageIOError::write_snapshot(Some(meta.signature()), e);
-        let file = self.file.clone();
         let owned_meta = meta.clone();
-        tokio::task::spawn_blocking(move || file.write(&owned_meta, &data))
-            .await
-            .map_err(|e| err(AnyError::new(&e)))?
-            .map_err(|e| err(AnyError::new(&e)))?;
-        *current = Some(meta.clone());
-        if self.store.get_meta(KEY_SNAPSHOT).is_some() {
-            // The file supersedes the copy an older version kept here.
-            durable(|cb| self.store.put_meta(KEY_SNAPSHOT, None, cb))
-                .await
-                .map_err(|e| err(AnyError::new(&e)))?;
-        }
+        let committed = blocking(move || {
+            dir.commit(&owned_meta, data)
+                .map_err(|e| snapshot_err(Some(&owned_meta), &e))
+        })
+        .await?;
+        *current = Some(committed);
         Ok(true)
+    }
+
+    /// Writes `catalog` as a new data file, fsynced by the commit. Blocking.
+    fn write_data(dir: &SnapshotDir, catalog: &Catalog) -> Result<NewData, StorageError> {
+        let mut new = dir.create_data().map_err(|e| snapshot_err(None, &e))?;
+        let mut out = BufWriter::with_capacity(IO_BUFFER, &mut new.file);
+        codec::write_catalog(catalog, &mut out)
+            .and_then(|()| out.flush().map_err(codec::CodecError::from))
+            .map_err(|e| snapshot_err(None, &e))?;
+        drop(out);
+        Ok(new)
+    }
+
+    /// Opens the data of the stored snapshot for openraft.
+    async fn open_current(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let current = self.current.lock().await.clone();
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&current.data)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(current.meta.signature()), &e))?;
+        Ok(Some(Snapshot {
+            meta: current.meta,
+            snapshot: Box::new(file),
+        }))
     }
 
     fn next_snapshot_id(&self, last: Option<&LogId>) -> SnapshotId {
@@ -129,20 +190,26 @@ fn read_catalog(catalog: &RwLock<Catalog>) -> Result<RwLockReadGuard<'_, Catalog
 }
 
 impl StateMachine {
-    /// Builds the state machine; if `file` (or, from an older version, the
-    /// store) holds a snapshot, it replaces the catalog's content and
-    /// `observer.restored` is called. Blocking: it reads the snapshot.
+    /// Builds the state machine. If `dir` holds a snapshot, it replaces the
+    /// catalog's content and `observer.restored` is called. A snapshot that
+    /// an older version kept in `store`'s metadata is loaded the same way
+    /// and moved to `dir`. Blocking: it reads the snapshot.
     pub(crate) fn open(
-        store: LogStore,
-        file: SnapshotFile,
+        store: &LogStore,
+        dir: SnapshotDir,
         catalog: Arc<RwLock<Catalog>>,
         observer: Arc<dyn ApplyObserver>,
     ) -> Result<StateMachine, StorageError> {
+        dir.remove_leftovers()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let current = dir
+            .current()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let shared = Arc::new(Shared {
-            store,
-            file,
+            dir,
             current: tokio::sync::Mutex::new(None),
             snapshot_seq: AtomicU64::new(0),
+            pace: Arc::default(),
         });
         let mut sm = StateMachine {
             catalog,
@@ -151,15 +218,50 @@ impl StateMachine {
             observer,
             shared,
         };
-        if let Some(stored) = sm.shared.read_current()? {
-            let restored = decode_snapshot_data(&stored.meta, stored.data())?;
-            let bytes = stored.data().len();
-            let meta = stored.meta;
-            sm.restore(&meta, restored)?;
-            *sm.shared.current.try_lock().expect("not shared yet") = Some(meta.clone());
-            tracing::info!(snapshot = %meta, bytes, "catalog loaded from snapshot");
+        let loaded = match current {
+            Some(current) => {
+                let restored = read_snapshot_data(&current.meta, &current.data)?;
+                Some((current, restored))
+            }
+            None => sm.migrate_legacy(store)?,
+        };
+        if let Some((current, restored)) = loaded {
+            let instances = restored.instance_count() as u64;
+            sm.restore(&current.meta, restored)?;
+            sm.shared.pace.instances.store(instances, Ordering::Relaxed);
+            tracing::info!(snapshot = %current.meta, instances, "catalog loaded from snapshot");
+            *sm.shared.current.try_lock().expect("not shared yet") = Some(current);
         }
         Ok(sm)
+    }
+
+    /// Moves a snapshot an older version kept in the store's metadata into
+    /// the snapshot files, and returns it. Blocking.
+    fn migrate_legacy(&self, store: &LogStore) -> Result<Option<(Current, Catalog)>, StorageError> {
+        let Some(blob) = store.get_meta(KEY_SNAPSHOT) else {
+            return Ok(None);
+        };
+        let (meta, catalog) = codec::decode_legacy_snapshot(&blob)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let data = Shared::write_data(&self.shared.dir, &catalog)?;
+        let current = self
+            .shared
+            .dir
+            .commit(&meta, data)
+            .map_err(|e| snapshot_err(Some(&meta), &e))?;
+        store
+            .put_meta_sync(KEY_SNAPSHOT, None)
+            .map_err(|e| snapshot_err(Some(&meta), &e))?;
+        tracing::info!(snapshot = %meta, "snapshot moved from the store to its own files");
+        Ok(Some((current, catalog)))
+    }
+
+    /// The counts that pace snapshots by commands, due after at least
+    /// `min_commands`.
+    pub(crate) fn pace(&self, min_commands: u64) -> Arc<SnapshotPace> {
+        let pace = Arc::clone(&self.shared.pace);
+        pace.min_commands.store(min_commands, Ordering::Relaxed);
+        pace
     }
 
     /// Replaces the catalog with a snapshot's.
@@ -173,10 +275,17 @@ impl StateMachine {
     }
 }
 
-fn decode_snapshot_data(meta: &SnapshotMeta, data: &[u8]) -> Result<Catalog, StorageError> {
-    codec::decode_catalog(data)
-        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e).into())
+/// Reads a catalog from snapshot data, a frame at a time. Blocking.
+fn read_snapshot_data(meta: &SnapshotMeta, path: &Path) -> Result<Catalog, StorageError> {
+    let err = |e: &(dyn std::error::Error + 'static)| -> StorageError {
+        StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e.to_string())).into()
+    };
+    let file = File::open(path).map_err(|e| err(&e))?;
+    codec::read_catalog(&mut BufReader::with_capacity(IO_BUFFER, file)).map_err(|e| err(&e))
 }
+
+/// Buffer size for reading and writing snapshot data.
+const IO_BUFFER: usize = 1 << 20;
 
 /// Builds a snapshot from a copy of the catalog taken when it was created,
 /// so it is consistent with `applied` while apply goes on.
@@ -189,22 +298,32 @@ pub(crate) struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let data = codec::encode_catalog(&self.catalog)
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let catalog = std::mem::take(&mut self.catalog);
+        let instances = catalog.instance_count() as u64;
+        let dir = self.shared.dir.clone();
+        // Written to disk a frame at a time, on a blocking thread.
+        let data = blocking(move || Shared::write_data(&dir, &catalog)).await?;
+        let bytes = data.file.metadata().map(|m| m.len()).unwrap_or_default();
+        // A handle of its own, still valid if the file is later replaced.
+        let reader = data.file.try_clone().map_err(|e| snapshot_err(None, &e))?;
+        self.shared
+            .pace
+            .instances
+            .store(instances, Ordering::Relaxed);
         let meta = SnapshotMeta {
             last_log_id: self.applied,
             last_membership: self.membership.clone(),
             snapshot_id: self.shared.next_snapshot_id(self.applied.as_ref()),
         };
-        let data = Arc::new(data);
-        if self.shared.save_snapshot(&meta, Arc::clone(&data)).await? {
-            tracing::info!(snapshot = %meta, bytes = data.len(), "snapshot built");
+        if self.shared.save_snapshot(&meta, data).await? {
+            tracing::info!(snapshot = %meta, bytes, instances, "snapshot built");
         }
-        // The writer has finished with its reference by now.
-        let data = Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone());
+        // A duplicated handle shares the writer's offset: back to the start.
+        let mut reader = reader;
+        reader.rewind().map_err(|e| snapshot_err(Some(&meta), &e))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(tokio::fs::File::from_std(reader)),
         })
     }
 }
@@ -238,6 +357,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(req) => {
                         // Every command of the batch at the entry's index.
                         catalog.advance(index);
+                        self.shared
+                            .pace
+                            .commands
+                            .fetch_add(req.commands.len() as u64, Ordering::Relaxed);
                         req.commands
                             .iter()
                             .map(|cmd| catalog.apply(index, req.now_ms, cmd))
@@ -270,6 +393,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
+        // The copy holds every command applied so far.
+        let pace = &self.shared.pace;
+        pace.commands.store(0, Ordering::Relaxed);
+        pace.builds.fetch_add(1, Ordering::Relaxed);
         SnapshotBuilder {
             catalog,
             applied: self.applied,
@@ -278,32 +405,47 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let dir = self.shared.dir.clone();
+        let new = blocking(move || dir.create_data().map_err(|e| snapshot_err(None, &e))).await?;
+        // Not a snapshot until installed: an unnamed handle is enough, and
+        // the file must not outlive an abandoned transfer.
+        let NewData { path, file } = new;
+        std::fs::remove_file(&path).map_err(|e| snapshot_err(None, &e))?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        // Decode before storing: a snapshot that does not decode is refused.
-        let restored = decode_snapshot_data(meta, &data)?;
-        self.shared.save_snapshot(meta, Arc::new(data)).await?;
+        let mut received = snapshot.into_std().await;
+        let dir = self.shared.dir.clone();
+        let owned_meta = meta.clone();
+        // Decoded before it is stored: a snapshot that does not decode is
+        // refused. Then copied into a data file of our own.
+        let (restored, data) = blocking(move || {
+            let err = |e: &(dyn std::error::Error + 'static)| snapshot_err(Some(&owned_meta), e);
+            received.rewind().map_err(|e| err(&e))?;
+            let restored = codec::read_catalog(&mut BufReader::with_capacity(IO_BUFFER, &received))
+                .map_err(|e| err(&e))?;
+            received.rewind().map_err(|e| err(&e))?;
+            let mut data = dir.create_data().map_err(|e| err(&e))?;
+            if let Err(e) = std::io::copy(&mut received, &mut data.file) {
+                dir.discard(data);
+                return Err(err(&e));
+            }
+            Ok((restored, data))
+        })
+        .await?;
+        self.shared.save_snapshot(meta, data).await?;
         self.restore(meta, restored)?;
         tracing::info!(snapshot = %meta, "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self
-            .shared
-            .read_current_async()
-            .await?
-            .map(|stored| Snapshot {
-                meta: stored.meta.clone(),
-                snapshot: Box::new(Cursor::new(stored.into_data())),
-            }))
+        self.shared.open_current().await
     }
 }

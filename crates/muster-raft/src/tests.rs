@@ -9,7 +9,7 @@ use openraft::testing::{StoreBuilder, Suite};
 
 use crate::ApplyObserver;
 use crate::log_store::RaftLog;
-use crate::snapshot_file::SnapshotFile;
+use crate::snapshot_file::SnapshotDir;
 use crate::state_machine::StateMachine;
 use crate::types::{StorageError, TypeConfig};
 
@@ -28,8 +28,8 @@ impl StoreBuilder<TypeConfig, RaftLog, StateMachine, tempfile::TempDir> for Buil
         let store = LogStore::open(&dir.path().join("raft.redb")).expect("open store");
         let log = RaftLog::new(store.clone(), Arc::new(AtomicU64::new(0)));
         let sm = StateMachine::open(
-            store,
-            SnapshotFile::in_dir(dir.path()),
+            &store,
+            SnapshotDir::in_dir(dir.path()),
             Arc::new(RwLock::new(Catalog::new())),
             Arc::new(NoObserver),
         )?;
@@ -43,11 +43,12 @@ fn openraft_storage_suite() -> Result<(), StorageError> {
 }
 
 /// A data directory written by a version that kept the snapshot in the
-/// store's metadata still loads, and the next snapshot moves it to the file.
+/// store's metadata still loads, and the snapshot moves to its own files.
 #[tokio::test]
-async fn a_snapshot_in_the_store_metadata_loads_and_moves_to_the_file() {
+async fn a_snapshot_in_the_store_metadata_loads_and_moves_to_its_files() {
     use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, RaftSnapshotBuilder, StoredMembership};
+    use openraft::{CommittedLeaderId, StoredMembership};
+    use tokio::io::AsyncReadExt;
 
     use crate::codec;
     use crate::log_store::KEY_SNAPSHOT;
@@ -71,39 +72,44 @@ async fn a_snapshot_in_the_store_metadata_loads_and_moves_to_the_file() {
         snapshot_id: "legacy".into(),
     };
     let store = LogStore::open(&dir.path().join("raft.redb")).unwrap();
-    let data = codec::encode_catalog(&catalog).unwrap();
+    let legacy_data = serde_json::to_vec(&catalog).unwrap();
     store
         .put_meta_sync(
             KEY_SNAPSHOT,
-            Some(codec::encode_legacy_snapshot(&meta, &data)),
+            Some(codec::encode_legacy_snapshot(&meta, &legacy_data)),
         )
         .unwrap();
 
-    let file = SnapshotFile::in_dir(dir.path());
+    let snapshots = SnapshotDir::in_dir(dir.path());
     let loaded = Arc::new(RwLock::new(Catalog::new()));
     let mut sm = StateMachine::open(
-        store.clone(),
-        file.clone(),
+        &store,
+        snapshots.clone(),
         Arc::clone(&loaded),
         Arc::new(NoObserver),
     )
     .unwrap();
     assert_eq!(*loaded.read().unwrap(), catalog);
     assert_eq!(sm.applied_state().await.unwrap().0, meta.last_log_id);
-    assert!(!file.exists());
-
-    let built = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    assert_eq!(built.meta.last_log_id, meta.last_log_id);
-    assert!(file.exists());
+    assert!(snapshots.exists());
     assert_eq!(store.get_meta(KEY_SNAPSHOT), None, "legacy copy deleted");
 
-    // And the file alone restores the same catalog.
+    // openraft gets the moved snapshot, in the new data format.
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, meta);
+    let mut data = Vec::new();
+    let mut file = current.snapshot;
+    file.read_to_end(&mut data).await.unwrap();
+    assert_eq!(codec::read_catalog(&mut data.as_slice()).unwrap(), catalog);
+
+    // And the files alone restore the same catalog.
     let reloaded = Arc::new(RwLock::new(Catalog::new()));
-    StateMachine::open(store, file, Arc::clone(&reloaded), Arc::new(NoObserver)).unwrap();
+    StateMachine::open(
+        &store,
+        snapshots,
+        Arc::clone(&reloaded),
+        Arc::new(NoObserver),
+    )
+    .unwrap();
     assert_eq!(*reloaded.read().unwrap(), catalog);
 }

@@ -1,7 +1,5 @@
 //! The openraft type configuration and the log entry payload.
 
-use std::io::Cursor;
-
 use muster_catalog::{ApplyResult, Command};
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +28,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

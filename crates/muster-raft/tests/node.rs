@@ -33,6 +33,7 @@ fn config(dir: &Path, snapshot_logs: u64) -> RaftConfig {
         node_id: 1,
         data_dir: dir.join("data"),
         snapshot_logs,
+        snapshot_commands: 1_000_000,
     }
 }
 
@@ -247,6 +248,48 @@ async fn concurrent_proposals_each_get_their_own_result() {
 
     let (node, _) = open(dir.path(), 50).await;
     assert_eq!(catalog(&node).lease_count(), 200);
+    node.shutdown().await.unwrap();
+}
+
+/// Batches carry many commands per entry, so snapshots are also paced by
+/// commands: with openraft's entry policy out of reach, enough commands
+/// alone bring a snapshot, and a restart loads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_paced_by_commands_not_only_entries() {
+    const COMMANDS: u64 = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RaftConfig {
+        snapshot_logs: 1_000_000,
+        snapshot_commands: 200,
+        ..config(dir.path(), 0)
+    };
+    let node = Node::open(cfg.clone(), Arc::new(Recorder::default()))
+        .await
+        .unwrap();
+    node.wait_ready(READY).await.unwrap();
+    let first = node.info().applied_index;
+    // Concurrent, so they share entries; fewer than `snapshot_logs` either way.
+    let tasks: Vec<_> = (1..=COMMANDS)
+        .map(|id| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                node.propose(Command::CreateLease { id, ttl_ms: 60_000 })
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap().result.unwrap();
+    }
+    let covered = node.wait_snapshot(first + 1, READY).await.unwrap();
+    assert!(covered > first);
+    node.shutdown().await.unwrap();
+
+    let recorder = Arc::new(Recorder::default());
+    let node = Node::open(cfg, recorder.clone()).await.unwrap();
+    node.wait_ready(READY).await.unwrap();
+    assert_eq!(recorder.restored.lock().unwrap().len(), 1);
+    assert_eq!(catalog(&node).lease_count(), COMMANDS as usize);
     node.shutdown().await.unwrap();
 }
 

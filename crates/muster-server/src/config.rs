@@ -19,6 +19,10 @@ pub struct Config {
     pub node_id: u64,
     /// Take a snapshot (and compact the log) after this many log entries.
     pub snapshot_logs: u64,
+    /// Also take one after this many commands (registrations, removals,
+    /// status changes) since the last one, or a quarter of the instances it
+    /// held if that is more: bounds what a restart replays.
+    pub snapshot_commands: u64,
     /// Share of leases (0..1) that may fall silent at once before expiry
     /// pauses (self-preservation). 1.0 disables self-preservation.
     pub self_preservation_threshold: f64,
@@ -44,6 +48,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./muster-data"),
             node_id: 1,
             snapshot_logs: 10_000,
+            snapshot_commands: 50_000,
             self_preservation_threshold: 0.85,
             self_preservation_min_leases: 10,
             sweep_interval: Duration::from_millis(250),
@@ -62,6 +67,9 @@ impl Config {
         }
         if self.snapshot_logs < 10 {
             return Err("snapshot_logs must be at least 10".into());
+        }
+        if self.snapshot_commands < 10 {
+            return Err("snapshot_commands must be at least 10".into());
         }
         if !(self.self_preservation_threshold > 0.0 && self.self_preservation_threshold <= 1.0) {
             return Err("self_preservation_threshold must be in (0, 1]; 1 disables it".into());

@@ -92,6 +92,7 @@ pub async fn serve(
             node_id: config.node_id,
             data_dir: config.data_dir.clone(),
             snapshot_logs: config.snapshot_logs,
+            snapshot_commands: config.snapshot_commands,
         },
         observer,
     )
