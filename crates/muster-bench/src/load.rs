@@ -186,19 +186,6 @@ impl Conn {
         }
         Ok(body)
     }
-
-    /// Sends a request and hands back the streaming answer (for SSE).
-    pub async fn stream(
-        &mut self,
-        req: Request<Full<Bytes>>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>> {
-        self.send.ready().await?;
-        let resp = self.send.send_request(req).await?;
-        if !resp.status().is_success() {
-            bail!("HTTP {}", resp.status());
-        }
-        Ok(resp)
-    }
 }
 
 /// Builds a request with the `host` header hyper's client does not add.

@@ -6,6 +6,7 @@ mod etcd;
 mod load;
 mod scenarios;
 mod servers;
+mod sse;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

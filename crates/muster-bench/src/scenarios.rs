@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
@@ -18,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::etcd::{EtcdClient, EtcdServer, KeepAliveStream};
 use crate::load::{self, Conn, Limits, Summary, Worker, http_workers, request};
 use crate::servers::{self, Proc};
+use crate::sse;
 
 /// Every scenario, in the order `all` runs them.
 pub const ALL: &[&str] = &[
@@ -317,62 +317,6 @@ async fn churn(s: &Settings, run: usize) -> Result<Row> {
     Ok(row)
 }
 
-/// Reads SSE frames from a watch answer, reporting each upsert/delete event's
-/// arrival on `tx`; `ready` gets one message once the snapshot arrived.
-async fn sse_reader(
-    id: usize,
-    resp: hyper::Response<hyper::body::Incoming>,
-    ready: mpsc::UnboundedSender<usize>,
-    tx: mpsc::UnboundedSender<(usize, Instant, String)>,
-) {
-    let mut body = resp.into_body();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut snapshot_seen = false;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { return };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let now = Instant::now();
-        buf.extend_from_slice(&data);
-        while let Some(end) = find(&buf, b"\n\n") {
-            let event: Vec<u8> = buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&event);
-            let kind = text
-                .lines()
-                .find_map(|l| l.strip_prefix("event:"))
-                .map(str::trim)
-                .unwrap_or("");
-            match kind {
-                "snapshot" if !snapshot_seen => {
-                    snapshot_seen = true;
-                    let _ = ready.send(id);
-                }
-                "upsert" | "delete" => {
-                    let data = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("data:"))
-                        .unwrap_or("")
-                        .to_string();
-                    let tag = if kind == "delete" {
-                        format!("delete {data}")
-                    } else {
-                        data
-                    };
-                    if tx.send((id, now, tag)).is_err() {
-                        return;
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// Opens `n` SSE watches of `service`, at most 256 connecting at a time, and
 /// waits until each has its snapshot.
 async fn open_watches(
@@ -390,13 +334,8 @@ async fn open_watches(
         let (ready_tx, tx, path) = (ready_tx.clone(), tx.clone(), path.clone());
         opening.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            let mut conn = Conn::connect(addr).await?;
-            let resp = conn.stream(request("GET", &path, None)).await?;
-            tokio::spawn(async move {
-                // The connection lives as long as this reader.
-                let _conn = conn;
-                sse_reader(i, resp, ready_tx, tx).await;
-            });
+            let (sock, rest) = sse::open(addr, &path).await?;
+            tokio::spawn(sse::read_events(i, sock, rest, ready_tx, tx));
             anyhow::Ok(())
         }));
     }

@@ -46,7 +46,11 @@ impl ReadCache {
 /// thousands of serialisations into one.
 #[derive(Default)]
 pub struct WatchFrames {
-    inner: Mutex<HashMap<(ServiceKey, String), SharedFrames>>,
+    /// By service, then by canonical filter: looked up with borrowed keys,
+    /// so the many watchers that find their frames allocate nothing.
+    inner: Mutex<HashMap<ServiceKey, HashMap<String, SharedFrames>>>,
+    /// Entries across all services, to bound the cache.
+    len: std::sync::atomic::AtomicUsize,
 }
 
 /// Frames for the watchers of one (service, filter) that stand at `from`.
@@ -58,8 +62,8 @@ pub struct SharedFrames {
     pub snapshot: bool,
     /// The service index the frames bring a watcher to.
     pub last: u64,
-    /// The encoded events.
-    pub frames: Arc<[axum::response::sse::Event]>,
+    /// The encoded events, each a whole SSE frame.
+    pub frames: Arc<[Bytes]>,
 }
 
 impl WatchFrames {
@@ -76,9 +80,10 @@ impl WatchFrames {
         current: u64,
         make: impl FnOnce() -> SharedFrames,
     ) -> SharedFrames {
+        use std::sync::atomic::Ordering;
+
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let k = (key.clone(), filter.to_string());
-        if let Some(f) = map.get(&k)
+        if let Some(f) = map.get(key).and_then(|by_filter| by_filter.get(filter))
             && f.from == from
             && f.snapshot == snapshot
             && f.last == current
@@ -86,10 +91,17 @@ impl WatchFrames {
             return f.clone();
         }
         let made = make();
-        if map.len() >= MAX_ENTRIES {
+        if self.len.load(Ordering::Relaxed) >= MAX_ENTRIES {
             map.clear();
+            self.len.store(0, Ordering::Relaxed);
         }
-        map.insert(k, made.clone());
+        let by_filter = match map.get_mut(key) {
+            Some(by_filter) => by_filter,
+            None => map.entry(key.clone()).or_default(),
+        };
+        if by_filter.insert(filter.to_string(), made.clone()).is_none() {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
         made
     }
 }

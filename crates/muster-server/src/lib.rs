@@ -136,8 +136,10 @@ pub async fn serve(
             }
         }
     });
+    let keepalive = api::watch::spawn_keepalive(stop_rx.clone());
     let state = Arc::new(AppState {
         node: node.clone(),
+        keepalive,
         hub,
         leases: leases.clone(),
         checks: checks.clone(),

@@ -29,6 +29,9 @@ pub struct AppState {
     pub frames: crate::cache::WatchFrames,
     /// Flips to `true` when the server shuts down, ending long polls and watches.
     pub shutdown: watch::Receiver<bool>,
+    /// Ticks every [`crate::api::watch::KEEPALIVE_INTERVAL`]: each watch then
+    /// sends a comment (one timer for all watches, not one each).
+    pub keepalive: watch::Receiver<u64>,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The configuration the server runs with.

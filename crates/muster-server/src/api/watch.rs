@@ -15,10 +15,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use muster_catalog::{Change, Query, ServiceKey};
 use muster_types::{ErrorBody, WatchEvent, validate_service_name};
 
@@ -44,12 +45,53 @@ impl Drop for WatcherGauge {
     }
 }
 
-fn sse(e: &WatchEvent) -> Event {
-    Event::default()
-        .event(e.name())
-        .id(e.index().to_string())
-        .data(serde_json::to_string(e).expect("wire types serialise"))
+/// One whole SSE frame: `event:`, `id:` (the index) and `data:` (the event
+/// as JSON, which has no newline), then the blank line.
+fn sse(e: &WatchEvent) -> Bytes {
+    let data = serde_json::to_vec(e).expect("wire types serialise");
+    let mut frame = Vec::with_capacity(data.len() + 48);
+    frame.extend_from_slice(b"event: ");
+    frame.extend_from_slice(e.name().as_bytes());
+    frame.extend_from_slice(b"\nid: ");
+    frame.extend_from_slice(e.index().to_string().as_bytes());
+    frame.extend_from_slice(b"\ndata: ");
+    frame.extend_from_slice(&data);
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
 }
+
+/// How often every watch sends [`KEEPALIVE_FRAME`].
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Starts the one keep-alive ticker of all watches; it stops when `stop`
+/// turns `true`.
+pub fn spawn_keepalive(
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::sync::watch::Receiver<u64> {
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(
+            tokio::time::Instant::now() + KEEPALIVE_INTERVAL,
+            KEEPALIVE_INTERVAL,
+        );
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    n += 1;
+                    tx.send_replace(n);
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    });
+    rx
+}
+
+/// An SSE comment, sent to every watcher on each keep-alive tick so that
+/// proxies and clients see a live connection.
+const KEEPALIVE_FRAME: &[u8] = b": \n\n";
 
 /// Watch a service.
 #[utoipa::path(get, path = "/v1/watch", tag = "watch",
@@ -101,6 +143,7 @@ pub async fn watch(
         // Subscribe before the first read so no change slips in between.
         changed: state.hub.subscribe_service(key.clone()),
         shutdown: state.shutdown.clone(),
+        keepalive: state.keepalive.clone(),
         filter: format!("{query:?}"),
         since: last_id.map_or(Since::Start, Since::Resume),
         state,
@@ -111,11 +154,18 @@ pub async fn watch(
         started: false,
         _gauge: WatcherGauge::new(),
     };
+    // Shared frames go out as they are: each watcher's body hands hyper a
+    // reference-counted `Bytes`, no copy and no per-watcher timer.
     let events = futures::stream::unfold(watcher, |mut w| async move {
         w.next().await.map(|e| (Ok::<_, Infallible>(e), w))
     });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(events),
+    )
         .into_response())
 }
 
@@ -190,7 +240,8 @@ struct Watcher {
     since: Since,
     changed: tokio::sync::watch::Receiver<u64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    pending: Arc<[Event]>,
+    keepalive: tokio::sync::watch::Receiver<u64>,
+    pending: Arc<[Bytes]>,
     next: usize,
     started: bool,
     _gauge: WatcherGauge,
@@ -198,7 +249,7 @@ struct Watcher {
 
 impl Watcher {
     /// The frames that bring this watcher from `since` to the present.
-    fn frames(&self) -> (u64, Arc<[Event]>) {
+    fn frames(&self) -> (u64, Arc<[Bytes]>) {
         let since = self.since;
         match since {
             // Where many watchers stand at once: encode once, share.
@@ -241,7 +292,7 @@ impl Watcher {
     }
 
     /// The next event to send; `None` ends the stream (shutdown).
-    async fn next(&mut self) -> Option<Event> {
+    async fn next(&mut self) -> Option<Bytes> {
         loop {
             if let Some(e) = self.pending.get(self.next) {
                 self.next += 1;
@@ -251,6 +302,12 @@ impl Watcher {
                 tokio::select! {
                     r = self.changed.changed() => if r.is_err() { return None },
                     _ = self.shutdown.changed() => return None,
+                    r = self.keepalive.changed() => {
+                        if r.is_err() {
+                            return None;
+                        }
+                        return Some(Bytes::from_static(KEEPALIVE_FRAME));
+                    }
                 }
             }
             self.started = true;
@@ -259,5 +316,36 @@ impl Watcher {
             self.next = 0;
             self.since = Since::Sent(last);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_keepalive_ticks_once_per_interval_and_stops_with_the_server() {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut ticks = spawn_keepalive(stop_rx);
+        let start = tokio::time::Instant::now();
+        ticks.changed().await.unwrap();
+        assert_eq!(start.elapsed(), KEEPALIVE_INTERVAL);
+        ticks.changed().await.unwrap();
+        assert_eq!(start.elapsed(), KEEPALIVE_INTERVAL * 2);
+        assert_eq!(*ticks.borrow(), 2);
+        stop_tx.send(true).unwrap();
+        assert!(ticks.changed().await.is_err(), "ticker ends at shutdown");
+    }
+
+    #[test]
+    fn an_event_is_one_whole_sse_frame() {
+        let frame = sse(&WatchEvent::Delete {
+            index: 42,
+            id: "i-1".into(),
+        });
+        assert_eq!(
+            &frame[..],
+            b"event: delete\nid: 42\ndata: {\"type\":\"delete\",\"index\":42,\"id\":\"i-1\"}\n\n"
+        );
     }
 }
