@@ -44,7 +44,7 @@ enum Cmd {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Scenarios to run (default: all): heartbeat, lookup-1, lookup-100,
+    /// Scenarios to run (default: all): heartbeat, heartbeat-batch, lookup-1, lookup-100,
     /// register, churn, watch-fanout, failure-detection, scale.
     scenarios: Vec<String>,
     /// Systems to measure, comma-separated: muster, ceiling, etcd.
@@ -363,6 +363,19 @@ fn print_table(rows: &[Row]) {
             (
                 None,
                 etcd_p99.map(|e| format!("{:.2}x p99", e / r.summary.p99_us)),
+            )
+        } else if r.target == "muster" && r.scenario == "heartbeat-batch" {
+            // Leases renewed per second against etcd's keep-alives.
+            let etcd = rows
+                .iter()
+                .find(|o| o.scenario == "heartbeat" && o.target == "etcd")
+                .map(|o| o.summary.rps);
+            (
+                find("ceiling").map(|c| format!("{:.0}%", 100.0 * r.summary.rps / c)),
+                etcd.map(|e| {
+                    let renewals = r.summary.rps * scenarios::RENEW_BATCH as f64;
+                    format!("{:.1}x ren", renewals / e)
+                }),
             )
         } else if r.target == "muster" {
             (

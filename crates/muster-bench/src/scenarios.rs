@@ -22,6 +22,7 @@ use crate::sse;
 /// Every scenario, in the order `all` runs them.
 pub const ALL: &[&str] = &[
     "heartbeat",
+    "heartbeat-batch",
     "lookup-1",
     "lookup-100",
     "register",
@@ -158,6 +159,9 @@ pub async fn run(s: &Settings, scenario: &str, targets: &[Target], run: usize) -
         let row = match (scenario, t) {
             ("heartbeat", Target::Muster | Target::Ceiling) => heartbeat(s, t, run).await,
             ("heartbeat", Target::Etcd) => etcd_heartbeat(s, run).await,
+            ("heartbeat-batch", Target::Muster | Target::Ceiling) => {
+                heartbeat_batch(s, t, run).await
+            }
             ("lookup-1", Target::Muster | Target::Ceiling) => lookup(s, t, run, 1).await,
             ("lookup-100", Target::Muster | Target::Ceiling) => lookup(s, t, run, 100).await,
             ("lookup-1", Target::Etcd) => etcd_lookup(s, run, 1).await,
@@ -226,11 +230,10 @@ async fn lookup(s: &Settings, target: Target, run: usize, n: u64) -> Result<Row>
     .await
 }
 
-async fn heartbeat(s: &Settings, target: Target, run: usize) -> Result<Row> {
-    let m = Muster::start(s, "heartbeat").await?;
-    let mut conn = Conn::connect(m.addr()).await?;
-    let mut leases = Vec::with_capacity(s.leases);
-    for _ in 0..s.leases {
+/// Creates `n` leases with a 60 s TTL; returns their ids.
+async fn create_leases(conn: &mut Conn, n: usize) -> Result<Vec<String>> {
+    let mut leases = Vec::with_capacity(n);
+    for _ in 0..n {
         let body = conn
             .call_ok(request(
                 "POST",
@@ -246,7 +249,61 @@ async fn heartbeat(s: &Settings, target: Target, run: usize) -> Result<Row> {
                 .to_string(),
         );
     }
-    let leases = Arc::new(leases);
+    Ok(leases)
+}
+
+/// Leases renewed per `POST /v1/leases/renew` in `heartbeat-batch`.
+pub const RENEW_BATCH: usize = 100;
+
+/// Renewals of many leases per request (`POST /v1/leases/renew`), as an
+/// agent renewing for every service of its host sends them. Reports
+/// `renewals_per_s`, the figure to hold against etcd's keep-alives.
+async fn heartbeat_batch(s: &Settings, target: Target, run: usize) -> Result<Row> {
+    let m = Muster::start(s, "heartbeat").await?;
+    let mut conn = Conn::connect(m.addr()).await?;
+    let leases = create_leases(&mut conn, s.leases.max(RENEW_BATCH)).await?;
+    let body = |first: usize| {
+        let ids: Vec<&str> = (0..RENEW_BATCH)
+            .map(|k| leases[(first + k) % leases.len()].as_str())
+            .collect();
+        Bytes::from(serde_json::to_vec(&serde_json::json!({ "ids": ids })).expect("json"))
+    };
+    // Every request renews a different window of the leases.
+    let bodies: Arc<Vec<Bytes>> =
+        Arc::new((0..leases.len()).step_by(RENEW_BATCH).map(body).collect());
+    let sample = conn
+        .call_ok(request("POST", "/v1/leases/renew", Some(bodies[0].clone())))
+        .await?;
+    let v: Value = serde_json::from_slice(&sample)?;
+    let renewed = v["renewed"].as_array().map_or(0, Vec::len);
+    if renewed != RENEW_BATCH {
+        bail!("a batch renewal renewed {renewed} of {RENEW_BATCH} leases: {v}");
+    }
+    let conns = s.connections;
+    let mut row = http_flow(s, "heartbeat-batch", target, run, &m, sample, |w| {
+        let bodies = Arc::clone(&bodies);
+        Box::new(move |seq| {
+            let b = &bodies[(w + seq as usize * conns) % bodies.len()];
+            request("POST", "/v1/leases/renew", Some(b.clone()))
+        })
+    })
+    .await?;
+    row.extra.insert("leases".into(), Value::from(leases.len()));
+    row.extra
+        .insert("leases_per_request".into(), Value::from(RENEW_BATCH));
+    if target == Target::Muster {
+        row.extra.insert(
+            "renewals_per_s".into(),
+            Value::from((row.summary.rps * RENEW_BATCH as f64).round()),
+        );
+    }
+    Ok(row)
+}
+
+async fn heartbeat(s: &Settings, target: Target, run: usize) -> Result<Row> {
+    let m = Muster::start(s, "heartbeat").await?;
+    let mut conn = Conn::connect(m.addr()).await?;
+    let leases = Arc::new(create_leases(&mut conn, s.leases).await?);
     let sample = conn
         .call_ok(request(
             "PUT",
