@@ -137,15 +137,17 @@ impl Shared {
 
     /// Opens the data of the stored snapshot for openraft.
     async fn open_current(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let current = self.current.lock().await.clone();
-        let Some(current) = current else {
+        // Held while opening: a save replaces the file only under this lock,
+        // and the open handle stays valid after that.
+        let current = self.current.lock().await;
+        let Some(current) = current.as_ref() else {
             return Ok(None);
         };
         let file = tokio::fs::File::open(&current.data)
             .await
             .map_err(|e| StorageIOError::read_snapshot(Some(current.meta.signature()), &e))?;
         Ok(Some(Snapshot {
-            meta: current.meta,
+            meta: current.meta.clone(),
             snapshot: Box::new(file),
         }))
     }
