@@ -12,60 +12,74 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, RawQuery, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, RawQuery, Request};
+use axum::handler::Handler;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 use muster_types::{DEFAULT_NAMESPACE, INDEX_HEADER, limits, validate_namespace};
 use rand::Rng;
 use serde::de::DeserializeOwned;
+use tower::ServiceBuilder;
 
 use crate::AppStateRef;
 use crate::error::ApiError;
+use crate::metrics::{self, TrackLayer};
 
-/// Builds the router of every route.
+/// Builds the router of every route. Each route counts and times its own
+/// requests (`metrics::TrackLayer`), under its template, and caps request
+/// bodies; both in one layer, as every layer axum wraps around a route costs
+/// a boxed clone of the route and a boxed future per request.
 pub fn router(state: AppStateRef) -> Router {
-    Router::new()
-        .route("/v1/services", get(services::list))
-        .route("/v1/services/{service}/instances", get(instances::discover))
-        .route(
+    let routes: [(&'static str, MethodRouter<AppStateRef>); 16] = [
+        ("/v1/services", get(services::list)),
+        ("/v1/services/{service}/instances", get(instances::discover)),
+        (
             "/v1/services/{service}/instances/{id}",
             put(instances::register)
                 .get(instances::get_one)
                 .delete(instances::deregister),
-        )
-        .route(
+        ),
+        (
             "/v1/services/{service}/instances/{id}/heartbeat",
             put(instances::heartbeat),
-        )
-        .route(
+        ),
+        (
             "/v1/services/{service}/instances/{id}/maintenance",
             put(checks::maintenance),
-        )
-        .route(
+        ),
+        (
             "/v1/services/{service}/instances/{id}/checks/{check}",
             put(checks::put_check).delete(checks::delete_check),
-        )
-        .route(
+        ),
+        (
             "/v1/services/{service}/instances/{id}/checks/{check}/{status}",
             put(checks::report),
-        )
-        .route("/v1/leases", post(leases::create))
-        .route("/v1/leases/renew", post(leases::renew_many))
-        .route(
+        ),
+        ("/v1/leases", post(leases::create)),
+        ("/v1/leases/renew", post(leases::renew_many)),
+        (
             "/v1/leases/{id}",
             get(leases::get_one).delete(leases::revoke),
-        )
-        .route("/v1/leases/{id}/renew", put(leases::renew))
-        .route("/v1/watch", get(watch::watch))
-        .route("/v1/cluster", get(cluster::cluster))
-        .route("/v1/openapi.json", get(crate::openapi::serve))
-        .route("/metrics", get(crate::metrics::render))
-        .route("/healthz", get(cluster::healthz))
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn(crate::metrics::track))
-        .layer(axum::extract::DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
+        ),
+        ("/v1/leases/{id}/renew", put(leases::renew)),
+        ("/v1/watch", get(watch::watch)),
+        ("/v1/cluster", get(cluster::cluster)),
+        ("/v1/openapi.json", get(crate::openapi::serve)),
+        ("/metrics", get(crate::metrics::render)),
+        ("/healthz", get(cluster::healthz)),
+    ];
+    routes
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            let layers = ServiceBuilder::new()
+                .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
+                .layer(TrackLayer::new(path));
+            router.route(path, methods.layer(layers))
+        })
+        // The fallback reads no body.
+        .fallback(not_found.layer(TrackLayer::new(metrics::UNMATCHED)))
         .with_state(state)
 }
 
