@@ -243,16 +243,21 @@ impl Params {
     }
 }
 
-/// A JSON response carrying the index it reflects.
-pub fn indexed_json(index: u64, body: Bytes) -> Response {
-    let mut resp = (
+/// A JSON response of encoded bytes.
+pub fn json_response(body: Bytes) -> Response {
+    (
         [(
             axum::http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
         body,
     )
-        .into_response();
+        .into_response()
+}
+
+/// A JSON response carrying the index it reflects.
+pub fn indexed_json(index: u64, body: Bytes) -> Response {
+    let mut resp = json_response(body);
     resp.headers_mut()
         .insert(INDEX_HEADER, HeaderValue::from(index));
     resp
