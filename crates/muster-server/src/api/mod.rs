@@ -11,12 +11,14 @@ pub mod watch;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, RawQuery, Request};
 use axum::handler::Handler;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
 use axum::routing::{MethodRouter, get, post, put};
 use muster_types::{DEFAULT_NAMESPACE, INDEX_HEADER, limits, validate_namespace};
 use rand::Rng;
@@ -245,21 +247,19 @@ impl Params {
 
 /// A JSON response of encoded bytes.
 pub fn json_response(body: Bytes) -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
+
+/// The index header's name, checked once rather than per response.
+const INDEX: HeaderName = HeaderName::from_static(INDEX_HEADER);
 
 /// A JSON response carrying the index it reflects.
 pub fn indexed_json(index: u64, body: Bytes) -> Response {
     let mut resp = json_response(body);
-    resp.headers_mut()
-        .insert(INDEX_HEADER, HeaderValue::from(index));
+    resp.headers_mut().insert(INDEX, HeaderValue::from(index));
     resp
 }
 
