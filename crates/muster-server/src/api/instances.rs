@@ -1,5 +1,7 @@
 //! Registration, deregistration, heartbeats and discovery of instances.
 
+use std::io::Write;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -255,8 +257,7 @@ fn renew_body(lease: u64, ttl_ms: u64) -> Bytes {
             .map(|i| HEX[(lease >> (4 * i)) as usize & 0xf]),
     );
     out.extend_from_slice(br#"","ttl_ms":"#);
-    out.extend_from_slice(ttl_ms.to_string().as_bytes());
-    out.push(b'}');
+    write!(out, "{ttl_ms}}}").expect("writing to a Vec cannot fail");
     Bytes::from(out)
 }
 

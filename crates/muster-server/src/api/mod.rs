@@ -13,26 +13,27 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, RawQuery, Request};
+use axum::extract::{FromRequest, FromRequestParts, RawQuery, Request};
 use axum::handler::Handler;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{MethodRouter, get, post, put};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use muster_types::{DEFAULT_NAMESPACE, INDEX_HEADER, limits, validate_namespace};
 use rand::Rng;
 use serde::de::DeserializeOwned;
-use tower::ServiceBuilder;
 
 use crate::AppStateRef;
 use crate::error::ApiError;
 use crate::metrics::{self, TrackLayer};
 
 /// Builds the router of every route. Each route counts and times its own
-/// requests (`metrics::TrackLayer`), under its template, and caps request
-/// bodies; both in one layer, as every layer axum wraps around a route costs
-/// a boxed clone of the route and a boxed future per request.
+/// requests (`metrics::TrackLayer`), under its template: one layer, as every
+/// layer axum wraps around a route costs a boxed clone of the route and a
+/// boxed future per request. Bodies are capped where they are read
+/// ([`JsonBody`]).
 pub fn router(state: AppStateRef) -> Router {
     let routes: [(&'static str, MethodRouter<AppStateRef>); 16] = [
         ("/v1/services", get(services::list)),
@@ -75,12 +76,8 @@ pub fn router(state: AppStateRef) -> Router {
     routes
         .into_iter()
         .fold(Router::new(), |router, (path, methods)| {
-            let layers = ServiceBuilder::new()
-                .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
-                .layer(TrackLayer::new(path));
-            router.route(path, methods.layer(layers))
+            router.route(path, methods.layer(TrackLayer::new(path)))
         })
-        // The fallback reads no body.
         .fallback(not_found.layer(TrackLayer::new(metrics::UNMATCHED)))
         .with_state(state)
 }
@@ -92,28 +89,40 @@ async fn not_found() -> ApiError {
     )
 }
 
-/// A JSON body: malformed JSON, unknown fields and oversized bodies become
-/// typed API errors instead of axum's plain-text rejections.
+/// A JSON body of at most [`limits::MAX_BODY_BYTES`]: malformed JSON,
+/// unknown fields and oversized bodies become typed API errors instead of
+/// axum's plain-text rejections. The limit is applied here rather than by a
+/// `DefaultBodyLimit` layer, so requests without a body (heartbeats,
+/// lookups) do not pay for it.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!(
-                        "request body is larger than {} bytes",
-                        limits::MAX_BODY_BYTES
-                    ),
-                )
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
-            }
-        })?;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let body = Limited::new(req.into_body(), limits::MAX_BODY_BYTES);
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!(
+                            "request body is larger than {} bytes",
+                            limits::MAX_BODY_BYTES
+                        ),
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_body",
+                        format!("Failed to buffer the request body: {e}"),
+                    )
+                }
+            })?
+            .to_bytes();
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(json_error)
