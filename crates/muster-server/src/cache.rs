@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use axum::http::HeaderValue;
 use bytes::Bytes;
 use metrics::Counter;
 use muster_catalog::ServiceKey;
@@ -22,9 +23,32 @@ pub struct ReadCache {
     stale: Counter,
 }
 
+/// A cached answer and what its response needs.
+#[derive(Clone)]
+pub struct Answer {
+    /// The service index it was built at.
+    pub index: u64,
+    /// `index` as the value of the index header, made once per answer
+    /// rather than per response.
+    pub index_header: HeaderValue,
+    /// The encoded JSON.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// An answer built at `index`.
+    pub fn new(index: u64, body: Bytes) -> Self {
+        Answer {
+            index,
+            index_header: HeaderValue::from(index),
+            body,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Entries {
-    by_service: HashMap<ServiceKey, HashMap<String, (u64, Bytes)>>,
+    by_service: HashMap<ServiceKey, HashMap<String, Answer>>,
     /// Answers held, over every service.
     len: usize,
 }
@@ -43,20 +67,20 @@ impl Default for ReadCache {
 
 impl ReadCache {
     /// The cached answer, if it was built at exactly `index`.
-    pub fn get(&self, key: &ServiceKey, query: &str, index: u64) -> Option<Bytes> {
+    pub fn get(&self, key: &ServiceKey, query: &str, index: u64) -> Option<Answer> {
         let m = self.entries.lock().expect("cache lock");
-        let (at, bytes) = m.by_service.get(key)?.get(query)?;
-        if *at == index {
+        let answer = m.by_service.get(key)?.get(query)?;
+        if answer.index == index {
             self.hits.increment(1);
-            Some(bytes.clone())
+            Some(answer.clone())
         } else {
             self.stale.increment(1);
             None
         }
     }
 
-    /// Stores an answer built at `index`.
-    pub fn put(&self, key: ServiceKey, query: String, index: u64, bytes: Bytes) {
+    /// Stores an answer.
+    pub fn put(&self, key: ServiceKey, query: String, answer: Answer) {
         let mut m = self.entries.lock().expect("cache lock");
         if m.len >= MAX_ENTRIES {
             *m = Entries::default();
@@ -64,7 +88,7 @@ impl ReadCache {
         if m.by_service
             .entry(key)
             .or_default()
-            .insert(query, (index, bytes))
+            .insert(query, answer)
             .is_none()
         {
             m.len += 1;

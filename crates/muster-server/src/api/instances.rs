@@ -15,8 +15,9 @@ use muster_types::{
 };
 use rand::Rng;
 
-use super::{JsonBody, Params, indexed, indexed_json, json_response, wait_for_change};
+use super::{JsonBody, Params, indexed, json_response, json_with_index, wait_for_change};
 use crate::AppStateRef;
+use crate::cache::Answer;
 use crate::error::ApiError;
 use crate::leases::RenewError;
 
@@ -341,8 +342,8 @@ pub async fn discover(
     let cache_key = query.cache_key();
     let c = state.node.catalog().read().expect("catalog lock");
     let index = c.service_index(&key);
-    if let Some(bytes) = state.cache.get(&key, &cache_key, index) {
-        return Ok(indexed_json(index, bytes));
+    if let Some(answer) = state.cache.get(&key, &cache_key, index) {
+        return Ok(json_with_index(answer.index_header, answer.body));
     }
     let (index, found) = c.query(&key, &query);
     drop(c);
@@ -353,8 +354,9 @@ pub async fn discover(
         instances: found.iter().map(|i| (**i).clone()).collect(),
     };
     let bytes = Bytes::from(serde_json::to_vec(&body).expect("wire types serialise"));
-    state.cache.put(key, cache_key, index, bytes.clone());
-    Ok(indexed_json(index, bytes))
+    let answer = Answer::new(index, bytes);
+    state.cache.put(key, cache_key, answer.clone());
+    Ok(json_with_index(answer.index_header, answer.body))
 }
 
 #[cfg(test)]

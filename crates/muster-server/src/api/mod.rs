@@ -204,10 +204,10 @@ impl Params {
     }
 
     /// The namespace (default `default`), validated.
-    pub fn namespace(&self) -> Result<String, ApiError> {
+    pub fn namespace(&self) -> Result<&str, ApiError> {
         let ns = self.get("namespace").unwrap_or(DEFAULT_NAMESPACE);
         validate_namespace(ns)?;
-        Ok(ns.to_string())
+        Ok(ns)
     }
 
     /// The key of an instance route: only `namespace` accepted, and the
@@ -267,8 +267,13 @@ const INDEX: HeaderName = HeaderName::from_static(INDEX_HEADER);
 
 /// A JSON response carrying the index it reflects.
 pub fn indexed_json(index: u64, body: Bytes) -> Response {
+    json_with_index(HeaderValue::from(index), body)
+}
+
+/// A JSON response with its index already made into a header value.
+pub fn json_with_index(index: HeaderValue, body: Bytes) -> Response {
     let mut resp = json_response(body);
-    resp.headers_mut().insert(INDEX, HeaderValue::from(index));
+    resp.headers_mut().insert(INDEX, index);
     resp
 }
 
