@@ -19,7 +19,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::MethodRouter;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use muster_types::{DEFAULT_NAMESPACE, INDEX_HEADER, limits, validate_namespace};
 use rand::Rng;
@@ -29,57 +29,86 @@ use crate::AppStateRef;
 use crate::error::ApiError;
 use crate::metrics::{self, TrackLayer};
 
-/// Builds the router of every route. Each route counts and times its own
-/// requests (`metrics::TrackLayer`), under its template: one layer, as every
-/// layer axum wraps around a route costs a boxed clone of the route and a
-/// boxed future per request. Bodies are capped where they are read
-/// ([`JsonBody`]).
+/// Adds a route whose handlers count and time their requests under the
+/// route's template (`metrics::TrackLayer`), answering other methods with
+/// 405 (and `Allow`), tracked the same way:
+/// `route!(router, "/v1/leases/{id}", get(leases::get_one).delete(leases::revoke))`.
+///
+/// The layer wraps each handler rather than the route's `MethodRouter`:
+/// axum turns every layer around a route into one more boxed service,
+/// cloned (a boxed clone) and called (a boxed future) per request.
+macro_rules! route {
+    ($router:expr, $path:literal, $($method:ident($handler:expr)).+) => {{
+        let track = TrackLayer::new($path);
+        $router.route(
+            $path,
+            MethodRouter::new()
+                $(.$method(Handler::layer($handler, track.clone())))+
+                .fallback(Handler::layer(method_not_allowed, track)),
+        )
+    }};
+}
+
+/// Builds the router of every route, each counting and timing its own
+/// requests. Bodies are capped where they are read ([`JsonBody`]).
 pub fn router(state: AppStateRef) -> Router {
-    let routes: [(&'static str, MethodRouter<AppStateRef>); 16] = [
-        ("/v1/services", get(services::list)),
-        ("/v1/services/{service}/instances", get(instances::discover)),
-        (
-            "/v1/services/{service}/instances/{id}",
-            put(instances::register)
-                .get(instances::get_one)
-                .delete(instances::deregister),
-        ),
-        (
-            "/v1/services/{service}/instances/{id}/heartbeat",
-            put(instances::heartbeat),
-        ),
-        (
-            "/v1/services/{service}/instances/{id}/maintenance",
-            put(checks::maintenance),
-        ),
-        (
-            "/v1/services/{service}/instances/{id}/checks/{check}",
-            put(checks::put_check).delete(checks::delete_check),
-        ),
-        (
-            "/v1/services/{service}/instances/{id}/checks/{check}/{status}",
-            put(checks::report),
-        ),
-        ("/v1/leases", post(leases::create)),
-        ("/v1/leases/renew", post(leases::renew_many)),
-        (
-            "/v1/leases/{id}",
-            get(leases::get_one).delete(leases::revoke),
-        ),
-        ("/v1/leases/{id}/renew", put(leases::renew)),
-        ("/v1/watch", get(watch::watch)),
-        ("/v1/cluster", get(cluster::cluster)),
-        ("/v1/openapi.json", get(crate::openapi::serve)),
-        ("/metrics", get(crate::metrics::render)),
-        ("/healthz", get(cluster::healthz)),
-    ];
-    routes
-        .into_iter()
-        .fold(Router::new(), |router, (path, methods)| {
-            router.route(path, methods.layer(TrackLayer::new(path)))
-        })
-        .fallback(not_found.layer(TrackLayer::new(metrics::UNMATCHED)))
-        .with_state(state)
+    let r = Router::new();
+    let r = route!(r, "/v1/services", get(services::list));
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances",
+        get(instances::discover)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}",
+        put(instances::register)
+            .get(instances::get_one)
+            .delete(instances::deregister)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}/heartbeat",
+        put(instances::heartbeat)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}/maintenance",
+        put(checks::maintenance)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}/checks/{check}",
+        put(checks::put_check).delete(checks::delete_check)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}/checks/{check}/{status}",
+        put(checks::report)
+    );
+    let r = route!(r, "/v1/leases", post(leases::create));
+    let r = route!(r, "/v1/leases/renew", post(leases::renew_many));
+    let r = route!(
+        r,
+        "/v1/leases/{id}",
+        get(leases::get_one).delete(leases::revoke)
+    );
+    let r = route!(r, "/v1/leases/{id}/renew", put(leases::renew));
+    let r = route!(r, "/v1/watch", get(watch::watch));
+    let r = route!(r, "/v1/cluster", get(cluster::cluster));
+    let r = route!(r, "/v1/openapi.json", get(crate::openapi::serve));
+    let r = route!(r, "/metrics", get(crate::metrics::render));
+    let r = route!(r, "/healthz", get(cluster::healthz));
+    r.fallback(Handler::layer(
+        not_found,
+        TrackLayer::new(metrics::UNMATCHED),
+    ))
+    .with_state(state)
+}
+
+/// A known route asked with a method it does not have (axum adds `Allow`).
+async fn method_not_allowed() -> StatusCode {
+    StatusCode::METHOD_NOT_ALLOWED
 }
 
 async fn not_found() -> ApiError {

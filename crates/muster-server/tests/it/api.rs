@@ -178,6 +178,9 @@ async fn request_metrics_are_labelled_by_route_template_even_on_errors() {
     assert_eq!(unknown.status(), 404);
     let wrong_method = s.http.delete(&renew).send().await.unwrap();
     assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "PUT");
+    let head = s.http.head(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
     let no_route = s.http.get(s.url("/v2/nothing")).send().await.unwrap();
     assert_eq!(no_route.status(), 404);
     let text = s
@@ -193,6 +196,7 @@ async fn request_metrics_are_labelled_by_route_template_even_on_errors() {
         "muster_http_requests_total{method=\"PUT\",route=\"/v1/leases/{id}/renew\",status=\"404\"}",
         "muster_http_requests_total{method=\"DELETE\",route=\"/v1/leases/{id}/renew\",status=\"405\"}",
         "muster_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}",
+        "muster_http_requests_total{method=\"HEAD\",route=\"/healthz\",status=\"200\"}",
         "muster_http_request_duration_seconds_count{method=\"PUT\",route=\"/v1/leases/{id}/renew\"}",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
