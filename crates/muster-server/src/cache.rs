@@ -4,38 +4,95 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use axum::http::HeaderValue;
 use bytes::Bytes;
+use metrics::Counter;
 use muster_catalog::ServiceKey;
 
 /// Most cached answers kept before the cache starts over.
 const MAX_ENTRIES: usize = 16_384;
 
 /// Serialised answers keyed by service and canonical query.
-#[derive(Default)]
+///
+/// Looked up on every discovery request, so a lookup borrows its key (two
+/// maps, by service then by query, instead of one keyed by an owned pair)
+/// and counts hits with handles made once.
 pub struct ReadCache {
-    entries: Mutex<HashMap<(ServiceKey, String), (u64, Bytes)>>,
+    entries: Mutex<Entries>,
+    hits: Counter,
+    stale: Counter,
+}
+
+/// A cached answer and what its response needs.
+#[derive(Clone)]
+pub struct Answer {
+    /// The service index it was built at.
+    pub index: u64,
+    /// `index` as the value of the index header, made once per answer
+    /// rather than per response.
+    pub index_header: HeaderValue,
+    /// The encoded JSON.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// An answer built at `index`.
+    pub fn new(index: u64, body: Bytes) -> Self {
+        Answer {
+            index,
+            index_header: HeaderValue::from(index),
+            body,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Entries {
+    by_service: HashMap<ServiceKey, HashMap<String, Answer>>,
+    /// Answers held, over every service.
+    len: usize,
+}
+
+impl Default for ReadCache {
+    /// An empty cache; its metrics go to the recorder installed when it is
+    /// made.
+    fn default() -> Self {
+        ReadCache {
+            entries: Mutex::default(),
+            hits: metrics::counter!("muster_read_cache_total", "result" => "hit"),
+            stale: metrics::counter!("muster_read_cache_total", "result" => "stale"),
+        }
+    }
 }
 
 impl ReadCache {
     /// The cached answer, if it was built at exactly `index`.
-    pub fn get(&self, key: &ServiceKey, query: &str, index: u64) -> Option<Bytes> {
+    pub fn get(&self, key: &ServiceKey, query: &str, index: u64) -> Option<Answer> {
         let m = self.entries.lock().expect("cache lock");
-        // Looking up by a borrowed tuple needs owned parts; the clone of the
-        // key is cheap next to serialising the answer.
-        let (at, bytes) = m.get(&(key.clone(), query.to_string()))?;
-        let hit = (*at == index).then(|| bytes.clone());
-        metrics::counter!("muster_read_cache_total", "result" => if hit.is_some() { "hit" } else { "stale" })
-            .increment(1);
-        hit
+        let answer = m.by_service.get(key)?.get(query)?;
+        if answer.index == index {
+            self.hits.increment(1);
+            Some(answer.clone())
+        } else {
+            self.stale.increment(1);
+            None
+        }
     }
 
-    /// Stores an answer built at `index`.
-    pub fn put(&self, key: ServiceKey, query: String, index: u64, bytes: Bytes) {
+    /// Stores an answer.
+    pub fn put(&self, key: ServiceKey, query: String, answer: Answer) {
         let mut m = self.entries.lock().expect("cache lock");
-        if m.len() >= MAX_ENTRIES {
-            m.clear();
+        if m.len >= MAX_ENTRIES {
+            *m = Entries::default();
         }
-        m.insert((key, query), (index, bytes));
+        if m.by_service
+            .entry(key)
+            .or_default()
+            .insert(query, answer)
+            .is_none()
+        {
+            m.len += 1;
+        }
     }
 }
 

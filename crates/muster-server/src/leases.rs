@@ -12,9 +12,11 @@
 //! expiry pauses, instances are kept, and it resumes when renewals return.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use metrics::Counter;
 use muster_catalog::{Catalog, Command};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -36,13 +38,30 @@ pub enum Sweep {
 }
 
 /// Lease deadlines, ordered for cheap expiry scans.
+///
+/// A renewal (the hot path: every client, all the time) only moves the
+/// lease's deadline in a hash map. The ordered index files each lease at a
+/// deadline that is never later than its real one; a sweep re-files the
+/// leases it finds renewed since, so the index is touched about once per TTL
+/// per lease instead of on every renewal.
 #[derive(Debug)]
 pub struct LeaseTable {
-    leases: HashMap<u64, (Instant, Duration)>,
+    leases: HashMap<u64, Timer>,
+    /// Every lease once, at its `filed` deadline.
     by_deadline: BTreeSet<(Instant, u64)>,
     threshold: f64,
     min_leases: usize,
     preserving: bool,
+}
+
+/// One lease's timer.
+#[derive(Debug, Clone, Copy)]
+struct Timer {
+    /// When the lease expires unless renewed.
+    deadline: Instant,
+    /// Where `by_deadline` holds it: at or before `deadline`.
+    filed: Instant,
+    ttl: Duration,
 }
 
 impl LeaseTable {
@@ -59,24 +78,36 @@ impl LeaseTable {
 
     /// Starts (or restarts) a lease's full TTL from `now`.
     pub fn start(&mut self, id: u64, ttl: Duration, now: Instant) {
-        if let Some((old, _)) = self.leases.insert(id, (now + ttl, ttl)) {
-            self.by_deadline.remove(&(old, id));
+        let deadline = now + ttl;
+        let timer = Timer {
+            deadline,
+            filed: deadline,
+            ttl,
+        };
+        if let Some(old) = self.leases.insert(id, timer) {
+            self.by_deadline.remove(&(old.filed, id));
         }
-        self.by_deadline.insert((now + ttl, id));
+        self.by_deadline.insert((deadline, id));
     }
 
     /// Renews a lease; `None` when the table does not hold it.
     pub fn renew(&mut self, id: u64, now: Instant) -> Option<Duration> {
-        let (deadline, ttl) = *self.leases.get(&id)?;
-        self.start(id, ttl, now);
-        let _ = deadline;
-        Some(ttl)
+        let timer = self.leases.get_mut(&id)?;
+        timer.deadline = now + timer.ttl;
+        if timer.deadline < timer.filed {
+            // Only an instant from the past gets here; keep the index a
+            // lower bound.
+            self.by_deadline.remove(&(timer.filed, id));
+            self.by_deadline.insert((timer.deadline, id));
+            timer.filed = timer.deadline;
+        }
+        Some(timer.ttl)
     }
 
     /// Forgets a lease.
     pub fn remove(&mut self, id: u64) {
-        if let Some((deadline, _)) = self.leases.remove(&id) {
-            self.by_deadline.remove(&(deadline, id));
+        if let Some(timer) = self.leases.remove(&id) {
+            self.by_deadline.remove(&(timer.filed, id));
         }
     }
 
@@ -102,7 +133,8 @@ impl LeaseTable {
         self.preserving
     }
 
-    /// The earliest deadline.
+    /// The earliest deadline, or an earlier instant when leases were
+    /// renewed since the last sweep (a sweep then finds nothing to expire).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.by_deadline.first().map(|(d, _)| *d)
     }
@@ -111,17 +143,31 @@ impl LeaseTable {
     /// table (the caller proposes their expiry, and puts them back with
     /// [`LeaseTable::start`] if that fails).
     pub fn sweep(&mut self, now: Instant) -> Sweep {
-        let expired: Vec<u64> = self
+        let due: Vec<(Instant, u64)> = self
             .by_deadline
             .iter()
-            .take_while(|(d, _)| *d <= now)
-            .map(|(_, id)| *id)
+            .take_while(|(filed, _)| *filed <= now)
+            .copied()
             .collect();
+        let mut expired = Vec::new();
+        for (filed, id) in due {
+            let Some(timer) = self.leases.get_mut(&id) else {
+                continue;
+            };
+            if timer.deadline <= now {
+                expired.push(id);
+            } else {
+                // Renewed since it was filed: file it at its real deadline.
+                self.by_deadline.remove(&(filed, id));
+                self.by_deadline.insert((timer.deadline, id));
+                timer.filed = timer.deadline;
+            }
+        }
         let total = self.leases.len();
         let silent = if total >= self.min_leases && self.threshold < 1.0 {
             self.leases
                 .values()
-                .filter(|(deadline, ttl)| deadline.saturating_duration_since(now) < *ttl / 2)
+                .filter(|t| t.deadline.saturating_duration_since(now) < t.ttl / 2)
                 .count()
         } else {
             0
@@ -145,9 +191,11 @@ impl LeaseTable {
 /// The server's lease timers: a [`LeaseTable`] active only on the leader.
 pub struct LeaseManager {
     table: Mutex<LeaseTable>,
-    leader: Mutex<bool>,
+    leader: AtomicBool,
     wake: Notify,
     preserving: watch::Sender<bool>,
+    /// `muster_lease_renewals_total`, looked up once rather than per renewal.
+    renewals: Counter,
 }
 
 /// Why a renewal failed.
@@ -160,13 +208,15 @@ pub enum RenewError {
 }
 
 impl LeaseManager {
-    /// A manager with the given self-preservation settings.
+    /// A manager with the given self-preservation settings. Its metrics go
+    /// to the recorder installed when it is made (`serve` installs it first).
     pub fn new(threshold: f64, min_leases: usize) -> Self {
         LeaseManager {
             table: Mutex::new(LeaseTable::new(threshold, min_leases)),
-            leader: Mutex::new(false),
+            leader: AtomicBool::new(false),
             wake: Notify::new(),
             preserving: watch::channel(false).0,
+            renewals: metrics::counter!("muster_lease_renewals_total"),
         }
     }
 
@@ -183,20 +233,20 @@ impl LeaseManager {
         for l in catalog.leases() {
             t.start(l.id, Duration::from_millis(l.ttl_ms), now);
         }
-        *self.leader.lock().expect("leader lock") = true;
+        self.leader.store(true, Ordering::Release);
         drop(t);
         self.wake.notify_one();
     }
 
     /// Drops lease timers when leadership is lost.
     pub fn step_down(&self) {
-        *self.leader.lock().expect("leader lock") = false;
+        self.leader.store(false, Ordering::Release);
         self.table().clear();
         self.wake.notify_one();
     }
 
     fn is_leader(&self) -> bool {
-        *self.leader.lock().expect("leader lock")
+        self.leader.load(Ordering::Acquire)
     }
 
     /// A lease was created by the log.
@@ -222,7 +272,7 @@ impl LeaseManager {
             .table()
             .renew(id, Instant::now())
             .ok_or(RenewError::NotFound)?;
-        metrics::counter!("muster_lease_renewals_total").increment(1);
+        self.renewals.increment(1);
         Ok(ttl)
     }
 

@@ -9,7 +9,7 @@ use muster_types::{
     WriteResponse, format_duration, format_lease_id, limits, parse_lease_id, validate_ttl,
 };
 
-use super::instances::{RenewResponseJson, new_lease_id, renew_lease};
+use super::instances::{new_lease_id, renew_lease};
 use super::{JsonBody, Params, indexed};
 use crate::AppStateRef;
 use crate::error::ApiError;
@@ -99,7 +99,7 @@ pub async fn renew(
     State(state): State<AppStateRef>,
     Path(id): Path<String>,
     params: Params,
-) -> Result<RenewResponseJson, ApiError> {
+) -> Result<Response, ApiError> {
     params.only(&[])?;
     renew_lease(&state, lease_id(&id)?)
 }

@@ -11,62 +11,104 @@ pub mod watch;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, RawQuery, Request};
+use axum::handler::Handler;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::MethodRouter;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use muster_types::{DEFAULT_NAMESPACE, INDEX_HEADER, limits, validate_namespace};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 
 use crate::AppStateRef;
 use crate::error::ApiError;
+use crate::metrics::{self, TrackLayer};
 
-/// Builds the router of every route.
+/// Adds a route whose handlers count and time their requests under the
+/// route's template (`metrics::TrackLayer`), answering other methods with
+/// 405 (and `Allow`), tracked the same way:
+/// `route!(router, "/v1/leases/{id}", get(leases::get_one).delete(leases::revoke))`.
+///
+/// The layer wraps each handler rather than the route's `MethodRouter`:
+/// axum turns every layer around a route into one more boxed service,
+/// cloned (a boxed clone) and called (a boxed future) per request.
+macro_rules! route {
+    ($router:expr, $path:literal, $($method:ident($handler:expr)).+) => {{
+        let track = TrackLayer::new($path);
+        $router.route(
+            $path,
+            MethodRouter::new()
+                $(.$method(Handler::layer($handler, track.clone())))+
+                .fallback(Handler::layer(method_not_allowed, track)),
+        )
+    }};
+}
+
+/// Builds the router of every route, each counting and timing its own
+/// requests. Bodies are capped where they are read ([`JsonBody`]).
 pub fn router(state: AppStateRef) -> Router {
-    Router::new()
-        .route("/v1/services", get(services::list))
-        .route("/v1/services/{service}/instances", get(instances::discover))
-        .route(
-            "/v1/services/{service}/instances/{id}",
-            put(instances::register)
-                .get(instances::get_one)
-                .delete(instances::deregister),
-        )
-        .route(
-            "/v1/services/{service}/instances/{id}/heartbeat",
-            put(instances::heartbeat),
-        )
-        .route(
-            "/v1/services/{service}/instances/{id}/maintenance",
-            put(checks::maintenance),
-        )
-        .route(
-            "/v1/services/{service}/instances/{id}/checks/{check}",
-            put(checks::put_check).delete(checks::delete_check),
-        )
-        .route(
-            "/v1/services/{service}/instances/{id}/checks/{check}/{status}",
-            put(checks::report),
-        )
-        .route("/v1/leases", post(leases::create))
-        .route("/v1/leases/renew", post(leases::renew_many))
-        .route(
-            "/v1/leases/{id}",
-            get(leases::get_one).delete(leases::revoke),
-        )
-        .route("/v1/leases/{id}/renew", put(leases::renew))
-        .route("/v1/watch", get(watch::watch))
-        .route("/v1/cluster", get(cluster::cluster))
-        .route("/v1/openapi.json", get(crate::openapi::serve))
-        .route("/metrics", get(crate::metrics::render))
-        .route("/healthz", get(cluster::healthz))
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn(crate::metrics::track))
-        .layer(axum::extract::DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
-        .with_state(state)
+    let r = Router::new();
+    let r = route!(r, "/v1/services", get(services::list));
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances",
+        get(instances::discover)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}",
+        put(instances::register)
+            .get(instances::get_one)
+            .delete(instances::deregister)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}/heartbeat",
+        put(instances::heartbeat)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}/maintenance",
+        put(checks::maintenance)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}/checks/{check}",
+        put(checks::put_check).delete(checks::delete_check)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}/checks/{check}/{status}",
+        put(checks::report)
+    );
+    let r = route!(r, "/v1/leases", post(leases::create));
+    let r = route!(r, "/v1/leases/renew", post(leases::renew_many));
+    let r = route!(
+        r,
+        "/v1/leases/{id}",
+        get(leases::get_one).delete(leases::revoke)
+    );
+    let r = route!(r, "/v1/leases/{id}/renew", put(leases::renew));
+    let r = route!(r, "/v1/watch", get(watch::watch));
+    let r = route!(r, "/v1/cluster", get(cluster::cluster));
+    let r = route!(r, "/v1/openapi.json", get(crate::openapi::serve));
+    let r = route!(r, "/metrics", get(crate::metrics::render));
+    let r = route!(r, "/healthz", get(cluster::healthz));
+    r.fallback(Handler::layer(
+        not_found,
+        TrackLayer::new(metrics::UNMATCHED),
+    ))
+    .with_state(state)
+}
+
+/// A known route asked with a method it does not have (axum adds `Allow`).
+async fn method_not_allowed() -> StatusCode {
+    StatusCode::METHOD_NOT_ALLOWED
 }
 
 async fn not_found() -> ApiError {
@@ -76,28 +118,40 @@ async fn not_found() -> ApiError {
     )
 }
 
-/// A JSON body: malformed JSON, unknown fields and oversized bodies become
-/// typed API errors instead of axum's plain-text rejections.
+/// A JSON body of at most [`limits::MAX_BODY_BYTES`]: malformed JSON,
+/// unknown fields and oversized bodies become typed API errors instead of
+/// axum's plain-text rejections. The limit is applied here rather than by a
+/// `DefaultBodyLimit` layer, so requests without a body (heartbeats,
+/// lookups) do not pay for it.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!(
-                        "request body is larger than {} bytes",
-                        limits::MAX_BODY_BYTES
-                    ),
-                )
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
-            }
-        })?;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let body = Limited::new(req.into_body(), limits::MAX_BODY_BYTES);
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!(
+                            "request body is larger than {} bytes",
+                            limits::MAX_BODY_BYTES
+                        ),
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_body",
+                        format!("Failed to buffer the request body: {e}"),
+                    )
+                }
+            })?
+            .to_bytes();
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(json_error)
@@ -179,10 +233,10 @@ impl Params {
     }
 
     /// The namespace (default `default`), validated.
-    pub fn namespace(&self) -> Result<String, ApiError> {
+    pub fn namespace(&self) -> Result<&str, ApiError> {
         let ns = self.get("namespace").unwrap_or(DEFAULT_NAMESPACE);
         validate_namespace(ns)?;
-        Ok(ns.to_string())
+        Ok(ns)
     }
 
     /// The key of an instance route: only `namespace` accepted, and the
@@ -229,18 +283,26 @@ impl Params {
     }
 }
 
+/// A JSON response of encoded bytes.
+pub fn json_response(body: Bytes) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The index header's name, checked once rather than per response.
+const INDEX: HeaderName = HeaderName::from_static(INDEX_HEADER);
+
 /// A JSON response carrying the index it reflects.
 pub fn indexed_json(index: u64, body: Bytes) -> Response {
-    let mut resp = (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response();
-    resp.headers_mut()
-        .insert(INDEX_HEADER, HeaderValue::from(index));
+    json_with_index(HeaderValue::from(index), body)
+}
+
+/// A JSON response with its index already made into a header value.
+pub fn json_with_index(index: HeaderValue, body: Bytes) -> Response {
+    let mut resp = json_response(body);
+    resp.headers_mut().insert(INDEX, index);
     resp
 }
 

@@ -18,7 +18,7 @@ use crate::error::ApiError;
               (status = 400, description = "Invalid parameter", body = ErrorBody)))]
 pub async fn list(State(state): State<AppStateRef>, params: Params) -> Result<Response, ApiError> {
     params.only(&["namespace", "index", "wait"])?;
-    let namespace = params.namespace()?;
+    let namespace = params.namespace()?.to_string();
     if let Some((index, wait)) = params.blocking()? {
         let rx = state.hub.subscribe_namespace(namespace.clone());
         let current = || {

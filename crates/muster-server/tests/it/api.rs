@@ -171,6 +171,40 @@ async fn metrics_expose_requests_instances_and_leases() {
 }
 
 #[tokio::test]
+async fn request_metrics_are_labelled_by_route_template_even_on_errors() {
+    let s = TestServer::start().await;
+    let renew = s.url("/v1/leases/00000000000000aa/renew");
+    let unknown = s.http.put(&renew).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let wrong_method = s.http.delete(&renew).send().await.unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "PUT");
+    let head = s.http.head(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let no_route = s.http.get(s.url("/v2/nothing")).send().await.unwrap();
+    assert_eq!(no_route.status(), 404);
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "muster_http_requests_total{method=\"PUT\",route=\"/v1/leases/{id}/renew\",status=\"404\"}",
+        "muster_http_requests_total{method=\"DELETE\",route=\"/v1/leases/{id}/renew\",status=\"405\"}",
+        "muster_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}",
+        "muster_http_requests_total{method=\"HEAD\",route=\"/healthz\",status=\"200\"}",
+        "muster_http_request_duration_seconds_count{method=\"PUT\",route=\"/v1/leases/{id}/renew\"}",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn state_survives_a_graceful_restart() {
     let s = TestServer::start().await;
     s.register("pay", "a", json!({"tags": ["v2"]})).await;
