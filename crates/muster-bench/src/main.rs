@@ -344,8 +344,17 @@ fn fmt_us(us: f64) -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
-        "scenario", "target", "req/s", "p50", "p99", "p99.9", "RSS MiB", "% ceiling", "x etcd"
+        "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "scenario",
+        "target",
+        "req/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "RSS MiB",
+        "% ceiling",
+        "cpu % ceil",
+        "x etcd"
     );
     for r in rows {
         let find = |t: &str| {
@@ -354,6 +363,22 @@ fn print_table(rows: &[Row]) {
                 .map(|o| o.summary.rps)
         };
         let latency_only = is_latency_only(&r.scenario);
+        // The ceiling's server CPU per request over muster's: the share of
+        // the ceiling muster reaches when the server core is the limit.
+        let cpu_per_req = |o: &Row| {
+            o.extra
+                .get("server_cpu_us_per_req")
+                .and_then(serde_json::Value::as_f64)
+        };
+        let cpu_of_ceiling = (r.target == "muster")
+            .then(|| {
+                let ceiling = rows
+                    .iter()
+                    .find(|o| o.scenario == r.scenario && o.target == "ceiling")?;
+                Some(100.0 * cpu_per_req(ceiling)? / cpu_per_req(r)?)
+            })
+            .flatten()
+            .map(|p| format!("{p:.0}%"));
         let (of_ceiling, vs_etcd) = if r.target == "muster" && latency_only {
             // Lower is better here: how many times etcd's p99 muster's is.
             let etcd_p99 = rows
@@ -386,7 +411,7 @@ fn print_table(rows: &[Row]) {
             (None, None)
         };
         println!(
-            "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+            "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
             r.scenario,
             r.target,
             if latency_only {
@@ -401,6 +426,7 @@ fn print_table(rows: &[Row]) {
                 .map(|b| format!("{:.1}", b as f64 / (1024.0 * 1024.0)))
                 .unwrap_or_else(|| "-".into()),
             of_ceiling.unwrap_or_else(|| "-".into()),
+            cpu_of_ceiling.unwrap_or_else(|| "-".into()),
             vs_etcd.unwrap_or_else(|| "-".into()),
         );
         if !r.extra.is_empty() {

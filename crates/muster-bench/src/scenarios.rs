@@ -205,9 +205,20 @@ async fn http_flow(
         _ => (m.addr(), m.proc.pid),
     };
     let workers = http_workers(addr, s.connections, plan).await?;
+    let cpu_before = servers::cpu_us(pid)?;
     let summary = load::drive(workers, limits(s)).await;
+    let cpu = servers::cpu_us(pid)?.saturating_sub(cpu_before);
     let mut row = Row::new(scenario, target, run, summary);
     row.rss_bytes = servers::rss_bytes(pid).ok();
+    // Server core time per request: where the load generator's core is the
+    // bottleneck, req/s no longer tells the servers apart, this still does.
+    if row.summary.requests > 0 {
+        let per = cpu as f64 / row.summary.requests as f64;
+        row.extra.insert(
+            "server_cpu_us_per_req".into(),
+            Value::from((per * 100.0).round() / 100.0),
+        );
+    }
     row.extra
         .insert("response_bytes".into(), Value::from(sample.len()));
     Ok(row)

@@ -60,6 +60,30 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
+/// CPU time (user + system) the process `pid` has used so far, in
+/// microseconds, from `/proc/<pid>/stat` (clock ticks of 10 ms on Linux's
+/// usual `USER_HZ` of 100).
+pub fn cpu_us(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14 and stime 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .ok_or_else(|| anyhow!("short /proc/{pid}/stat"))?
+            .parse::<u64>()
+            .map_err(Into::into)
+    };
+    // `rest` starts at field 3 (state), so field n is at index n - 3.
+    Ok((ticks(14 - 3)? + ticks(15 - 3)?) * 10_000)
+}
+
 /// A command, pinned to `cpu` with taskset when one is given.
 pub fn pinned(cpu: Option<usize>, program: &Path) -> Command {
     match cpu {
