@@ -449,14 +449,31 @@ async fn watch_fanout(s: &Settings, run: usize) -> Result<Row> {
     let mut hist = load::new_histogram();
     let mut errors = 0;
     let start = Instant::now();
+    let (server_before, own_before) = (
+        servers::cpu_us(m.proc.pid)?,
+        servers::cpu_us(std::process::id())?,
+    );
     for k in 1..=s.changes as u64 {
         let t0 = Instant::now();
         put_instance(&mut conn, "fan", "x", instance_body(k)).await?;
         errors += record_receipts(&mut rx, s.watchers, t0, &mut hist, |(_, at, _)| at).await;
     }
+    let server_cpu = servers::cpu_us(m.proc.pid)?.saturating_sub(server_before);
+    let own_cpu = servers::cpu_us(std::process::id())?.saturating_sub(own_before);
     let summary = Summary::from_histogram(&hist, errors, start.elapsed());
     let mut row = Row::new("watch-fanout", Target::Muster, run, summary);
     row.rss_bytes = m.proc.rss().ok();
+    // Which side a change's delivery keeps busy: the server's core or the
+    // load generator's (reading every watcher's socket).
+    let per_change = |us: u64| (us as f64 / s.changes.max(1) as f64 / 1000.0).round();
+    row.extra.insert(
+        "server_cpu_ms_per_change".into(),
+        Value::from(per_change(server_cpu)),
+    );
+    row.extra.insert(
+        "loadgen_cpu_ms_per_change".into(),
+        Value::from(per_change(own_cpu)),
+    );
     row.extra.insert("watchers".into(), Value::from(s.watchers));
     row.extra.insert("changes".into(), Value::from(s.changes));
     Ok(row)

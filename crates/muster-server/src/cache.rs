@@ -105,10 +105,16 @@ impl ReadCache {
 pub struct WatchFrames {
     /// By service, then by canonical filter: looked up with borrowed keys,
     /// so the many watchers that find their frames allocate nothing.
-    inner: Mutex<HashMap<ServiceKey, HashMap<String, SharedFrames>>>,
+    /// foldhash: every watcher of a change looks its frames up here, and
+    /// SipHash was a visible share of a fan-out.
+    inner: Mutex<HashMap<ServiceKey, HashMap<String, SharedFrames, FastHash>, FastHash>>,
     /// Entries across all services, to bound the cache.
     len: std::sync::atomic::AtomicUsize,
 }
+
+/// A fast, randomly seeded hasher, for a map that is bounded
+/// ([`MAX_ENTRIES`]) and looked up once per watcher per change.
+type FastHash = foldhash::fast::RandomState;
 
 /// Frames for the watchers of one (service, filter) that stand at `from`.
 #[derive(Clone)]

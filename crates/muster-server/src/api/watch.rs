@@ -20,8 +20,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::StreamExt;
 use muster_catalog::{Change, Query, ServiceKey};
 use muster_types::{ErrorBody, WatchEvent, validate_service_name};
+use tokio_stream::wrappers::WatchStream;
 
 use super::Params;
 use super::instances::parse_query;
@@ -142,8 +144,8 @@ pub async fn watch(
     let watcher = Watcher {
         // Subscribe before the first read so no change slips in between.
         changed: state.hub.subscribe_service(key.clone()),
-        shutdown: state.shutdown.clone(),
-        keepalive: state.keepalive.clone(),
+        shutdown: WatchStream::from_changes(state.shutdown.clone()),
+        keepalive: WatchStream::from_changes(state.keepalive.clone()),
         filter: format!("{query:?}"),
         since: last_id.map_or(Since::Start, Since::Resume),
         state,
@@ -239,8 +241,11 @@ struct Watcher {
     filter: String,
     since: Since,
     changed: tokio::sync::watch::Receiver<u64>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    keepalive: tokio::sync::watch::Receiver<u64>,
+    /// Shutdown and keep-alive ticks as streams: their wait stays
+    /// registered between events, instead of being dropped and registered
+    /// again (a lock on a list shared by every watcher) on each one.
+    shutdown: WatchStream<bool>,
+    keepalive: WatchStream<u64>,
     pending: Arc<[Bytes]>,
     next: usize,
     started: bool,
@@ -300,12 +305,12 @@ impl Watcher {
             }
             if self.started {
                 tokio::select! {
+                    biased;
                     r = self.changed.changed() => if r.is_err() { return None },
-                    _ = self.shutdown.changed() => return None,
-                    r = self.keepalive.changed() => {
-                        if r.is_err() {
-                            return None;
-                        }
+                    _ = self.shutdown.next() => return None,
+                    tick = self.keepalive.next() => {
+                        // `None`: the ticker stopped, with the server.
+                        tick?;
                         return Some(Bytes::from_static(KEEPALIVE_FRAME));
                     }
                 }
