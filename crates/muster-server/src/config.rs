@@ -20,7 +20,7 @@ pub struct Config {
     /// Take a snapshot (and compact the log) after this many log entries.
     pub snapshot_logs: u64,
     /// Also take one after this many commands (registrations, removals,
-    /// status changes) since the last one, or a quarter of the instances it
+    /// status changes) since the last one, or an eighth of the instances it
     /// held if that is more: bounds what a restart replays.
     pub snapshot_commands: u64,
     /// Share of leases (0..1) that may fall silent at once before expiry

@@ -45,6 +45,12 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// The table holding metadata: key -> value bytes.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
+/// redb's page cache. Writes append at the log's end and reads are rare
+/// (openraft reads back an entry it just appended from memory, see
+/// `muster-raft`), so a small cache loses nothing; redb's default of 1 GiB
+/// kept every log page read at start-up resident.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// A log entry's bytes, shared between the in-memory mirror and readers.
 pub type Bytes = Arc<[u8]>;
 
@@ -239,10 +245,13 @@ impl LogStore {
                 source: Arc::new(e),
             })?;
         }
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.to_path_buf(),
-            source: Arc::new(e.into()),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                source: Arc::new(e.into()),
+            })?;
 
         // Make sure both tables exist so that read transactions can open them.
         let mut txn = db
