@@ -642,17 +642,23 @@ fn snapshot_scenario() -> Vec<Command> {
     ]
 }
 
+/// The catalog [`snapshot_scenario`] builds, one command per index.
+fn scenario_catalog() -> Catalog {
+    let mut c = Catalog::new();
+    for (i, cmd) in snapshot_scenario().iter().enumerate() {
+        let n = i as u64 + 1;
+        c.apply(n, 1_000 * n, cmd).unwrap();
+    }
+    c
+}
+
 const PLAIN_SNAPSHOT: &str = include_str!("../testdata/snapshot-plain-types.json");
 
 #[test]
 fn older_snapshots_decode_and_histories_name_current_instances() {
     // Snapshots taken before the compact types (with histories written in
     // full) decode to the same catalog.
-    let mut c = Catalog::new();
-    for (i, cmd) in snapshot_scenario().iter().enumerate() {
-        let n = i as u64 + 1;
-        c.apply(n, 1_000 * n, cmd).unwrap();
-    }
+    let c = scenario_catalog();
     let restored: Catalog = serde_json::from_str(PLAIN_SNAPSHOT).unwrap();
     assert_eq!(restored, c);
 
@@ -681,11 +687,7 @@ fn older_snapshots_decode_and_histories_name_current_instances() {
 
 #[test]
 fn a_history_naming_an_instance_the_service_lacks_is_refused() {
-    let mut c = Catalog::new();
-    for (i, cmd) in snapshot_scenario().iter().enumerate() {
-        let n = i as u64 + 1;
-        c.apply(n, 1_000 * n, cmd).unwrap();
-    }
+    let c = scenario_catalog();
     let json = serde_json::to_string(&c)
         .unwrap()
         .replace(r#"{"Current":"a"}"#, r#"{"Current":"zz"}"#);
@@ -695,11 +697,7 @@ fn a_history_naming_an_instance_the_service_lacks_is_refused() {
 
 #[test]
 fn a_restored_history_shares_the_current_instances() {
-    let mut c = Catalog::new();
-    for (i, cmd) in snapshot_scenario().iter().enumerate() {
-        let n = i as u64 + 1;
-        c.apply(n, 1_000 * n, cmd).unwrap();
-    }
+    let c = scenario_catalog();
     let restored: Catalog = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
     let k = key("pay");
     let svc = restored.service(&k).unwrap();

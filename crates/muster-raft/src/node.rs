@@ -94,6 +94,15 @@ fn is_ready_leader(m: &RaftMetrics<u64, BasicNode>, node_id: u64, disk_last: u64
         })
 }
 
+/// A failed wait on openraft's metrics: stopped, or not there in time
+/// (`state` says what was awaited).
+fn wait_error(e: openraft::metrics::WaitError, state: String) -> RaftError {
+    match e {
+        openraft::metrics::WaitError::ShuttingDown => RaftError::Stopped,
+        openraft::metrics::WaitError::Timeout(waited, _) => RaftError::NotReady { waited, state },
+    }
+}
+
 fn describe(m: &RaftMetrics<u64, BasicNode>) -> String {
     format!(
         "state {:?}, leader {:?}, vote {}, last log {:?}, last applied {:?}, running {:?}",
@@ -303,13 +312,7 @@ impl Node {
                 "snapshot stored",
             )
             .await
-            .map_err(|e| match e {
-                openraft::metrics::WaitError::ShuttingDown => RaftError::Stopped,
-                openraft::metrics::WaitError::Timeout(waited, _) => RaftError::NotReady {
-                    waited,
-                    state: format!("no snapshot covering index {index}"),
-                },
-            })?;
+            .map_err(|e| wait_error(e, format!("no snapshot covering index {index}")))?;
         if let Err(e) = &m.running_state {
             return Err(RaftError::Fatal(e.to_string()));
         }
@@ -342,13 +345,7 @@ impl Node {
                     "snapshot built",
                 )
                 .await
-                .map_err(|e| match e {
-                    openraft::metrics::WaitError::ShuttingDown => RaftError::Stopped,
-                    openraft::metrics::WaitError::Timeout(waited, _) => RaftError::NotReady {
-                        waited,
-                        state: "snapshot not built".into(),
-                    },
-                })?;
+                .map_err(|e| wait_error(e, "snapshot not built".into()))?;
             if let Err(e) = &raft.metrics().borrow().running_state {
                 return Err(RaftError::Fatal(e.to_string()));
             }

@@ -129,15 +129,7 @@ async fn reads_are_served_from_cache_until_the_index_moves() {
         ["b"],
         "a change invalidates"
     );
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("muster_read_cache_total{result=\"hit\"}"),
         "{metrics}"
@@ -149,15 +141,7 @@ async fn reads_are_served_from_cache_until_the_index_moves() {
 async fn metrics_expose_requests_instances_and_leases() {
     let s = TestServer::start().await;
     s.register("pay", "a", json!({"ttl": "30s"})).await;
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     for needle in [
         "muster_http_requests_total{method=\"PUT\",route=\"/v1/services/{service}/instances/{id}\",status=\"200\"}",
         "muster_http_request_duration_seconds_bucket",
@@ -183,15 +167,7 @@ async fn request_metrics_are_labelled_by_route_template_even_on_errors() {
     assert_eq!(head.status(), 200);
     let no_route = s.http.get(s.url("/v2/nothing")).send().await.unwrap();
     assert_eq!(no_route.status(), 404);
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     for needle in [
         "muster_http_requests_total{method=\"PUT\",route=\"/v1/leases/{id}/renew\",status=\"404\"}",
         "muster_http_requests_total{method=\"DELETE\",route=\"/v1/leases/{id}/renew\",status=\"405\"}",

@@ -118,15 +118,7 @@ async fn http_check_follows_200_500_429() {
         one["checks"][0]["last_run_ms"].as_u64().unwrap() > 0,
         "{one}"
     );
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("muster_check_runs_total{kind=\"http\"}"),
         "{metrics}"
