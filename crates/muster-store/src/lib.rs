@@ -534,6 +534,23 @@ impl LogStore {
             .collect()
     }
 
+    /// The indexes of the entries in `range`, in order, from memory.
+    pub fn indexes(&self, range: impl RangeBounds<u64>) -> Vec<u64> {
+        let bounds = (
+            clone_bound(range.start_bound()),
+            clone_bound(range.end_bound()),
+        );
+        if is_empty_range(&bounds) {
+            return Vec::new();
+        }
+        self.shared()
+            .read_mirror()
+            .log
+            .range(bounds)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
     fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
         let db = self
             .shared()
