@@ -205,7 +205,7 @@ impl SnapshotDir {
             File::open(&self.dir)?.sync_all()
         };
         write().map_err(|e| Self::io(&tmp, e))?;
-        self.remove_other_data(&path);
+        self.remove_other_data(Some(&path));
         Ok(Current {
             meta: meta.clone(),
             data: path,
@@ -224,14 +224,12 @@ impl SnapshotDir {
     /// crash mid-save). Blocking.
     pub(crate) fn remove_leftovers(&self) -> Result<(), SnapshotFileError> {
         let keep = self.current()?.map(|c| c.data);
-        match keep {
-            Some(keep) => self.remove_other_data(&keep),
-            None => self.remove_other_data(Path::new("")),
-        }
+        self.remove_other_data(keep.as_deref());
         Ok(())
     }
 
-    fn remove_other_data(&self, keep: &Path) {
+    /// Deletes every data file but `keep`.
+    fn remove_other_data(&self, keep: Option<&Path>) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
@@ -239,7 +237,7 @@ impl SnapshotDir {
             let path = entry.path();
             let is_data = entry.file_name().to_str().is_some_and(is_data_name);
             if is_data
-                && path != keep
+                && Some(path.as_path()) != keep
                 && let Err(e) = fs::remove_file(&path)
             {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove an old snapshot file");
