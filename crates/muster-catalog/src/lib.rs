@@ -242,6 +242,15 @@ pub enum ApplyError {
         /// Check id.
         check: String,
     },
+    /// The instance would have more checks than allowed. Checked at apply
+    /// as well as at the edge, so two concurrent additions cannot exceed it.
+    #[error("instance {id:?} already has the most checks allowed ({max})")]
+    TooManyChecks {
+        /// Instance id.
+        id: String,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// What a command did, for the proposer and for observers (watch wake-ups,
@@ -606,6 +615,12 @@ impl Catalog {
                             *old = new;
                         }
                         None => {
+                            if inst.checks.len() >= muster_types::limits::MAX_CHECKS {
+                                return Err(ApplyError::TooManyChecks {
+                                    id: id.clone(),
+                                    max: muster_types::limits::MAX_CHECKS,
+                                });
+                            }
                             let mut checks = std::mem::take(&mut inst.checks).into_vec();
                             checks.push(new);
                             inst.checks = checks.into_boxed_slice();
@@ -661,6 +676,12 @@ impl Catalog {
     ) -> Result<(), ApplyError> {
         // Interned: the key, every instance and lease entry of the service
         // share its two strings.
+        if data.checks.len() > muster_types::limits::MAX_CHECKS {
+            return Err(ApplyError::TooManyChecks {
+                id: data.id.clone(),
+                max: muster_types::limits::MAX_CHECKS,
+            });
+        }
         let key = ServiceKey::interned(namespace, service);
         let previous = self
             .services

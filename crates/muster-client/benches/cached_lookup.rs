@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use muster_agent::Config;
 use muster_client::Client;
-use muster_server::Config;
 use muster_types::RegisterRequest;
 
 fn cached_lookup(c: &mut Criterion) {
@@ -24,7 +24,7 @@ fn cached_lookup(c: &mut Criterion) {
             ..Config::default()
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let server = tokio::spawn(muster_server::serve(
+        let server = tokio::spawn(muster_agent::run(
             listener,
             config,
             async move {

@@ -200,6 +200,13 @@ impl Entry {
                         };
                     }
                 }
+                // A resumed watch that missed nothing: the link is live
+                // (set above) and what is held is current.
+                WatchEvent::Current { index } => {
+                    if let Some(d) = &mut v.data {
+                        d.index = d.index.max(index);
+                    }
+                }
             }
         });
     }

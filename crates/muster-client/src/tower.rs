@@ -77,9 +77,9 @@ impl Discovery {
                     keep
                 });
                 for inst in data.instances.iter() {
-                    if known.get(&inst.id) != Some(&inst.modify_index) {
-                        known.insert(inst.id.clone(), inst.modify_index);
-                        changes.push(Ok(Change::Insert(inst.id.clone(), make(inst))));
+                    if known.get(inst.id.as_str()) != Some(&inst.modify_index) {
+                        known.insert(inst.id.to_string(), inst.modify_index);
+                        changes.push(Ok(Change::Insert(inst.id.to_string(), make(inst))));
                     }
                 }
             }

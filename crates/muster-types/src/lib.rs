@@ -501,6 +501,12 @@ pub enum WatchEvent {
         /// Id of the removed instance.
         id: String,
     },
+    /// Sent at once to a watch resumed with `Last-Event-ID` that missed
+    /// nothing: what the client holds is current at `index`.
+    Current {
+        /// The service index the client is up to date with.
+        index: u64,
+    },
 }
 
 impl WatchEvent {
@@ -509,7 +515,8 @@ impl WatchEvent {
         match self {
             WatchEvent::Snapshot { index, .. }
             | WatchEvent::Upsert { index, .. }
-            | WatchEvent::Delete { index, .. } => *index,
+            | WatchEvent::Delete { index, .. }
+            | WatchEvent::Current { index } => *index,
         }
     }
 
@@ -519,6 +526,7 @@ impl WatchEvent {
             WatchEvent::Snapshot { .. } => "snapshot",
             WatchEvent::Upsert { .. } => "upsert",
             WatchEvent::Delete { .. } => "delete",
+            WatchEvent::Current { .. } => "current",
         }
     }
 }

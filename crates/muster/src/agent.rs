@@ -2,7 +2,7 @@
 //! logging, signals, and the server.
 
 use anyhow::{Context, bail};
-use muster_server::Config;
+use muster_agent::Config;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::AgentArgs;
@@ -91,7 +91,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
-    muster_server::serve(listener, cfg, shutdown_signal(), |started| {
+    muster_agent::run(listener, cfg, shutdown_signal(), |started| {
         // One parseable line on stdout so scripts and tests know where we listen.
         println!("muster listening on http://{}", started.addr);
     })

@@ -1,7 +1,7 @@
 //! `muster`: the registry agent and the command-line client.
 //!
 //! The binary stays thin: `agent` reads the configuration and calls
-//! [`muster_server::serve`]; the other commands are HTTP calls in [`client`].
+//! [`muster_agent::run`]; the other commands are HTTP calls in [`client`].
 #![forbid(unsafe_code)]
 
 mod agent;

@@ -117,6 +117,7 @@ pub fn event(e: &WatchEvent) {
             )
         }
         WatchEvent::Delete { index, id } => println!("[{index}] delete {id}"),
+        WatchEvent::Current { index } => println!("[{index}] up to date"),
     }
 }
 

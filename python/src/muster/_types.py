@@ -195,11 +195,12 @@ class WatchEvent:
     """One change of a service as a watch reports it.
 
     ``kind`` is ``snapshot`` (``instances`` holds every matching instance),
-    ``upsert`` (``instance`` was registered or changed) or ``delete``
-    (``instance_id`` went away).
+    ``upsert`` (``instance`` was registered or changed), ``delete``
+    (``instance_id`` went away) or ``current`` (a resumed watch missed
+    nothing: what the watcher holds is current at ``index``).
     """
 
-    kind: Literal["snapshot", "upsert", "delete"]
+    kind: Literal["snapshot", "upsert", "delete", "current"]
     """What happened."""
     index: int
     """Registry index of the change."""

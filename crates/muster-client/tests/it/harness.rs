@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use muster_agent::Config;
 use muster_client::{Backoff, Client, ClientBuilder, Timeouts};
-use muster_server::Config;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -13,7 +13,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub base: String,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), muster_server::ServerError>>>,
+    task: Option<JoinHandle<Result<(), muster_agent::AgentError>>>,
     pub dir: TempDir,
 }
 
@@ -33,7 +33,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let task = tokio::spawn(muster_server::serve(
+        let task = tokio::spawn(muster_agent::run(
             listener,
             config,
             async move {

@@ -228,4 +228,7 @@ def _event(d: dict[str, Any]) -> Optional[WatchEvent]:
         return WatchEvent("upsert", index, instance=Instance.from_json(d["instance"]))
     if kind == "delete":
         return WatchEvent("delete", index, instance_id=str(d["id"]))
+    if kind == "current":
+        # A resumed watch that missed nothing: the cache is fresh again.
+        return WatchEvent("current", index)
     return None  # unknown event kinds from a newer server are skipped

@@ -1,0 +1,103 @@
+//! The agent's typed configuration: the registry's settings and each
+//! front-end's listener, in one flat file, validated once and split into
+//! what each part needs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use muster_registry::RegistryConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything the agent needs to run. The binary fills it from a TOML file,
+/// then environment variables, then flags, and calls [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the HTTP API.
+    pub http_addr: SocketAddr,
+    /// Directory holding the durable log, vote and snapshots.
+    pub data_dir: PathBuf,
+    /// This node's id in the Raft cluster.
+    pub node_id: u64,
+    /// Take a snapshot (and compact the log) after this many log entries.
+    pub snapshot_logs: u64,
+    /// Also take one after this many commands (registrations, removals,
+    /// status changes) since the last one, or an eighth of the instances it
+    /// held if that is more: bounds what a restart replays.
+    pub snapshot_commands: u64,
+    /// Share of leases (0..1) that may fall silent at once before expiry
+    /// pauses (self-preservation). 1.0 disables self-preservation.
+    pub self_preservation_threshold: f64,
+    /// Self-preservation only applies when at least this many leases exist.
+    pub self_preservation_min_leases: usize,
+    /// How often the leader looks for expired leases.
+    #[serde(with = "humantime_serde_compat")]
+    pub sweep_interval: Duration,
+    /// Allow checks that run a command on the agent's host (`args`). Off by
+    /// default: anyone who can register could otherwise run programs here.
+    pub enable_command_checks: bool,
+    /// Most health-check probes in flight at once.
+    pub check_concurrency: usize,
+    /// How long start-up may take before giving up.
+    #[serde(with = "humantime_serde_compat")]
+    pub startup_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let r = RegistryConfig::default();
+        Config {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            data_dir: r.data_dir,
+            node_id: r.node_id,
+            snapshot_logs: r.snapshot_logs,
+            snapshot_commands: r.snapshot_commands,
+            self_preservation_threshold: r.self_preservation_threshold,
+            self_preservation_min_leases: r.self_preservation_min_leases,
+            sweep_interval: r.sweep_interval,
+            startup_timeout: r.startup_timeout,
+            enable_command_checks: r.enable_command_checks,
+            check_concurrency: r.check_concurrency,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every field; the message names the field and the fix.
+    pub fn validate(&self) -> Result<(), String> {
+        self.registry().validate()
+    }
+
+    /// The registry's part.
+    pub fn registry(&self) -> RegistryConfig {
+        RegistryConfig {
+            node_id: self.node_id,
+            data_dir: self.data_dir.clone(),
+            snapshot_logs: self.snapshot_logs,
+            snapshot_commands: self.snapshot_commands,
+            self_preservation_threshold: self.self_preservation_threshold,
+            self_preservation_min_leases: self.self_preservation_min_leases,
+            sweep_interval: self.sweep_interval,
+            enable_command_checks: self.enable_command_checks,
+            check_concurrency: self.check_concurrency,
+            startup_timeout: self.startup_timeout,
+        }
+    }
+}
+
+/// Durations in the config file are strings such as `"250ms"`.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&muster_types::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        muster_types::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}

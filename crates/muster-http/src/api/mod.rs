@@ -1,0 +1,340 @@
+//! HTTP API v1: routing, and the extractors every handler shares (JSON
+//! bodies with typed errors, query parameters checked against a list).
+
+pub mod checks;
+pub mod cluster;
+pub mod instances;
+pub mod leases;
+pub mod services;
+pub mod watch;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, RawQuery, Request};
+use axum::handler::Handler;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::MethodRouter;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use muster_registry::{Caller, ServiceKey};
+use muster_types::{DEFAULT_NAMESPACE, INDEX_HEADER, limits, validate_namespace};
+use rand::Rng;
+use serde::de::DeserializeOwned;
+
+use crate::HttpStateRef;
+use crate::error::ApiError;
+use crate::metrics::{self, TrackLayer};
+
+/// Adds a route whose handlers count and time their requests under the
+/// route's template (`metrics::TrackLayer`), answering other methods with
+/// 405 (and `Allow`), tracked the same way:
+/// `route!(router, "/v1/leases/{id}", get(leases::get_one).delete(leases::revoke))`.
+///
+/// The layer wraps each handler rather than the route's `MethodRouter`:
+/// axum turns every layer around a route into one more boxed service,
+/// cloned (a boxed clone) and called (a boxed future) per request.
+macro_rules! route {
+    ($router:expr, $path:literal, $($method:ident($handler:expr)).+) => {{
+        let track = TrackLayer::new($path);
+        $router.route(
+            $path,
+            MethodRouter::new()
+                $(.$method(Handler::layer($handler, track.clone())))+
+                .fallback(Handler::layer(method_not_allowed, track)),
+        )
+    }};
+}
+
+/// Builds the router of every route, each counting and timing its own
+/// requests. Bodies are capped where they are read ([`JsonBody`]).
+pub fn router(state: HttpStateRef) -> Router {
+    let r = Router::new();
+    let r = route!(r, "/v1/services", get(services::list));
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances",
+        get(instances::discover)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}",
+        put(instances::register)
+            .get(instances::get_one)
+            .delete(instances::deregister)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}/heartbeat",
+        put(instances::heartbeat)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}/maintenance",
+        put(checks::maintenance)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}/checks/{check}",
+        put(checks::put_check).delete(checks::delete_check)
+    );
+    let r = route!(
+        r,
+        "/v1/services/{service}/instances/{id}/checks/{check}/{status}",
+        put(checks::report)
+    );
+    let r = route!(r, "/v1/leases", post(leases::create));
+    let r = route!(r, "/v1/leases/renew", post(leases::renew_many));
+    let r = route!(
+        r,
+        "/v1/leases/{id}",
+        get(leases::get_one).delete(leases::revoke)
+    );
+    let r = route!(r, "/v1/leases/{id}/renew", put(leases::renew));
+    let r = route!(r, "/v1/watch", get(watch::watch));
+    let r = route!(r, "/v1/cluster", get(cluster::cluster));
+    let r = route!(r, "/v1/openapi.json", get(crate::openapi::serve));
+    let r = route!(r, "/metrics", get(crate::metrics::render));
+    let r = route!(r, "/healthz", get(cluster::healthz));
+    r.fallback(Handler::layer(
+        not_found,
+        TrackLayer::new(metrics::UNMATCHED),
+    ))
+    .with_state(state)
+}
+
+/// A known route asked with a method it does not have (axum adds `Allow`).
+async fn method_not_allowed() -> StatusCode {
+    StatusCode::METHOD_NOT_ALLOWED
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found(
+        "no_route",
+        "no such route; see /v1/openapi.json for the API",
+    )
+}
+
+/// The caller of a request. Anonymous for now: the security work reads
+/// its credentials here, and the registry authorises every operation.
+pub struct Call(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Call {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        Ok(Call(Caller::anonymous()))
+    }
+}
+
+/// A JSON body of at most [`limits::MAX_BODY_BYTES`]: malformed JSON,
+/// unknown fields and oversized bodies become typed API errors instead of
+/// axum's plain-text rejections. The limit is applied here rather than by a
+/// `DefaultBodyLimit` layer, so requests without a body (heartbeats,
+/// lookups) do not pay for it.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let LimitedBody(bytes) = LimitedBody::from_request(req, state).await?;
+        decode_json(&bytes).map(JsonBody)
+    }
+}
+
+/// A raw body of at most [`limits::MAX_BODY_BYTES`], for routes whose body
+/// is optional: oversized and unreadable bodies become typed API errors.
+pub struct LimitedBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for LimitedBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let body = Limited::new(req.into_body(), limits::MAX_BODY_BYTES);
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!(
+                            "request body is larger than {} bytes",
+                            limits::MAX_BODY_BYTES
+                        ),
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_body",
+                        format!("Failed to buffer the request body: {e}"),
+                    )
+                }
+            })?
+            .to_bytes();
+        Ok(LimitedBody(bytes))
+    }
+}
+
+/// Decodes a JSON body into a wire type, with typed errors.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(json_error)
+}
+
+fn json_error(e: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let msg = e.to_string();
+    match e.classify() {
+        Category::Data => {
+            let err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", msg.clone());
+            // serde names the field between backticks: "unknown field `x`", "missing field `port`".
+            match msg.split('`').nth(1) {
+                Some(f) if msg.contains("field") => err.with_field(f),
+                _ => err,
+            }
+        }
+        _ => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("request body is not valid JSON: {msg}"),
+        ),
+    }
+}
+
+/// Query-string parameters, repeated keys kept, checked against what a
+/// route accepts so a typo is an error rather than a silently ignored filter.
+pub struct Params(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Ok(RawQuery(q)) = RawQuery::from_request_parts(parts, state).await;
+        let pairs: Vec<(String, String)> = match q {
+            None => Vec::new(),
+            Some(q) => serde_urlencoded::from_str(&q).map_err(|e| {
+                ApiError::bad_param("query", format!("query string is malformed: {e}"))
+            })?,
+        };
+        Ok(Params(pairs))
+    }
+}
+
+impl Params {
+    /// Fails on any parameter not in `allowed`.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        for (k, _) in &self.0 {
+            if !allowed.contains(&k.as_str()) {
+                return Err(ApiError::bad_param(
+                    k,
+                    format!(
+                        "unknown parameter {k:?}; this route accepts: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The last value of a parameter.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a repeatable parameter.
+    pub fn all(&self, key: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The namespace (default `default`), validated.
+    pub fn namespace(&self) -> Result<&str, ApiError> {
+        let ns = self.get("namespace").unwrap_or(DEFAULT_NAMESPACE);
+        validate_namespace(ns)?;
+        Ok(ns)
+    }
+
+    /// The key of an instance route: only `namespace` accepted, and the
+    /// namespace, service name and instance id validated.
+    pub fn instance_key(&self, service: String, id: &str) -> Result<ServiceKey, ApiError> {
+        self.only(&["namespace"])?;
+        let key = ServiceKey::new(self.namespace()?, service);
+        muster_types::validate_service_name(&key.service)?;
+        muster_types::validate_instance_id(id)?;
+        Ok(key)
+    }
+
+    /// A blocking-query request: `index` and `wait`, capped and jittered.
+    pub fn blocking(&self) -> Result<Option<(u64, Duration)>, ApiError> {
+        let Some(index) = self.get("index") else {
+            if self.get("wait").is_some() {
+                return Err(ApiError::bad_param(
+                    "wait",
+                    "wait needs index: pass the X-Muster-Index of your last read",
+                ));
+            }
+            return Ok(None);
+        };
+        let index: u64 = index.parse().map_err(|_| {
+            ApiError::bad_param(
+                "index",
+                format!("index {index:?} is not a non-negative integer"),
+            )
+        })?;
+        let wait = match self.get("wait") {
+            None => Duration::from_millis(limits::DEFAULT_WAIT_MS),
+            Some(w) => {
+                muster_types::parse_duration(w).map_err(|m| ApiError::bad_param("wait", m))?
+            }
+        };
+        let wait = wait.min(Duration::from_millis(limits::MAX_WAIT_MS));
+        // Jitter spreads the return of many waiters that started together.
+        let jitter = rand::rng().random_range(0..=wait.as_millis() as u64 / 16);
+        Ok(Some((index, wait + Duration::from_millis(jitter))))
+    }
+}
+
+/// A JSON response of encoded bytes.
+pub fn json_response(body: Bytes) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The index header's name, checked once rather than per response.
+const INDEX: HeaderName = HeaderName::from_static(INDEX_HEADER);
+
+/// A JSON response carrying the index it reflects.
+pub fn indexed_json(index: u64, body: Bytes) -> Response {
+    json_with_index(HeaderValue::from(index), body)
+}
+
+/// A JSON response with its index already made into a header value.
+pub fn json_with_index(index: HeaderValue, body: Bytes) -> Response {
+    let mut resp = json_response(body);
+    resp.headers_mut().insert(INDEX, index);
+    resp
+}
+
+/// Serialises a value into a response with its index.
+pub fn indexed<T: serde::Serialize>(index: u64, value: &T) -> Response {
+    indexed_json(
+        index,
+        Bytes::from(serde_json::to_vec(value).expect("wire types serialise")),
+    )
+}

@@ -1,0 +1,39 @@
+//! The list of services of a namespace.
+
+use axum::extract::State;
+use axum::response::Response;
+use muster_types::{ErrorBody, ServicesResponse};
+
+use super::{Call, Params, indexed};
+use crate::HttpStateRef;
+use crate::error::ApiError;
+
+/// Services with instance counts by health; blocking with `index` + `wait`
+/// (woken by any change in the namespace).
+#[utoipa::path(get, path = "/v1/services", tag = "services",
+    params(("namespace" = Option<String>, Query, description = "Namespace"),
+           ("index" = Option<u64>, Query, description = "Block until the namespace index exceeds this"),
+           ("wait" = Option<String>, Query, description = "Longest block, e.g. `30s`")),
+    responses((status = 200, description = "Services; header X-Muster-Index", body = ServicesResponse),
+              (status = 400, description = "Invalid parameter", body = ErrorBody)))]
+pub async fn list(
+    State(state): State<HttpStateRef>,
+    Call(caller): Call,
+    params: Params,
+) -> Result<Response, ApiError> {
+    params.only(&["namespace", "index", "wait"])?;
+    let namespace = params.namespace()?.to_string();
+    if let Some((index, wait)) = params.blocking()? {
+        state
+            .registry
+            .wait_services(&caller, &namespace, index, wait)
+            .await?;
+    }
+    let list = state.registry.services(&caller, &namespace)?;
+    let body = ServicesResponse {
+        services: list.services,
+        namespace,
+        index: list.index,
+    };
+    Ok(indexed(list.index, &body))
+}

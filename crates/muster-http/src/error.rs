@@ -1,0 +1,107 @@
+//! The one place where failures become HTTP statuses and stable JSON codes.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use muster_registry::RegistryError;
+use muster_types::{ErrorBody, ErrorDetail, FieldError};
+
+/// An error answered to an API client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// Offending input field, if any.
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// Builds an error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// Names the offending field.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// 400 `invalid_parameter` for a bad query-string parameter.
+    pub fn bad_param(param: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_parameter", message).with_field(param)
+    }
+
+    /// 400 `invalid_field` for a bad body field.
+    pub fn bad_field(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_field", message).with_field(field)
+    }
+
+    /// 404 for a missing resource.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, e.code, e.message).with_field(e.field)
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let message = e.to_string();
+        match e {
+            RegistryError::Invalid(f) => f.into(),
+            RegistryError::InstanceNotFound { .. } => ApiError::not_found("not_found", message),
+            RegistryError::LeaseNotFound(_) => {
+                ApiError::not_found("lease_not_found", message).with_field("lease")
+            }
+            RegistryError::CheckNotFound { .. } => ApiError::not_found("check_not_found", message),
+            RegistryError::LeaseExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            RegistryError::NoLease { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "no_lease", message)
+            }
+            RegistryError::CommandChecksDisabled { field } => {
+                ApiError::new(StatusCode::FORBIDDEN, "command_checks_disabled", message)
+                    .with_field(field)
+            }
+            RegistryError::NotTtlCheck { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "not_ttl_check", message)
+            }
+            RegistryError::NotLeader { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message)
+            }
+            RegistryError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+            }
+            RegistryError::Storage(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                field: self.field,
+            },
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}

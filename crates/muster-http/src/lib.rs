@@ -1,0 +1,78 @@
+//! The native HTTP API (v1) of muster: a thin front-end on the registry.
+//!
+//! It decodes requests into the registry's typed operations, encodes what
+//! they return, and maps every [`muster_registry::RegistryError`] to a status
+//! and a stable JSON code in one place ([`error`]). It touches no catalog,
+//! lock or raft node; what it keeps of its own are bytes: discovery answers
+//! per service index and canonical query, and watch frames per shared batch
+//! ([`cache`]).
+//!
+//! - [`router`] builds the routes for a [`Registry`]; [`serve`] runs them on
+//!   a listener until a shutdown future resolves.
+//! - [`api`]: the routes; [`metrics`] and [`openapi`]: `/metrics` and
+//!   `/v1/openapi.json`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cache;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use muster_registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What every handler can reach.
+pub struct HttpState {
+    /// The registry every route calls.
+    pub registry: Registry,
+    /// Encoded discovery answers.
+    pub cache: cache::ReadCache,
+    /// Encoded watch frames, shared by the watchers of a batch.
+    pub frames: cache::FrameCache,
+    /// Flips to `true` when the registry shuts down, ending watches.
+    pub shutdown: watch::Receiver<bool>,
+    /// Ticks every [`api::watch::KEEPALIVE_INTERVAL`]: each watch then sends
+    /// a comment (one timer for all watches, not one each).
+    pub keepalive: watch::Receiver<u64>,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// Shared state as handlers receive it.
+pub type HttpStateRef = Arc<HttpState>;
+
+/// The routes of the API on `registry`. Call [`metrics::handle`] first,
+/// before the registry is opened, so every metric is recorded.
+pub fn router(registry: Registry) -> axum::Router {
+    let shutdown = registry.shutdown_signal();
+    let state = Arc::new(HttpState {
+        keepalive: api::watch::spawn_keepalive(shutdown.clone()),
+        shutdown,
+        registry,
+        cache: Default::default(),
+        frames: Default::default(),
+        metrics: metrics::handle(),
+    });
+    api::router(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets the
+/// registry end its long polls and watches and waits for open requests.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(registry.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            registry.begin_shutdown();
+        })
+        .await
+}

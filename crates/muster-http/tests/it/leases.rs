@@ -1,0 +1,178 @@
+//! Leases: shared leases, revocation, renewal, expiry on a paused clock,
+//! self-preservation.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Sse, TestServer};
+
+#[tokio::test]
+async fn revoke_removes_every_instance_of_the_lease() {
+    let s = TestServer::start().await;
+    let (status, lease) = s.post("/v1/leases", json!({"ttl": "30s"})).await;
+    assert_eq!(status, 201, "{lease}");
+    let id = lease["id"].as_str().unwrap().to_string();
+    for (svc, inst) in [("pay", "p1"), ("pay", "p2"), ("cart", "c1")] {
+        s.register(svc, inst, json!({"lease": id})).await;
+    }
+    s.register("pay", "keeper", json!({})).await;
+    let (_, info, _) = s.get(&format!("/v1/leases/{id}")).await;
+    assert_eq!(info["instances"], 3);
+
+    // One renewal keeps them all alive.
+    let r = s
+        .http
+        .put(s.url(&format!("/v1/leases/{id}/renew")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (status, w) = s.delete(&format!("/v1/leases/{id}")).await;
+    assert_eq!((status, w["removed"].as_u64()), (200, Some(3)));
+    assert_eq!(s.ids("/v1/services/pay/instances").await, ["keeper"]);
+    assert!(s.ids("/v1/services/cart/instances").await.is_empty());
+    let (status, e) = s.delete(&format!("/v1/leases/{id}")).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (404, Some("lease_not_found"))
+    );
+    let r = s
+        .http
+        .put(s.url(&format!("/v1/leases/{id}/renew")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeats_and_batch_renewal() {
+    let s = TestServer::start().await;
+    let inst = s.register("pay", "p1", json!({"ttl": "10s"})).await;
+    let lease = inst["lease"].as_str().unwrap().to_string();
+    let r = s
+        .http
+        .put(s.url("/v1/services/pay/instances/p1/heartbeat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["id"].as_str(), v["ttl_ms"].as_u64()),
+        (Some(lease.as_str()), Some(10_000))
+    );
+
+    s.register("pay", "persistent", json!({})).await;
+    let r = s
+        .http
+        .put(s.url("/v1/services/pay/instances/persistent/heartbeat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+
+    let (status, v) = s
+        .post(
+            "/v1/leases/renew",
+            json!({"ids": [lease, "00000000000000aa"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["renewed"], json!([lease]));
+    assert_eq!(v["not_found"], json!(["00000000000000aa"]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn expiry_removes_instances_on_a_paused_clock() {
+    let s = TestServer::start().await;
+    let short = s.register("pay", "short", json!({"ttl": "5s"})).await;
+    s.register("pay", "long", json!({"ttl": "1h"})).await;
+    let mut w = Sse::open(&s, "service=pay", None).await;
+    let snap = w.next().await;
+    assert_eq!(snap.event, "snapshot");
+    assert_eq!(snap.data["instances"].as_array().unwrap().len(), 2);
+    // The store's fsync runs on its own thread, which a paused clock would
+    // race at start-up; so the clock stops only once everything is in place.
+    tokio::time::pause();
+    // The paused clock jumps to the next timer whenever the runtime idles,
+    // so the 5 s lease lapses without the test waiting 5 s.
+    let gone = w.next().await;
+    assert_eq!(
+        (gone.event.as_str(), gone.data["id"].as_str()),
+        ("delete", Some("short"))
+    );
+    assert!(gone.id > short["modify_index"].as_u64().unwrap());
+    assert_eq!(s.ids("/v1/services/pay/instances").await, ["long"]);
+    let lease = short["lease"].as_str().unwrap();
+    let (status, _, _) = s.get(&format!("/v1/leases/{lease}")).await;
+    assert_eq!(status, 404, "the instance's own lease went with it");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn renewals_keep_an_instance_past_many_ttls() {
+    let s = TestServer::start().await;
+    s.register("pay", "p1", json!({"ttl": "3s"})).await;
+    tokio::time::pause();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await; // paced renewals, not waiting on state
+        let r = s
+            .http
+            .put(s.url("/v1/services/pay/instances/p1/heartbeat"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(s.ids("/v1/services/pay/instances").await, ["p1"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn self_preservation_pauses_expiry_and_resumes() {
+    let s = TestServer::start_with(|c| {
+        c.self_preservation_threshold = 0.5;
+        c.self_preservation_min_leases = 4;
+    })
+    .await;
+    let mut leases = Vec::new();
+    for i in 0..10 {
+        let v = s
+            .register("pay", &format!("p{i}"), json!({"ttl": "10s"}))
+            .await;
+        leases.push(v["lease"].as_str().unwrap().to_string());
+    }
+    tokio::time::pause();
+    let mut preserving = s.registry.self_preservation();
+    // Nobody renews: every lease falls silent at once, so expiry pauses.
+    preserving.wait_for(|on| *on).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await; // well past every TTL
+    assert_eq!(
+        s.ids("/v1/services/pay/instances").await.len(),
+        10,
+        "nothing dropped"
+    );
+    let (_, c, _) = s.get("/v1/cluster").await;
+    assert_eq!(c["self_preservation"], true);
+
+    // Renewals return for eight of ten: expiry resumes and takes the other two.
+    let (status, v) = s
+        .post("/v1/leases/renew", json!({"ids": leases[..8]}))
+        .await;
+    assert_eq!((status, v["renewed"].as_array().unwrap().len()), (200, 8));
+    preserving.wait_for(|on| !*on).await.unwrap();
+    let mut w = Sse::open(&s, "service=pay", None).await;
+    let mut left = w.next().await.data["instances"].as_array().unwrap().len();
+    while left > 8 {
+        assert_eq!(w.next().await.event, "delete");
+        left -= 1;
+    }
+    let ids = s.ids("/v1/services/pay/instances").await;
+    assert_eq!(ids, (0..8).map(|i| format!("p{i}")).collect::<Vec<_>>());
+    s.stop().await;
+}

@@ -1,0 +1,108 @@
+//! The one error type of the registry. Front-ends map it to their protocol
+//! (the HTTP API to a status and a stable code) in one place each.
+
+use muster_catalog::ApplyError;
+use muster_raft::ProposeError;
+use muster_types::{FieldError, format_lease_id};
+
+/// Why an operation was refused or failed. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// An input is invalid: which field and why.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// No such instance.
+    #[error("instance {id:?} of service {service:?} not found")]
+    InstanceNotFound {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// No such lease (never was, expired, or revoked).
+    #[error("lease {} not found (expired or revoked)", format_lease_id(*.0))]
+    LeaseNotFound(u64),
+    /// The instance has no such check.
+    #[error("instance {id:?} has no check {check:?}")]
+    CheckNotFound {
+        /// Instance id.
+        id: String,
+        /// Check id.
+        check: String,
+    },
+    /// A lease with this id exists already.
+    #[error("lease {} already exists", format_lease_id(*.0))]
+    LeaseExists(u64),
+    /// A heartbeat for an instance without a lease.
+    #[error(
+        "instance {id:?} is persistent (registered without ttl or lease); it has nothing to renew"
+    )]
+    NoLease {
+        /// Instance id.
+        id: String,
+    },
+    /// A check that runs a program on the registry's host, which this
+    /// registry does not allow.
+    #[error(
+        "command checks (args) run programs on the registry's host and are disabled; \
+         start the agent with --enable-command-checks to allow them"
+    )]
+    CommandChecksDisabled {
+        /// The offending field, e.g. `checks[0].args`.
+        field: String,
+    },
+    /// A report for a check that the registry runs itself.
+    #[error("check {check:?} is not a TTL check; the registry runs it itself")]
+    NotTtlCheck {
+        /// Check id.
+        check: String,
+    },
+    /// This node cannot take the operation now (it does not lead).
+    #[error("this node cannot accept writes now: not the leader{}", match .leader {
+        Some(l) => format!(" (leader is node {l})"),
+        None => " (no leader known)".to_owned(),
+    })]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<u64>,
+    },
+    /// The registry is shutting down.
+    #[error("the registry is shutting down")]
+    ShuttingDown,
+    /// The write could not be made durable; the node must be restarted.
+    #[error("the write could not be made durable: {0}")]
+    Storage(String),
+}
+
+/// Result of a registry operation.
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+impl From<ApplyError> for RegistryError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::UnknownLease(id) => RegistryError::LeaseNotFound(id),
+            ApplyError::LeaseExists(id) => RegistryError::LeaseExists(id),
+            ApplyError::UnknownInstance { service, id } => {
+                RegistryError::InstanceNotFound { service, id }
+            }
+            ApplyError::UnknownCheck { id, check } => RegistryError::CheckNotFound { id, check },
+            ApplyError::TooManyChecks { max, .. } => RegistryError::Invalid(FieldError::invalid(
+                "checks",
+                format!("the instance already has the most checks allowed ({max})"),
+            )),
+        }
+    }
+}
+
+impl From<ProposeError> for RegistryError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::NotLeader { leader } => RegistryError::NotLeader { leader },
+            ProposeError::ShuttingDown => RegistryError::ShuttingDown,
+            ProposeError::Fatal(m) => {
+                tracing::error!(error = %m, "write failed");
+                RegistryError::Storage(m)
+            }
+        }
+    }
+}
