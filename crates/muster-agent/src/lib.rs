@@ -55,9 +55,8 @@ pub async fn run(
     config.validate().map_err(AgentError::Config)?;
     let addr = http.local_addr()?;
     // The metrics recorder first, so that every metric the registry makes
-    // is recorded; and exactly one rustls crypto provider (HTTPS checks).
+    // is recorded.
     muster_http::metrics::handle();
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = Registry::open(config.registry()).await?;
     on_ready(&Started {
         addr,

@@ -311,6 +311,9 @@ impl Registry {
     /// that follow leadership.
     pub async fn open(config: RegistryConfig) -> std::result::Result<Registry, StartError> {
         config.validate().map_err(StartError::Config)?;
+        // HTTPS health checks use rustls with exactly one crypto provider
+        // (ring); an embedding program may have installed it already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let hub = Arc::new(Hub::default());
         let leases = Arc::new(LeaseManager::new(
             config.self_preservation_threshold,

@@ -576,3 +576,43 @@ async fn https_check_verifies_certificates_unless_told_not_to() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_ttl_report_body_is_limited_and_its_errors_are_typed() {
+    let s = TestServer::start().await;
+    s.register(
+        "pay",
+        "a",
+        json!({"checks": [{"id": "alive", "ttl": "30s"}]}),
+    )
+    .await;
+    let path = "/v1/services/pay/instances/a/checks/alive/pass";
+    let big = format!(
+        "{{\"output\": \"{}\"}}",
+        "x".repeat(muster_types::limits::MAX_BODY_BYTES)
+    );
+    let (status, v) = s.put_raw(path, big).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (413, Some("body_too_large")),
+        "{v}"
+    );
+    let (status, v) = s.put_raw(path, "{\"output\": ").await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("malformed_json")),
+        "{v}"
+    );
+    let (status, v) = s.put_raw(path, "{\"colour\": 1}").await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_field")),
+        "{v}"
+    );
+    // An empty body and a small one are reports.
+    let (status, _) = s.put_raw(path, "").await;
+    assert_eq!(status, 204);
+    let (status, _) = s.put_raw(path, "{\"output\": \"fine\"}").await;
+    assert_eq!(status, 204);
+    s.stop().await;
+}

@@ -179,6 +179,7 @@ pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 pub struct Sse {
     resp: reqwest::Response,
     buf: String,
+    deadline: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -199,7 +200,15 @@ impl Sse {
         Sse {
             resp,
             buf: String::new(),
+            deadline: Some(Duration::from_secs(10)),
         }
+    }
+
+    /// Without a deadline on events: for tests on a paused clock, where
+    /// tokio's timers jump ahead while the test waits for a socket.
+    pub fn untimed(mut self) -> Sse {
+        self.deadline = None;
+        self
     }
 
     pub async fn next(&mut self) -> SseEvent {
@@ -225,7 +234,15 @@ impl Sse {
                     data: serde_json::from_str(&data).unwrap(),
                 };
             }
-            let chunk = self.resp.chunk().await.unwrap().expect("stream ended");
+            // A deadline, so a missing event fails the test instead of
+            // hanging it (keep-alive comments come every 15 s).
+            let chunk = match self.deadline {
+                Some(d) => tokio::time::timeout(d, self.resp.chunk())
+                    .await
+                    .expect("no SSE event within the deadline"),
+                None => self.resp.chunk().await,
+            };
+            let chunk = chunk.unwrap().expect("stream ended");
             self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
         }
     }

@@ -92,7 +92,7 @@ async fn expiry_removes_instances_on_a_paused_clock() {
     let s = TestServer::start().await;
     let short = s.register("pay", "short", json!({"ttl": "5s"})).await;
     s.register("pay", "long", json!({"ttl": "1h"})).await;
-    let mut w = Sse::open(&s, "service=pay", None).await;
+    let mut w = Sse::open(&s, "service=pay", None).await.untimed();
     let snap = w.next().await;
     assert_eq!(snap.event, "snapshot");
     assert_eq!(snap.data["instances"].as_array().unwrap().len(), 2);
@@ -166,7 +166,7 @@ async fn self_preservation_pauses_expiry_and_resumes() {
         .await;
     assert_eq!((status, v["renewed"].as_array().unwrap().len()), (200, 8));
     preserving.wait_for(|on| !*on).await.unwrap();
-    let mut w = Sse::open(&s, "service=pay", None).await;
+    let mut w = Sse::open(&s, "service=pay", None).await.untimed();
     let mut left = w.next().await.data["instances"].as_array().unwrap().len();
     while left > 8 {
         assert_eq!(w.next().await.event, "delete");

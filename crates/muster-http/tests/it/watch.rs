@@ -202,3 +202,37 @@ async fn resume_inside_a_batch_of_registrations_misses_nothing() {
     }
     panic!("32 concurrent registrations never shared a log entry in 20 rounds");
 }
+
+#[tokio::test]
+async fn a_resume_that_missed_nothing_is_confirmed_at_once_even_after_a_restart() {
+    let s = TestServer::start().await;
+    s.register("pay", "a", json!({})).await;
+    let mut w = Sse::open(&s, "service=pay", None).await;
+    let seen = w.next().await.id;
+    drop(w);
+
+    // Reconnecting with the current index: nothing was missed, and the
+    // client learns so at once, not at the next change.
+    let mut w = Sse::open(&s, "service=pay", Some(seen)).await;
+    let e = w.next().await;
+    assert_eq!((e.event.as_str(), e.id), ("current", seen), "{:?}", e.data);
+    assert_eq!(e.data, json!({"type": "current", "index": seen}));
+    // The stream goes on from there.
+    let b = s.register("pay", "b", json!({})).await;
+    let e = w.next().await;
+    assert_eq!(
+        (e.event.as_str(), e.id),
+        ("upsert", b["modify_index"].as_u64().unwrap())
+    );
+    let seen = e.id;
+    drop(w);
+
+    // The registry restarts on the same data: a client resuming where it
+    // was is confirmed current as soon as it reconnects.
+    let dir = s.stop().await;
+    let s = TestServer::start_in(dir, |_| {}).await;
+    let mut w = Sse::open(&s, "service=pay", Some(seen)).await;
+    let e = w.next().await;
+    assert_eq!((e.event.as_str(), e.id), ("current", seen));
+    s.stop().await;
+}
