@@ -182,6 +182,11 @@ impl ClientBuilder {
                     "registry address {a:?} must be http://host:port or host:port"
                 )));
             }
+            if base.starts_with("https://") && !cfg!(feature = "tls") {
+                return Err(Error::Config(format!(
+                    "registry address {a:?} is https://: build muster-client with its `tls` feature"
+                )));
+            }
             addrs.push(base);
         }
         validate_namespace(&self.namespace)
@@ -207,5 +212,25 @@ impl ClientBuilder {
             lease_ttl: self.lease_ttl,
             max_staleness: self.max_staleness,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Client, Error};
+
+    #[tokio::test]
+    async fn https_addresses_need_the_tls_feature() {
+        let built = Client::builder()
+            .addrs(["https://registry.invalid:7700"])
+            .build();
+        if cfg!(feature = "tls") {
+            assert!(built.is_ok(), "{:?}", built.err());
+        } else {
+            match built {
+                Err(Error::Config(m)) => assert!(m.contains("`tls` feature"), "{m}"),
+                other => panic!("expected a configuration error, got {:?}", other.err()),
+            }
+        }
     }
 }

@@ -59,6 +59,9 @@ pub(crate) struct Transport {
 
 impl Transport {
     pub fn new(settings: Arc<Settings>) -> Result<Self> {
+        // One crypto provider for rustls; the program may have chosen it.
+        #[cfg(feature = "tls")]
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             // Registry traffic is local infrastructure: never through a proxy.
             .no_proxy()
