@@ -295,8 +295,7 @@ pub struct IndexedChange {
 /// Serialised with its history's upserts of a current instance written as
 /// that instance's id (`{"Current": id}`), not as a second copy: a full
 /// history (256 changes) would otherwise repeat a quarter of a large
-/// catalog in every snapshot. Histories written in full (older snapshots)
-/// still decode.
+/// catalog in every snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "ServiceData")]
 pub struct Service {

@@ -1,6 +1,14 @@
 //! Every byte format this crate writes, in one place so it can be swapped.
 //!
-//! Today everything is JSON (serde_json). The snapshot file's framing is in
+//! Log entries and snapshot data carry a format version, so that a build
+//! never misreads data written in another format: an entry is
+//! [`LOG_FORMAT`] (one byte) then JSON; snapshot data is
+//! [`SNAPSHOT_MAGIC`], [`SNAPSHOT_FORMAT`] (u16, big-endian), then frames.
+//! An unknown version is refused with an error that says so. Each version
+//! has golden fixtures (`testdata/`), checked byte for byte by the tests
+//! below: a change to the types that would change what is written fails
+//! them, and must come with a new version. Small metadata values (vote,
+//! log ids) are JSON. The snapshot file's framing is in
 //! [`crate::snapshot_file`].
 
 use std::io::{Read, Write};
@@ -9,7 +17,7 @@ use muster_catalog::{Catalog, CatalogHead, Service, ServiceKey};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::types::{Entry, LogId, SnapshotMeta};
+use crate::types::{Entry, LogId};
 
 /// A value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -32,14 +40,41 @@ impl From<serde_json::Error> for CodecError {
     }
 }
 
-/// Encodes a log entry.
+/// Version of the log entry encoding: the first byte of every stored entry.
+pub(crate) const LOG_FORMAT: u8 = 1;
+
+/// Encodes a log entry: [`LOG_FORMAT`], then the entry as JSON.
 pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, CodecError> {
-    Ok(serde_json::to_vec(entry)?)
+    let mut out = vec![LOG_FORMAT];
+    serde_json::to_writer(&mut out, entry)?;
+    Ok(out)
+}
+
+/// The JSON of an encoded entry, once its format version is checked.
+fn entry_body(bytes: &[u8]) -> Result<&[u8], CodecError> {
+    match bytes.split_first() {
+        Some((&LOG_FORMAT, body)) => Ok(body),
+        Some((b'{', _)) => Err(CodecError(
+            "log entry is in the unversioned format of pre-release builds; \
+             this data directory cannot be read by this version"
+                .into(),
+        )),
+        Some((v, _)) => Err(CodecError(format!(
+            "log entry has format version {v}; this build reads version {LOG_FORMAT} only \
+             (was the data directory written by another muster version?)"
+        ))),
+        None => Err(CodecError("log entry is empty".into())),
+    }
+}
+
+/// Checks that an encoded entry is in a format this build reads.
+pub(crate) fn check_entry_format(bytes: &[u8]) -> Result<(), CodecError> {
+    entry_body(bytes).map(|_| ())
 }
 
 /// Decodes a log entry.
 pub(crate) fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
-    Ok(serde_json::from_slice(bytes)?)
+    Ok(serde_json::from_slice(entry_body(bytes)?)?)
 }
 
 /// Decodes only the log id of an encoded entry.
@@ -48,7 +83,7 @@ pub(crate) fn decode_entry_log_id(bytes: &[u8]) -> Result<LogId, CodecError> {
     struct Head {
         log_id: LogId,
     }
-    let head: Head = serde_json::from_slice(bytes)?;
+    let head: Head = serde_json::from_slice(entry_body(bytes)?)?;
     Ok(head.log_id)
 }
 
@@ -62,15 +97,23 @@ pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Codec
     Ok(serde_json::from_slice(bytes)?)
 }
 
-/// The first bytes of snapshot data in frames ([`write_catalog`]).
-const CATALOG_MAGIC: &[u8; 4] = b"MCF1";
+/// The first bytes of snapshot data ([`write_catalog`]).
+pub(crate) const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNP";
+
+/// Version of the snapshot data encoding, after [`SNAPSHOT_MAGIC`].
+pub(crate) const SNAPSHOT_FORMAT: u16 = 1;
+
+/// The magic of the unversioned snapshot data of pre-release builds.
+const PRE_RELEASE_MAGIC: &[u8; 4] = b"MCF1";
 
 /// Writes the catalog as snapshot data, a frame at a time, so neither side
-/// ever holds the whole encoding: [`CATALOG_MAGIC`], then frames of a
-/// length (u32, big-endian) and JSON: the catalog's head
-/// ([`Catalog::head`]), then one `[key, service]` pair per service.
+/// ever holds the whole encoding: [`SNAPSHOT_MAGIC`], [`SNAPSHOT_FORMAT`]
+/// (u16, big-endian), then frames of a length (u32, big-endian) and JSON:
+/// the catalog's head ([`Catalog::head`]), then one `[key, service]` pair
+/// per service.
 pub(crate) fn write_catalog(catalog: &Catalog, out: &mut impl Write) -> Result<(), CodecError> {
-    out.write_all(CATALOG_MAGIC)?;
+    out.write_all(SNAPSHOT_MAGIC)?;
+    out.write_all(&SNAPSHOT_FORMAT.to_be_bytes())?;
     let mut frame = Vec::new();
     write_frame(out, &mut frame, &catalog.head())?;
     for entry in catalog.service_entries() {
@@ -99,8 +142,24 @@ fn write_frame<T: Serialize>(
 pub(crate) fn read_catalog(input: &mut impl Read) -> Result<Catalog, CodecError> {
     let mut magic = [0u8; 4];
     input.read_exact(&mut magic)?;
-    if &magic != CATALOG_MAGIC {
+    if &magic == PRE_RELEASE_MAGIC {
+        return Err(CodecError(
+            "snapshot data is in the unversioned format of pre-release builds; \
+             this data directory cannot be read by this version"
+                .into(),
+        ));
+    }
+    if &magic != SNAPSHOT_MAGIC {
         return Err(CodecError("snapshot data has a bad header".into()));
+    }
+    let mut version = [0u8; 2];
+    input.read_exact(&mut version)?;
+    let version = u16::from_be_bytes(version);
+    if version != SNAPSHOT_FORMAT {
+        return Err(CodecError(format!(
+            "snapshot data has format version {version}; this build reads version \
+             {SNAPSHOT_FORMAT} only (was the data directory written by another muster version?)"
+        )));
     }
     let mut frame = Vec::new();
     read_frame(input, &mut frame)?;
@@ -132,41 +191,6 @@ fn read_frame(input: &mut impl Read, frame: &mut Vec<u8>) -> Result<(), CodecErr
         )));
     }
     Ok(())
-}
-
-/// Decodes the snapshot data of older versions: the catalog as one JSON
-/// document.
-pub(crate) fn decode_legacy_catalog(bytes: &[u8]) -> Result<Catalog, CodecError> {
-    Ok(serde_json::from_slice(bytes)?)
-}
-
-const LEGACY_SNAPSHOT_MAGIC: &[u8; 4] = b"MSN1";
-
-/// Decodes the snapshot blob older versions kept in the store's metadata:
-/// `MSN1`, the metadata's length (u32, big-endian), the metadata, then the
-/// catalog as one JSON document.
-pub(crate) fn decode_legacy_snapshot(blob: &[u8]) -> Result<(SnapshotMeta, Catalog), CodecError> {
-    let bad = || CodecError("snapshot blob is truncated or has a bad header".into());
-    let rest = blob.strip_prefix(LEGACY_SNAPSHOT_MAGIC).ok_or_else(bad)?;
-    let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
-    let len = u32::from_be_bytes(*len) as usize;
-    if rest.len() < len {
-        return Err(bad());
-    }
-    let (meta, data) = rest.split_at(len);
-    Ok((serde_json::from_slice(meta)?, decode_legacy_catalog(data)?))
-}
-
-#[cfg(test)]
-/// Frames a snapshot the way older versions stored it, for upgrade tests.
-pub(crate) fn encode_legacy_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
-    let meta = serde_json::to_vec(meta).expect("metadata encodes");
-    let mut out = Vec::with_capacity(8 + meta.len() + data.len());
-    out.extend_from_slice(LEGACY_SNAPSHOT_MAGIC);
-    out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
-    out.extend_from_slice(&meta);
-    out.extend_from_slice(data);
-    out
 }
 
 #[cfg(test)]
@@ -261,5 +285,194 @@ mod tests {
         foreign[0] = b'{';
         let err = read_catalog(&mut foreign.as_slice()).unwrap_err();
         assert!(err.to_string().contains("bad header"), "{err}");
+    }
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name)
+    }
+
+    /// `bytes` must be exactly the committed fixture `name` (rewritten when
+    /// `MUSTER_UPDATE_FIXTURES` is set, for a new format version only).
+    fn golden(name: &str, bytes: &[u8]) {
+        let path = fixture(name);
+        if std::env::var_os("MUSTER_UPDATE_FIXTURES").is_some() {
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let want = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            want == bytes,
+            "what is written no longer matches {name}: data written by this version \
+             would not be what older builds of the same format version read. A change \
+             to the stored form needs a new format version, with fixtures of its own."
+        );
+    }
+
+    /// One entry with every command, each field set.
+    fn entry_with_every_command() -> Entry {
+        use muster_types::{CheckSpec, Health, validate_check};
+        use openraft::{CommittedLeaderId, EntryPayload};
+
+        let http = validate_check(
+            0,
+            &CheckSpec {
+                id: Some("web".into()),
+                name: Some("web answers".into()),
+                http: Some("https://10.0.0.1:8443/health".into()),
+                method: Some("HEAD".into()),
+                headers: BTreeMap::from([("x-probe".to_string(), "muster".to_string())]),
+                tls_skip_verify: true,
+                interval: Some("5s".into()),
+                timeout: Some("1s".into()),
+                status: Some(Health::Warning),
+                deregister_critical_after: Some("10m".into()),
+                success_before_passing: Some(2),
+                failures_before_critical: Some(3),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let ttl = validate_check(
+            1,
+            &CheckSpec {
+                ttl: Some("30s".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (ns, svc) = (|| "default".to_string(), || "payments".to_string());
+        let commands = vec![
+            Command::CreateLease {
+                id: 0xfeed,
+                ttl_ms: 10_000,
+            },
+            Command::Register {
+                namespace: ns(),
+                service: svc(),
+                instance: InstanceData {
+                    id: "pay-1".into(),
+                    address: "10.0.0.1".into(),
+                    port: 8080,
+                    tags: BTreeSet::from(["v2".to_string(), "eu".to_string()]),
+                    meta: BTreeMap::from([("team".to_string(), "core".to_string())]),
+                    version: Some("1.4.2".into()),
+                    zone: Some("eu-1a".into()),
+                    weight: 50,
+                    checks: vec![http.clone(), ttl],
+                },
+                lease: LeaseRef::Existing(0xfeed),
+            },
+            Command::Register {
+                namespace: ns(),
+                service: svc(),
+                instance: InstanceData {
+                    id: "pay-2".into(),
+                    address: "pay-2.internal".into(),
+                    port: 9090,
+                    tags: BTreeSet::new(),
+                    meta: BTreeMap::new(),
+                    version: None,
+                    zone: None,
+                    weight: 100,
+                    checks: Vec::new(),
+                },
+                lease: LeaseRef::Own {
+                    id: 0xbeef,
+                    ttl_ms: 5_000,
+                },
+            },
+            Command::CheckStatus {
+                namespace: ns(),
+                service: svc(),
+                id: "pay-1".into(),
+                check: "web".into(),
+                status: Health::Critical,
+                output: "HTTP 503".into(),
+            },
+            Command::Maintenance {
+                namespace: ns(),
+                service: svc(),
+                id: "pay-1".into(),
+                reason: Some("deploy".into()),
+            },
+            Command::PutCheck {
+                namespace: ns(),
+                service: svc(),
+                id: "pay-2".into(),
+                check: http,
+            },
+            Command::RemoveCheck {
+                namespace: ns(),
+                service: svc(),
+                id: "pay-2".into(),
+                check: "web".into(),
+            },
+            Command::Deregister {
+                namespace: ns(),
+                service: svc(),
+                id: "pay-2".into(),
+            },
+            Command::RevokeLease { id: 0xfeed },
+            Command::ExpireLeases {
+                ids: vec![0xbeef, 7],
+            },
+        ];
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), 42),
+            payload: EntryPayload::Normal(crate::types::Request {
+                now_ms: 1_764_633_600_000,
+                commands,
+            }),
+        }
+    }
+
+    #[test]
+    fn log_entry_format_1_reads_and_writes_its_fixture() {
+        let entry = entry_with_every_command();
+        let bytes = encode_entry(&entry).unwrap();
+        assert_eq!(bytes[0], LOG_FORMAT);
+        golden("log-entry-v1.bin", &bytes);
+        let stored = std::fs::read(fixture("log-entry-v1.bin")).unwrap();
+        assert_eq!(decode_entry(&stored).unwrap(), entry);
+        assert_eq!(decode_entry_log_id(&stored).unwrap(), entry.log_id);
+
+        let blank = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
+            payload: openraft::EntryPayload::Blank,
+        };
+        golden("log-entry-blank-v1.bin", &encode_entry(&blank).unwrap());
+        let stored = std::fs::read(fixture("log-entry-blank-v1.bin")).unwrap();
+        assert_eq!(decode_entry(&stored).unwrap(), blank);
+    }
+
+    #[test]
+    fn snapshot_format_1_reads_and_writes_its_fixture() {
+        let c = catalog();
+        let mut data = Vec::new();
+        write_catalog(&c, &mut data).unwrap();
+        assert_eq!(&data[..6], b"MSNP\x00\x01");
+        golden("snapshot-v1.bin", &data);
+        let stored = std::fs::read(fixture("snapshot-v1.bin")).unwrap();
+        assert_eq!(read_catalog(&mut stored.as_slice()).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_format_versions_are_refused() {
+        let mut entry = encode_entry(&entry_with_every_command()).unwrap();
+        entry[0] = 2;
+        let e = decode_entry(&entry).unwrap_err().to_string();
+        assert!(e.contains("format version 2"), "{e}");
+        let e = decode_entry(&entry[1..]).unwrap_err().to_string();
+        assert!(e.contains("pre-release"), "{e}");
+
+        let mut data = Vec::new();
+        write_catalog(&catalog(), &mut data).unwrap();
+        data[5] = 9;
+        let e = read_catalog(&mut data.as_slice()).unwrap_err().to_string();
+        assert!(e.contains("format version 9"), "{e}");
+        data[..4].copy_from_slice(b"MCF1");
+        let e = read_catalog(&mut data.as_slice()).unwrap_err().to_string();
+        assert!(e.contains("pre-release"), "{e}");
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::batcher::{self, Proposal};
+use crate::codec;
 use crate::log_store::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_SNAPSHOT, KEY_VOTE, RaftLog};
 use crate::network::NoPeers;
 use crate::snapshot_file::SnapshotDir;
@@ -150,6 +151,7 @@ impl Node {
             .await
             .map_err(|e| RaftError::Fatal(format!("opening the store panicked: {e}")))??;
 
+        check_formats(&store)?;
         let snapshot_dir = SnapshotDir::in_dir(&cfg.data_dir);
         let fresh = store.is_empty()
             && !snapshot_dir.exists()
@@ -161,13 +163,11 @@ impl Node {
 
         let catalog = Arc::new(RwLock::new(Catalog::new()));
         let sm = {
-            let (store, catalog) = (store.clone(), Arc::clone(&catalog));
-            tokio::task::spawn_blocking(move || {
-                StateMachine::open(&store, snapshot_dir, catalog, observer)
-            })
-            .await
-            .map_err(|e| RaftError::Fatal(format!("loading the snapshot panicked: {e}")))?
-            .map_err(|e| RaftError::Corrupt(e.to_string()))?
+            let catalog = Arc::clone(&catalog);
+            tokio::task::spawn_blocking(move || StateMachine::open(snapshot_dir, catalog, observer))
+                .await
+                .map_err(|e| RaftError::Fatal(format!("loading the snapshot panicked: {e}")))?
+                .map_err(|e| RaftError::Corrupt(e.to_string()))?
         };
         let pace = sm.pace(cfg.snapshot_commands);
         let committed = Arc::new(AtomicU64::new(0));
@@ -391,6 +391,28 @@ impl Node {
         tracing::info!(node_id = self.inner.node_id, "raft node stopped");
         result
     }
+}
+
+/// Refuses a store whose data this build cannot read, before openraft
+/// starts on it: a snapshot kept in the store's metadata (as pre-release
+/// builds did), or log entries of another format version.
+pub(crate) fn check_formats(store: &LogStore) -> Result<(), RaftError> {
+    let path = store.path().display();
+    if store.get_meta(KEY_SNAPSHOT).is_some() {
+        return Err(RaftError::Corrupt(format!(
+            "{path} keeps its snapshot inside the store, as pre-release builds did; \
+             this version cannot read that data directory"
+        )));
+    }
+    let ends = [store.first_index(), store.last_index()];
+    for index in ends.into_iter().flatten() {
+        let bytes = store
+            .get(index)?
+            .ok_or_else(|| RaftError::Corrupt(format!("{path}: log entry {index} is missing")))?;
+        codec::check_entry_format(&bytes)
+            .map_err(|e| RaftError::Corrupt(format!("{path}: log entry {index}: {e}")))?;
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Node {

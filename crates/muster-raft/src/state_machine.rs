@@ -10,7 +10,6 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use muster_catalog::Catalog;
-use muster_store::LogStore;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotId, StorageIOError,
@@ -18,7 +17,6 @@ use openraft::{
 
 use crate::ApplyObserver;
 use crate::codec;
-use crate::log_store::KEY_SNAPSHOT;
 use crate::snapshot_file::{Current, NewData, SnapshotDir};
 use crate::types::{
     Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -200,11 +198,9 @@ fn read_catalog(catalog: &RwLock<Catalog>) -> Result<RwLockReadGuard<'_, Catalog
 
 impl StateMachine {
     /// Builds the state machine. If `dir` holds a snapshot, it replaces the
-    /// catalog's content and `observer.restored` is called. A snapshot that
-    /// an older version kept in `store`'s metadata is loaded the same way
-    /// and moved to `dir`. Blocking: it reads the snapshot.
+    /// catalog's content and `observer.restored` is called. Blocking: it
+    /// reads the snapshot.
     pub(crate) fn open(
-        store: &LogStore,
         dir: SnapshotDir,
         catalog: Arc<RwLock<Catalog>>,
         observer: Arc<dyn ApplyObserver>,
@@ -232,7 +228,7 @@ impl StateMachine {
                 let restored = read_snapshot_data(&current.meta, &current.data)?;
                 Some((current, restored))
             }
-            None => sm.migrate_legacy(store)?,
+            None => None,
         };
         if let Some((current, restored)) = loaded {
             let instances = restored.instance_count() as u64;
@@ -242,27 +238,6 @@ impl StateMachine {
             *sm.shared.current.try_lock().expect("not shared yet") = Some(current);
         }
         Ok(sm)
-    }
-
-    /// Moves a snapshot an older version kept in the store's metadata into
-    /// the snapshot files, and returns it. Blocking.
-    fn migrate_legacy(&self, store: &LogStore) -> Result<Option<(Current, Catalog)>, StorageError> {
-        let Some(blob) = store.get_meta(KEY_SNAPSHOT) else {
-            return Ok(None);
-        };
-        let (meta, catalog) = codec::decode_legacy_snapshot(&blob)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let data = Shared::write_data(&self.shared.dir, &catalog)?;
-        let current = self
-            .shared
-            .dir
-            .commit(&meta, data)
-            .map_err(|e| snapshot_err(Some(&meta), &e))?;
-        store
-            .put_meta_sync(KEY_SNAPSHOT, None)
-            .map_err(|e| snapshot_err(Some(&meta), &e))?;
-        tracing::info!(snapshot = %meta, "snapshot moved from the store to its own files");
-        Ok(Some((current, catalog)))
     }
 
     /// The counts that pace snapshots by commands, due after at least

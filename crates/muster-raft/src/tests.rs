@@ -28,7 +28,6 @@ impl StoreBuilder<TypeConfig, RaftLog, StateMachine, tempfile::TempDir> for Buil
         let store = LogStore::open(&dir.path().join("raft.redb")).expect("open store");
         let log = RaftLog::new(store.clone(), Arc::new(AtomicU64::new(0)));
         let sm = StateMachine::open(
-            &store,
             SnapshotDir::in_dir(dir.path()),
             Arc::new(RwLock::new(Catalog::new())),
             Arc::new(NoObserver),
@@ -42,74 +41,67 @@ fn openraft_storage_suite() -> Result<(), StorageError> {
     Suite::test_all(Builder)
 }
 
-/// A data directory written by a version that kept the snapshot in the
-/// store's metadata still loads, and the snapshot moves to its own files.
+/// Data this build cannot read is refused at start-up, naming what and
+/// where: a snapshot kept in the store's metadata (pre-release layout),
+/// unversioned entries (pre-release format), entries of an unknown version.
 #[tokio::test]
-async fn a_snapshot_in_the_store_metadata_loads_and_moves_to_its_files() {
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, StoredMembership};
-    use tokio::io::AsyncReadExt;
-
-    use crate::codec;
+async fn data_in_another_format_is_refused_at_start_up() {
     use crate::log_store::KEY_SNAPSHOT;
-    use crate::types::{LogId, SnapshotMeta};
+    use crate::{RaftConfig, RaftError};
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut catalog = Catalog::new();
-    catalog
-        .apply(
-            1,
-            0,
-            &muster_catalog::Command::CreateLease {
-                id: 7,
-                ttl_ms: 10_000,
+    async fn open_with(write: impl FnOnce(&LogStore)) -> Result<crate::Node, RaftError> {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let store = LogStore::open(&data.join("raft.redb")).unwrap();
+        write(&store);
+        store.flush().unwrap();
+        store.close();
+        drop(store);
+        let node = crate::Node::open(
+            RaftConfig {
+                node_id: 1,
+                data_dir: data,
+                snapshot_logs: 100,
+                snapshot_commands: 100,
             },
+            Arc::new(NoObserver),
         )
-        .unwrap();
-    let meta = SnapshotMeta {
-        last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
-        last_membership: StoredMembership::default(),
-        snapshot_id: "legacy".into(),
+        .await;
+        if let Ok(n) = &node {
+            n.shutdown().await.unwrap();
+        }
+        node
+    }
+    fn append(store: &LogStore, index: u64, bytes: &[u8]) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.append(
+            vec![(index, bytes.to_vec())],
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+        rx.recv().unwrap().unwrap();
+    }
+    let refused = |r: Result<crate::Node, RaftError>| match r {
+        Err(RaftError::Corrupt(m)) => m,
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, the node opened"),
     };
-    let store = LogStore::open(&dir.path().join("raft.redb")).unwrap();
-    let legacy_data = serde_json::to_vec(&catalog).unwrap();
-    store
-        .put_meta_sync(
-            KEY_SNAPSHOT,
-            Some(codec::encode_legacy_snapshot(&meta, &legacy_data)),
-        )
-        .unwrap();
 
-    let snapshots = SnapshotDir::in_dir(dir.path());
-    let loaded = Arc::new(RwLock::new(Catalog::new()));
-    let mut sm = StateMachine::open(
-        &store,
-        snapshots.clone(),
-        Arc::clone(&loaded),
-        Arc::new(NoObserver),
-    )
-    .unwrap();
-    assert_eq!(*loaded.read().unwrap(), catalog);
-    assert_eq!(sm.applied_state().await.unwrap().0, meta.last_log_id);
-    assert!(snapshots.exists());
-    assert_eq!(store.get_meta(KEY_SNAPSHOT), None, "legacy copy deleted");
+    let m = refused(
+        open_with(|s| {
+            s.put_meta_sync(KEY_SNAPSHOT, Some(b"MSN1".to_vec()))
+                .unwrap()
+        })
+        .await,
+    );
+    assert!(m.contains("pre-release") && m.contains("raft.redb"), "{m}");
 
-    // openraft gets the moved snapshot, in the new data format.
-    let current = sm.get_current_snapshot().await.unwrap().unwrap();
-    assert_eq!(current.meta, meta);
-    let mut data = Vec::new();
-    let mut file = current.snapshot;
-    file.read_to_end(&mut data).await.unwrap();
-    assert_eq!(codec::read_catalog(&mut data.as_slice()).unwrap(), catalog);
+    let m = refused(open_with(|s| append(s, 1, br#"{"log_id":{}}"#)).await);
+    assert!(
+        m.contains("log entry 1") && m.contains("pre-release"),
+        "{m}"
+    );
 
-    // And the files alone restore the same catalog.
-    let reloaded = Arc::new(RwLock::new(Catalog::new()));
-    StateMachine::open(
-        &store,
-        snapshots,
-        Arc::clone(&reloaded),
-        Arc::new(NoObserver),
-    )
-    .unwrap();
-    assert_eq!(*reloaded.read().unwrap(), catalog);
+    let m = refused(open_with(|s| append(s, 1, b"\x09{}")).await);
+    assert!(m.contains("format version 9"), "{m}");
 }
