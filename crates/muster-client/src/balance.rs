@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use muster_types::{Health, Instance};
@@ -52,7 +52,7 @@ struct Stat {
 
 impl Stat {
     fn ejected(&self, now: Instant) -> bool {
-        matches!(*self.ejected_until.lock().expect("stat lock"), Some(t) if t > now)
+        matches!(*self.ejected_until.lock().unwrap_or_else(PoisonError::into_inner), Some(t) if t > now)
     }
 }
 
@@ -119,7 +119,10 @@ impl Balancer {
 
     /// Seeds the random choices, so a test sees the same sequence each run.
     pub fn seed(self, seed: u64) -> Self {
-        self.state.lock().expect("balancer lock").rng = StdRng::seed_from_u64(seed);
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rng = StdRng::seed_from_u64(seed);
         self
     }
 
@@ -158,7 +161,7 @@ impl Balancer {
     pub fn pick_from(&self, snapshot: &Snapshot) -> Result<Pick> {
         let now = Instant::now();
         let instances = snapshot.instances();
-        let mut st = self.state.lock().expect("balancer lock");
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if snapshot.index() != st.pruned_at {
             st.pruned_at = snapshot.index();
             st.stats.retain(|id, _| snapshot.get(id).is_some());
@@ -303,7 +306,11 @@ impl Pick {
         let n = self.stat.failures.fetch_add(1, Ordering::Relaxed);
         let factor = 1u32.checked_shl(n.min(16)).unwrap_or(u32::MAX);
         let backoff = self.eject_base.saturating_mul(factor).min(self.eject_max);
-        *self.stat.ejected_until.lock().expect("stat lock") = Some(Instant::now() + backoff);
+        *self
+            .stat
+            .ejected_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + backoff);
         metrics::counter!(crate::metrics::EJECTIONS).increment(1);
     }
 

@@ -7,7 +7,7 @@
 //! when it is down: that is the age of the answer.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use muster_types::{Instance, WatchEvent};
@@ -246,7 +246,11 @@ pub(crate) struct Cache {
 impl Cache {
     /// The entry of `query`, if it exists.
     pub fn get(&self, query: &Query) -> Option<Arc<Entry>> {
-        self.entries.read().expect("cache lock").get(query).cloned()
+        self.entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(query)
+            .cloned()
     }
 
     /// The entry of `query`, starting its watch if it is new.
@@ -254,7 +258,7 @@ impl Cache {
         if let Some(e) = self.get(query) {
             return e;
         }
-        let mut entries = self.entries.write().expect("cache lock");
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = entries.get(query) {
             return e.clone();
         }

@@ -46,6 +46,16 @@ pub enum Error {
     #[error("unexpected answer from the registry: {0}")]
     Protocol(String),
 
+    /// A watch stream carried an event this client cannot decode (a
+    /// registry of another version, or a proxy mangling the stream).
+    #[error("unreadable watch event {data:?}: {reason}")]
+    UnreadableEvent {
+        /// The event's data, as received.
+        data: String,
+        /// Why it could not be decoded.
+        reason: String,
+    },
+
     /// The registry has been unreachable for longer than the maximum
     /// staleness, so the cached answer is withheld.
     #[error(

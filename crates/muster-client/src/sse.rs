@@ -77,8 +77,10 @@ fn parse_frame(frame: &str) -> Result<Read> {
     if !has_data {
         return Ok(Read::KeepAlive);
     }
-    let event: WatchEvent = serde_json::from_str(&data)
-        .map_err(|e| Error::Protocol(format!("unreadable watch event {data:?}: {e}")))?;
+    let event: WatchEvent = serde_json::from_str(&data).map_err(|e| Error::UnreadableEvent {
+        data: data.to_string(),
+        reason: e.to_string(),
+    })?;
     Ok(Read::Event(Box::new(Frame { id, event })))
 }
 

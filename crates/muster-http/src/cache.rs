@@ -2,7 +2,7 @@
 //! and served as bytes until the service's index moves.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::http::HeaderValue;
 use bytes::Bytes;
@@ -68,7 +68,7 @@ impl Default for ReadCache {
 impl ReadCache {
     /// The cached answer, if it was built at exactly `index`.
     pub fn get(&self, key: &ServiceKey, query: &str, index: u64) -> Option<Answer> {
-        let m = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let answer = m.by_service.get(key)?.get(query)?;
         if answer.index == index {
             self.hits.increment(1);
@@ -81,7 +81,7 @@ impl ReadCache {
 
     /// Stores an answer.
     pub fn put(&self, key: ServiceKey, query: String, answer: Answer) {
-        let mut m = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if m.len >= MAX_ENTRIES {
             *m = Entries::default();
         }
@@ -136,7 +136,7 @@ impl FrameCache {
     ) -> Arc<[Bytes]> {
         use std::sync::atomic::Ordering;
 
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(f) = map.get(key).and_then(|by_filter| by_filter.get(filter))
             && Arc::ptr_eq(&f.batch, batch)
         {

@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use muster_store::{LogStore, OnDurable, StoreError};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -78,7 +78,7 @@ impl RaftLog {
     }
 
     fn unread(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
-        self.unread.lock().unwrap_or_else(|p| p.into_inner())
+        self.unread.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {

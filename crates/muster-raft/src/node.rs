@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use muster_catalog::{Catalog, Command};
@@ -368,7 +368,7 @@ impl Node {
             .inner
             .batcher
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(batcher) = batcher
             && tokio::time::timeout(BATCHES_DRAIN_TIMEOUT, batcher)

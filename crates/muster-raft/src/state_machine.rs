@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Seek, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use muster_catalog::Catalog;
@@ -182,18 +182,16 @@ pub(crate) struct StateMachine {
     shared: Arc<Shared>,
 }
 
+// Locks are taken the same way throughout muster: a poisoned lock is
+// recovered (`PoisonError::into_inner`). A panic inside apply ends the raft
+// core, so nothing applies to a catalog it may have left half-changed; a
+// panicked reader changed nothing.
 fn write_catalog(catalog: &RwLock<Catalog>) -> Result<RwLockWriteGuard<'_, Catalog>, StorageError> {
-    catalog.write().map_err(|_| {
-        StorageIOError::write_state_machine(AnyError::error("catalog lock poisoned by a panic"))
-            .into()
-    })
+    Ok(catalog.write().unwrap_or_else(PoisonError::into_inner))
 }
 
 fn read_catalog(catalog: &RwLock<Catalog>) -> Result<RwLockReadGuard<'_, Catalog>, StorageError> {
-    catalog.read().map_err(|_| {
-        StorageIOError::read_state_machine(AnyError::error("catalog lock poisoned by a panic"))
-            .into()
-    })
+    Ok(catalog.read().unwrap_or_else(PoisonError::into_inner))
 }
 
 impl StateMachine {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use muster_catalog::ServiceKey;
 use muster_types::Instance;
@@ -27,7 +27,7 @@ type ByQuery<V> = HashMap<ServiceKey, HashMap<String, V, FastHash>, FastHash>;
 /// these locks guard is a cache or a table that is whole between calls, and
 /// one panicked request must not turn every later one into a panic.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Instances of a service that match a query, at the index they reflect.

@@ -33,7 +33,7 @@ mod leases;
 mod observer;
 mod watch;
 
-use std::sync::{Arc, Mutex, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLockReadGuard};
 use std::time::Duration;
 
 use muster_catalog::{Catalog, Command, InstanceData, LeaseRef};
@@ -297,7 +297,9 @@ struct Inner {
 /// Reads the catalog of `node`. A poisoned lock is recovered: apply is
 /// whole or not at all under it, and one panic must not fail every read.
 pub(crate) fn catalog(node: &Node) -> RwLockReadGuard<'_, Catalog> {
-    node.catalog().read().unwrap_or_else(|p| p.into_inner())
+    node.catalog()
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A fresh lease id: random, never 0.

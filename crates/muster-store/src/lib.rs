@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, mpsc};
 use std::thread::{self, JoinHandle, ThreadId};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -166,15 +166,15 @@ struct Shared {
 
 impl Shared {
     fn lock_queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn read_mirror(&self) -> std::sync::RwLockReadGuard<'_, Mirror> {
-        self.mirror.read().unwrap_or_else(|p| p.into_inner())
+        self.mirror.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write_mirror(&self) -> std::sync::RwLockWriteGuard<'_, Mirror> {
-        self.mirror.write().unwrap_or_else(|p| p.into_inner())
+        self.mirror.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -194,7 +194,11 @@ impl Handle {
             q.closed = true;
         }
         self.shared.wake.notify_all();
-        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(handle) = handle {
             // A callback holding the last handle may drop it on the writer
             // thread itself; joining there would deadlock. The writer exits on
@@ -206,7 +210,7 @@ impl Handle {
         self.shared
             .db
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .take();
     }
 }
@@ -556,7 +560,7 @@ impl LogStore {
             .shared()
             .db
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or(StoreError::Closed)?;
         db.begin_read()
@@ -777,7 +781,7 @@ fn writer_loop(db: Arc<Database>, shared: Arc<Shared>) {
             // Lazy ops alone do not make a commit; at close they are
             // committed with the rest.
             while !q.urgent && !q.closed {
-                q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
             }
             if q.ops.is_empty() {
                 // Closed and drained.

@@ -29,7 +29,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::{Deref, Index};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use arcstr::ArcStr;
 pub use compact_str::CompactString;
@@ -90,7 +90,7 @@ static TAG_SETS: LazyLock<Mutex<Interner<TagSet>>> = LazyLock::new(|| Mutex::new
 /// The interner stays consistent whatever a panicking holder did: it only
 /// ever inserts or removes whole entries.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn intern_locked(strings: &mut Interner<SharedStr>, s: &str) -> SharedStr {

@@ -185,9 +185,7 @@ async fn watch(api: &Api, query: &Query, json: bool) -> anyhow::Result<()> {
                     }
                 }
                 Ok(None) => break,
-                Err(Error::Protocol(e)) if e.starts_with("unreadable") => {
-                    bail!("unreadable watch event: {e}")
-                }
+                Err(e @ Error::UnreadableEvent { .. }) => bail!("{e}"),
                 Err(_) => break,
             }
             last_id = events.last_event_id();

@@ -25,6 +25,7 @@ use muster_registry::{Caller, ServiceKey};
 use muster_types::{DEFAULT_NAMESPACE, INDEX_HEADER, limits, validate_namespace};
 use rand::Rng;
 use serde::de::DeserializeOwned;
+use utoipa::PartialSchema;
 
 use crate::HttpStateRef;
 use crate::error::ApiError;
@@ -138,7 +139,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Call {
 /// lookups) do not pay for it.
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<S: Send + Sync, T: DeserializeOwned + PartialSchema> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -182,28 +183,49 @@ impl<S: Send + Sync> FromRequest<S> for LimitedBody {
     }
 }
 
-/// Decodes a JSON body into a wire type, with typed errors.
-pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(json_error)
-}
-
-fn json_error(e: serde_json::Error) -> ApiError {
+/// Decodes a JSON body into a wire type, with typed errors: a value that
+/// does not fit names the field by its path (`checks[0].interval`), and a
+/// missing field is found from the type's schema.
+pub fn decode_json<T: DeserializeOwned + PartialSchema>(bytes: &[u8]) -> Result<T, ApiError> {
     use serde_json::error::Category;
-    let msg = e.to_string();
-    match e.classify() {
+
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let (path, err) = match serde_path_to_error::deserialize(&mut de) {
+        // Nothing but whitespace may follow the value.
+        Ok(v) => match de.end() {
+            Ok(()) => return Ok(v),
+            Err(e) => (String::from("."), e),
+        },
+        Err(e) => (e.path().to_string(), e.into_inner()),
+    };
+    Err(match err.classify() {
         Category::Data => {
-            let err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", msg.clone());
-            // serde names the field between backticks: "unknown field `x`", "missing field `port`".
-            match msg.split('`').nth(1) {
-                Some(f) if msg.contains("field") => err.with_field(f),
-                _ => err,
+            let e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", err.to_string());
+            let field = match path.as_str() {
+                "." => missing_field::<T>(bytes),
+                _ => Some(path),
+            };
+            match field {
+                Some(f) => e.with_field(f),
+                None => e,
             }
         }
         _ => ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed_json",
-            format!("request body is not valid JSON: {msg}"),
+            format!("request body is not valid JSON: {err}"),
         ),
+    })
+}
+
+/// The first property `T`'s schema requires that the body's object lacks.
+fn missing_field<T: PartialSchema>(bytes: &[u8]) -> Option<String> {
+    use utoipa::openapi::{RefOr, schema::Schema};
+
+    let body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes).ok()?;
+    match T::schema() {
+        RefOr::T(Schema::Object(o)) => o.required.into_iter().find(|f| !body.contains_key(f)),
+        _ => None,
     }
 }
 

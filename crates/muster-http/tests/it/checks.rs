@@ -466,7 +466,10 @@ async fn invalid_checks_are_refused_and_change_nothing() {
             json!({"http": "http://10.0.0.1/h", "interval": "0s"}),
             "checks[0].interval",
         ),
-        (json!({"smoke": "signal", "interval": "10s"}), "smoke"),
+        (
+            json!({"smoke": "signal", "interval": "10s"}),
+            "checks[0].smoke",
+        ),
         (json!({"interval": "10s"}), "checks[0]"),
         (
             json!({"http": "not a url", "interval": "10s"}),
