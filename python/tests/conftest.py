@@ -27,14 +27,14 @@ class MusterServer:
         self._proc: subprocess.Popen[str] | None = None
         self.start()
 
-    def start(self) -> None:
+    def start(self, addr: str = "127.0.0.1:0") -> None:
         log = open(os.path.join(self.dir, "stderr.log"), "a")  # noqa: SIM115
         self._proc = subprocess.Popen(
             [
                 MUSTER_BIN,
                 "agent",
                 "--http-addr",
-                "127.0.0.1:0",
+                addr,
                 "--data-dir",
                 os.path.join(self.dir, "data"),
                 # Tests start and drop many leases at once; keep expiry plain.

@@ -10,7 +10,7 @@ import pytest
 import muster
 from muster import Registration
 
-from .conftest import Env
+from .conftest import Env, MusterServer
 
 
 async def test_lifecycle_register_discover_deregister(env: Env) -> None:
@@ -177,6 +177,30 @@ async def test_stale_answers_then_error_after_max_staleness(env: Env) -> None:
             assert r.stale and r.age <= 1.5
             assert time.monotonic() < deadline, "never became too stale"
             await asyncio.sleep(0.1)  # pacing: the age grows with the clock
+
+
+async def test_fresh_again_once_the_registry_is_back_after_a_restart(server: MusterServer) -> None:
+    """A restart on the same data resumes the watch with nothing missed: the
+    registry confirms it at once, so answers are fresh again, and stay
+    answers (never StaleDataError) long after max_staleness."""
+    async with muster.AsyncMusterClient(server.url, max_staleness=1.5) as c:
+        be = muster.MusterBackend([server.url])
+        try:
+            await be.register("pay", "p1", Registration("127.0.0.1", 9000), None)
+        finally:
+            await be.aclose()
+        assert (await c.wait_for("pay", lambda r: r.ids == ["p1"] and not r.stale)).ids == ["p1"]
+        server.stop()
+        await c.wait_for("pay", lambda r: r.stale, timeout=10)
+        server.start(server.url.removeprefix("http://"))
+        fresh = await c.wait_for("pay", lambda r: not r.stale, timeout=10)
+        assert fresh.ids == ["p1"]
+        # Past max_staleness with no change to the service: still fresh.
+        t_end = time.monotonic() + 2.5
+        while time.monotonic() < t_end:
+            await asyncio.sleep(0.25)  # pacing while checking, not waiting for state
+            r = await c.discover("pay")
+            assert r.ids == ["p1"] and not r.stale
 
 
 async def test_balancing_over_discovered_instances(env: Env) -> None:

@@ -28,10 +28,10 @@ pub enum AgentError {
     #[error(transparent)]
     Start(#[from] StartError),
     /// The registry did not stop cleanly.
-    #[error("storage: {0}")]
+    #[error("the registry did not stop cleanly")]
     Stop(#[from] RaftError),
     /// A listener failed.
-    #[error("i/o: {0}")]
+    #[error("listener failed")]
     Io(#[from] std::io::Error),
 }
 

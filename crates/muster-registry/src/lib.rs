@@ -136,10 +136,10 @@ pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The storage or consensus layer failed.
-    #[error("storage: {0}")]
+    #[error(transparent)]
     Raft(#[from] RaftError),
     /// The data directory could not be created.
-    #[error("data directory: {0}")]
+    #[error("cannot create the data directory")]
     Io(#[from] std::io::Error),
 }
 
