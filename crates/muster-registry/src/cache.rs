@@ -4,7 +4,6 @@
 //! the same canonical query, or by the shared batch it encoded).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use muster_catalog::ServiceKey;
@@ -12,16 +11,57 @@ use muster_types::Instance;
 
 use crate::WatchEvent;
 
-/// Most entries either cache keeps before it starts over.
+/// Most entries a [`QueryMap`] keeps before it starts over.
 const MAX_ENTRIES: usize = 16_384;
 
 /// A fast, randomly seeded hasher, for maps that are bounded and looked up
 /// on every read and by every watcher of a change.
 type FastHash = foldhash::fast::RandomState;
 
-/// Values by service, then by canonical query: looked up with borrowed keys,
-/// so a hit allocates nothing.
-type ByQuery<V> = HashMap<ServiceKey, HashMap<String, V, FastHash>, FastHash>;
+/// Values by service, then by canonical query, at most [`MAX_ENTRIES`] in
+/// all (it starts over when full). Lookups borrow their keys, so a hit
+/// allocates nothing. Not synchronised: its owner keeps it behind a lock.
+/// The registry's typed caches use it, and front-ends their byte caches.
+pub struct QueryMap<V> {
+    map: HashMap<ServiceKey, HashMap<String, V, FastHash>, FastHash>,
+    len: usize,
+}
+
+impl<V> Default for QueryMap<V> {
+    fn default() -> Self {
+        QueryMap {
+            map: HashMap::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<V> QueryMap<V> {
+    /// The value for (`key`, `query`).
+    pub fn get(&self, key: &ServiceKey, query: &str) -> Option<&V> {
+        self.map.get(key)?.get(query)
+    }
+
+    /// Sets the value for (`key`, `query`), clearing everything first when
+    /// the map is full.
+    pub fn insert(&mut self, key: &ServiceKey, query: &str, value: V) {
+        if self.len >= MAX_ENTRIES {
+            self.map.clear();
+            self.len = 0;
+        }
+        let by_query = match self.map.get_mut(key) {
+            Some(q) => q,
+            None => self.map.entry(key.clone()).or_default(),
+        };
+        match by_query.get_mut(query) {
+            Some(v) => *v = value,
+            None => {
+                by_query.insert(query.to_string(), value);
+                self.len += 1;
+            }
+        }
+    }
+}
 
 /// Takes a lock, recovering the data if a panic poisoned it: every value
 /// these locks guard is a cache or a table that is whole between calls, and
@@ -42,31 +82,19 @@ pub struct Discovery {
 /// Discovery answers by service and canonical query.
 #[derive(Default)]
 pub(crate) struct DiscoveryCache {
-    inner: Mutex<ByQuery<Arc<Discovery>>>,
-    len: AtomicUsize,
+    inner: Mutex<QueryMap<Arc<Discovery>>>,
 }
 
 impl DiscoveryCache {
     /// The answer for (`key`, `query`) if it was made at `index`.
     pub(crate) fn get(&self, key: &ServiceKey, query: &str, index: u64) -> Option<Arc<Discovery>> {
         let m = lock(&self.inner);
-        m.get(key)?.get(query).filter(|d| d.index == index).cloned()
+        m.get(key, query).filter(|d| d.index == index).cloned()
     }
 
     /// Keeps an answer.
-    pub(crate) fn put(&self, key: &ServiceKey, query: String, answer: Arc<Discovery>) {
-        let mut m = lock(&self.inner);
-        if self.len.load(Ordering::Relaxed) >= MAX_ENTRIES {
-            m.clear();
-            self.len.store(0, Ordering::Relaxed);
-        }
-        let by_query = match m.get_mut(key) {
-            Some(q) => q,
-            None => m.entry(key.clone()).or_default(),
-        };
-        if by_query.insert(query, answer).is_none() {
-            self.len.fetch_add(1, Ordering::Relaxed);
-        }
+    pub(crate) fn put(&self, key: &ServiceKey, query: &str, answer: Arc<Discovery>) {
+        lock(&self.inner).insert(key, query, answer);
     }
 }
 
@@ -76,9 +104,7 @@ impl DiscoveryCache {
 /// of watchers of one service a change costs one query, not thousands.
 #[derive(Default)]
 pub(crate) struct WatchBatches {
-    /// By service, then by canonical filter, looked up with borrowed keys.
-    inner: Mutex<ByQuery<SharedBatch>>,
-    len: AtomicUsize,
+    inner: Mutex<QueryMap<SharedBatch>>,
 }
 
 /// Events for the watchers of one (service, filter) standing at `from`.
@@ -109,7 +135,7 @@ impl WatchBatches {
         make: impl FnOnce() -> SharedBatch,
     ) -> SharedBatch {
         let mut map = lock(&self.inner);
-        if let Some(f) = map.get(key).and_then(|by_filter| by_filter.get(filter))
+        if let Some(f) = map.get(key, filter)
             && f.from == from
             && f.snapshot == snapshot
             && f.last == current
@@ -117,17 +143,7 @@ impl WatchBatches {
             return f.clone();
         }
         let made = make();
-        if self.len.load(Ordering::Relaxed) >= MAX_ENTRIES {
-            map.clear();
-            self.len.store(0, Ordering::Relaxed);
-        }
-        let by_filter = match map.get_mut(key) {
-            Some(by_filter) => by_filter,
-            None => map.entry(key.clone()).or_default(),
-        };
-        if by_filter.insert(filter.to_string(), made.clone()).is_none() {
-            self.len.fetch_add(1, Ordering::Relaxed);
-        }
+        map.insert(key, filter, made.clone());
         made
     }
 }

@@ -43,7 +43,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch as tokio_watch};
 use tokio::task::JoinHandle;
 
-pub use cache::Discovery;
+pub use cache::{Discovery, QueryMap};
 pub use caller::{Caller, Identity};
 pub use error::{RegistryError, Result};
 pub use leases::{LeaseTable, Sweep};
@@ -636,7 +636,7 @@ impl Registry {
         let (index, instances) = c.query(key, query);
         drop(c);
         let d = Arc::new(Discovery { index, instances });
-        self.inner.discovery.put(key, canonical, d.clone());
+        self.inner.discovery.put(key, &canonical, d.clone());
         Ok(d)
     }
 

@@ -222,7 +222,7 @@ pub async fn discover(
     };
     let bytes = Bytes::from(serde_json::to_vec(&body).expect("wire types serialise"));
     let answer = Answer::new(found.index, bytes);
-    state.cache.put(key, cache_key, answer.clone());
+    state.cache.put(&key, &cache_key, answer.clone());
     Ok(json_with_index(answer.index_header, answer.body))
 }
 
