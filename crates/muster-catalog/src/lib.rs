@@ -253,20 +253,40 @@ pub enum ApplyError {
     },
 }
 
-/// What a command did, for the proposer and for observers (watch wake-ups,
-/// the leader's lease timers).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What a command did, for the proposer (`done`) and for observers (watch
+/// wake-ups, the leader's lease timers, check reconciliation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
+    /// What the command did, by kind of command.
+    pub done: Done,
     /// Services whose index moved.
     pub changed: Vec<ServiceKey>,
     /// Leases created: (id, ttl_ms).
     pub leases_created: Vec<(u64, u64)>,
     /// Leases removed.
     pub leases_removed: Vec<u64>,
-    /// Instances removed.
-    pub removed: u64,
-    /// The instance as registered, for `Register`.
-    pub instance: Option<Arc<Instance>>,
+}
+
+/// What a command did: one kind of answer per kind of command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Done {
+    /// `Register`, `PutCheck`, `RemoveCheck`, `Maintenance`, `CheckStatus`:
+    /// the instance as it now is (as it was, if nothing changed).
+    Instance(Arc<Instance>),
+    /// `Deregister`, `RevokeLease`, `ExpireLeases`: how many instances went.
+    Removed(u64),
+    /// `CreateLease`: the lease's id.
+    LeaseCreated(u64),
+}
+
+/// What the steps of one command did, gathered as they go.
+#[derive(Default)]
+struct Effects {
+    changed: Vec<ServiceKey>,
+    leases_created: Vec<(u64, u64)>,
+    leases_removed: Vec<u64>,
+    removed: u64,
+    instance: Option<Arc<Instance>>,
 }
 
 /// Result of applying one command.
@@ -509,7 +529,7 @@ impl Catalog {
     /// command that fails changes nothing but the applied index.
     pub fn apply(&mut self, index: u64, now_ms: u64, cmd: &Command) -> ApplyResult {
         self.advance(index);
-        let mut out = Outcome::default();
+        let mut out = Effects::default();
         match cmd {
             Command::Register {
                 namespace,
@@ -659,7 +679,26 @@ impl Catalog {
         }
         out.changed.sort();
         out.changed.dedup();
-        Ok(out)
+        let done = match cmd {
+            Command::Register { .. }
+            | Command::CheckStatus { .. }
+            | Command::Maintenance { .. }
+            | Command::PutCheck { .. }
+            | Command::RemoveCheck { .. } => Done::Instance(
+                out.instance
+                    .expect("every instance command that applies yields its instance"),
+            ),
+            Command::Deregister { .. }
+            | Command::RevokeLease { .. }
+            | Command::ExpireLeases { .. } => Done::Removed(out.removed),
+            Command::CreateLease { id, .. } => Done::LeaseCreated(*id),
+        };
+        Ok(Outcome {
+            done,
+            changed: out.changed,
+            leases_created: out.leases_created,
+            leases_removed: out.leases_removed,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -671,7 +710,7 @@ impl Catalog {
         service: &str,
         data: &InstanceData,
         lease: LeaseRef,
-        out: &mut Outcome,
+        out: &mut Effects,
     ) -> Result<(), ApplyError> {
         // Interned: the key, every instance and lease entry of the service
         // share its two strings.
@@ -800,7 +839,7 @@ impl Catalog {
         index: u64,
         key: &ServiceKey,
         id: &str,
-        out: &mut Outcome,
+        out: &mut Effects,
         f: impl FnOnce(&mut Instance) -> Result<bool, ApplyError>,
     ) -> Result<(), ApplyError> {
         let svc = self.services.get_mut(key);
@@ -827,7 +866,7 @@ impl Catalog {
         Ok(())
     }
 
-    fn insert_lease(&mut self, index: u64, id: u64, ttl_ms: u64, own: bool, out: &mut Outcome) {
+    fn insert_lease(&mut self, index: u64, id: u64, ttl_ms: u64, own: bool, out: &mut Effects) {
         self.leases.insert(
             id,
             Lease {
@@ -842,7 +881,7 @@ impl Catalog {
     }
 
     /// Detaches an instance from a lease; an own lease left empty goes too.
-    fn detach(&mut self, index: u64, lease: u64, key: &ServiceKey, id: &str, out: &mut Outcome) {
+    fn detach(&mut self, index: u64, lease: u64, key: &ServiceKey, id: &str, out: &mut Effects) {
         if let Some(l) = self.leases.get_mut(&lease) {
             l.instances.remove(key, id);
             l.index = index;
@@ -853,7 +892,7 @@ impl Catalog {
         }
     }
 
-    fn remove_instance(&mut self, index: u64, key: &ServiceKey, id: &str, out: &mut Outcome) {
+    fn remove_instance(&mut self, index: u64, key: &ServiceKey, id: &str, out: &mut Effects) {
         let Some(svc) = self.services.get_mut(key) else {
             return;
         };
@@ -878,7 +917,7 @@ impl Catalog {
         }
     }
 
-    fn drop_lease(&mut self, index: u64, id: u64, out: &mut Outcome) {
+    fn drop_lease(&mut self, index: u64, id: u64, out: &mut Effects) {
         let Some(lease) = self.leases.remove(&id) else {
             return;
         };

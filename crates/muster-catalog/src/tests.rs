@@ -59,7 +59,9 @@ fn register_is_idempotent_and_replaces() {
     let mut d = data("a");
     d.port = 9090;
     let out = c.apply(3, 0, &reg("pay", d, LeaseRef::None)).unwrap();
-    let inst = out.instance.unwrap();
+    let Done::Instance(inst) = out.done else {
+        panic!("{:?}", out.done)
+    };
     assert_eq!(
         (inst.port, inst.create_index, inst.modify_index),
         (9090, 1, 3)
@@ -106,7 +108,7 @@ fn revoke_removes_every_attached_instance() {
     c.apply(9, 0, &reg("pay", data("persistent"), LeaseRef::None))
         .unwrap();
     let out = c.apply(10, 0, &Command::RevokeLease { id: 7 }).unwrap();
-    assert_eq!(out.removed, 3);
+    assert_eq!(out.done, Done::Removed(3));
     assert_eq!(out.changed, vec![key("cart"), key("pay")]);
     assert_eq!(all(&c, "pay"), ["persistent"]);
     assert!(all(&c, "cart").is_empty());
@@ -132,10 +134,7 @@ fn own_lease_lives_and_dies_with_its_instance() {
     };
     let out = c.apply(2, 0, &reg("pay", data("a"), retry)).unwrap();
     assert!(out.leases_created.is_empty());
-    assert_eq!(
-        out.instance.unwrap().lease.as_deref(),
-        Some("0000000000000005")
-    );
+    assert_eq!(instance_of(&out).lease.as_deref(), Some("0000000000000005"));
     let out = c
         .apply(
             3,
@@ -170,7 +169,7 @@ fn expire_skips_missing_leases() {
     let out = c
         .apply(2, 0, &Command::ExpireLeases { ids: vec![1, 99] })
         .unwrap();
-    assert_eq!((out.removed, out.leases_removed), (1, vec![1]));
+    assert_eq!((out.done, out.leases_removed), (Done::Removed(1), vec![1]));
 }
 
 #[test]
@@ -989,5 +988,13 @@ proptest! {
                 prop_assert_eq!(&view, &as_map(&s.instances));
             }
         }
+    }
+}
+
+/// The instance an instance command yielded.
+fn instance_of(out: &Outcome) -> &Arc<Instance> {
+    match &out.done {
+        Done::Instance(i) => i,
+        other => panic!("an instance command did {other:?}"),
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use muster_catalog::{
-    ApplyError, ApplyResult, Catalog, Command, InstanceData, LeaseRef, ServiceKey,
+    ApplyError, ApplyResult, Catalog, Command, Done, InstanceData, LeaseRef, ServiceKey,
 };
 use muster_raft::{ApplyObserver, Node, ProposeError, RaftConfig};
 
@@ -105,7 +105,10 @@ async fn proposals_survive_restart() {
         outcome.changed,
         vec![ServiceKey::new("default", "payments")]
     );
-    assert_eq!(outcome.instance.unwrap().create_index, reg.index);
+    let Done::Instance(inst) = outcome.done else {
+        panic!("{:?}", outcome.done)
+    };
+    assert_eq!(inst.create_index, reg.index);
     // A command the catalog refuses is still committed, with its error.
     let dup = node
         .propose(Command::CreateLease { id: 1, ttl_ms: 5 })
@@ -149,7 +152,7 @@ async fn proposals_survive_restart() {
 
     // Still writable after the restart.
     let more = node.propose(Command::RevokeLease { id: 3 }).await.unwrap();
-    assert_eq!(more.result.unwrap().removed, 1);
+    assert_eq!(more.result.unwrap().done, Done::Removed(1));
     node.shutdown().await.unwrap();
 }
 
@@ -338,7 +341,9 @@ async fn concurrent_proposals_are_batched_into_few_entries() {
                 })
             );
         } else {
-            let inst = applied.result.unwrap().instance.unwrap();
+            let Done::Instance(inst) = applied.result.unwrap().done else {
+                panic!("a registration yields its instance")
+            };
             assert_eq!(inst.id, format!("i-{n}"));
             assert_eq!(inst.modify_index, applied.index);
             registered.insert(inst.id.to_string());

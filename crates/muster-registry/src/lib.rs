@@ -36,7 +36,7 @@ mod watch;
 use std::sync::{Arc, Mutex, PoisonError, RwLockReadGuard};
 use std::time::Duration;
 
-use muster_catalog::{Catalog, Command, InstanceData, LeaseRef};
+use muster_catalog::{Catalog, Command, Done, InstanceData, LeaseRef};
 use muster_raft::{Node, RaftConfig};
 use muster_types::{Check, CheckKind, FieldError, Health, limits};
 use rand::Rng;
@@ -461,18 +461,31 @@ impl Registry {
         }
     }
 
-    /// The instance a write produced; every instance command yields one.
+    /// The instance an instance command yielded.
     fn written_instance(
         w: Written<muster_catalog::Outcome>,
     ) -> Result<Written<Arc<muster_types::Instance>>> {
-        match w.value.instance {
-            Some(i) => Ok(Written {
+        match w.value.done {
+            Done::Instance(i) => Ok(Written {
                 index: w.index,
                 value: i,
             }),
-            None => Err(RegistryError::Storage(
-                "the write was applied without yielding its instance".into(),
-            )),
+            other => Err(RegistryError::Storage(format!(
+                "an instance command was applied as {other:?}"
+            ))),
+        }
+    }
+
+    /// How many instances a removal took away.
+    fn written_removal(w: Written<muster_catalog::Outcome>) -> Result<Written<u64>> {
+        match w.value.done {
+            Done::Removed(n) => Ok(Written {
+                index: w.index,
+                value: n,
+            }),
+            other => Err(RegistryError::Storage(format!(
+                "a removal was applied as {other:?}"
+            ))),
         }
     }
 
@@ -554,17 +567,14 @@ impl Registry {
         self.authorize(caller, Access::Write(key))?;
         validate_key(key)?;
         muster_types::validate_instance_id(id)?;
-        let w = self
-            .propose(Command::Deregister {
+        Self::written_removal(
+            self.propose(Command::Deregister {
                 namespace: key.namespace.to_string(),
                 service: key.service.to_string(),
                 id: id.to_string(),
             })
-            .await?;
-        Ok(Written {
-            index: w.index,
-            value: w.value.removed,
-        })
+            .await?,
+        )
     }
 
     /// One instance, with the last run and output of each of its checks
@@ -803,11 +813,7 @@ impl Registry {
     /// is how many.
     pub async fn revoke_lease(&self, caller: &Caller, id: u64) -> Result<Written<u64>> {
         self.authorize(caller, Access::Lease)?;
-        let w = self.propose(Command::RevokeLease { id }).await?;
-        Ok(Written {
-            index: w.index,
-            value: w.value.removed,
-        })
+        Self::written_removal(self.propose(Command::RevokeLease { id }).await?)
     }
 
     // ---- checks ---------------------------------------------------------

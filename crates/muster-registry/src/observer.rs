@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use muster_catalog::{ApplyResult, Catalog, ServiceKey};
+use muster_catalog::{ApplyResult, Catalog, Done, ServiceKey};
 use muster_raft::ApplyObserver;
 use tokio::sync::mpsc;
 
@@ -33,13 +33,12 @@ impl ApplyObserver for Observer {
         for id in &out.leases_removed {
             self.leases.removed(*id);
         }
-        // A registration says whether it carries checks; a removal only
-        // matters where checks run; anything else (check and maintenance
-        // commands) may concern checks.
-        let may_have_checks = out
-            .instance
-            .as_ref()
-            .map_or(out.removed == 0, |i| !i.checks.is_empty());
+        // An instance says whether it carries checks; a removal only
+        // matters where checks run (reconcile_if_needed looks).
+        let may_have_checks = match &out.done {
+            Done::Instance(i) => !i.checks.is_empty(),
+            Done::Removed(_) | Done::LeaseCreated(_) => false,
+        };
         for key in &out.changed {
             self.hub.notify(key, index);
             let _ = self.reconcile.send(Some((key.clone(), may_have_checks)));
