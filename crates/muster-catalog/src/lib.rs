@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use muster_types::{
     Check, CompactString, Health, Instance, Meta, ServiceSummary, SharedStr, Tags, format_lease_id,
+    limits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -242,12 +243,15 @@ pub enum ApplyError {
         /// Check id.
         check: String,
     },
-    /// The instance would have more checks than allowed. Checked at apply
-    /// as well as at the edge, so two concurrent additions cannot exceed it.
-    #[error("instance {id:?} already has the most checks allowed ({max})")]
-    TooManyChecks {
+    /// The instance would have more checks, tags or metadata entries than
+    /// allowed. Checked at apply as well as at the edge, so that concurrent
+    /// writes (two checks added at once) cannot exceed a limit.
+    #[error("instance {id:?} would have more than {max} {field}")]
+    OverLimit {
         /// Instance id.
         id: String,
+        /// What is over the limit: `checks`, `tags` or `meta`.
+        field: String,
         /// The limit.
         max: usize,
     },
@@ -634,10 +638,11 @@ impl Catalog {
                             *old = new;
                         }
                         None => {
-                            if inst.checks.len() >= muster_types::limits::MAX_CHECKS {
-                                return Err(ApplyError::TooManyChecks {
+                            if inst.checks.len() >= limits::MAX_CHECKS {
+                                return Err(ApplyError::OverLimit {
                                     id: id.clone(),
-                                    max: muster_types::limits::MAX_CHECKS,
+                                    field: "checks".into(),
+                                    max: limits::MAX_CHECKS,
                                 });
                             }
                             let mut checks = std::mem::take(&mut inst.checks).into_vec();
@@ -714,11 +719,18 @@ impl Catalog {
     ) -> Result<(), ApplyError> {
         // Interned: the key, every instance and lease entry of the service
         // share its two strings.
-        if data.checks.len() > muster_types::limits::MAX_CHECKS {
-            return Err(ApplyError::TooManyChecks {
-                id: data.id.clone(),
-                max: muster_types::limits::MAX_CHECKS,
-            });
+        for (field, len, max) in [
+            ("checks", data.checks.len(), limits::MAX_CHECKS),
+            ("tags", data.tags.len(), limits::MAX_TAGS),
+            ("meta", data.meta.len(), limits::MAX_META),
+        ] {
+            if len > max {
+                return Err(ApplyError::OverLimit {
+                    id: data.id.clone(),
+                    field: field.into(),
+                    max,
+                });
+            }
         }
         let key = ServiceKey::interned(namespace, service);
         let previous = self

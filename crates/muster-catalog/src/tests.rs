@@ -998,3 +998,89 @@ fn instance_of(out: &Outcome) -> &Arc<Instance> {
         other => panic!("an instance command did {other:?}"),
     }
 }
+
+#[test]
+fn limits_hold_at_apply_and_a_refused_command_changes_nothing() {
+    let ttl_check = |i: usize| Check {
+        id: format!("c{i}"),
+        name: format!("c{i}"),
+        kind: muster_types::CheckKind::Ttl,
+        interval_ms: 30_000,
+        timeout_ms: 1_000,
+        success_before_passing: 1,
+        failures_before_critical: 1,
+        deregister_critical_after_ms: None,
+        notes: None,
+        status: Health::Critical,
+        output: String::new(),
+        status_index: 0,
+        last_run_ms: None,
+        last_output: None,
+    };
+    let mut c = Catalog::new();
+    c.apply(1, 0, &reg("pay", data("a"), LeaseRef::None))
+        .unwrap();
+    let before = c.clone();
+
+    let mut d = data("a");
+    d.tags = (0..=limits::MAX_TAGS).map(|i| format!("t{i}")).collect();
+    let e = c.apply(2, 0, &reg("pay", d, LeaseRef::None)).unwrap_err();
+    assert!(
+        matches!(&e, ApplyError::OverLimit { field, .. } if field == "tags"),
+        "{e}"
+    );
+    let mut d = data("a");
+    d.meta = (0..=limits::MAX_META)
+        .map(|i| (format!("k{i}"), "v".into()))
+        .collect();
+    let e = c.apply(3, 0, &reg("pay", d, LeaseRef::None)).unwrap_err();
+    assert!(
+        matches!(&e, ApplyError::OverLimit { field, .. } if field == "meta"),
+        "{e}"
+    );
+    let mut d = data("a");
+    d.checks = (0..=limits::MAX_CHECKS).map(ttl_check).collect();
+    let e = c.apply(4, 0, &reg("pay", d, LeaseRef::None)).unwrap_err();
+    assert!(
+        matches!(&e, ApplyError::OverLimit { field, .. } if field == "checks"),
+        "{e}"
+    );
+    assert_eq!(
+        c.instance(&key("pay"), "a"),
+        before.instance(&key("pay"), "a")
+    );
+    assert_eq!(c.service_index(&key("pay")), 1);
+
+    // Checks added one by one stop at the limit; replacing one still works.
+    let put = |i: usize| Command::PutCheck {
+        namespace: "default".into(),
+        service: "pay".into(),
+        id: "a".into(),
+        check: ttl_check(i),
+    };
+    for i in 0..limits::MAX_CHECKS {
+        c.apply(10 + i as u64, 0, &put(i)).unwrap();
+    }
+    let e = c.apply(100, 0, &put(limits::MAX_CHECKS)).unwrap_err();
+    assert!(
+        matches!(&e, ApplyError::OverLimit { field, max, .. } if field == "checks" && *max == limits::MAX_CHECKS),
+        "{e}"
+    );
+    let mut again = ttl_check(0);
+    again.interval_ms = 60_000;
+    c.apply(
+        101,
+        0,
+        &Command::PutCheck {
+            namespace: "default".into(),
+            service: "pay".into(),
+            id: "a".into(),
+            check: again,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        c.instance(&key("pay"), "a").unwrap().checks.len(),
+        limits::MAX_CHECKS
+    );
+}

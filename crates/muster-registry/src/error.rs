@@ -86,10 +86,9 @@ impl From<ApplyError> for RegistryError {
                 RegistryError::InstanceNotFound { service, id }
             }
             ApplyError::UnknownCheck { id, check } => RegistryError::CheckNotFound { id, check },
-            ApplyError::TooManyChecks { max, .. } => RegistryError::Invalid(FieldError::invalid(
-                "checks",
-                format!("the instance already has the most checks allowed ({max})"),
-            )),
+            ApplyError::OverLimit { field, max, .. } => RegistryError::Invalid(
+                FieldError::invalid(field.clone(), format!("at most {max} {field} per instance")),
+            ),
         }
     }
 }
