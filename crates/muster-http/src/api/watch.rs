@@ -137,13 +137,11 @@ pub async fn watch(
                 })?,
         ),
     };
-    let filter = query.cache_key();
     let watch = state.registry.watch(&caller, &key, query, last_id)?;
     let stream = SseStream {
         keepalive: WatchStream::from_changes(state.keepalive.clone()),
         state,
         watch,
-        filter,
         pending: Arc::from(Vec::new()),
         next: 0,
         _gauge: WatcherGauge::new(),
@@ -189,8 +187,6 @@ fn wire(e: &muster_registry::WatchEvent) -> WatchEvent {
 struct SseStream {
     state: HttpStateRef,
     watch: Watch,
-    /// The canonical filter, keying shared frames.
-    filter: String,
     /// Keep-alive ticks as a stream: its wait stays registered between
     /// events instead of being made again (a lock on a list shared by every
     /// watcher) on each one.
@@ -216,12 +212,7 @@ impl SseStream {
                         events.iter().map(|e| sse(&wire(e))).collect::<Arc<[Bytes]>>()
                     };
                     self.pending = if batch.shared {
-                        self.state.frames.get_or_encode(
-                            self.watch.key(),
-                            &self.filter,
-                            &batch.events,
-                            encode,
-                        )
+                        self.state.frames.get_or_encode(&batch.events, encode)
                     } else {
                         encode(&batch.events)
                     };
