@@ -1,30 +1,141 @@
 #!/usr/bin/env bash
-# Runs every check and test of the project: formatting, lints, Rust tests
-# (unit, property, integration against real servers), and the Python
-# client's lint, type check and tests when the package is present, and a
-# smoke run of every benchmark scenario (muster, ceiling, etcd).
+# The project's one test command.
+#
+#   ./test.sh              every part, in the order below
+#   ./test.sh PART...      only those parts (still in the order below)
+#
+# Parts:
+#   lint         cargo fmt --check; clippy on every target and feature, warnings are errors
+#   rust         Rust unit, property and integration tests (cargo nextest, per-test
+#                timeouts in .config/nextest.toml), then the doctests
+#   python       the Python client's lint, type check and tests (python/run-tests.sh)
+#                against the real muster binary
+#   bench-smoke  every benchmark scenario briefly against muster, the ceiling and a real
+#                etcd (reports, asserts no timing)
+#
+# First, ci/packages.sh checks the packages of ci/packages.txt that the chosen
+# parts need: as root it installs the missing ones, otherwise it prints the
+# command to install them and the run stops. At the end, passed or failed,
+# each step's wall time is printed.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-step() { printf '\n==> %s\n' "$*"; }
+all_parts=(lint rust python bench-smoke)
 
-step "cargo fmt --check"
-cargo fmt --all -- --check
+usage() {
+  echo "usage: ./test.sh [PART...]   parts: ${all_parts[*]} (none given: all)"
+}
 
-step "cargo clippy (warnings are errors)"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# The parts asked for, kept in the order of all_parts.
+declare -A asked=()
+for arg in "$@"; do
+  case $arg in -h | --help) usage; exit 0 ;; esac
+  if [[ " ${all_parts[*]} " != *" $arg "* ]]; then
+    echo "unknown part: $arg" >&2
+    usage >&2
+    exit 2
+  fi
+  asked[$arg]=1
+done
+parts=()
+for p in "${all_parts[@]}"; do
+  if [ $# -eq 0 ] || [ -n "${asked[$p]:-}" ]; then parts+=("$p"); fi
+done
 
-step "cargo test"
-cargo test --workspace --locked
+# --- steps and their timings -------------------------------------------------
 
-if [ -f python/run-tests.sh ]; then
-  step "python client"
-  cargo build -p muster --locked
-  MUSTER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/muster" bash python/run-tests.sh
-fi
+results=()    # "name|seconds|result" of each finished step
+current=""    # the step running now, if any
+started=0
+run_start=$SECONDS
 
-step "benchmark smoke run (every scenario briefly; reports, asserts no timing)"
-cargo build -p muster -p muster-bench --locked
-"${CARGO_TARGET_DIR:-$PWD/target}/debug/muster-bench" --smoke --no-pin
+# step NAME COMMAND...: runs COMMAND as one timed step; a failure ends the run.
+step() {
+  current=$1
+  shift
+  started=$SECONDS
+  printf '\n==> %s\n' "$current"
+  "$@"
+  results+=("$current|$((SECONDS - started))|ok")
+  current=""
+}
 
-step "all tests passed"
+duration() { printf '%dm %02ds' $(($1 / 60)) $(($1 % 60)); }
+
+summary() {
+  local rc=$1 r name secs result
+  if [ -n "$current" ]; then
+    results+=("$current|$((SECONDS - started))|FAILED (exit $rc)")
+  fi
+  printf '\n==> summary (%s)\n' "${parts[*]}"
+  printf '%-56s %9s  %s\n' step "wall time" result
+  for r in "${results[@]}"; do
+    IFS='|' read -r name secs result <<<"$r"
+    printf '%-56s %9s  %s\n' "$name" "$(duration "$secs")" "$result"
+  done
+  if [ "$rc" -eq 0 ]; then result=passed; else result="FAILED (exit $rc)"; fi
+  printf '%-56s %9s  %s\n' total "$(duration $((SECONDS - run_start)))" "$result"
+}
+trap 'rc=$?; summary "$rc"; exit "$rc"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- the build shared by the parts ---------------------------------------------
+
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo_flags=(--workspace --all-features --locked)
+
+# One compile serves rust, python and bench-smoke: the targets nextest's own
+# `cargo test --no-run` builds (lib and bin tests, integration tests,
+# examples) plus every binary, all with the same flags. Building the binaries
+# in the same invocation as the tests gives them the same features (tests
+# switch on dev-dependency features, e.g. tokio's test-util), so nextest and
+# the doctests find everything fresh, and target/debug/muster{,-bench} are the
+# ones the tests ran against. A `--bins`-only build would compile most of the
+# workspace a second time.
+built=false
+build() {
+  if ! $built; then
+    step "cargo build (tests, examples, binaries, all features)" \
+      cargo build "${cargo_flags[@]}" --bins --tests --examples
+    built=true
+  fi
+}
+
+# --- the parts ---------------------------------------------------------------
+
+part_lint() {
+  step "cargo fmt --check" cargo fmt --all -- --check
+  step "cargo clippy (all targets, all features, -D warnings)" \
+    cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+}
+
+part_rust() {
+  build
+  step "cargo nextest run" cargo nextest run "${cargo_flags[@]}"
+  step "cargo test --doc" cargo test --doc "${cargo_flags[@]}"
+}
+
+part_python() {
+  build
+  step "python client (python/run-tests.sh)" \
+    env MUSTER_BIN="$target/debug/muster" bash python/run-tests.sh
+}
+
+part_bench_smoke() {
+  build
+  step "benchmark smoke run (muster-bench --smoke)" \
+    "$target/debug/muster-bench" --smoke --no-pin
+}
+
+step "prerequisites (ci/packages.txt)" ci/packages.sh "${parts[@]}"
+for p in "${parts[@]}"; do
+  case $p in
+    lint) part_lint ;;
+    rust) part_rust ;;
+    python) part_python ;;
+    bench-smoke) part_bench_smoke ;;
+    *) echo "part $p is listed but has no case here" >&2; exit 2 ;;
+  esac
+done
+printf '\nall tests passed\n'
