@@ -61,8 +61,8 @@ if [ ${#missing_deb[@]} -eq 0 ] && [ ${#missing_cargo[@]} -eq 0 ]; then
   echo "prerequisites for ${*:-every part}: all present (ci/packages.txt)"
   exit 0
 fi
-echo "missing prerequisites (ci/packages.txt):"
-printf '%s\n' "${notes[@]}"
+echo "missing prerequisites (ci/packages.txt):" >&2
+printf '%s\n' "${notes[@]}" >&2
 
 if [ ${#missing_deb[@]} -gt 0 ]; then
   if ! command -v dpkg-query >/dev/null; then
@@ -80,6 +80,10 @@ if [ ${#missing_deb[@]} -gt 0 ]; then
 fi
 
 if [ ${#missing_cargo[@]} -gt 0 ]; then
+  if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install Rust (rustup) first, then run this again" >&2
+    exit 1
+  fi
   for name in "${missing_cargo[@]}"; do
     cargo install --locked "$name"
   done
