@@ -89,10 +89,10 @@ cargo_flags=(--workspace --all-features --locked)
 # `cargo test --no-run` builds (lib and bin tests, integration tests,
 # examples) plus every binary, all with the same flags. Building the binaries
 # in the same invocation as the tests gives them the same features (tests
-# switch on dev-dependency features, e.g. tokio's test-util), so nextest and
-# the doctests find everything fresh, and target/debug/muster{,-bench} are the
-# ones the tests ran against. A `--bins`-only build would compile most of the
-# workspace a second time.
+# switch on dev-dependency features, e.g. tokio's test-util), so nextest
+# then compiles nothing (measured), and target/debug/muster{,-bench} are the
+# ones the tests ran against. A separate `cargo build --bins` would compile
+# about 60 crates (tokio and all that depends on it) a second time.
 built=false
 build() {
   if ! $built; then
