@@ -115,7 +115,7 @@ part_rust() {
   step "cargo nextest run" cargo nextest run "${cargo_flags[@]}"
   # nextest does not run doctests. cargo resolves features a little
   # differently for --doc: the first time, it compiles a few crates again
-  # (six, about 15 s); after that they are cached beside the shared build.
+  # (6-8 of them, 10-15 s); after that they are cached beside the shared build.
   step "cargo test --doc" cargo test --doc "${cargo_flags[@]}"
 }
 
