@@ -128,3 +128,42 @@ async fn a_stopped_registry_gives_stale_answers_with_their_age_then_an_error() {
     }
     assert!(err.to_string().contains("maximum staleness"), "{err}");
 }
+
+#[tokio::test]
+async fn answers_are_fresh_again_once_the_registry_restarts_on_the_same_data() {
+    let s = TestServer::start().await;
+    let addr = s.addr;
+    let max = Duration::from_millis(800);
+    let client = fast(Client::builder().addrs([s.base.clone()]))
+        .max_staleness(max)
+        .build()
+        .unwrap();
+    client
+        .api()
+        .register("pay", "p1", &body("1.0.0", &[]))
+        .await
+        .unwrap();
+    let pay = client.discover("pay");
+    let mut watcher = pay.watch().await.unwrap();
+    assert_eq!(watcher.current().unwrap().ids(), ["p1"]);
+
+    let dir = s.stop().await;
+    within("the watch to drop", watcher.wait_for(|s| s.is_stale()))
+        .await
+        .unwrap();
+    // The same data, the same address: the watch resumes having missed
+    // nothing, and the registry confirms it at once.
+    let s = TestServer::start_on(addr, dir).await;
+    let fresh = within(
+        "the answer to be fresh",
+        watcher.wait_for(|s| !s.is_stale()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fresh.ids(), ["p1"]);
+    // Long past max_staleness with no change to the service, still fresh.
+    tokio::time::sleep(max * 2).await;
+    let later = pay.get().await.unwrap();
+    assert!(!later.is_stale() && later.ids() == ["p1"]);
+    s.stop().await;
+}
