@@ -14,7 +14,7 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct FieldError {
-    /// Stable error code (`invalid_field`, `not_supported`, ...).
+    /// Stable error code (`invalid_field`, ...).
     pub code: &'static str,
     /// The offending field.
     pub field: String,
