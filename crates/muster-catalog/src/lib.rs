@@ -71,7 +71,7 @@ impl ServiceKey {
 }
 
 /// The client-supplied part of an instance, already validated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceData {
     /// Instance id.
     pub id: String,
@@ -91,7 +91,6 @@ pub struct InstanceData {
     pub weight: u32,
     /// Checks in their initial state; a check whose id and kind are
     /// unchanged on re-registration keeps its current status.
-    #[serde(default)]
     pub checks: Vec<Check>,
 }
 
@@ -109,7 +108,7 @@ pub fn health_of(checks: &[Check], maintenance: Option<&str>) -> Health {
 }
 
 /// Which lease, if any, a registration attaches the instance to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseRef {
     /// Persistent instance: no lease.
     None,
@@ -127,7 +126,7 @@ pub enum LeaseRef {
 }
 
 /// Every mutation of the catalog. Each is one log entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Register or replace an instance.
     Register {

@@ -28,6 +28,7 @@
 
 mod batcher;
 mod codec;
+mod format_v1;
 mod log_store;
 pub(crate) mod network;
 mod node;

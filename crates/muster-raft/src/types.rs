@@ -12,7 +12,9 @@ pub(crate) struct Request {
     /// The leader's wall clock (ms since the Unix epoch) when it formed the
     /// batch.
     pub(crate) now_ms: u64,
-    /// The commands, in the order they are applied.
+    /// The commands, in the order they are applied; written as version 1
+    /// defines them ([`crate::format_v1`]).
+    #[serde(with = "crate::format_v1::commands_v1")]
     pub(crate) commands: Vec<Command>,
 }
 
