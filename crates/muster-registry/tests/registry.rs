@@ -100,6 +100,11 @@ async fn typed_operations_and_typed_errors() {
         r.renew_lease(&me, lease.id),
         Err(RegistryError::LeaseNotFound(lease.id))
     );
+    let too_many = vec![1; muster_types::limits::MAX_RENEW_BATCH + 1];
+    assert!(matches!(
+        r.renew_leases(&me, &too_many),
+        Err(RegistryError::Invalid(f)) if f.field == "ids"
+    ));
     r.shutdown().await.unwrap();
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use muster_client::types::RegisterRequest;
-use muster_client::{Client, Error, HealthFilter};
+use muster_client::{Client, Discovery, Error, HealthFilter, Watcher};
 
 use crate::harness::{TestServer, fast, within};
 
@@ -82,10 +82,9 @@ async fn a_change_reaches_the_cache_through_the_watch() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn a_stopped_registry_gives_stale_answers_with_their_age_then_an_error() {
-    let s = TestServer::start().await;
-    let max = Duration::from_millis(800);
+/// A client with `max` staleness that registered `pay/p1` on `s` and watches
+/// it, the watch up to date.
+async fn watched_p1(s: &TestServer, max: Duration) -> (Discovery, Watcher) {
     let client = fast(Client::builder().addrs([s.base.clone()]))
         .max_staleness(max)
         .build()
@@ -98,6 +97,14 @@ async fn a_stopped_registry_gives_stale_answers_with_their_age_then_an_error() {
     let pay = client.discover("pay");
     let mut watcher = pay.watch().await.unwrap();
     assert_eq!(watcher.current().unwrap().ids(), ["p1"]);
+    (pay, watcher)
+}
+
+#[tokio::test]
+async fn a_stopped_registry_gives_stale_answers_with_their_age_then_an_error() {
+    let s = TestServer::start().await;
+    let max = Duration::from_millis(800);
+    let (pay, mut watcher) = watched_p1(&s, max).await;
 
     s.stop().await;
     let stale = within("the watch to drop", watcher.wait_for(|s| s.is_stale()))
@@ -134,18 +141,7 @@ async fn answers_are_fresh_again_once_the_registry_restarts_on_the_same_data() {
     let s = TestServer::start().await;
     let addr = s.addr;
     let max = Duration::from_millis(800);
-    let client = fast(Client::builder().addrs([s.base.clone()]))
-        .max_staleness(max)
-        .build()
-        .unwrap();
-    client
-        .api()
-        .register("pay", "p1", &body("1.0.0", &[]))
-        .await
-        .unwrap();
-    let pay = client.discover("pay");
-    let mut watcher = pay.watch().await.unwrap();
-    assert_eq!(watcher.current().unwrap().ids(), ["p1"]);
+    let (pay, mut watcher) = watched_p1(&s, max).await;
 
     let dir = s.stop().await;
     within("the watch to drop", watcher.wait_for(|s| s.is_stale()))
@@ -162,6 +158,8 @@ async fn answers_are_fresh_again_once_the_registry_restarts_on_the_same_data() {
     .unwrap();
     assert_eq!(fresh.ids(), ["p1"]);
     // Long past max_staleness with no change to the service, still fresh.
+    // Pacing, not a wait for state: the registry runs on this runtime, so
+    // the clock cannot be paused; the point is that time passes.
     tokio::time::sleep(max * 2).await;
     let later = pay.get().await.unwrap();
     assert!(!later.is_stale() && later.ids() == ["p1"]);
