@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
-use muster_types::{CompactString, Instance};
-use serde::de::{MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use muster_types::CompactString;
+
+use crate::Instance;
 
 use crate::ServiceKey;
 
@@ -45,7 +45,6 @@ impl Ord for ById {
 
 /// The instances of a service, by id: a map from id to instance that keeps
 /// the id only once, in the instance (a B-tree entry is one pointer).
-/// Serialises as a map from id to instance.
 #[derive(Clone, Default)]
 pub struct Instances(BTreeSet<ById>);
 
@@ -133,38 +132,6 @@ impl FromIterator<Arc<Instance>> for Instances {
     }
 }
 
-impl Serialize for Instances {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.iter())
-    }
-}
-
-impl<'de> Deserialize<'de> for Instances {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Instances;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of instance ids to instances")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Instances, A::Error> {
-                let mut out = Instances::new();
-                while let Some((id, inst)) = map.next_entry::<CompactString, Arc<Instance>>()? {
-                    if id != inst.id {
-                        return Err(serde::de::Error::custom(format!(
-                            "instance {:?} filed under id {id:?}",
-                            inst.id.as_str()
-                        )));
-                    }
-                    out.insert(inst);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 /// One instance attached to a lease: its service and id.
 pub type LeaseMember = (ServiceKey, CompactString);
 
@@ -174,7 +141,7 @@ const FEW_MEMBERS: usize = 16;
 /// The instances attached to a lease, ordered by service and id. Most
 /// leases hold one instance (a registration with a TTL) or a handful (one
 /// client's), so up to 16 are kept in one small sorted vector; larger sets
-/// move to a B-tree. Serialises as a sequence of `(service key, id)` pairs.
+/// move to a B-tree.
 #[derive(Clone, Default)]
 pub struct LeaseMembers(Members);
 
@@ -306,17 +273,5 @@ impl FromIterator<LeaseMember> for LeaseMembers {
             out.insert(m);
         }
         out
-    }
-}
-
-impl Serialize for LeaseMembers {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.iter())
-    }
-}
-
-impl<'de> Deserialize<'de> for LeaseMembers {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Vec::<LeaseMember>::deserialize(d)?.into_iter().collect())
     }
 }

@@ -23,17 +23,20 @@
 #![forbid(unsafe_code)]
 
 mod instances;
+pub mod model;
 mod query;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use muster_types::{
-    Check, CompactString, Health, Instance, Meta, ServiceSummary, SharedStr, Tags, format_lease_id,
-    limits,
+    CompactString, Health, Meta, ServiceSummary, SharedStr, Tags, format_lease_id, limits,
 };
-use serde::{Deserialize, Serialize};
+
+pub use model::{Check, Instance};
 
 pub use instances::{Instances, LeaseMember, LeaseMembers};
 pub use query::{HealthFilter, Query, VersionMatch};
@@ -43,7 +46,7 @@ pub const HISTORY_PER_SERVICE: usize = 256;
 
 /// Identifies a service: namespace plus name. Every instance of a service
 /// shares the two strings of the catalog's key (see [`ServiceKey::interned`]).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
     /// Namespace.
     pub namespace: SharedStr,
@@ -218,7 +221,7 @@ pub enum Command {
 }
 
 /// Why a command changed nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
     /// The lease does not exist (never did, expired or revoked).
     #[error("lease {} not found", format_lease_id(*.0))]
@@ -258,7 +261,7 @@ pub enum ApplyError {
 
 /// What a command did, for the proposer (`done`) and for observers (watch
 /// wake-ups, the leader's lease timers, check reconciliation).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// What the command did, by kind of command.
     pub done: Done,
@@ -271,7 +274,7 @@ pub struct Outcome {
 }
 
 /// What a command did: one kind of answer per kind of command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Done {
     /// `Register`, `PutCheck`, `RemoveCheck`, `Maintenance`, `CheckStatus`:
     /// the instance as it now is (as it was, if nothing changed).
@@ -296,7 +299,7 @@ struct Effects {
 pub type ApplyResult = Result<Outcome, ApplyError>;
 
 /// One change of a service, as its history and watches carry it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Instance registered or replaced.
     Upsert(Arc<Instance>),
@@ -305,7 +308,7 @@ pub enum Change {
 }
 
 /// A change with the index it happened at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedChange {
     /// Log index.
     pub index: u64,
@@ -314,13 +317,7 @@ pub struct IndexedChange {
 }
 
 /// One service: its instances, index and recent history.
-///
-/// Serialised with its history's upserts of a current instance written as
-/// that instance's id (`{"Current": id}`), not as a second copy: a full
-/// history (256 changes) would otherwise repeat a quarter of a large
-/// catalog in every snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "ServiceData")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Service {
     /// Index of the last change (kept after the last instance leaves, so
     /// blocking queries and watches see the removal).
@@ -333,115 +330,46 @@ pub struct Service {
     history_floor: u64,
 }
 
-/// A change of a service's history as it is stored.
-#[derive(Serialize, Deserialize)]
-enum StoredChange<I, S> {
-    /// Instance registered or replaced: the instance.
-    Upsert(I),
-    /// Instance removed: its id.
-    Delete(S),
-    /// Instance registered or replaced, and still the current instance of
-    /// that id: the id.
-    Current(S),
-}
-
-/// A history entry as stored.
-#[derive(Serialize, Deserialize)]
-struct StoredIndexedChange<I, S> {
-    index: u64,
-    change: StoredChange<I, S>,
-}
-
-impl Serialize for Service {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-
-        struct History<'a>(&'a Service);
-        impl Serialize for History<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let svc = self.0;
-                s.collect_seq(svc.history.iter().map(|c| {
-                    StoredIndexedChange {
-                        index: c.index,
-                        change: match &c.change {
-                            Change::Upsert(i)
-                                if svc
-                                    .instances
-                                    .get(&i.id)
-                                    .is_some_and(|current| Arc::ptr_eq(current, i)) =>
-                            {
-                                StoredChange::Current(&i.id)
-                            }
-                            Change::Upsert(i) => StoredChange::Upsert(i),
-                            Change::Delete(id) => StoredChange::Delete(id),
-                        },
-                    }
-                }))
-            }
+impl Service {
+    /// A service made of its parts, as [`Service::history`] and
+    /// [`Service::history_floor`] give them (for snapshot decoders). The
+    /// history is trusted to be in index order; an upsert in it should share
+    /// the current instance's allocation where it is the current instance.
+    pub fn from_parts(
+        index: u64,
+        instances: Instances,
+        history: impl IntoIterator<Item = IndexedChange>,
+        history_floor: u64,
+    ) -> Service {
+        Service {
+            index,
+            instances,
+            history: history.into_iter().collect(),
+            history_floor,
         }
-
-        let mut st = s.serialize_struct("Service", 4)?;
-        st.serialize_field("index", &self.index)?;
-        st.serialize_field("instances", &self.instances)?;
-        st.serialize_field("history", &History(self))?;
-        st.serialize_field("history_floor", &self.history_floor)?;
-        st.end()
     }
-}
 
-/// [`Service`] as decoded, before its history shares the instances.
-#[derive(Deserialize)]
-struct ServiceData {
-    index: u64,
-    instances: Instances,
-    history: VecDeque<StoredIndexedChange<Arc<Instance>, CompactString>>,
-    history_floor: u64,
-}
+    /// The recent changes, oldest first.
+    pub fn history(&self) -> impl ExactSizeIterator<Item = &IndexedChange> {
+        self.history.iter()
+    }
 
-impl TryFrom<ServiceData> for Service {
-    type Error = String;
+    /// Every change after this index is in [`Service::history`].
+    pub fn history_floor(&self) -> u64 {
+        self.history_floor
+    }
 
-    /// History entries that name a current instance become that instance;
-    /// so do copies equal to one (as older snapshots wrote them), so a
-    /// restored catalog costs no more memory than the one it was taken from.
-    fn try_from(d: ServiceData) -> Result<Self, String> {
-        let history = d
-            .history
-            .into_iter()
-            .map(|c| {
-                let change = match c.change {
-                    StoredChange::Current(id) => match d.instances.get(&id) {
-                        Some(current) => Change::Upsert(current.clone()),
-                        None => {
-                            return Err(format!(
-                                "history entry {} names instance {id:?}, which the service does not hold",
-                                c.index
-                            ));
-                        }
-                    },
-                    StoredChange::Upsert(i) => match d.instances.get(&i.id) {
-                        Some(current) if **current == *i => Change::Upsert(current.clone()),
-                        _ => Change::Upsert(i),
-                    },
-                    StoredChange::Delete(id) => Change::Delete(id),
-                };
-                Ok(IndexedChange {
-                    index: c.index,
-                    change,
-                })
-            })
-            .collect::<Result<VecDeque<_>, String>>()?;
-        Ok(Service {
-            index: d.index,
-            instances: d.instances,
-            history,
-            history_floor: d.history_floor,
-        })
+    /// Whether `instance` is the current instance of its id (the same
+    /// allocation, not merely an equal one).
+    pub fn is_current(&self, instance: &Arc<Instance>) -> bool {
+        self.instances
+            .get(&instance.id)
+            .is_some_and(|current| Arc::ptr_eq(current, instance))
     }
 }
 
 /// A lease: a TTL and the instances that live and die with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// Lease id.
     pub id: u64,
@@ -456,10 +384,9 @@ pub struct Lease {
 }
 
 /// The whole registry state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
     index: u64,
-    #[serde(with = "map_as_pairs")]
     services: BTreeMap<ServiceKey, Service>,
     leases: BTreeMap<u64, Lease>,
     namespace_index: BTreeMap<String, u64>,
@@ -469,7 +396,7 @@ pub struct Catalog {
 /// service at a time (snapshots): [`Catalog::head`], then every pair of
 /// [`Catalog::service_entries`]; [`Catalog::from_parts`] puts them back
 /// together.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogHead<'a> {
     /// Highest log index applied.
     pub index: u64,
@@ -1095,30 +1022,6 @@ impl Service {
                 self.history_floor = old.index;
             }
         }
-    }
-}
-
-/// Serialises a map with structured keys as a list of pairs, so every
-/// serde format (JSON included, whose map keys must be strings) can hold it.
-mod map_as_pairs {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
-        map: &BTreeMap<K, V>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(map.iter())
-    }
-
-    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
-    where
-        K: Deserialize<'de> + Ord,
-        V: Deserialize<'de>,
-        D: Deserializer<'de>,
-    {
-        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
     }
 }
 

@@ -1,6 +1,8 @@
 //! Discovery filters. All given filters must match (logical AND).
 
-use muster_types::{FieldError, Health, Instance};
+use muster_types::{FieldError, Health};
+
+use crate::Instance;
 
 /// Which health states a query returns.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

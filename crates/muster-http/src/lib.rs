@@ -18,6 +18,7 @@ pub mod cache;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+mod wire;
 
 use std::future::Future;
 use std::sync::Arc;

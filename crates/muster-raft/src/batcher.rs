@@ -171,9 +171,9 @@ impl Batch {
             commands,
         };
         let err = match raft.client_write(req).await {
-            Ok(resp) if resp.data.len() == n => {
+            Ok(resp) if resp.data.0.len() == n => {
                 let index = resp.log_id.index;
-                for (reply, result) in replies.into_iter().zip(resp.data) {
+                for (reply, result) in replies.into_iter().zip(resp.data.0) {
                     let _ = reply.send(Ok(Applied { index, result }));
                 }
                 return;
@@ -181,7 +181,7 @@ impl Batch {
             Ok(resp) => ProposeError::Fatal(format!(
                 "entry {} applied {} results for {n} commands",
                 resp.log_id,
-                resp.data.len()
+                resp.data.0.len()
             )),
             Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 ProposeError::NotLeader {

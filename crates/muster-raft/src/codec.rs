@@ -13,7 +13,9 @@
 
 use std::io::{Read, Write};
 
-use muster_catalog::{Catalog, CatalogHead, Service, ServiceKey};
+use muster_catalog::Catalog;
+
+use crate::format_v1::{HeadIn, HeadOut, ServiceEntryIn, service_out};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -115,9 +117,9 @@ pub(crate) fn write_catalog(catalog: &Catalog, out: &mut impl Write) -> Result<(
     out.write_all(SNAPSHOT_MAGIC)?;
     out.write_all(&SNAPSHOT_FORMAT.to_be_bytes())?;
     let mut frame = Vec::new();
-    write_frame(out, &mut frame, &catalog.head())?;
-    for entry in catalog.service_entries() {
-        write_frame(out, &mut frame, &entry)?;
+    write_frame(out, &mut frame, &HeadOut(&catalog.head()))?;
+    for (key, service) in catalog.service_entries() {
+        write_frame(out, &mut frame, &service_out(key, service))?;
     }
     Ok(())
 }
@@ -163,20 +165,20 @@ pub(crate) fn read_catalog(input: &mut impl Read) -> Result<Catalog, CodecError>
     }
     let mut frame = Vec::new();
     read_frame(input, &mut frame)?;
-    let head: CatalogHead<'static> = serde_json::from_slice(&frame)?;
-    let count = head.services;
+    let head: HeadIn = serde_json::from_slice(&frame)?;
+    let count = head.services();
     let mut services = Vec::new();
     for _ in 0..count {
         read_frame(input, &mut frame)?;
-        let entry: (ServiceKey, Service) = serde_json::from_slice(&frame)?;
-        services.push(entry);
+        let entry: ServiceEntryIn = serde_json::from_slice(&frame)?;
+        services.push(entry.into_entry().map_err(CodecError)?);
     }
     if input.read(&mut magic)? != 0 {
         return Err(CodecError(format!(
             "snapshot data goes on after its {count} services"
         )));
     }
-    Ok(Catalog::from_parts(head, services))
+    Ok(Catalog::from_parts(head.into_head(), services))
 }
 
 fn read_frame(input: &mut impl Read, frame: &mut Vec<u8>) -> Result<(), CodecError> {
@@ -197,7 +199,11 @@ fn read_frame(input: &mut impl Read, frame: &mut Vec<u8>) -> Result<(), CodecErr
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use muster_catalog::{Command, InstanceData, LeaseRef};
+    use std::sync::Arc;
+
+    use muster_catalog::testing::scenario_catalog;
+    use muster_catalog::{Change, Command, InstanceData, LeaseRef, ServiceKey};
+    use muster_types::SharedStr;
 
     use super::*;
 
@@ -311,36 +317,43 @@ mod tests {
 
     /// One entry with every command, each field set.
     fn entry_with_every_command() -> Entry {
-        use muster_types::{CheckSpec, Health, validate_check};
+        use muster_catalog::Check;
+        use muster_types::{CheckKind, Health};
         use openraft::{CommittedLeaderId, EntryPayload};
 
-        let http = validate_check(
-            0,
-            &CheckSpec {
-                id: Some("web".into()),
-                name: Some("web answers".into()),
-                http: Some("https://10.0.0.1:8443/health".into()),
-                method: Some("HEAD".into()),
+        let http = Check {
+            id: "web".into(),
+            name: "web answers".into(),
+            kind: CheckKind::Http {
+                url: "https://10.0.0.1:8443/health".into(),
+                method: "HEAD".into(),
                 headers: BTreeMap::from([("x-probe".to_string(), "muster".to_string())]),
                 tls_skip_verify: true,
-                interval: Some("5s".into()),
-                timeout: Some("1s".into()),
-                status: Some(Health::Warning),
-                deregister_critical_after: Some("10m".into()),
-                success_before_passing: Some(2),
-                failures_before_critical: Some(3),
-                ..Default::default()
             },
-        )
-        .unwrap();
-        let ttl = validate_check(
-            1,
-            &CheckSpec {
-                ttl: Some("30s".into()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+            interval_ms: 5_000,
+            timeout_ms: 1_000,
+            success_before_passing: 2,
+            failures_before_critical: 3,
+            deregister_critical_after_ms: Some(600_000),
+            notes: None,
+            status: Health::Warning,
+            output: String::new(),
+            status_index: 0,
+        };
+        let ttl = Check {
+            id: "check-2".into(),
+            name: "ttl check check-2".into(),
+            kind: CheckKind::Ttl,
+            interval_ms: 30_000,
+            timeout_ms: 10_000,
+            success_before_passing: 1,
+            failures_before_critical: 1,
+            deregister_critical_after_ms: None,
+            notes: None,
+            status: Health::Critical,
+            output: String::new(),
+            status_index: 0,
+        };
         let (ns, svc) = (|| "default".to_string(), || "payments".to_string());
         let commands = vec![
             Command::CreateLease {
@@ -448,13 +461,117 @@ mod tests {
 
     #[test]
     fn snapshot_format_1_reads_and_writes_its_fixture() {
-        let c = catalog();
+        // Services in two namespaces; own and shared leases; checks, one
+        // critical; maintenance; a history with current, replaced and
+        // deleted instances.
+        let c = scenario_catalog();
         let mut data = Vec::new();
         write_catalog(&c, &mut data).unwrap();
         assert_eq!(&data[..6], b"MSNP\x00\x01");
         golden("snapshot-v1.bin", &data);
         let stored = std::fs::read(fixture("snapshot-v1.bin")).unwrap();
         assert_eq!(read_catalog(&mut stored.as_slice()).unwrap(), c);
+    }
+
+    fn snapshot_text(c: &Catalog) -> (Vec<u8>, String) {
+        let mut data = Vec::new();
+        write_catalog(c, &mut data).unwrap();
+        let text = String::from_utf8_lossy(&data).into_owned();
+        (data, text)
+    }
+
+    #[test]
+    fn histories_name_current_instances_by_id() {
+        let c = scenario_catalog();
+        let (data, text) = snapshot_text(&c);
+        assert!(
+            text.contains(r#"{"index":5,"change":{"Current":"a"}}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"{"index":8,"change":{"Delete":"d"}}"#),
+            "{text}"
+        );
+        // An instance replaced since is still written in full.
+        assert!(
+            text.contains(r#"{"index":2,"change":{"Upsert":{"id":"a""#),
+            "{text}"
+        );
+        let back = read_catalog(&mut data.as_slice()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(snapshot_text(&back).0, data);
+    }
+
+    #[test]
+    fn a_history_naming_an_instance_the_service_lacks_is_refused() {
+        let (data, _) = snapshot_text(&scenario_catalog());
+        let at = data
+            .windows(15)
+            .position(|w| w == br#"{"Current":"a"}"#)
+            .unwrap();
+        let mut bad = data.clone();
+        bad[at + 12] = b'z';
+        let err = read_catalog(&mut bad.as_slice()).unwrap_err().to_string();
+        assert!(err.contains(r#"names instance "z""#), "{err}");
+    }
+
+    #[test]
+    fn a_restored_history_shares_the_current_instances_and_strings() {
+        let (data, _) = snapshot_text(&scenario_catalog());
+        let restored = read_catalog(&mut data.as_slice()).unwrap();
+        let k = ServiceKey::new("default", "pay");
+        let svc = restored.service(&k).unwrap();
+        let mut shared = 0;
+        for ch in restored.changes_since(&k, 0).unwrap() {
+            if let Change::Upsert(i) = ch.change
+                && let Some(current) = svc.instances.get(&i.id)
+                && *current == i
+            {
+                assert!(Arc::ptr_eq(current, &i), "history holds a copy of {}", i.id);
+                shared += 1;
+            }
+        }
+        assert_eq!(shared, 2, "the last upserts of a and b");
+        // Decoding interns: the restored instances share their strings.
+        let (a, b) = (
+            svc.instances.get("a").unwrap(),
+            svc.instances.get("b").unwrap(),
+        );
+        assert!(SharedStr::ptr_eq(&a.namespace, &b.namespace));
+        assert!(SharedStr::ptr_eq(&a.service, &b.service));
+        assert!(SharedStr::ptr_eq(
+            a.version.as_ref().unwrap(),
+            b.version.as_ref().unwrap()
+        ));
+        assert!(SharedStr::ptr_eq(
+            &a.tags.as_slice()[0],
+            &b.tags.as_slice()[0]
+        ));
+    }
+
+    proptest::proptest! {
+        /// Whatever commands built it, a catalog's snapshot restores the
+        /// same catalog, whose history points at its current instances.
+        #[test]
+        fn any_catalog_restores_equal(
+            cmds in proptest::collection::vec(muster_catalog::testing::arb_command(), 0..60),
+        ) {
+            let (c, _) = muster_catalog::testing::run(&cmds);
+            let (data, _) = snapshot_text(&c);
+            let restored = read_catalog(&mut data.as_slice()).unwrap();
+            proptest::prop_assert_eq!(&restored, &c);
+            for k in restored.service_keys() {
+                let svc = restored.service(k).unwrap();
+                for ch in restored.changes_since(k, 0).into_iter().flatten() {
+                    if let Change::Upsert(i) = ch.change
+                        && let Some(current) = svc.instances.get(&i.id)
+                        && *current == i
+                    {
+                        proptest::prop_assert!(Arc::ptr_eq(current, &i));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,17 +1,26 @@
-//! Version 1 of the log entry encoding: how each command is written, defined
-//! here, apart from the in-memory types ([`muster_catalog::Command`]) and
-//! the HTTP JSON ([`muster_types`]).
+//! Version 1 of the stored forms: how each command of a log entry and each
+//! part of snapshot data is written, defined here, apart from the in-memory
+//! types ([`muster_catalog`]) and the HTTP JSON ([`muster_types`]).
 //!
 //! Each type below mirrors one in-memory type field for field (serde's
 //! `remote` derive: no copy on either side). A change to an in-memory type
 //! therefore fails to compile here until someone decides what it means for
 //! the stored form; a change to what is written fails the golden fixtures
-//! (`testdata/log-entry-v1.bin`) and needs a new format version.
+//! (`testdata/log-entry-v1.bin`, `testdata/snapshot-v1.bin`) and needs a new
+//! format version.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
 
-use muster_catalog::{Command, InstanceData, LeaseRef};
-use muster_types::{Check, CheckKind, Health};
+use muster_catalog::{
+    CatalogHead, Change, Check, Command, IndexedChange, Instance, InstanceData, Instances, Lease,
+    LeaseMembers, LeaseRef, Service, ServiceKey,
+};
+use muster_types::{CheckKind, CompactString, Health, Meta, SharedStr, Tags};
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// [`Command`] as version 1 writes it.
@@ -111,11 +120,6 @@ struct CheckV1 {
     status: Health,
     output: String,
     status_index: u64,
-    // Runtime fields of reads: never set in a command, so never written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_run_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_output: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,7 +171,11 @@ mod checks_v1 {
         s.collect_seq(checks.iter().map(One))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Check>, D::Error> {
+    pub(super) fn deserialize<'de, D, C>(d: D) -> Result<C, D::Error>
+    where
+        D: Deserializer<'de>,
+        C: FromIterator<Check>,
+    {
         Ok(Vec::<Owned>::deserialize(d)?
             .into_iter()
             .map(|o| o.0)
@@ -199,5 +207,287 @@ pub(crate) mod commands_v1 {
             .into_iter()
             .map(|o| o.0)
             .collect())
+    }
+}
+
+// ---- Snapshot data, version 1 ----
+//
+// The head frame is `{"index", "leases": {id: lease}, "namespace_index",
+// "services"}`; each service frame is `[key, service]`, the service being
+// `{"index", "instances": {id: instance}, "history", "history_floor"}`. A
+// history entry that upserted the instance still current under its id is
+// written as that id (`{"Current": id}`), not as a second copy: a full
+// history would otherwise repeat a quarter of a large catalog in every
+// snapshot.
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "ServiceKey")]
+struct ServiceKeyV1 {
+    namespace: SharedStr,
+    service: SharedStr,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Instance")]
+struct InstanceV1 {
+    id: CompactString,
+    namespace: SharedStr,
+    service: SharedStr,
+    address: CompactString,
+    port: u16,
+    tags: Tags,
+    meta: Meta,
+    version: Option<SharedStr>,
+    zone: Option<SharedStr>,
+    weight: u32,
+    #[serde(with = "HealthV1")]
+    health: Health,
+    #[serde(default, with = "checks_v1")]
+    checks: Box<[Check]>,
+    #[serde(default)]
+    maintenance: Option<SharedStr>,
+    lease: Option<CompactString>,
+    create_index: u64,
+    modify_index: u64,
+    registered_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Lease")]
+struct LeaseV1 {
+    id: u64,
+    ttl_ms: u64,
+    own: bool,
+    #[serde(with = "members_v1")]
+    instances: LeaseMembers,
+    index: u64,
+}
+
+/// Serialises a borrowed value with a version-1 `remote` mirror.
+macro_rules! by_ref {
+    ($name:ident, $ty:ty, $mirror:ident) => {
+        struct $name<'a>(&'a $ty);
+        impl Serialize for $name<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                $mirror::serialize(self.0, s)
+            }
+        }
+    };
+}
+
+by_ref!(KeyRef, ServiceKey, ServiceKeyV1);
+by_ref!(InstanceRef, Instance, InstanceV1);
+by_ref!(LeaseRefOut, Lease, LeaseV1);
+
+#[derive(Deserialize)]
+struct KeyIn(#[serde(with = "ServiceKeyV1")] ServiceKey);
+
+#[derive(Deserialize)]
+struct InstanceIn(#[serde(with = "InstanceV1")] Instance);
+
+#[derive(Deserialize)]
+struct LeaseIn(#[serde(with = "LeaseV1")] Lease);
+
+/// A lease's instances: a list of `[key, id]` pairs.
+mod members_v1 {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(m: &LeaseMembers, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter().map(|(k, id)| (KeyRef(k), id)))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LeaseMembers, D::Error> {
+        Ok(Vec::<(KeyIn, CompactString)>::deserialize(d)?
+            .into_iter()
+            .map(|(k, id)| (k.0, id))
+            .collect())
+    }
+}
+
+struct LeasesOut<'a>(&'a BTreeMap<u64, Lease>);
+
+impl Serialize for LeasesOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(id, l)| (id, LeaseRefOut(l))))
+    }
+}
+
+/// The head frame of snapshot data: the catalog without its services.
+pub(crate) struct HeadOut<'a>(pub(crate) &'a CatalogHead<'a>);
+
+impl Serialize for HeadOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("CatalogHead", 4)?;
+        st.serialize_field("index", &self.0.index)?;
+        st.serialize_field("leases", &LeasesOut(&self.0.leases))?;
+        st.serialize_field("namespace_index", &*self.0.namespace_index)?;
+        st.serialize_field("services", &self.0.services)?;
+        st.end()
+    }
+}
+
+/// The head frame as read.
+#[derive(Deserialize)]
+pub(crate) struct HeadIn {
+    index: u64,
+    leases: BTreeMap<u64, LeaseIn>,
+    namespace_index: BTreeMap<String, u64>,
+    services: u64,
+}
+
+impl HeadIn {
+    /// How many service frames follow.
+    pub(crate) fn services(&self) -> u64 {
+        self.services
+    }
+
+    /// The catalog's head.
+    pub(crate) fn into_head(self) -> CatalogHead<'static> {
+        CatalogHead {
+            index: self.index,
+            leases: Cow::Owned(self.leases.into_iter().map(|(id, l)| (id, l.0)).collect()),
+            namespace_index: Cow::Owned(self.namespace_index),
+            services: self.services,
+        }
+    }
+}
+
+/// A history entry as stored.
+#[derive(Serialize, Deserialize)]
+enum StoredChange<I, S> {
+    /// Instance registered or replaced: the instance.
+    Upsert(I),
+    /// Instance removed: its id.
+    Delete(S),
+    /// Instance registered or replaced, and still the current instance of
+    /// that id: the id.
+    Current(S),
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredIndexedChange<I, S> {
+    index: u64,
+    change: StoredChange<I, S>,
+}
+
+struct InstancesOut<'a>(&'a Instances);
+
+impl Serialize for InstancesOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(id, i)| (id, InstanceRef(i))))
+    }
+}
+
+struct HistoryOut<'a>(&'a Service);
+
+impl Serialize for HistoryOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let svc = self.0;
+        s.collect_seq(svc.history().map(|c| StoredIndexedChange {
+            index: c.index,
+            change: match &c.change {
+                Change::Upsert(i) if svc.is_current(i) => StoredChange::Current(&i.id),
+                Change::Upsert(i) => StoredChange::Upsert(InstanceRef(i)),
+                Change::Delete(id) => StoredChange::Delete(id),
+            },
+        }))
+    }
+}
+
+struct ServiceOut<'a>(&'a Service);
+
+impl Serialize for ServiceOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Service", 4)?;
+        st.serialize_field("index", &self.0.index)?;
+        st.serialize_field("instances", &InstancesOut(&self.0.instances))?;
+        st.serialize_field("history", &HistoryOut(self.0))?;
+        st.serialize_field("history_floor", &self.0.history_floor())?;
+        st.end()
+    }
+}
+
+/// A service frame of snapshot data: `[key, service]`.
+pub(crate) fn service_out<'a>(key: &'a ServiceKey, service: &'a Service) -> impl Serialize + 'a {
+    (KeyRef(key), ServiceOut(service))
+}
+
+/// A map of ids to instances, each filed under its own id.
+struct InstancesIn(Instances);
+
+impl<'de> Deserialize<'de> for InstancesIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = InstancesIn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of instance ids to instances")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<InstancesIn, A::Error> {
+                let mut out = Instances::new();
+                while let Some((id, inst)) = map.next_entry::<CompactString, InstanceIn>()? {
+                    if id != inst.0.id {
+                        return Err(serde::de::Error::custom(format!(
+                            "instance {:?} filed under id {id:?}",
+                            inst.0.id.as_str()
+                        )));
+                    }
+                    if out.insert(Arc::new(inst.0)).is_some() {
+                        return Err(serde::de::Error::custom(format!(
+                            "instance {id:?} appears twice"
+                        )));
+                    }
+                }
+                Ok(InstancesIn(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct ServiceIn {
+    index: u64,
+    instances: InstancesIn,
+    history: Vec<StoredIndexedChange<InstanceIn, CompactString>>,
+    history_floor: u64,
+}
+
+/// A service frame as read.
+#[derive(Deserialize)]
+pub(crate) struct ServiceEntryIn(KeyIn, ServiceIn);
+
+impl ServiceEntryIn {
+    /// The service, its history sharing the instances it names as current.
+    pub(crate) fn into_entry(self) -> Result<(ServiceKey, Service), String> {
+        let ServiceEntryIn(key, svc) = self;
+        let instances = svc.instances.0;
+        let history = svc
+            .history
+            .into_iter()
+            .map(|c| {
+                let change = match c.change {
+                    StoredChange::Current(id) => match instances.get(&id) {
+                        Some(current) => Change::Upsert(current.clone()),
+                        None => {
+                            return Err(format!(
+                                "history entry {} of service {:?} names instance {id:?}, \
+                                 which the service does not hold",
+                                c.index,
+                                key.0.service.as_str()
+                            ));
+                        }
+                    },
+                    StoredChange::Upsert(i) => Change::Upsert(Arc::new(i.0)),
+                    StoredChange::Delete(id) => Change::Delete(id),
+                };
+                Ok(IndexedChange {
+                    index: c.index,
+                    change,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let service = Service::from_parts(svc.index, instances, history, svc.history_floor);
+        Ok((key.0, service))
     }
 }

@@ -334,7 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let response = match entry.payload {
                     EntryPayload::Blank => {
                         catalog.advance(index);
-                        Vec::new()
+                        Response::default()
                     }
                     EntryPayload::Normal(req) => {
                         // Every command of the batch at the entry's index.
@@ -343,15 +343,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             .pace
                             .commands
                             .fetch_add(req.commands.len() as u64, Ordering::Relaxed);
-                        req.commands
-                            .iter()
-                            .map(|cmd| catalog.apply(index, req.now_ms, cmd))
-                            .collect()
+                        Response(
+                            req.commands
+                                .iter()
+                                .map(|cmd| catalog.apply(index, req.now_ms, cmd))
+                                .collect(),
+                        )
                     }
                     EntryPayload::Membership(m) => {
                         self.membership = StoredMembership::new(Some(entry.log_id), m);
                         catalog.advance(index);
-                        Vec::new()
+                        Response::default()
                     }
                 };
                 responses.push(response);
@@ -361,7 +363,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // Blank and membership entries have no results, so no calls.
         for (index, response) in indexes.into_iter().zip(&responses) {
-            for result in response {
+            for result in &response.0 {
                 self.observer.applied(index, result);
             }
         }

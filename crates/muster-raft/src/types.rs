@@ -20,7 +20,30 @@ pub(crate) struct Request {
 
 /// What applying an entry gave: one result per command of the batch, in
 /// order (empty for blank and membership entries).
-pub(crate) type Response = Vec<ApplyResult>;
+///
+/// It never leaves the node that applied the entry: a proposal is answered
+/// where it was made (a follower forwards the request, not the result). The
+/// serde implementations exist only because openraft's `serde` feature asks
+/// every response type for them, and both refuse, so the catalog's types
+/// need no serialised form of their own.
+#[derive(Debug, Default)]
+pub(crate) struct Response(pub(crate) Vec<ApplyResult>);
+
+impl Serialize for Response {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "apply results are answered on the node that applied them, never sent",
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "apply results are answered on the node that applied them, never received",
+        ))
+    }
+}
 
 openraft::declare_raft_types!(
     /// muster's openraft types.

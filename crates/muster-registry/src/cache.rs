@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use muster_catalog::Instance;
 use muster_catalog::ServiceKey;
-use muster_types::Instance;
 
 use crate::WatchEvent;
 

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use muster_catalog::{Catalog, Command, ServiceKey};
+use muster_catalog::{Catalog, Check, Command, ServiceKey};
 use muster_raft::Node;
-use muster_types::{Check, CheckKind, Health, truncate_output};
+use muster_types::{CheckKind, Health, truncate_output};
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -27,9 +27,10 @@ use crate::cache::lock;
 
 type TaskKey = (ServiceKey, String, String);
 
-/// What the runner last saw of a check, beyond what the log records.
+/// What the node running a check last saw of it, beyond what the log
+/// records.
 #[derive(Debug, Clone, Default)]
-pub struct Runtime {
+pub struct CheckRun {
     /// Unix milliseconds of the last run or report.
     pub last_run_ms: Option<u64>,
     /// Its output.
@@ -40,7 +41,7 @@ struct Running {
     fingerprint: Check,
     task: JoinHandle<()>,
     reports: Option<mpsc::Sender<(Health, String)>>,
-    runtime: Arc<Mutex<Runtime>>,
+    runtime: Arc<Mutex<CheckRun>>,
 }
 
 /// Why a TTL report was refused.
@@ -79,8 +80,6 @@ fn fingerprint(c: &Check) -> Check {
         status: Health::Passing,
         output: String::new(),
         status_index: 0,
-        last_run_ms: None,
-        last_output: None,
         ..c.clone()
     }
 }
@@ -219,7 +218,7 @@ impl CheckRunner {
             if tasks.contains_key(&tk) {
                 continue;
             }
-            let runtime = Arc::new(Mutex::new(Runtime::default()));
+            let runtime = Arc::new(Mutex::new(CheckRun::default()));
             let (reports, rx) = if check.kind == CheckKind::Ttl {
                 let (tx, rx) = mpsc::channel(16);
                 (Some(tx), Some(rx))
@@ -277,7 +276,7 @@ impl CheckRunner {
     }
 
     /// The in-memory state of one check, if it runs here.
-    pub fn runtime(&self, key: &ServiceKey, inst: &str, check: &str) -> Option<Runtime> {
+    pub fn runtime(&self, key: &ServiceKey, inst: &str, check: &str) -> Option<CheckRun> {
         let tasks = lock(&self.tasks);
         let r = tasks.get(&(key.clone(), inst.to_string(), check.to_string()))?;
         Some(lock(&r.runtime).clone())
@@ -338,7 +337,7 @@ impl CheckRunner {
         key: ServiceKey,
         inst: String,
         check: Check,
-        runtime: Arc<Mutex<Runtime>>,
+        runtime: Arc<Mutex<CheckRun>>,
         reports: Option<mpsc::Receiver<(Health, String)>>,
     ) {
         let kind = check.kind.name();
@@ -588,7 +587,7 @@ mod tests {
             failures_before_critical: Some(fail),
             ..Default::default()
         };
-        muster_types::validate_check(0, &spec).unwrap()
+        muster_types::validate_check(0, &spec).unwrap().into()
     }
 
     #[test]

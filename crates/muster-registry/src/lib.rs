@@ -36,18 +36,21 @@ mod watch;
 use std::sync::{Arc, Mutex, PoisonError, RwLockReadGuard};
 use std::time::Duration;
 
-use muster_catalog::{Catalog, Command, Done, InstanceData, LeaseRef};
+use muster_catalog::{Catalog, Check, Command, Done, Instance, InstanceData, LeaseRef};
 use muster_raft::{Node, RaftConfig};
-use muster_types::{Check, CheckKind, FieldError, Health, limits};
+use muster_types::{CheckKind, FieldError, Health, limits};
 use rand::Rng;
 use tokio::sync::{mpsc, watch as tokio_watch};
 use tokio::task::JoinHandle;
 
 pub use cache::{Discovery, QueryMap};
 pub use caller::{Caller, Identity};
+pub use checks::CheckRun;
 pub use error::{RegistryError, Result};
 pub use leases::{LeaseTable, Sweep};
-pub use muster_catalog::{HISTORY_PER_SERVICE, HealthFilter, Query, ServiceKey, VersionMatch};
+pub use muster_catalog::{
+    HISTORY_PER_SERVICE, HealthFilter, Query, ServiceKey, VersionMatch, model,
+};
 pub use muster_raft::RaftError;
 pub use watch::{Watch, WatchBatch, WatchEvent};
 
@@ -195,7 +198,7 @@ impl From<muster_types::Registration> for Registration {
                 (None, Some(l)) => LeaseChoice::Existing(l),
                 (None, None) => LeaseChoice::Persistent,
             },
-            checks: r.checks,
+            checks: r.checks.into_iter().map(Check::from).collect(),
         }
     }
 }
@@ -216,6 +219,16 @@ pub struct Indexed<T> {
     pub index: u64,
     /// The answer.
     pub value: T,
+}
+
+/// One instance with what only the node running its checks knows.
+#[derive(Debug, Clone)]
+pub struct InstanceState {
+    /// The instance as the log has it.
+    pub instance: Arc<Instance>,
+    /// The last run of each of its checks, in the order of
+    /// `instance.checks` (empty runs where this node runs none).
+    pub runs: Vec<CheckRun>,
 }
 
 /// A lease as reads show it.
@@ -462,9 +475,7 @@ impl Registry {
     }
 
     /// The instance an instance command yielded.
-    fn written_instance(
-        w: Written<muster_catalog::Outcome>,
-    ) -> Result<Written<Arc<muster_types::Instance>>> {
+    fn written_instance(w: Written<muster_catalog::Outcome>) -> Result<Written<Arc<Instance>>> {
         match w.value.done {
             Done::Instance(i) => Ok(Written {
                 index: w.index,
@@ -500,7 +511,7 @@ impl Registry {
         key: &ServiceKey,
         id: &str,
         reg: Registration,
-    ) -> Result<Written<Arc<muster_types::Instance>>> {
+    ) -> Result<Written<Arc<Instance>>> {
         self.authorize(caller, Access::Write(key))?;
         validate_key(key)?;
         muster_types::validate_instance_id(id)?;
@@ -584,23 +595,30 @@ impl Registry {
         caller: &Caller,
         key: &ServiceKey,
         id: &str,
-    ) -> Result<Indexed<muster_types::Instance>> {
+    ) -> Result<Indexed<InstanceState>> {
         self.authorize(caller, Access::Read(key))?;
         validate_key(key)?;
         muster_types::validate_instance_id(id)?;
-        let (index, mut inst) = self.read(|c| {
+        let (index, instance) = self.read(|c| {
             let inst = c
                 .instance(key, id)
                 .ok_or_else(|| Self::instance_not_found(key, id))?;
-            Ok::<_, RegistryError>((c.service_index(key), (**inst).clone()))
+            Ok::<_, RegistryError>((c.service_index(key), inst.clone()))
         })?;
-        for check in &mut inst.checks {
-            if let Some(rt) = self.inner.checks.runtime(key, id, &check.id) {
-                check.last_run_ms = rt.last_run_ms;
-                check.last_output = rt.last_output.filter(|o| *o != check.output);
-            }
-        }
-        Ok(Indexed { index, value: inst })
+        let runs = instance
+            .checks
+            .iter()
+            .map(|check| {
+                self.inner
+                    .checks
+                    .runtime(key, id, &check.id)
+                    .unwrap_or_default()
+            })
+            .collect();
+        Ok(Indexed {
+            index,
+            value: InstanceState { instance, runs },
+        })
     }
 
     /// Renews the lease of an instance (in memory; not a log write).
@@ -825,7 +843,7 @@ impl Registry {
         key: &ServiceKey,
         id: &str,
         check: Check,
-    ) -> Result<Written<Arc<muster_types::Instance>>> {
+    ) -> Result<Written<Arc<Instance>>> {
         self.authorize(caller, Access::Write(key))?;
         validate_key(key)?;
         muster_types::validate_instance_id(id)?;
@@ -865,7 +883,7 @@ impl Registry {
         key: &ServiceKey,
         id: &str,
         check: &str,
-    ) -> Result<Written<Arc<muster_types::Instance>>> {
+    ) -> Result<Written<Arc<Instance>>> {
         self.authorize(caller, Access::Write(key))?;
         validate_key(key)?;
         muster_types::validate_instance_id(id)?;
@@ -924,7 +942,7 @@ impl Registry {
         key: &ServiceKey,
         id: &str,
         reason: Option<String>,
-    ) -> Result<Written<Arc<muster_types::Instance>>> {
+    ) -> Result<Written<Arc<Instance>>> {
         self.authorize(caller, Access::Write(key))?;
         validate_key(key)?;
         muster_types::validate_instance_id(id)?;

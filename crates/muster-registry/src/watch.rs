@@ -17,8 +17,9 @@
 
 use std::sync::Arc;
 
+use muster_catalog::Instance;
 use muster_catalog::{Change, Query, ServiceKey};
-use muster_types::{CompactString, Instance};
+use muster_types::CompactString;
 use tokio::sync::watch;
 
 use crate::Registry;

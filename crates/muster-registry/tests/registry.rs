@@ -167,7 +167,7 @@ async fn the_checks_limit_holds_against_concurrent_additions() {
         };
         let check = muster_types::validate_check(0, &spec).unwrap();
         let (r, me, pay) = (r.clone(), me.clone(), pay.clone());
-        async move { r.put_check(&me, &pay, "a", check).await }
+        async move { r.put_check(&me, &pay, "a", check.into()).await }
     });
     let results = futures::future::join_all(adds).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
@@ -181,6 +181,7 @@ async fn the_checks_limit_holds_against_concurrent_additions() {
         .instance(&me, &pay, "a")
         .unwrap()
         .value
+        .instance
         .checks
         .iter()
         .map(|c| c.id.clone())

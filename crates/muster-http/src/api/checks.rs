@@ -12,6 +12,7 @@ use muster_types::{
 use super::{Call, JsonBody, Params, indexed};
 use crate::HttpStateRef;
 use crate::error::ApiError;
+use crate::wire;
 
 /// Turn maintenance on or off: in maintenance an instance is critical (out of
 /// passing results) but stays registered.
@@ -37,7 +38,7 @@ pub async fn maintenance(
         .registry
         .maintenance(&caller, &key, &id, reason)
         .await?;
-    Ok(indexed(w.index, &*w.value))
+    Ok(indexed(w.index, &wire::instance(&w.value)))
 }
 
 /// Add or replace one check of an instance (the id comes from the path).
@@ -67,8 +68,11 @@ pub async fn put_check(
     }
     spec.id = Some(check);
     let check = validate_check(0, &spec)?;
-    let w = state.registry.put_check(&caller, &key, &id, check).await?;
-    Ok(indexed(w.index, &*w.value))
+    let w = state
+        .registry
+        .put_check(&caller, &key, &id, check.into())
+        .await?;
+    Ok(indexed(w.index, &wire::instance(&w.value)))
 }
 
 /// Remove one check of an instance.
@@ -90,7 +94,7 @@ pub async fn delete_check(
         .registry
         .remove_check(&caller, &key, &id, &check)
         .await?;
-    Ok(indexed(w.index, &*w.value))
+    Ok(indexed(w.index, &wire::instance(&w.value)))
 }
 
 /// Report a TTL check: `pass`, `warn` or `fail`, with optional output. A

@@ -15,6 +15,7 @@ use super::{Call, JsonBody, Params, indexed, json_response, json_with_index};
 use crate::HttpStateRef;
 use crate::cache::Answer;
 use crate::error::ApiError;
+use crate::wire;
 
 /// Register or replace an instance. Idempotent: the same body again changes
 /// nothing. Answered only once the write is durable.
@@ -42,7 +43,7 @@ pub async fn register(
         .registry
         .register(&caller, &key, &id, reg.into())
         .await?;
-    Ok(indexed(w.index, &*w.value))
+    Ok(indexed(w.index, &wire::instance(&w.value)))
 }
 
 /// One instance.
@@ -60,7 +61,7 @@ pub async fn get_one(
 ) -> Result<Response, ApiError> {
     let key = params.instance_key(service, &id)?;
     let found = state.registry.instance(&caller, &key, &id)?;
-    Ok(indexed(found.index, &found.value))
+    Ok(indexed(found.index, &wire::instance_state(&found.value)))
 }
 
 /// Deregister an instance. Answered once the removal is durable.
@@ -218,7 +219,7 @@ pub async fn discover(
         namespace: key.namespace.to_string(),
         service: key.service.to_string(),
         index: found.index,
-        instances: found.instances.iter().map(|i| (**i).clone()).collect(),
+        instances: found.instances.iter().map(|i| wire::instance(i)).collect(),
     };
     let bytes = Bytes::from(serde_json::to_vec(&body).expect("wire types serialise"));
     let answer = Answer::new(found.index, bytes);

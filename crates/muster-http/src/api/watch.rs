@@ -25,6 +25,7 @@ use super::instances::parse_query;
 use super::{Call, Params};
 use crate::HttpStateRef;
 use crate::error::ApiError;
+use crate::wire;
 
 /// Counts open watchers; the guard lives as long as the stream's task.
 struct WatcherGauge;
@@ -167,11 +168,11 @@ fn wire(e: &muster_registry::WatchEvent) -> WatchEvent {
     match e {
         E::Snapshot { index, instances } => WatchEvent::Snapshot {
             index: *index,
-            instances: instances.iter().map(|i| (**i).clone()).collect(),
+            instances: instances.iter().map(|i| wire::instance(i)).collect(),
         },
         E::Upsert { index, instance } => WatchEvent::Upsert {
             index: *index,
-            instance: Box::new((**instance).clone()),
+            instance: Box::new(wire::instance(instance)),
         },
         E::Delete { index, id } => WatchEvent::Delete {
             index: *index,
