@@ -42,6 +42,11 @@ pub struct Config {
     /// How long start-up may take before giving up.
     #[serde(with = "humantime_serde_compat")]
     pub startup_timeout: Duration,
+    /// Start from the snapshot alone when the log no longer reaches it,
+    /// accepting the loss of the writes acknowledged after it. A one-off
+    /// decision of an operator: a flag only, never read from a file.
+    #[serde(skip)]
+    pub force_recover_from_snapshot: bool,
 }
 
 impl Default for Config {
@@ -59,6 +64,7 @@ impl Default for Config {
             startup_timeout: r.startup_timeout,
             enable_command_checks: r.enable_command_checks,
             check_concurrency: r.check_concurrency,
+            force_recover_from_snapshot: false,
         }
     }
 }
@@ -82,6 +88,7 @@ impl Config {
             enable_command_checks: self.enable_command_checks,
             check_concurrency: self.check_concurrency,
             startup_timeout: self.startup_timeout,
+            force_recover_from_snapshot: self.force_recover_from_snapshot,
         }
     }
 }

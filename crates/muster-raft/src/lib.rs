@@ -60,6 +60,10 @@ pub struct RaftConfig {
     /// entry carries a whole batch of commands, so this is what bounds the
     /// replay on restart.
     pub snapshot_commands: u64,
+    /// Start from the snapshot alone when the log no longer reaches it,
+    /// accepting the loss of every write acknowledged after the snapshot
+    /// (an operator's decision; refused by default).
+    pub force_recover_from_snapshot: bool,
 }
 
 /// Receives what the state machine did, for watches, caches and timers.
@@ -119,6 +123,12 @@ pub enum RaftError {
     /// The store holds data that cannot be decoded.
     #[error("corrupt raft state: {0}")]
     Corrupt(String),
+    /// The data directory is readable but incomplete: starting from it
+    /// would silently lose writes that were acknowledged (a log deleted,
+    /// emptied or older than the snapshot; a snapshot missing under a
+    /// purged log).
+    #[error("{0}")]
+    DataLoss(String),
     /// The node did not become ready in time.
     #[error("raft node not ready after {waited:?}: {state}")]
     NotReady {

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::batcher::{self, Proposal};
 use crate::codec;
-use crate::log_store::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_SNAPSHOT, KEY_VOTE, RaftLog};
+use crate::log_store::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_SNAPSHOT, KEY_VOTE, RaftLog, read_meta};
 use crate::network::NoPeers;
 use crate::snapshot_file::SnapshotDir;
 use crate::state_machine::StateMachine;
@@ -153,6 +153,9 @@ impl Node {
 
         check_formats(&store)?;
         let snapshot_dir = SnapshotDir::in_dir(&cfg.data_dir);
+        // Before the state machine opens: it removes data files that no
+        // pointer names, which a missing pointer would make of the snapshot.
+        check_log_reaches_snapshot(&store, &snapshot_dir, cfg.force_recover_from_snapshot)?;
         let fresh = store.is_empty()
             && !snapshot_dir.exists()
             && [KEY_VOTE, KEY_COMMITTED, KEY_LAST_PURGED, KEY_SNAPSHOT]
@@ -413,6 +416,68 @@ pub(crate) fn check_formats(store: &LogStore) -> Result<(), RaftError> {
             .map_err(|e| RaftError::Corrupt(format!("{path}: log entry {index}: {e}")))?;
     }
     Ok(())
+}
+
+/// Refuses a data directory whose log does not reach its snapshot: every
+/// write acknowledged after the snapshot was in the log, so a log that is
+/// missing, empty or older than the snapshot means they are gone, and
+/// starting would serve an older state as if it were current (the index
+/// going backwards under clients that saw later ones). Also refuses a log
+/// purged up to an index with no snapshot to stand for what was purged.
+pub(crate) fn check_log_reaches_snapshot(
+    store: &LogStore,
+    snapshots: &SnapshotDir,
+    force: bool,
+) -> Result<(), RaftError> {
+    let log = store.path().display();
+    let purged: Option<crate::types::LogId> = read_meta(store, KEY_LAST_PURGED)
+        .map_err(|e| RaftError::Corrupt(format!("{log}: the last purged log id: {e}")))?;
+    let purged = purged.map(|l| l.index);
+    let current = snapshots
+        .current()
+        .map_err(|e| RaftError::Corrupt(e.to_string()))?;
+    let Some(current) = current else {
+        return match purged {
+            Some(p) => Err(RaftError::DataLoss(format!(
+                "the log in {log} was purged up to index {p} after a snapshot, but the \
+                 snapshot is gone ({} is missing): the state up to index {p} cannot be \
+                 rebuilt. Restore the data directory from a backup (the snapshot data file \
+                 may still be beside it, but nothing says which index it holds).",
+                snapshots.pointer_path().display()
+            ))),
+            None => Ok(()),
+        };
+    };
+    let Some(snapshot_index) = current.meta.last_log_id.map(|l| l.index) else {
+        return Ok(());
+    };
+    let log_end = store.last_index().max(purged);
+    if log_end.is_some_and(|end| end >= snapshot_index) {
+        return Ok(());
+    }
+    let found = match log_end {
+        None if store.is_empty() => "is missing or empty".to_string(),
+        None => "has no entries".to_string(),
+        Some(end) => format!("ends at index {end}"),
+    };
+    let what = format!(
+        "the log {log} {found}, but the snapshot {} holds the state at index \
+         {snapshot_index}: the log was deleted, truncated or replaced by an older copy, \
+         and every write acknowledged after index {snapshot_index} is lost with it",
+        snapshots.pointer_path().display()
+    );
+    if force {
+        tracing::warn!(
+            snapshot_index,
+            "{what}; starting from the snapshot alone, as --force-recover-from-snapshot asks"
+        );
+        return Ok(());
+    }
+    Err(RaftError::DataLoss(format!(
+        "{what}. Restore the data directory from a backup, or start once with \
+         --force-recover-from-snapshot to accept the loss and resume from index \
+         {snapshot_index}."
+    )))
 }
 
 impl std::fmt::Debug for Node {

@@ -95,7 +95,7 @@ impl SnapshotDir {
         }
     }
 
-    fn pointer_path(&self) -> PathBuf {
+    pub(crate) fn pointer_path(&self) -> PathBuf {
         self.dir.join(POINTER_FILE)
     }
 

@@ -64,6 +64,7 @@ async fn data_in_another_format_is_refused_at_start_up() {
                 data_dir: data,
                 snapshot_logs: 100,
                 snapshot_commands: 100,
+                force_recover_from_snapshot: false,
             },
             Arc::new(NoObserver),
         )

@@ -34,6 +34,7 @@ fn config(dir: &Path, snapshot_logs: u64) -> RaftConfig {
         data_dir: dir.join("data"),
         snapshot_logs,
         snapshot_commands: 1_000_000,
+        force_recover_from_snapshot: false,
     }
 }
 
@@ -264,6 +265,7 @@ async fn snapshots_are_paced_by_commands_not_only_entries() {
     let cfg = RaftConfig {
         snapshot_logs: 1_000_000,
         snapshot_commands: 200,
+        force_recover_from_snapshot: false,
         ..config(dir.path(), 0)
     };
     let node = Node::open(cfg.clone(), Arc::new(Recorder::default()))
@@ -468,4 +470,132 @@ async fn lost_committed_marker_still_recovers_everything() {
     assert_eq!(after.lease_count(), 10);
     assert_eq!(after, after_restart(before, &node));
     node.shutdown().await.unwrap();
+}
+
+/// Creates leases `ids`, each its own entry.
+async fn create_leases(node: &Node, ids: std::ops::RangeInclusive<u64>) {
+    for id in ids {
+        node.propose(Command::CreateLease { id, ttl_ms: 10_000 })
+            .await
+            .unwrap()
+            .result
+            .unwrap();
+    }
+}
+
+/// A data dir with a snapshot of 23 leases, then 3 more leases in the log
+/// only (snapshots every 5 entries, so the log is also purged); returns
+/// the snapshot's index.
+async fn snapshot_then_more(dir: &Path) -> u64 {
+    let (node, _) = open(dir, 1000).await;
+    create_leases(&node, 1..=23).await;
+    let snap = node.snapshot(READY).await.unwrap();
+    create_leases(&node, 24..=26).await;
+    node.shutdown().await.unwrap();
+    snap
+}
+
+async fn open_with(dir: &Path, force: bool) -> Result<Node, muster_raft::RaftError> {
+    let cfg = RaftConfig {
+        force_recover_from_snapshot: force,
+        ..config(dir, 1000)
+    };
+    Node::open(cfg, Arc::new(Recorder::default())).await
+}
+
+fn data_loss(r: Result<Node, muster_raft::RaftError>) -> String {
+    match r {
+        Err(muster_raft::RaftError::DataLoss(m)) => m,
+        Err(other) => panic!("refused, but not as data loss: {other}"),
+        Ok(_) => panic!("a data dir that lost acknowledged writes was opened"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_empty_log_beside_a_snapshot_is_refused_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = snapshot_then_more(dir.path()).await;
+    let log = dir.path().join("data/raft.redb");
+    let saved = std::fs::read(&log).unwrap();
+
+    for (how, damage) in [
+        ("deleted", Box::new(|p: &Path| std::fs::remove_file(p).unwrap()) as Box<dyn Fn(&Path)>),
+        ("emptied", Box::new(|p: &Path| std::fs::write(p, b"").unwrap())),
+    ] {
+        damage(&log);
+        let msg = data_loss(open_with(dir.path(), false).await);
+        assert!(msg.contains("raft.redb"), "{how}: {msg}");
+        assert!(msg.contains("snapshot.json"), "{how}: {msg}");
+        assert!(msg.contains(&format!("index {snap}")), "{how}: {msg}");
+        assert!(msg.contains("--force-recover-from-snapshot"), "{how}: {msg}");
+        // Refusing touched nothing: the snapshot is still there.
+        assert!(dir.path().join("data/snapshot.json").exists(), "{how}");
+        std::fs::write(&log, &saved).unwrap();
+    }
+
+    // The log put back: everything is there.
+    let node = open_with(dir.path(), false).await.unwrap();
+    node.wait_ready(READY).await.unwrap();
+    assert_eq!(catalog(&node).lease_count(), 26);
+    node.shutdown().await.unwrap();
+
+    // Forced: the snapshot alone, the writes after it lost, and writable.
+    std::fs::remove_file(&log).unwrap();
+    let node = open_with(dir.path(), true).await.unwrap();
+    node.wait_ready(READY).await.unwrap();
+    let c = catalog(&node);
+    assert_eq!(c.lease_count(), 23);
+    assert!(c.lease(24).is_none());
+    create_leases(&node, 100..=100).await;
+    node.shutdown().await.unwrap();
+    // ... and from then on an ordinary data dir.
+    let node = open_with(dir.path(), false).await.unwrap();
+    node.wait_ready(READY).await.unwrap();
+    assert!(catalog(&node).lease(100).is_some());
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_older_than_its_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = open(dir.path(), 1000).await;
+    create_leases(&node, 200..=202).await;
+    node.shutdown().await.unwrap();
+    let log = dir.path().join("data/raft.redb");
+    let old = std::fs::read(&log).unwrap();
+
+    let snap = snapshot_then_more(dir.path()).await;
+    std::fs::write(&log, &old).unwrap();
+    let msg = data_loss(open_with(dir.path(), false).await);
+    assert!(msg.contains("ends at index"), "{msg}");
+    assert!(msg.contains(&format!("index {snap}")), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_log_without_its_snapshot_is_refused_and_the_data_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // Snapshots every 5 entries purge the log behind them.
+    let (node, _) = open(dir.path(), 5).await;
+    create_leases(&node, 1..=30).await;
+    node.wait_snapshot(20, READY).await.unwrap();
+    node.shutdown().await.unwrap();
+
+    let data = dir.path().join("data");
+    std::fs::remove_file(data.join("snapshot.json")).unwrap();
+    let files = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&data);
+    assert!(before.iter().any(|f| f.ends_with(".data")), "{before:?}");
+    let cfg = config(dir.path(), 5);
+    let msg = data_loss(Node::open(cfg, Arc::new(Recorder::default())).await);
+    assert!(msg.contains("purged up to index"), "{msg}");
+    assert!(msg.contains("snapshot.json is missing"), "{msg}");
+    // The snapshot data file an operator may need is not cleaned away.
+    assert_eq!(files(&data), before);
 }

@@ -86,6 +86,9 @@ pub struct RegistryConfig {
     pub check_concurrency: usize,
     /// How long start-up may take before giving up.
     pub startup_timeout: Duration,
+    /// Start from the snapshot alone when the log no longer reaches it,
+    /// accepting the loss of the writes acknowledged after it.
+    pub force_recover_from_snapshot: bool,
 }
 
 impl Default for RegistryConfig {
@@ -101,6 +104,7 @@ impl Default for RegistryConfig {
             enable_command_checks: false,
             check_concurrency: 512,
             startup_timeout: Duration::from_secs(60),
+            force_recover_from_snapshot: false,
         }
     }
 }
@@ -142,8 +146,13 @@ pub enum StartError {
     #[error(transparent)]
     Raft(#[from] RaftError),
     /// The data directory could not be created.
-    #[error("cannot create the data directory")]
-    Io(#[from] std::io::Error),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// What a registration asks for: the instance as its owner describes it.
@@ -340,13 +349,17 @@ impl Registry {
             leases: leases.clone(),
             reconcile: reconcile_tx,
         });
-        std::fs::create_dir_all(&config.data_dir)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
         let node = Node::open(
             RaftConfig {
                 node_id: config.node_id,
                 data_dir: config.data_dir.clone(),
                 snapshot_logs: config.snapshot_logs,
                 snapshot_commands: config.snapshot_commands,
+                force_recover_from_snapshot: config.force_recover_from_snapshot,
             },
             observer,
         )

@@ -120,6 +120,11 @@ pub struct AgentArgs {
     /// Allow health checks that run commands on this host (`args` checks).
     #[arg(long, env = "MUSTER_ENABLE_COMMAND_CHECKS")]
     pub enable_command_checks: bool,
+    /// Start even though the log no longer reaches the snapshot (deleted,
+    /// emptied or older), accepting the loss of every write acknowledged
+    /// after the snapshot. Only when muster refused to start and said so.
+    #[arg(long)]
+    pub force_recover_from_snapshot: bool,
     /// Log format.
     #[arg(long, env = "MUSTER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -148,3 +148,94 @@ fn configuration_comes_from_file_env_and_flags_and_is_validated() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Runs `muster agent` on `data`, expecting it to refuse to start; returns
+/// what it printed on stderr.
+fn refused(data: &std::path::Path, extra: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["agent", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .env("MUSTER_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_deleted_log_is_refused_in_one_clear_line_until_the_operator_forces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("muster.toml");
+    std::fs::write(&config, "snapshot_logs = 10\nsnapshot_commands = 10\n").unwrap();
+    let config = config.to_str().unwrap();
+
+    // Writes until a snapshot exists (bounded), then a few more after it.
+    let agent = Agent::spawn_with(&data, &["--config", config], &[]);
+    let client = http();
+    let put = |i: u32| {
+        client
+            .put(agent.url(&format!("/v1/services/pay/instances/p{i}")))
+            .json(&json!({"address": "10.0.0.1", "port": 80}))
+            .send()
+    };
+    let mut written = 0;
+    while !data.join("snapshot.json").exists() {
+        assert!(written < 2_000, "no snapshot after {written} writes");
+        assert_eq!(put(written).await.unwrap().status(), 200);
+        written += 1;
+    }
+    for i in written..written + 5 {
+        assert_eq!(put(i).await.unwrap().status(), 200);
+    }
+    assert!(agent.terminate().success());
+
+    std::fs::remove_file(data.join("raft.redb")).unwrap();
+    let err = refused(&data, &[]);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: the log "), "{err}");
+    assert!(err.contains("raft.redb is missing or empty"), "{err}");
+    assert!(err.contains("--force-recover-from-snapshot"), "{err}");
+
+    // Forced: it serves what the snapshot held and takes writes again.
+    let agent = Agent::spawn_with(&data, &["--force-recover-from-snapshot"], &[]);
+    let v: serde_json::Value = client
+        .get(agent.url("/v1/services/pay/instances"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // (A later snapshot may have taken some of the last five along.)
+    let kept = v["instances"].as_array().unwrap().len();
+    assert!(
+        kept > 0 && kept <= written as usize + 5,
+        "kept {kept} of {}",
+        written + 5
+    );
+    let r = client
+        .put(agent.url("/v1/services/pay/instances/after"))
+        .json(&json!({"address": "10.0.0.1", "port": 80}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn start_up_errors_say_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("raft.redb"), b"not a database").unwrap();
+    let err = refused(dir.path(), &[]);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("raft.redb"), "{err}");
+    assert_eq!(err.matches("magic number").count(), 1, "{err}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let err = refused(&file.join("data"), &[]);
+    assert!(err.contains("cannot create the data directory"), "{err}");
+    assert!(err.contains("a-file/data"), "{err}");
+}
