@@ -2,9 +2,12 @@
 //!
 //! Log entries and snapshot data carry a format version, so that a build
 //! never misreads data written in another format: an entry is
-//! [`LOG_FORMAT`] (one byte) then JSON; snapshot data is
-//! [`SNAPSHOT_MAGIC`], [`SNAPSHOT_FORMAT`] (u16, big-endian), then frames.
-//! An unknown version is refused with an error that says so. Each version
+//! [`LOG_FORMAT`] (one byte), the CRC-32C of its JSON (u32, big-endian),
+//! then the JSON; snapshot data is [`SNAPSHOT_MAGIC`], [`SNAPSHOT_FORMAT`]
+//! (u16, big-endian), then frames, each its length, its CRC-32C and its
+//! JSON. A checksum that does not match is refused (a flipped byte inside
+//! valid JSON would otherwise be served as data), and so is an unknown
+//! version. Version 1 (no checksums) is still read. Each version
 //! has golden fixtures (`testdata/`), checked byte for byte by the tests
 //! below: a change to the types that would change what is written fails
 //! them, and must come with a new version. Small metadata values (vote,
@@ -43,26 +46,45 @@ impl From<serde_json::Error> for CodecError {
 }
 
 /// Version of the log entry encoding: the first byte of every stored entry.
-pub(crate) const LOG_FORMAT: u8 = 1;
+pub(crate) const LOG_FORMAT: u8 = 2;
 
-/// Encodes a log entry: [`LOG_FORMAT`], then the entry as JSON.
+/// The first log entry encoding: the version byte, then JSON, unchecked.
+const LOG_FORMAT_V1: u8 = 1;
+
+/// Encodes a log entry: [`LOG_FORMAT`], the CRC-32C of the JSON, the JSON.
 pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![LOG_FORMAT];
+    let mut out = vec![LOG_FORMAT, 0, 0, 0, 0];
     serde_json::to_writer(&mut out, entry)?;
+    let crc = crc32c::crc32c(&out[5..]);
+    out[1..5].copy_from_slice(&crc.to_be_bytes());
     Ok(out)
 }
 
-/// The JSON of an encoded entry, once its format version is checked.
+/// The JSON of an encoded entry, once its format version and checksum are
+/// checked.
 fn entry_body(bytes: &[u8]) -> Result<&[u8], CodecError> {
     match bytes.split_first() {
-        Some((&LOG_FORMAT, body)) => Ok(body),
+        Some((&LOG_FORMAT, rest)) => {
+            let (crc, body) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| CodecError("log entry is shorter than its checksum".into()))?;
+            let (stored, computed) = (u32::from_be_bytes(*crc), crc32c::crc32c(body));
+            if stored != computed {
+                return Err(CodecError(format!(
+                    "log entry fails its checksum (stored {stored:08x}, computed \
+                     {computed:08x}): its bytes were changed after muster wrote them"
+                )));
+            }
+            Ok(body)
+        }
+        Some((&LOG_FORMAT_V1, body)) => Ok(body),
         Some((b'{', _)) => Err(CodecError(
             "log entry is in the unversioned format of pre-release builds; \
              this data directory cannot be read by this version"
                 .into(),
         )),
         Some((v, _)) => Err(CodecError(format!(
-            "log entry has format version {v}; this build reads version {LOG_FORMAT} only \
+            "log entry has format version {v}; this build reads versions {LOG_FORMAT_V1} and {LOG_FORMAT} \
              (was the data directory written by another muster version?)"
         ))),
         None => Err(CodecError("log entry is empty".into())),
@@ -103,16 +125,19 @@ pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Codec
 pub(crate) const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNP";
 
 /// Version of the snapshot data encoding, after [`SNAPSHOT_MAGIC`].
-pub(crate) const SNAPSHOT_FORMAT: u16 = 1;
+pub(crate) const SNAPSHOT_FORMAT: u16 = 2;
+
+/// The first snapshot data encoding: frames without checksums.
+const SNAPSHOT_FORMAT_V1: u16 = 1;
 
 /// The magic of the unversioned snapshot data of pre-release builds.
 const PRE_RELEASE_MAGIC: &[u8; 4] = b"MCF1";
 
 /// Writes the catalog as snapshot data, a frame at a time, so neither side
 /// ever holds the whole encoding: [`SNAPSHOT_MAGIC`], [`SNAPSHOT_FORMAT`]
-/// (u16, big-endian), then frames of a length (u32, big-endian) and JSON:
-/// the catalog's head ([`Catalog::head`]), then one `[key, service]` pair
-/// per service.
+/// (u16, big-endian), then frames of a length and a CRC-32C (u32,
+/// big-endian, each) and JSON: the catalog's head ([`Catalog::head`]), then
+/// one `[key, service]` pair per service.
 pub(crate) fn write_catalog(catalog: &Catalog, out: &mut impl Write) -> Result<(), CodecError> {
     out.write_all(SNAPSHOT_MAGIC)?;
     out.write_all(&SNAPSHOT_FORMAT.to_be_bytes())?;
@@ -134,6 +159,7 @@ fn write_frame<T: Serialize>(
     let len = u32::try_from(frame.len())
         .map_err(|_| CodecError(format!("a snapshot frame of {} bytes", frame.len())))?;
     out.write_all(&len.to_be_bytes())?;
+    out.write_all(&crc32c::crc32c(frame).to_be_bytes())?;
     out.write_all(frame)?;
     Ok(())
 }
@@ -157,19 +183,24 @@ pub(crate) fn read_catalog(input: &mut impl Read) -> Result<Catalog, CodecError>
     let mut version = [0u8; 2];
     input.read_exact(&mut version)?;
     let version = u16::from_be_bytes(version);
-    if version != SNAPSHOT_FORMAT {
-        return Err(CodecError(format!(
-            "snapshot data has format version {version}; this build reads version \
-             {SNAPSHOT_FORMAT} only (was the data directory written by another muster version?)"
-        )));
-    }
+    let checked = match version {
+        SNAPSHOT_FORMAT => true,
+        SNAPSHOT_FORMAT_V1 => false,
+        _ => {
+            return Err(CodecError(format!(
+                "snapshot data has format version {version}; this build reads versions \
+                 {SNAPSHOT_FORMAT_V1} and {SNAPSHOT_FORMAT} (was the data directory written by \
+                 a newer muster?)"
+            )));
+        }
+    };
     let mut frame = Vec::new();
-    read_frame(input, &mut frame)?;
+    read_frame(input, &mut frame, checked, 0)?;
     let head: HeadIn = serde_json::from_slice(&frame)?;
     let count = head.services();
     let mut services = Vec::new();
-    for _ in 0..count {
-        read_frame(input, &mut frame)?;
+    for n in 1..=count {
+        read_frame(input, &mut frame, checked, n)?;
         let entry: ServiceEntryIn = serde_json::from_slice(&frame)?;
         services.push(entry.into_entry().map_err(CodecError)?);
     }
@@ -181,16 +212,41 @@ pub(crate) fn read_catalog(input: &mut impl Read) -> Result<Catalog, CodecError>
     Ok(Catalog::from_parts(head.into_head(), services))
 }
 
-fn read_frame(input: &mut impl Read, frame: &mut Vec<u8>) -> Result<(), CodecError> {
+/// Reads frame `n` (0: the head) into `frame`, checking its CRC-32C when
+/// the format has one.
+fn read_frame(
+    input: &mut impl Read,
+    frame: &mut Vec<u8>,
+    checked: bool,
+    n: u64,
+) -> Result<(), CodecError> {
     let mut len = [0u8; 4];
     input.read_exact(&mut len)?;
     let len = u32::from_be_bytes(len) as usize;
+    let mut crc = [0u8; 4];
+    if checked {
+        input.read_exact(&mut crc)?;
+    }
     frame.clear();
     let read = input.take(len as u64).read_to_end(frame)?;
     if read != len {
         return Err(CodecError(format!(
             "snapshot data ends inside a frame ({read} of {len} bytes)"
         )));
+    }
+    if checked {
+        let (stored, computed) = (u32::from_be_bytes(crc), crc32c::crc32c(frame));
+        if stored != computed {
+            let what = if n == 0 {
+                "the head frame".to_string()
+            } else {
+                format!("frame {n} (service {n} of the snapshot)")
+            };
+            return Err(CodecError(format!(
+                "snapshot data: {what} fails its checksum (stored {stored:08x}, computed \
+                 {computed:08x}): its bytes were changed after muster wrote them"
+            )));
+        }
     }
     Ok(())
 }
@@ -440,37 +496,96 @@ mod tests {
         }
     }
 
-    #[test]
-    fn log_entry_format_1_reads_and_writes_its_fixture() {
-        let entry = entry_with_every_command();
-        let bytes = encode_entry(&entry).unwrap();
-        assert_eq!(bytes[0], LOG_FORMAT);
-        golden("log-entry-v1.bin", &bytes);
-        let stored = std::fs::read(fixture("log-entry-v1.bin")).unwrap();
-        assert_eq!(decode_entry(&stored).unwrap(), entry);
-        assert_eq!(decode_entry_log_id(&stored).unwrap(), entry.log_id);
-
-        let blank = Entry {
+    fn blank_entry() -> Entry {
+        Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
             payload: openraft::EntryPayload::Blank,
-        };
-        golden("log-entry-blank-v1.bin", &encode_entry(&blank).unwrap());
-        let stored = std::fs::read(fixture("log-entry-blank-v1.bin")).unwrap();
-        assert_eq!(decode_entry(&stored).unwrap(), blank);
+        }
     }
 
     #[test]
-    fn snapshot_format_1_reads_and_writes_its_fixture() {
+    fn log_entry_format_2_reads_and_writes_its_fixture() {
+        let entry = entry_with_every_command();
+        let bytes = encode_entry(&entry).unwrap();
+        assert_eq!(bytes[0], LOG_FORMAT);
+        golden("log-entry-v2.bin", &bytes);
+        let stored = std::fs::read(fixture("log-entry-v2.bin")).unwrap();
+        assert_eq!(decode_entry(&stored).unwrap(), entry);
+        assert_eq!(decode_entry_log_id(&stored).unwrap(), entry.log_id);
+
+        golden(
+            "log-entry-blank-v2.bin",
+            &encode_entry(&blank_entry()).unwrap(),
+        );
+        let stored = std::fs::read(fixture("log-entry-blank-v2.bin")).unwrap();
+        assert_eq!(decode_entry(&stored).unwrap(), blank_entry());
+    }
+
+    /// Version 1 (no checksum) is still read, as its fixtures were written.
+    #[test]
+    fn log_entry_format_1_is_still_read() {
+        let stored = std::fs::read(fixture("log-entry-v1.bin")).unwrap();
+        assert_eq!(stored[0], 1);
+        assert_eq!(decode_entry(&stored).unwrap(), entry_with_every_command());
+        let stored = std::fs::read(fixture("log-entry-blank-v1.bin")).unwrap();
+        assert_eq!(decode_entry(&stored).unwrap(), blank_entry());
+    }
+
+    #[test]
+    fn snapshot_format_2_reads_and_writes_its_fixture() {
         // Services in two namespaces; own and shared leases; checks, one
         // critical; maintenance; a history with current, replaced and
         // deleted instances.
         let c = scenario_catalog();
         let mut data = Vec::new();
         write_catalog(&c, &mut data).unwrap();
-        assert_eq!(&data[..6], b"MSNP\x00\x01");
-        golden("snapshot-v1.bin", &data);
-        let stored = std::fs::read(fixture("snapshot-v1.bin")).unwrap();
+        assert_eq!(&data[..6], b"MSNP\x00\x02");
+        golden("snapshot-v2.bin", &data);
+        let stored = std::fs::read(fixture("snapshot-v2.bin")).unwrap();
         assert_eq!(read_catalog(&mut stored.as_slice()).unwrap(), c);
+    }
+
+    #[test]
+    fn snapshot_format_1_is_still_read() {
+        let stored = std::fs::read(fixture("snapshot-v1.bin")).unwrap();
+        assert_eq!(&stored[..6], b"MSNP\x00\x01");
+        assert_eq!(
+            read_catalog(&mut stored.as_slice()).unwrap(),
+            scenario_catalog()
+        );
+    }
+
+    /// Replaces the first `from` in `data` with `to` (same length): a
+    /// change that keeps the JSON valid.
+    fn tamper(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let at = data
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("the bytes to change are there");
+        let mut out = data.to_vec();
+        out[at..at + to.len()].copy_from_slice(to);
+        out
+    }
+
+    #[test]
+    fn a_changed_byte_inside_valid_json_fails_the_checksum() {
+        let bytes = encode_entry(&entry_with_every_command()).unwrap();
+        let bad = tamper(&bytes, b"10.0.0.1", b"10.0.0.7");
+        let e = decode_entry(&bad).unwrap_err().to_string();
+        assert!(e.contains("fails its checksum"), "{e}");
+        assert!(check_entry_format(&bad).is_err());
+        assert!(decode_entry_log_id(&bad).is_err());
+
+        let (data, _) = snapshot_text(&scenario_catalog());
+        let bad = tamper(&data, b"10.0.0.1", b"10.0.0.7");
+        let e = read_catalog(&mut bad.as_slice()).unwrap_err().to_string();
+        assert!(e.contains("fails its checksum"), "{e}");
+        assert!(e.contains("frame 1 "), "{e}");
+        // The head frame too.
+        let bad = tamper(&data, br#""ttl_ms":10000"#, br#""ttl_ms":90000"#);
+        let e = read_catalog(&mut bad.as_slice()).unwrap_err().to_string();
+        assert!(e.contains("the head frame fails its checksum"), "{e}");
     }
 
     fn snapshot_text(c: &Catalog) -> (Vec<u8>, String) {
@@ -504,14 +619,16 @@ mod tests {
 
     #[test]
     fn a_history_naming_an_instance_the_service_lacks_is_refused() {
-        let (data, _) = snapshot_text(&scenario_catalog());
-        let at = data
-            .windows(15)
-            .position(|w| w == br#"{"Current":"a"}"#)
+        let c = scenario_catalog();
+        let (key, svc) = c
+            .service_entries()
+            .find(|(k, _)| k.service.as_str() == "pay")
             .unwrap();
-        let mut bad = data.clone();
-        bad[at + 12] = b'z';
-        let err = read_catalog(&mut bad.as_slice()).unwrap_err().to_string();
+        let json = serde_json::to_string(&service_out(key, svc))
+            .unwrap()
+            .replace(r#"{"Current":"a"}"#, r#"{"Current":"z"}"#);
+        let entry: ServiceEntryIn = serde_json::from_str(&json).unwrap();
+        let err = entry.into_entry().unwrap_err();
         assert!(err.contains(r#"names instance "z""#), "{err}");
     }
 
@@ -577,10 +694,11 @@ mod tests {
     #[test]
     fn unknown_format_versions_are_refused() {
         let mut entry = encode_entry(&entry_with_every_command()).unwrap();
-        entry[0] = 2;
+        entry[0] = 3;
         let e = decode_entry(&entry).unwrap_err().to_string();
-        assert!(e.contains("format version 2"), "{e}");
-        let e = decode_entry(&entry[1..]).unwrap_err().to_string();
+        assert!(e.contains("format version 3"), "{e}");
+        let v1 = std::fs::read(fixture("log-entry-v1.bin")).unwrap();
+        let e = decode_entry(&v1[1..]).unwrap_err().to_string();
         assert!(e.contains("pre-release"), "{e}");
 
         let mut data = Vec::new();

@@ -260,7 +260,8 @@ impl StateMachine {
 /// Reads a catalog from snapshot data, a frame at a time. Blocking.
 fn read_snapshot_data(meta: &SnapshotMeta, path: &Path) -> Result<Catalog, StorageError> {
     let err = |e: &(dyn std::error::Error + 'static)| -> StorageError {
-        StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e.to_string())).into()
+        let what = format!("{}: {e}", path.display());
+        StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(what)).into()
     };
     let file = File::open(path).map_err(|e| err(&e))?;
     codec::read_catalog(&mut BufReader::with_capacity(IO_BUFFER, file)).map_err(|e| err(&e))

@@ -519,15 +519,24 @@ async fn a_missing_or_empty_log_beside_a_snapshot_is_refused_unless_forced() {
     let saved = std::fs::read(&log).unwrap();
 
     for (how, damage) in [
-        ("deleted", Box::new(|p: &Path| std::fs::remove_file(p).unwrap()) as Box<dyn Fn(&Path)>),
-        ("emptied", Box::new(|p: &Path| std::fs::write(p, b"").unwrap())),
+        (
+            "deleted",
+            Box::new(|p: &Path| std::fs::remove_file(p).unwrap()) as Box<dyn Fn(&Path)>,
+        ),
+        (
+            "emptied",
+            Box::new(|p: &Path| std::fs::write(p, b"").unwrap()),
+        ),
     ] {
         damage(&log);
         let msg = data_loss(open_with(dir.path(), false).await);
         assert!(msg.contains("raft.redb"), "{how}: {msg}");
         assert!(msg.contains("snapshot.json"), "{how}: {msg}");
         assert!(msg.contains(&format!("index {snap}")), "{how}: {msg}");
-        assert!(msg.contains("--force-recover-from-snapshot"), "{how}: {msg}");
+        assert!(
+            msg.contains("--force-recover-from-snapshot"),
+            "{how}: {msg}"
+        );
         // Refusing touched nothing: the snapshot is still there.
         assert!(dir.path().join("data/snapshot.json").exists(), "{how}");
         std::fs::write(&log, &saved).unwrap();
@@ -577,7 +586,8 @@ async fn a_purged_log_without_its_snapshot_is_refused_and_the_data_kept() {
     // Snapshots every 5 entries purge the log behind them.
     let (node, _) = open(dir.path(), 5).await;
     create_leases(&node, 1..=30).await;
-    node.wait_snapshot(20, READY).await.unwrap();
+    node.snapshot(READY).await.unwrap();
+    node.wait_purged(1, READY).await.unwrap();
     node.shutdown().await.unwrap();
 
     let data = dir.path().join("data");
@@ -598,4 +608,63 @@ async fn a_purged_log_without_its_snapshot_is_refused_and_the_data_kept() {
     assert!(msg.contains("snapshot.json is missing"), "{msg}");
     // The snapshot data file an operator may need is not cleaned away.
     assert_eq!(files(&data), before);
+}
+
+/// Replaces every `from` in the file with `to` (same length), as a disk or
+/// a careless edit would, keeping the JSON valid; returns how many.
+fn tamper_file(path: &Path, from: &[u8], to: &[u8]) -> usize {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut n = 0;
+    let mut at = 0;
+    while let Some(pos) = bytes[at..].windows(from.len()).position(|w| w == from) {
+        let start = at + pos;
+        bytes[start..start + to.len()].copy_from_slice(to);
+        at = start + to.len();
+        n += 1;
+    }
+    std::fs::write(path, bytes).unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_byte_in_the_log_or_the_snapshot_is_refused_with_the_place_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = open(dir.path(), 1000).await;
+    node.propose(Command::CreateLease {
+        id: 10,
+        ttl_ms: 10_000,
+    })
+    .await
+    .unwrap();
+    node.propose(register("in-snapshot", 10)).await.unwrap();
+    node.snapshot(READY).await.unwrap();
+    let mut late = register("in-log", 10);
+    if let Command::Register { instance, .. } = &mut late {
+        instance.address = "10.9.9.9".into();
+    }
+    node.propose(late).await.unwrap();
+    node.shutdown().await.unwrap();
+    let data = dir.path().join("data");
+
+    // A log entry: the address of the registration after the snapshot.
+    let log = data.join("raft.redb");
+    let saved = std::fs::read(&log).unwrap();
+    assert!(tamper_file(&log, b"10.9.9.9", b"10.9.9.8") > 0);
+    let err = open_with(dir.path(), false).await.unwrap_err().to_string();
+    assert!(err.contains("raft.redb"), "{err}");
+    assert!(err.contains("log entry"), "{err}");
+    assert!(err.contains("fails its checksum"), "{err}");
+    std::fs::write(&log, saved).unwrap();
+
+    // The snapshot data: the address of the registration before it.
+    let snapshot = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "data"))
+        .unwrap();
+    assert_eq!(tamper_file(&snapshot, b"10.0.0.1", b"10.0.0.2"), 1);
+    let err = open_with(dir.path(), false).await.unwrap_err().to_string();
+    let name = snapshot.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name), "{err}");
+    assert!(err.contains("fails its checksum"), "{err}");
 }
