@@ -42,6 +42,16 @@ pub struct Config {
     /// How long start-up may take before giving up.
     #[serde(with = "humantime_serde_compat")]
     pub startup_timeout: Duration,
+    /// Most HTTP connections served at once (watches included); keep it
+    /// below the file-descriptor limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// How long a connection may take to send a request head; idle
+    /// keep-alive connections are closed after it too.
+    #[serde(with = "humantime_serde_compat")]
+    pub http_header_timeout: Duration,
+    /// How long a request body may take to arrive.
+    #[serde(with = "humantime_serde_compat")]
+    pub http_body_timeout: Duration,
     /// Start from the snapshot alone when the log no longer reaches it,
     /// accepting the loss of the writes acknowledged after it. A one-off
     /// decision of an operator: a flag only, never read from a file.
@@ -52,6 +62,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         let r = RegistryConfig::default();
+        let l = muster_http::serve::Limits::default();
         Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7700)),
             data_dir: r.data_dir,
@@ -64,6 +75,9 @@ impl Default for Config {
             startup_timeout: r.startup_timeout,
             enable_command_checks: r.enable_command_checks,
             check_concurrency: r.check_concurrency,
+            max_connections: l.max_connections,
+            http_header_timeout: l.header_timeout,
+            http_body_timeout: l.body_timeout,
             force_recover_from_snapshot: false,
         }
     }
@@ -72,7 +86,17 @@ impl Default for Config {
 impl Config {
     /// Checks every field; the message names the field and the fix.
     pub fn validate(&self) -> Result<(), String> {
-        self.registry().validate()
+        self.registry().validate()?;
+        self.http_limits().validate()
+    }
+
+    /// The HTTP listener's limits.
+    pub fn http_limits(&self) -> muster_http::serve::Limits {
+        muster_http::serve::Limits {
+            max_connections: self.max_connections,
+            header_timeout: self.http_header_timeout,
+            body_timeout: self.http_body_timeout,
+        }
     }
 
     /// The registry's part.

@@ -63,7 +63,7 @@ pub async fn run(
         registry: registry.clone(),
     });
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "muster is serving");
-    let served = muster_http::serve(http, registry.clone(), shutdown).await;
+    let served = muster_http::serve(http, registry.clone(), config.http_limits(), shutdown).await;
     registry.shutdown().await?;
     tracing::info!("muster stopped");
     served.map_err(AgentError::Io)

@@ -18,6 +18,7 @@ pub mod cache;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod serve;
 mod wire;
 
 use std::future::Future;
@@ -62,18 +63,19 @@ pub fn router(registry: Registry) -> axum::Router {
     api::router(state)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then lets the
-/// registry end its long polls and watches and waits for open requests.
+/// Serves the API on `listener` within `limits` until `shutdown` resolves,
+/// then lets the registry end its long polls and watches and waits for open
+/// requests.
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
+    limits: serve::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(registry.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            registry.begin_shutdown();
-        })
-        .await
+    serve::run(listener, app, limits, async move {
+        shutdown.await;
+        registry.begin_shutdown();
+    })
+    .await
 }

@@ -156,10 +156,21 @@ impl<S: Send + Sync> FromRequest<S> for LimitedBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let deadline = req
+            .extensions()
+            .get::<crate::serve::BodyTimeout>()
+            .map_or(crate::serve::Limits::default().body_timeout, |t| t.0);
         let body = Limited::new(req.into_body(), limits::MAX_BODY_BYTES);
-        let bytes = body
-            .collect()
+        let collected = tokio::time::timeout(deadline, body.collect())
             .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!("the request body did not arrive within {deadline:?}"),
+                )
+            })?;
+        let bytes = collected
             .map_err(|e| {
                 if e.is::<LengthLimitError>() {
                     ApiError::new(

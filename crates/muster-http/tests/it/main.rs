@@ -6,6 +6,7 @@ mod blocking;
 mod checks;
 mod harness;
 mod leases;
+mod limits;
 mod openapi;
 mod validation;
 mod watch;

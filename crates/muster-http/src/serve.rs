@@ -1,0 +1,173 @@
+//! The accept loop, with the limits that keep abusive connections from
+//! starving everyone else: a cap on connections, a deadline for each
+//! request head (which also closes idle keep-alive connections) and one for
+//! each request body.
+//!
+//! At the cap, a few more connections are still accepted, each for one
+//! request and closed after it, and they answer only `/healthz` (everything
+//! else gets 503 `too_many_connections`): a supervisor's probe keeps its
+//! answer while the registry is full. Beyond those, connections are closed
+//! at once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+use crate::error::ApiError;
+
+/// Connections accepted past the cap, for health probes only.
+const OVERFLOW_CONNECTIONS: usize = 64;
+
+/// Limits of the HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most connections served at once (watches and blocking queries
+    /// included). Keep it below the process's file-descriptor limit.
+    pub max_connections: usize,
+    /// How long a connection may take to send a whole request head,
+    /// counted from when the server starts waiting for it: a slow client
+    /// (slowloris) and an idle keep-alive connection are both closed after
+    /// it.
+    pub header_timeout: Duration,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Limits {
+    /// Checks every field; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        if self.header_timeout.is_zero() {
+            return Err("http_header_timeout must be more than 0".into());
+        }
+        if self.body_timeout.is_zero() {
+            return Err("http_body_timeout must be more than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// The deadline of a request's body, for the body extractors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyTimeout(pub(crate) Duration);
+
+/// Serves `app` on `listener` within `limits` until `shutdown` resolves,
+/// then stops accepting and waits for the open connections to finish.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let full = app.clone().layer(middleware::from_fn(health_only));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let overflow = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was accepted: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let (permit, service, keep_alive) = match permits.clone().try_acquire_owned() {
+            Ok(permit) => (permit, app.clone(), true),
+            Err(_) => match overflow.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    metrics::counter!("muster_http_connections_refused_total", "how" => "health_only")
+                        .increment(1);
+                    (permit, full.clone(), false)
+                }
+                Err(_) => {
+                    metrics::counter!("muster_http_connections_refused_total", "how" => "closed")
+                        .increment(1);
+                    drop(stream);
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let body_timeout = BodyTimeout(limits.body_timeout);
+        let service = TowerToHyperService::new(service.map_request(move |r: Request<Incoming>| {
+            let mut r = r.map(axum::body::Body::new);
+            r.extensions_mut().insert(body_timeout);
+            r
+        }));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .keep_alive(keep_alive);
+        let watcher = graceful.watcher();
+        let header_timeout = limits.header_timeout;
+        tokio::spawn(async move {
+            // hyper reads the first bytes to tell HTTP/1 from HTTP/2 with no
+            // deadline of its own: a connection that sends nothing at all is
+            // closed here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// What a connection past the cap may do: ask whether the agent is up.
+async fn health_only(req: Request, next: Next) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let mut res = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_connections",
+        "the registry serves as many connections as it is configured to; retry shortly",
+    )
+    .into_response();
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    res
+}
