@@ -179,7 +179,7 @@ pub fn parse_query(params: &Params) -> Result<Query, ApiError> {
            ("zone" = Option<String>, Query, description = "Zone"),
            ("health" = Option<String>, Query, description = "`passing` (default) or `any`"),
            ("index" = Option<u64>, Query, description = "Block until the service index exceeds this"),
-           ("wait" = Option<String>, Query, description = "Longest block, e.g. `30s` (default 5m, max 10m)")),
+           ("wait" = Option<String>, Query, description = "Longest block with `index`, e.g. `30s` (default 5m); over 10m is a 400")),
     responses((status = 200, description = "Matching instances; header X-Muster-Index", body = InstancesResponse),
               (status = 400, description = "Invalid parameter", body = ErrorBody)))]
 pub async fn discover(

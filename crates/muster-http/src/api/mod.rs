@@ -300,10 +300,13 @@ impl Params {
         Ok(key)
     }
 
-    /// A blocking-query request: `index` and `wait`, capped and jittered.
+    /// A blocking-query request: `index` and `wait`, jittered. A `wait`
+    /// is checked the same way whether or not `index` came with it: over
+    /// [`limits::MAX_WAIT_MS`] is a 400, never silently shortened.
     pub fn blocking(&self) -> Result<Option<(u64, Duration)>, ApiError> {
+        let wait = self.wait()?;
         let Some(index) = self.get("index") else {
-            if self.get("wait").is_some() {
+            if wait.is_some() {
                 return Err(ApiError::bad_param(
                     "wait",
                     "wait needs index: pass the X-Muster-Index of your last read",
@@ -317,16 +320,29 @@ impl Params {
                 format!("index {index:?} is not a non-negative integer"),
             )
         })?;
-        let wait = match self.get("wait") {
-            None => Duration::from_millis(limits::DEFAULT_WAIT_MS),
-            Some(w) => {
-                muster_types::parse_duration(w).map_err(|m| ApiError::bad_param("wait", m))?
-            }
-        };
-        let wait = wait.min(Duration::from_millis(limits::MAX_WAIT_MS));
+        let wait = wait.unwrap_or(Duration::from_millis(limits::DEFAULT_WAIT_MS));
         // Jitter spreads the return of many waiters that started together.
         let jitter = rand::rng().random_range(0..=wait.as_millis() as u64 / 16);
         Ok(Some((index, wait + Duration::from_millis(jitter))))
+    }
+
+    /// The `wait` parameter: a duration of at most [`limits::MAX_WAIT_MS`].
+    fn wait(&self) -> Result<Option<Duration>, ApiError> {
+        let Some(w) = self.get("wait") else {
+            return Ok(None);
+        };
+        let wait = muster_types::parse_duration(w).map_err(|m| ApiError::bad_param("wait", m))?;
+        let max = Duration::from_millis(limits::MAX_WAIT_MS);
+        if wait > max {
+            return Err(ApiError::bad_param(
+                "wait",
+                format!(
+                    "wait {w:?} is too long: it must be at most {}",
+                    muster_types::format_duration(max)
+                ),
+            ));
+        }
+        Ok(Some(wait))
     }
 }
 
