@@ -8,13 +8,15 @@
 //! ([`cache`]).
 //!
 //! - [`router`] builds the routes for a [`Registry`]; [`serve`] runs them on
-//!   a listener until a shutdown future resolves.
+//!   a listener until a shutdown future resolves, behind [`edge`]'s checks
+//!   of the target and header sizes.
 //! - [`api`]: the routes; [`metrics`] and [`openapi`]: `/metrics` and
 //!   `/v1/openapi.json`.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cache;
+pub mod edge;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
@@ -64,16 +66,21 @@ pub fn router(registry: Registry) -> axum::Router {
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets the
 /// registry end its long polls and watches and waits for open requests.
+/// Requests whose target or headers are too large are refused before
+/// routing ([`edge`]).
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(registry.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            registry.begin_shutdown();
-        })
-        .await
+    let app = edge::Edge::new(router(registry.clone()));
+    axum::serve(
+        listener,
+        axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        registry.begin_shutdown();
+    })
+    .await
 }
