@@ -8,13 +8,15 @@
 //! ([`cache`]).
 //!
 //! - [`router`] builds the routes for a [`Registry`]; [`serve`] runs them on
-//!   a listener until a shutdown future resolves.
+//!   a listener until a shutdown future resolves, behind [`edge`]'s checks
+//!   of the target and header sizes.
 //! - [`api`]: the routes; [`metrics`] and [`openapi`]: `/metrics` and
 //!   `/v1/openapi.json`.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cache;
+pub mod edge;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
@@ -65,7 +67,8 @@ pub fn router(registry: Registry) -> axum::Router {
 
 /// Serves the API on `listener` within `limits` until `shutdown` resolves,
 /// then lets the registry end its long polls and watches and waits for open
-/// requests.
+/// requests. Requests whose target or headers are too large are refused
+/// before routing ([`edge`]).
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,

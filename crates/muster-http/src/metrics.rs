@@ -201,6 +201,14 @@ impl RouteMetrics {
     }
 }
 
+/// Counts a request refused before routing ([`crate::edge`]) under the
+/// [`UNMATCHED`] route. Such refusals are rare, so the labelled key is
+/// made each time.
+pub(crate) fn count_unrouted(method: &Method, status: u16) {
+    metrics::counter!("muster_http_requests_total", "method" => method.to_string(), "route" => UNMATCHED, "status" => status.to_string())
+        .increment(1);
+}
+
 /// `GET /metrics`: Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]

@@ -9,7 +9,7 @@ use crate::api;
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "muster", description = "muster service registry: native HTTP API v1. Every read answers with the header X-Muster-Index; errors are {\"error\": {\"code\", \"message\", \"field\"}}."),
+    info(title = "muster", description = "muster service registry: native HTTP API v1. Every read answers with the header X-Muster-Index; errors are {\"error\": {\"code\", \"message\", \"field\"}}, also on any route for a wrong method (405 method_not_allowed, with Allow), a path segment that is not UTF-8 (400 invalid_path), an oversized target (414 uri_too_long) or header block (431 headers_too_large)."),
     paths(
         api::instances::register, api::instances::get_one, api::instances::deregister,
         api::instances::heartbeat, api::instances::discover,

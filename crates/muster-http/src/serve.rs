@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+use crate::edge::Edge;
 use crate::error::ApiError;
 
 /// Connections accepted past the cap, for health probes only.
@@ -85,7 +86,8 @@ pub async fn run(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let full = app.clone().layer(middleware::from_fn(health_only));
+    let full = Edge::new(app.clone().layer(middleware::from_fn(health_only)));
+    let app = Edge::new(app);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let overflow = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
     let graceful = GracefulShutdown::new();

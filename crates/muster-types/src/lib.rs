@@ -30,6 +30,10 @@ pub use validate::{
 pub mod limits {
     /// Largest accepted request body, in bytes.
     pub const MAX_BODY_BYTES: usize = 64 * 1024;
+    /// Longest request target (path and query), in bytes; longer is a 414.
+    pub const MAX_URI_BYTES: usize = 8 * 1024;
+    /// Largest header block (names and values), in bytes; larger is a 431.
+    pub const MAX_HEADER_BYTES: usize = 16 * 1024;
     /// Longest service or namespace name (a DNS label).
     pub const MAX_NAME_LEN: usize = 63;
     /// Longest instance id.

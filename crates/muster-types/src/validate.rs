@@ -305,8 +305,25 @@ pub fn validate_namespace(s: &str) -> Result<(), FieldError> {
     }
 }
 
-/// Checks an instance id: 1 to 128 characters of `[A-Za-z0-9._:-]`.
+/// Checks an instance id: 1 to 128 characters of `[A-Za-z0-9._:-]`, and
+/// not `.` or `..`.
+///
+/// An id is a URL path segment (`/v1/services/{service}/instances/{id}`),
+/// so it must come back unchanged from a client's URL: the characters are
+/// all allowed in a segment as they are, and `.` and `..` are refused
+/// because clients resolve them as dot segments (RFC 3986, 5.2.4; also
+/// when sent as `%2e%2e`), after which an instance so named could not be
+/// addressed again. Check ids follow the same rule.
 pub fn validate_instance_id(s: &str) -> Result<(), FieldError> {
+    if s == "." || s == ".." {
+        return Err(FieldError::invalid(
+            "id",
+            format!(
+                "instance id {s:?} is a URL dot segment, which clients resolve away: \
+                 use an id that is not only dots"
+            ),
+        ));
+    }
     let ok = !s.is_empty()
         && s.len() <= MAX_ID_LEN
         && s.bytes()
@@ -318,7 +335,7 @@ pub fn validate_instance_id(s: &str) -> Result<(), FieldError> {
             "id",
             format!(
                 "instance id {s:?} is invalid: use 1 to {MAX_ID_LEN} characters of \
-                 A-Z, a-z, 0-9, '.', '_', ':' and '-'"
+                 A-Z, a-z, 0-9, '.', '_', ':' and '-', and not '.' or '..'"
             ),
         ))
     }
@@ -607,6 +624,82 @@ mod tests {
         }
         assert!(validate_instance_id("pay-1:8080").is_ok());
         assert!(validate_instance_id("a/b").is_err());
+    }
+
+    /// An id is a URL path segment: it must come back the same from a
+    /// client's URL. `.` and `..` are dot segments that clients resolve
+    /// away; every character outside `[A-Za-z0-9._:-]` is refused already
+    /// (one case each here), so nothing needs percent-encoding either.
+    #[test]
+    fn instance_ids_survive_a_url_path_segment() {
+        for dots in [".", ".."] {
+            let e = validate_instance_id(dots).unwrap_err();
+            assert_eq!(
+                (e.code, e.field.as_str()),
+                ("invalid_field", "id"),
+                "{dots:?}"
+            );
+            assert!(e.message.contains("dot segment"), "{dots:?}: {}", e.message);
+        }
+        for ok in [
+            "...",
+            ".a",
+            "a.",
+            "a..b",
+            "v1.2.3",
+            "_",
+            ":",
+            "-",
+            "A-z_0.9:1",
+        ] {
+            assert!(validate_instance_id(ok).is_ok(), "{ok:?}");
+        }
+        let long = "a".repeat(MAX_ID_LEN + 1);
+        for bad in [
+            "",
+            &long,
+            "a/b",
+            "a\\b",
+            "a%2Eb",
+            "a?b",
+            "a#b",
+            "a b",
+            "a\tb",
+            "a\nb",
+            "a\0b",
+            "a\u{7f}b",
+            "a~b",
+            "a+b",
+            "a;b",
+            "a@b",
+            "a!b",
+            "a*b",
+            "a'b",
+            "a,b",
+            "a=b",
+            "a&b",
+            "a$b",
+            "a(b)",
+            "a[b]",
+            "a\"b",
+            "a<b>",
+            "a{b}",
+            "a|b",
+            "a^b",
+            "a`b",
+            "\u{e9}",
+            "a\u{200b}b",
+        ] {
+            let e = validate_instance_id(bad).unwrap_err();
+            assert_eq!(e.field, "id", "{bad:?}");
+        }
+        // A check id lives in a path segment too, and follows the same rule.
+        let spec = CheckSpec {
+            id: Some("..".into()),
+            ttl: Some("10s".into()),
+            ..CheckSpec::default()
+        };
+        assert_eq!(validate_check(0, &spec).unwrap_err().field, "checks[0].id");
     }
 }
 

@@ -2,14 +2,14 @@
 //! TTL check, turn maintenance on and off.
 
 use super::LimitedBody;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use muster_types::{
     CheckReport, CheckSpec, ErrorBody, Health, Instance, MaintenanceRequest, validate_check,
 };
 
-use super::{Call, JsonBody, Params, indexed};
+use super::{ApiPath, Call, JsonBody, Params, indexed};
 use crate::HttpStateRef;
 use crate::error::ApiError;
 use crate::wire;
@@ -26,7 +26,7 @@ use crate::wire;
 pub async fn maintenance(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    Path((service, id)): Path<(String, String)>,
+    ApiPath((service, id)): ApiPath<(String, String)>,
     params: Params,
     JsonBody(body): JsonBody<MaintenanceRequest>,
 ) -> Result<Response, ApiError> {
@@ -55,7 +55,7 @@ pub async fn maintenance(
 pub async fn put_check(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    Path((service, id, check)): Path<(String, String, String)>,
+    ApiPath((service, id, check)): ApiPath<(String, String, String)>,
     params: Params,
     JsonBody(mut spec): JsonBody<CheckSpec>,
 ) -> Result<Response, ApiError> {
@@ -86,7 +86,7 @@ pub async fn put_check(
 pub async fn delete_check(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    Path((service, id, check)): Path<(String, String, String)>,
+    ApiPath((service, id, check)): ApiPath<(String, String, String)>,
     params: Params,
 ) -> Result<Response, ApiError> {
     let key = params.instance_key(service, &id)?;
@@ -113,7 +113,7 @@ pub async fn delete_check(
 pub async fn report(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    Path((service, id, check, status)): Path<(String, String, String, String)>,
+    ApiPath((service, id, check, status)): ApiPath<(String, String, String, String)>,
     params: Params,
     LimitedBody(body): LimitedBody,
 ) -> Result<StatusCode, ApiError> {

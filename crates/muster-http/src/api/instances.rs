@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
 use muster_registry::{HealthFilter, Query, Renewed, ServiceKey, VersionMatch};
@@ -11,7 +11,7 @@ use muster_types::{
     validate_service_name,
 };
 
-use super::{Call, JsonBody, Params, indexed, json_response, json_with_index};
+use super::{ApiPath, Call, JsonBody, Params, indexed, json_response, json_with_index};
 use crate::HttpStateRef;
 use crate::cache::Answer;
 use crate::error::ApiError;
@@ -33,7 +33,7 @@ use crate::wire;
 pub async fn register(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    Path((service, id)): Path<(String, String)>,
+    ApiPath((service, id)): ApiPath<(String, String)>,
     params: Params,
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Result<Response, ApiError> {
@@ -56,7 +56,7 @@ pub async fn register(
 pub async fn get_one(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    Path((service, id)): Path<(String, String)>,
+    ApiPath((service, id)): ApiPath<(String, String)>,
     params: Params,
 ) -> Result<Response, ApiError> {
     let key = params.instance_key(service, &id)?;
@@ -74,7 +74,7 @@ pub async fn get_one(
 pub async fn deregister(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    Path((service, id)): Path<(String, String)>,
+    ApiPath((service, id)): ApiPath<(String, String)>,
     params: Params,
 ) -> Result<Response, ApiError> {
     let key = params.instance_key(service, &id)?;
@@ -99,7 +99,7 @@ pub async fn deregister(
 pub async fn heartbeat(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    Path((service, id)): Path<(String, String)>,
+    ApiPath((service, id)): ApiPath<(String, String)>,
     params: Params,
 ) -> Result<Response, ApiError> {
     let key = params.instance_key(service, &id)?;
@@ -179,13 +179,13 @@ pub fn parse_query(params: &Params) -> Result<Query, ApiError> {
            ("zone" = Option<String>, Query, description = "Zone"),
            ("health" = Option<String>, Query, description = "`passing` (default) or `any`"),
            ("index" = Option<u64>, Query, description = "Block until the service index exceeds this"),
-           ("wait" = Option<String>, Query, description = "Longest block, e.g. `30s` (default 5m, max 10m)")),
+           ("wait" = Option<String>, Query, description = "Longest block with `index`, e.g. `30s` (default 5m); over 10m is a 400")),
     responses((status = 200, description = "Matching instances; header X-Muster-Index", body = InstancesResponse),
               (status = 400, description = "Invalid parameter", body = ErrorBody)))]
 pub async fn discover(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    Path(service): Path<String>,
+    ApiPath(service): ApiPath<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
     params.only(&[

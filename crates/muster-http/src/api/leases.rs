@@ -1,6 +1,6 @@
 //! Lease routes: create, renew (one or many), inspect, revoke.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use muster_registry::LeaseStatus;
@@ -10,7 +10,7 @@ use muster_types::{
 };
 
 use super::instances::renewed;
-use super::{Call, JsonBody, Params, indexed};
+use super::{ApiPath, Call, JsonBody, Params, indexed};
 use crate::HttpStateRef;
 use crate::error::ApiError;
 
@@ -58,7 +58,7 @@ pub async fn create(
 pub async fn get_one(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
     params.only(&[])?;
@@ -74,7 +74,7 @@ pub async fn get_one(
 pub async fn renew(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
     params.only(&[])?;
@@ -120,7 +120,7 @@ pub async fn renew_many(
 pub async fn revoke(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     params: Params,
 ) -> Result<Response, ApiError> {
     params.only(&[])?;

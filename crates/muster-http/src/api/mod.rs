@@ -13,11 +13,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, RawQuery, Request};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, Request};
 use axum::handler::Handler;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::routing::MethodRouter;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -108,9 +109,15 @@ pub fn router(state: HttpStateRef) -> Router {
     .with_state(state)
 }
 
-/// A known route asked with a method it does not have (axum adds `Allow`).
-async fn method_not_allowed() -> StatusCode {
-    StatusCode::METHOD_NOT_ALLOWED
+/// A known route asked with a method it does not have: the typed error,
+/// with the route's methods in `Allow` (axum adds it to the fallback's
+/// answer).
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("this route does not take {method}; its methods are in the Allow header"),
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -129,6 +136,45 @@ impl<S: Send + Sync> FromRequestParts<S> for Call {
 
     async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         Ok(Call(Caller::anonymous()))
+    }
+}
+
+/// Path parameters, percent-decoded, as axum's `Path` extracts them, but
+/// with typed rejections: a segment that does not decode to UTF-8 is a 400
+/// `invalid_path` naming the parameter, not axum's plain-text answer.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(r) => Err(path_rejection(r)),
+        }
+    }
+}
+
+/// The typed error of a path that did not extract. Only a segment that is
+/// not UTF-8 can fail for the `String` parameters of the routes; anything
+/// else is a route declared wrong, a server error.
+fn path_rejection(r: PathRejection) -> ApiError {
+    use axum::extract::path::ErrorKind;
+
+    if let PathRejection::FailedToDeserializePathParams(e) = &r
+        && let ErrorKind::InvalidUtf8InPathParam { key } = e.kind()
+    {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            format!("path parameter {key} is not valid UTF-8 once percent-decoded"),
+        )
+        .with_field(key.as_str());
+    }
+    if r.status().is_client_error() {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", r.body_text())
+    } else {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", r.body_text())
     }
 }
 
@@ -311,10 +357,13 @@ impl Params {
         Ok(key)
     }
 
-    /// A blocking-query request: `index` and `wait`, capped and jittered.
+    /// A blocking-query request: `index` and `wait`, jittered. A `wait`
+    /// is checked the same way whether or not `index` came with it: over
+    /// [`limits::MAX_WAIT_MS`] is a 400, never silently shortened.
     pub fn blocking(&self) -> Result<Option<(u64, Duration)>, ApiError> {
+        let wait = self.wait()?;
         let Some(index) = self.get("index") else {
-            if self.get("wait").is_some() {
+            if wait.is_some() {
                 return Err(ApiError::bad_param(
                     "wait",
                     "wait needs index: pass the X-Muster-Index of your last read",
@@ -328,16 +377,29 @@ impl Params {
                 format!("index {index:?} is not a non-negative integer"),
             )
         })?;
-        let wait = match self.get("wait") {
-            None => Duration::from_millis(limits::DEFAULT_WAIT_MS),
-            Some(w) => {
-                muster_types::parse_duration(w).map_err(|m| ApiError::bad_param("wait", m))?
-            }
-        };
-        let wait = wait.min(Duration::from_millis(limits::MAX_WAIT_MS));
+        let wait = wait.unwrap_or(Duration::from_millis(limits::DEFAULT_WAIT_MS));
         // Jitter spreads the return of many waiters that started together.
         let jitter = rand::rng().random_range(0..=wait.as_millis() as u64 / 16);
         Ok(Some((index, wait + Duration::from_millis(jitter))))
+    }
+
+    /// The `wait` parameter: a duration of at most [`limits::MAX_WAIT_MS`].
+    fn wait(&self) -> Result<Option<Duration>, ApiError> {
+        let Some(w) = self.get("wait") else {
+            return Ok(None);
+        };
+        let wait = muster_types::parse_duration(w).map_err(|m| ApiError::bad_param("wait", m))?;
+        let max = Duration::from_millis(limits::MAX_WAIT_MS);
+        if wait > max {
+            return Err(ApiError::bad_param(
+                "wait",
+                format!(
+                    "wait {w:?} is too long: it must be at most {}",
+                    muster_types::format_duration(max)
+                ),
+            ));
+        }
+        Ok(Some(wait))
     }
 }
 

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 #[utoipa::path(get, path = "/v1/services", tag = "services",
     params(("namespace" = Option<String>, Query, description = "Namespace"),
            ("index" = Option<u64>, Query, description = "Block until the namespace index exceeds this"),
-           ("wait" = Option<String>, Query, description = "Longest block, e.g. `30s`")),
+           ("wait" = Option<String>, Query, description = "Longest block with `index`, e.g. `30s` (default 5m); over 10m is a 400")),
     responses((status = 200, description = "Services; header X-Muster-Index", body = ServicesResponse),
               (status = 400, description = "Invalid parameter", body = ErrorBody)))]
 pub async fn list(

@@ -95,3 +95,43 @@ async fn the_service_list_blocks_until_the_namespace_changes() {
     assert_eq!(names, ["a", "c"]);
     s.stop().await;
 }
+
+/// A `wait` over the maximum is the same 400 with or without `index`,
+/// on both blocking routes, rather than silently capped when `index` is
+/// given. `index=0` is behind, so a query that were accepted would answer
+/// at once instead of blocking the test.
+#[tokio::test]
+async fn a_wait_over_the_maximum_is_refused_with_or_without_index() {
+    let s = TestServer::start().await;
+    s.register("a", "a1", json!({})).await;
+    let get = |path: String| {
+        let s = &s;
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(30), s.get(&path))
+                .await
+                .unwrap_or_else(|_| panic!("{path}: no answer within the deadline"))
+        }
+    };
+    for route in ["/v1/services/a/instances", "/v1/services"] {
+        for wait in ["99999h", "10m1s", "601s"] {
+            let (status, alone, _) = get(format!("{route}?wait={wait}")).await;
+            assert_eq!(status, 400, "{route} wait={wait}: {alone}");
+            assert_eq!(alone["error"]["code"], "invalid_parameter");
+            assert_eq!(alone["error"]["field"], "wait");
+            assert!(
+                alone["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("at most 10m"),
+                "{alone}"
+            );
+            let (status, indexed, _) = get(format!("{route}?index=0&wait={wait}")).await;
+            assert_eq!(status, 400, "{route} index=0&wait={wait}: {indexed}");
+            assert_eq!(indexed, alone, "{route} wait={wait}");
+        }
+        // The maximum itself is accepted.
+        let (status, v, _) = get(format!("{route}?index=0&wait=10m")).await;
+        assert_eq!(status, 200, "{route}: {v}");
+    }
+    s.stop().await;
+}

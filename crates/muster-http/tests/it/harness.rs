@@ -163,6 +163,85 @@ impl TestServer {
     }
 }
 
+/// An answer read off a raw socket.
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON; fails the test with the raw answer otherwise.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} with a body that is not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// A request as bytes: `target` is sent as given, byte for byte, with
+/// `Connection: close` so the answer ends with the connection.
+pub fn raw_request(method: &str, target: &[u8], headers: &str, body: &str) -> Vec<u8> {
+    let mut r = format!("{method} ").into_bytes();
+    r.extend_from_slice(target);
+    r.extend_from_slice(
+        format!(
+            " HTTP/1.1\r\nHost: muster\r\nConnection: close\r\n{headers}\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    r
+}
+
+impl TestServer {
+    /// Sends `request` over a plain TCP socket, for what HTTP clients
+    /// refuse to send or would normalise (control bytes, `%2e%2e`), and
+    /// reads the answer until the server closes the connection.
+    pub async fn raw(&self, request: &[u8]) -> RawResponse {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let addr = self.base.strip_prefix("http://").unwrap();
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut out))
+            .await
+            .expect("no answer within the deadline")
+            .unwrap();
+        let end = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(&out)));
+        let head = std::str::from_utf8(&out[..end]).unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+        RawResponse {
+            status: status.parse().unwrap(),
+            headers: lines
+                .map(|l| {
+                    let (n, v) = l.split_once(':').unwrap();
+                    (n.trim().to_ascii_lowercase(), v.trim().to_string())
+                })
+                .collect(),
+            body: out[end + 4..].to_vec(),
+        }
+    }
+}
+
 /// Yields until `cond` holds; bounded so a broken test fails rather than hangs.
 pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

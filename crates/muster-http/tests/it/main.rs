@@ -4,6 +4,7 @@
 mod api;
 mod blocking;
 mod checks;
+mod edges;
 mod harness;
 mod leases;
 mod limits;

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::TestServer;
+use crate::harness::{TestServer, raw_request};
 
 /// name, path, JSON body or raw body, expected status, code and field.
 type Case<'a> = (
@@ -278,5 +278,92 @@ async fn bad_input_is_refused_and_changes_nothing() {
         (404, Some("no_route"))
     );
     assert_eq!(catalog_fingerprint(&s).await, before);
+    s.stop().await;
+}
+
+/// An instance id must survive a trip through a URL path segment: `.` and
+/// `..` (however spelled) are dot segments that clients resolve away, so
+/// an instance registered under one could never be addressed again.
+#[tokio::test]
+async fn ids_a_url_path_cannot_carry_are_refused() {
+    let s = TestServer::start().await;
+    s.register("web", "w1", json!({})).await;
+    let before = s.ids("/v1/services/web/instances").await;
+    let body = r#"{"address": "10.0.0.2", "port": 8080}"#;
+    let json_header = "Content-Type: application/json\r\n";
+
+    // Dot segments, sent raw: clients would resolve them before sending.
+    for seg in ["%2e", "%2E", "%2e%2e", "%2E%2e", ".%2e", "%2e."] {
+        let target = format!("/v1/services/web/instances/{seg}");
+        let r = s
+            .raw(&raw_request("PUT", target.as_bytes(), json_header, body))
+            .await;
+        let v = r.json();
+        assert_eq!(
+            (
+                r.status,
+                v["error"]["code"].as_str(),
+                v["error"]["field"].as_str()
+            ),
+            (400, Some("invalid_field"), Some("id")),
+            "PUT {target}: {v}"
+        );
+        let r = s.raw(&raw_request("GET", target.as_bytes(), "", "")).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["field"].as_str()),
+            (400, Some("id")),
+            "GET {target}"
+        );
+    }
+    // A check id lives in a path segment too.
+    let r = s
+        .raw(&raw_request(
+            "PUT",
+            b"/v1/services/web/instances/w1/checks/%2e%2e",
+            json_header,
+            r#"{"ttl": "10s"}"#,
+        ))
+        .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (400, Some("checks[0].id"))
+    );
+
+    // Characters refused already, one case each (percent-encoded where a
+    // raw byte would end or break the segment).
+    for seg in [
+        "a%2Fb", "a%3Fb", "a%23b", "a%20b", "a%25b", "a%00b", "a%0Ab", "a~b", "a+b", "a;b", "a@b",
+        "a!b", "a*b", "a'b", "a,b", "a=b", "a&b", "a$b", "a(b)", "%C3%A9",
+    ] {
+        let target = format!("/v1/services/web/instances/{seg}");
+        let r = s
+            .raw(&raw_request("PUT", target.as_bytes(), json_header, body))
+            .await;
+        assert_eq!(
+            (r.status, r.json()["error"]["field"].as_str()),
+            (400, Some("id")),
+            "PUT {target}"
+        );
+    }
+    let long = "a".repeat(muster_types::limits::MAX_ID_LEN + 1);
+    let (status, v) = s
+        .put(
+            &format!("/v1/services/web/instances/{long}"),
+            json!({"address": "10.0.0.2", "port": 8080}),
+        )
+        .await;
+    assert_eq!((status, v["error"]["field"].as_str()), (400, Some("id")));
+    assert_eq!(s.ids("/v1/services/web/instances").await, before);
+
+    // Dots inside an id are fine: these go through an HTTP client's URL
+    // unchanged, and can be read and removed the way they were registered.
+    for id in ["...", ".a", "a.", "a..b", "v1.2.3"] {
+        s.register("web", id, json!({})).await;
+        let (status, v, _) = s.get(&format!("/v1/services/web/instances/{id}")).await;
+        assert_eq!((status, v["id"].as_str()), (200, Some(id)), "{id}");
+        let (status, v) = s.delete(&format!("/v1/services/web/instances/{id}")).await;
+        assert_eq!(status, 200, "{id}: {v}");
+    }
+    assert_eq!(s.ids("/v1/services/web/instances").await, before);
     s.stop().await;
 }
