@@ -33,6 +33,65 @@ pub enum AgentError {
     /// A listener failed.
     #[error("listener failed")]
     Io(#[from] std::io::Error),
+    /// The registry's store failed (a full disk, an I/O error) and the
+    /// agent stopped so that it is restarted on its intact data: by its
+    /// supervisor, or by hand. `muster agent` exits with status 75.
+    #[error("{0}")]
+    Restart(String),
+}
+
+/// How often the agent looks at whether writes are still durable, and,
+/// once they are not, whether the disk has room again.
+const STORAGE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Waits until the registry's store fails; then, for a full disk, until
+/// the data directory can take a write again (reads are served meanwhile,
+/// writes refused); returns why the agent must restart.
+async fn storage_restart(registry: Registry, data_dir: std::path::PathBuf) -> String {
+    let failure = loop {
+        if let Err(e) = registry.writable() {
+            break e;
+        }
+        tokio::time::sleep(STORAGE_POLL).await;
+    };
+    let full = matches!(
+        failure,
+        muster_registry::RegistryError::Unwritable { full: true, .. }
+    );
+    if !full {
+        tracing::error!(error = %failure, "writes can no longer be made durable; stopping");
+        return format!("{failure}; stopped so that muster restarts on its data");
+    }
+    tracing::error!(
+        error = %failure,
+        "the disk is full: writes are refused, reads go on; muster restarts once space is freed"
+    );
+    let probe = data_dir.join(".muster-space-probe");
+    loop {
+        tokio::time::sleep(STORAGE_POLL).await;
+        let p = probe.clone();
+        let fits = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let ok = std::fs::File::create(&p)
+                .and_then(|mut f| {
+                    f.write_all(&[0u8; 1 << 20])?;
+                    f.sync_all()
+                })
+                .is_ok();
+            let _ = std::fs::remove_file(&p);
+            ok
+        })
+        .await
+        .unwrap_or(false);
+        if fits {
+            tracing::warn!(
+                "disk space is back: stopping so that muster restarts on its intact data"
+            );
+            return "the disk was full and has room again; stopped so that muster restarts on \
+                    its intact data (every acknowledged write is there)"
+                .to_string();
+        }
+    }
 }
 
 /// A started agent, as `on_ready` sees it.
@@ -63,8 +122,28 @@ pub async fn run(
         registry: registry.clone(),
     });
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "muster is serving");
-    let served = muster_http::serve(http, registry.clone(), config.http_limits(), shutdown).await;
-    registry.shutdown().await?;
+    let (restart_tx, restart_rx) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn({
+        let (registry, dir) = (registry.clone(), config.data_dir.clone());
+        async move {
+            let _ = restart_tx.send(storage_restart(registry, dir).await);
+        }
+    });
+    let (restart_tx2, mut restart_rx2) = tokio::sync::oneshot::channel();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            Ok(why) = restart_rx => { let _ = restart_tx2.send(why); }
+        }
+    };
+    let served = muster_http::serve(http, registry.clone(), config.http_limits(), stop).await;
+    watcher.abort();
+    let restart = restart_rx2.try_recv().ok();
+    let stopped = registry.shutdown().await;
+    if let Some(why) = restart {
+        return Err(AgentError::Restart(why));
+    }
+    stopped?;
     tracing::info!("muster stopped");
     served.map_err(AgentError::Io)
 }

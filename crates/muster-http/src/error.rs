@@ -89,6 +89,12 @@ impl From<RegistryError> for ApiError {
             RegistryError::Storage(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
+            RegistryError::Unwritable { full: true, .. } => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", message)
+            }
+            RegistryError::Unwritable { full: false, .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_failed", message)
+            }
         }
     }
 }

@@ -111,6 +111,17 @@ pub struct NodeInfo {
     pub applied_index: u64,
 }
 
+/// Why a running node can no longer make writes durable: its store failed
+/// a commit (it refuses every later write), or openraft stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The disk (or a quota) is full: the failure passes once space is
+    /// freed and the node restarted on the same data.
+    pub storage_full: bool,
+    /// What failed.
+    pub message: String,
+}
+
 /// Why a node could not be opened, started or stopped.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RaftError {

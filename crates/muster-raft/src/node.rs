@@ -20,7 +20,7 @@ use crate::network::NoPeers;
 use crate::snapshot_file::SnapshotDir;
 use crate::state_machine::StateMachine;
 use crate::types::Raft;
-use crate::{Applied, ApplyObserver, NodeInfo, ProposeError, RaftConfig, RaftError};
+use crate::{Applied, ApplyObserver, Failure, NodeInfo, ProposeError, RaftConfig, RaftError};
 
 /// The file name of the store inside the data directory.
 const STORE_FILE: &str = "raft.redb";
@@ -257,6 +257,26 @@ impl Node {
             .map_err(|_| ProposeError::ShuttingDown)?;
         // A dropped reply means the batcher is gone: the node is stopping.
         reply.await.unwrap_or(Err(ProposeError::ShuttingDown))
+    }
+
+    /// Why this node can no longer make writes durable, if it cannot. Reads
+    /// of the catalog go on; the node must be restarted to write again.
+    pub fn failure(&self) -> Option<Failure> {
+        if let Some(e) = self.inner.store.poisoned() {
+            return Some(Failure {
+                storage_full: e.is_storage_full(),
+                message: e.to_string(),
+            });
+        }
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        match &m.running_state {
+            Ok(()) => None,
+            Err(e) => Some(Failure {
+                storage_full: false,
+                message: format!("raft stopped: {e}"),
+            }),
+        }
     }
 
     /// How many write transactions (each one fsync) the store committed

@@ -72,6 +72,19 @@ pub enum RegistryError {
     /// The write could not be made durable; the node must be restarted.
     #[error("the write could not be made durable: {0}")]
     Storage(String),
+    /// Writes cannot be made durable any more (a full disk, a failed
+    /// store); reads go on. The agent restarts once it can.
+    #[error("{}", if *.full {
+        format!("the disk of the registry's data directory is full; writes are refused until space is freed ({reason})")
+    } else {
+        format!("the registry can no longer make writes durable ({reason})")
+    })]
+    Unwritable {
+        /// The disk is full (the failure passes once space is freed).
+        full: bool,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// Result of a registry operation.

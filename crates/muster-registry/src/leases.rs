@@ -5,11 +5,20 @@
 //! tested without a clock; [`LeaseManager`] wraps it for the server, and
 //! [`run_sweeper`] is the task that proposes expiries.
 //!
-//! Self-preservation: a lease is *silent* when less than half its TTL is
-//! left, i.e. its holder has missed renewals it normally sends every third of
-//! a TTL. When more than `threshold` of all leases are silent at once, the
-//! registry assumes it lost its clients rather than the clients all died:
-//! expiry pauses, instances are kept, and it resumes when renewals return.
+//! Self-preservation is for a registry cut off from its clients, not for a
+//! batch of clients that died together. A lease is *silent* when less than
+//! half its TTL is left, i.e. its holder has missed renewals it normally
+//! sends every third of a TTL. Expiry pauses only when both hold:
+//!
+//! - more than `threshold` of the *established* leases are silent at once
+//!   (established: renewed at least once, or held before this node took
+//!   over as leader; a lease created here and never renewed shows no client
+//!   that could have been lost, so it expires as usual), and
+//! - no renewal at all arrived for half the shortest TTL of the silent
+//!   ones: the registry hears nobody. While some clients still renew, the
+//!   silent ones really stopped, and they expire.
+//!
+//! Instances are then kept, and expiry resumes when renewals return.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +63,8 @@ pub struct LeaseTable {
     threshold: f64,
     min_leases: usize,
     preserving: bool,
+    /// When the last renewal of any lease arrived.
+    last_renewal: Option<Instant>,
 }
 
 /// One lease's timer.
@@ -64,6 +75,9 @@ struct Timer {
     /// Where `by_deadline` holds it: at or before `deadline`.
     filed: Instant,
     ttl: Duration,
+    /// Renewed at least once, or held before this node took over: the
+    /// lease has (had) a live client.
+    established: bool,
 }
 
 impl LeaseTable {
@@ -75,16 +89,28 @@ impl LeaseTable {
             threshold,
             min_leases,
             preserving: false,
+            last_renewal: None,
         }
     }
 
-    /// Starts (or restarts) a lease's full TTL from `now`.
+    /// Starts a new lease's full TTL from `now`.
     pub fn start(&mut self, id: u64, ttl: Duration, now: Instant) {
+        self.insert(id, ttl, now, false);
+    }
+
+    /// Gives a lease that existed before this node took over a fresh full
+    /// TTL from `now`; it counts as established.
+    pub fn take_over(&mut self, id: u64, ttl: Duration, now: Instant) {
+        self.insert(id, ttl, now, true);
+    }
+
+    fn insert(&mut self, id: u64, ttl: Duration, now: Instant, established: bool) {
         let deadline = now + ttl;
         let timer = Timer {
             deadline,
             filed: deadline,
             ttl,
+            established,
         };
         if let Some(old) = self.leases.insert(id, timer) {
             self.by_deadline.remove(&(old.filed, id));
@@ -92,8 +118,21 @@ impl LeaseTable {
         self.by_deadline.insert((deadline, id));
     }
 
-    /// Renews a lease; `None` when the table does not hold it.
+    /// Renews a lease at its client's request; `None` when the table does
+    /// not hold it.
     pub fn renew(&mut self, id: u64, now: Instant) -> Option<Duration> {
+        let ttl = self.refresh(id, now)?;
+        if let Some(timer) = self.leases.get_mut(&id) {
+            timer.established = true;
+        }
+        self.last_renewal = Some(self.last_renewal.map_or(now, |l| l.max(now)));
+        Some(ttl)
+    }
+
+    /// Gives a lease a full TTL from `now` without counting it as a
+    /// renewal (a registration restarts its lease: that says nothing yet
+    /// about a client that keeps renewing).
+    pub fn refresh(&mut self, id: u64, now: Instant) -> Option<Duration> {
         let timer = self.leases.get_mut(&id)?;
         timer.deadline = now + timer.ttl;
         if timer.deadline < timer.filed {
@@ -118,6 +157,7 @@ impl LeaseTable {
         self.leases.clear();
         self.by_deadline.clear();
         self.preserving = false;
+        self.last_renewal = None;
     }
 
     /// Number of leases held.
@@ -165,16 +205,26 @@ impl LeaseTable {
                 timer.filed = timer.deadline;
             }
         }
-        let total = self.leases.len();
-        let silent = if total >= self.min_leases && self.threshold < 1.0 {
-            self.leases
-                .values()
-                .filter(|t| t.deadline.saturating_duration_since(now) < t.ttl / 2)
-                .count()
-        } else {
-            0
-        };
-        let over = total > 0 && silent as f64 / total as f64 > self.threshold;
+        let (mut total, mut silent, mut shortest) = (0usize, 0usize, None::<Duration>);
+        if self.threshold < 1.0 {
+            for t in self.leases.values().filter(|t| t.established) {
+                total += 1;
+                if t.deadline.saturating_duration_since(now) < t.ttl / 2 {
+                    silent += 1;
+                    shortest = Some(shortest.map_or(t.ttl, |s| s.min(t.ttl)));
+                }
+            }
+        }
+        // Nobody heard for half the shortest silent TTL: the registry, not
+        // its clients, looks cut off.
+        let unheard = shortest.is_some_and(|s| {
+            self.last_renewal
+                .is_none_or(|l| now.saturating_duration_since(l) >= s / 2)
+        });
+        let over = total >= self.min_leases
+            && total > 0
+            && unheard
+            && silent as f64 / total as f64 > self.threshold;
         if over {
             self.preserving = true;
             return Sweep::Preserve { silent, total };
@@ -233,7 +283,7 @@ impl LeaseManager {
         let mut t = self.table();
         t.clear();
         for l in catalog.leases() {
-            t.start(l.id, Duration::from_millis(l.ttl_ms), now);
+            t.take_over(l.id, Duration::from_millis(l.ttl_ms), now);
         }
         self.leader.store(true, Ordering::Release);
         drop(t);
@@ -276,6 +326,13 @@ impl LeaseManager {
             .ok_or(RenewError::NotFound)?;
         self.renewals.increment(1);
         Ok(ttl)
+    }
+
+    /// Restarts a lease's TTL after a registration (not a renewal).
+    pub fn refresh(&self, id: u64) {
+        if self.is_leader() {
+            self.table().refresh(id, Instant::now());
+        }
     }
 
     /// Whether expiry is paused by self-preservation.
@@ -399,7 +456,7 @@ mod tests {
         let t0 = Instant::now();
         let mut t = LeaseTable::new(0.5, 4);
         for id in 0..10 {
-            t.start(id, secs(10), t0);
+            t.take_over(id, secs(10), t0);
         }
         // Everyone falls silent at once: expiry pauses and nothing is dropped.
         let at = t0 + secs(11);
@@ -429,5 +486,62 @@ mod tests {
             t.start(id, secs(1), t0);
         }
         assert_eq!(t.sweep(t0 + secs(2)), Sweep::Expire(vec![0, 1, 2]));
+    }
+
+    #[test]
+    fn leases_never_renewed_expire_however_many() {
+        // The probe's case: 20 leases with a 2 s TTL, created and never
+        // renewed, were kept for ever as a "silent majority".
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(0.85, 10);
+        for id in 0..20 {
+            t.start(id, secs(2), t0);
+        }
+        assert_eq!(t.sweep(t0 + secs(3)), Sweep::Expire((0..20).collect()));
+        assert!(!t.preserving());
+    }
+
+    #[test]
+    fn a_batch_of_clients_dying_while_others_renew_expires() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(0.5, 4);
+        for id in 0..10 {
+            t.start(id, secs(10), t0);
+            t.renew(id, t0 + secs(1));
+        }
+        // Eight die together; two keep renewing every few seconds.
+        for s in [4, 7, 10] {
+            t.renew(8, t0 + secs(s));
+            t.renew(9, t0 + secs(s));
+            assert_eq!(t.sweep(t0 + secs(s)), Sweep::Idle);
+        }
+        assert_eq!(t.sweep(t0 + secs(12)), Sweep::Expire((0..8).collect()));
+        assert!(!t.preserving());
+    }
+
+    #[test]
+    fn renewals_stopping_everywhere_preserve_until_they_return() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(0.5, 4);
+        for id in 0..10 {
+            t.start(id, secs(10), t0);
+            t.renew(id, t0 + secs(1));
+        }
+        // Nobody renews any more: the registry is cut off.
+        assert_eq!(
+            t.sweep(t0 + secs(12)),
+            Sweep::Preserve {
+                silent: 10,
+                total: 10
+            }
+        );
+        assert_eq!(t.len(), 10);
+        // One renewal arrives: the registry hears its clients again, and
+        // those that stay silent now expire.
+        t.renew(3, t0 + secs(13));
+        let mut gone = (0..10).filter(|i| *i != 3).collect::<Vec<_>>();
+        gone.sort();
+        assert_eq!(t.sweep(t0 + secs(13)), Sweep::Expire(gone));
+        assert!(!t.preserving());
     }
 }

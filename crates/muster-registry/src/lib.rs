@@ -374,12 +374,17 @@ impl Registry {
                 reconcile_rx,
                 stop_rx.clone(),
             )),
-            tokio::spawn(follow_leadership(
-                node.clone(),
-                leases.clone(),
-                checks.clone(),
-                stop_rx.clone(),
-            )),
+            {
+                let initial = *node.leader_watch().borrow();
+                follow_turn(&node, &leases, &checks, initial);
+                tokio::spawn(follow_leadership(
+                    node.clone(),
+                    leases.clone(),
+                    checks.clone(),
+                    stop_rx.clone(),
+                    initial,
+                ))
+            },
             tokio::spawn({
                 let node = node.clone();
                 leases::run_sweeper(
@@ -457,12 +462,29 @@ impl Registry {
 
     /// Proposes a command and waits until it is durable and applied.
     async fn propose(&self, cmd: Command) -> Result<Written<muster_catalog::Outcome>> {
-        let applied = self.inner.node.propose(cmd).await?;
+        self.writable()?;
+        let applied = match self.inner.node.propose(cmd).await {
+            Ok(applied) => applied,
+            // The write that found the disk full (or the store failing).
+            Err(e) => return Err(self.writable().err().unwrap_or_else(|| e.into())),
+        };
         let out = applied.result?;
         Ok(Written {
             index: applied.index,
             value: out,
         })
+    }
+
+    /// Why writes cannot be made durable now, as the error every write
+    /// gets while it lasts.
+    pub fn writable(&self) -> Result<()> {
+        match self.inner.node.failure() {
+            None => Ok(()),
+            Some(f) => Err(RegistryError::Unwritable {
+                full: f.storage_full,
+                reason: f.message,
+            }),
+        }
     }
 
     /// Command checks run programs on the registry's host: only with the
@@ -575,7 +597,7 @@ impl Registry {
             .as_deref()
             .and_then(muster_types::parse_lease_id)
         {
-            let _ = self.inner.leases.renew(l);
+            self.inner.leases.refresh(l);
         }
         metrics::counter!("muster_registrations_total").increment(1);
         Ok(written)
@@ -770,9 +792,13 @@ impl Registry {
                 metrics::counter!("muster_lease_renewal_failures_total").increment(1);
                 Err(RegistryError::LeaseNotFound(lease))
             }
-            Err(RenewError::NotLeader) => Err(RegistryError::NotLeader {
-                leader: self.inner.node.info().leader,
-            }),
+            Err(RenewError::NotLeader) => {
+                // A node whose store failed stepped down: say why.
+                self.writable()?;
+                Err(RegistryError::NotLeader {
+                    leader: self.inner.node.info().leader,
+                })
+            }
         }
     }
 
@@ -1082,6 +1108,17 @@ async fn reconcile_checks(
     }
 }
 
+/// One change of leadership: a new leader gives every lease a fresh full
+/// TTL and takes over the checks; a node that steps down drops both.
+fn follow_turn(node: &Node, leases: &LeaseManager, checks: &Arc<CheckRunner>, is_leader: bool) {
+    if is_leader {
+        leases.become_leader(&catalog(node));
+    } else {
+        leases.step_down();
+    }
+    checks.set_leader(is_leader);
+}
+
 /// Lease timers and checks follow leadership: a new leader gives every
 /// lease a fresh full TTL and takes over the checks.
 async fn follow_leadership(
@@ -1089,16 +1126,19 @@ async fn follow_leadership(
     leases: Arc<LeaseManager>,
     checks: Arc<CheckRunner>,
     mut stop: tokio_watch::Receiver<bool>,
+    initial: bool,
 ) {
     let mut leader = node.leader_watch();
+    // The first turn runs before `open` returns (see there), so no write can
+    // come between the node being ready and its lease timers starting:
+    // leases created by the first writes are timed as new ones, not taken
+    // over as leases of a previous leader.
+    let mut done = Some(initial);
     loop {
         let is_leader = *leader.borrow_and_update();
-        if is_leader {
-            leases.become_leader(&catalog(&node));
-        } else {
-            leases.step_down();
+        if done.take() != Some(is_leader) {
+            follow_turn(&node, &leases, &checks, is_leader);
         }
-        checks.set_leader(is_leader);
         tokio::select! {
             r = leader.changed() => if r.is_err() { return },
             _ = stop.changed() => return,

@@ -93,7 +93,7 @@ pub enum StoreError {
     },
     /// An earlier commit failed; the store refuses further writes.
     #[error("store is poisoned by an earlier failed commit: {0}")]
-    Poisoned(String),
+    Poisoned(Box<StoreError>),
     /// The store was closed; it accepts no more writes.
     #[error("store is closed")]
     Closed,
@@ -103,6 +103,26 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the disk (or the file system's quota) is full: the failure
+    /// passes once space is freed, unlike corruption.
+    pub fn is_storage_full(&self) -> bool {
+        fn full(e: &std::io::Error) -> bool {
+            // ENOSPC, and EDQUOT (a quota is a full disk to its user).
+            e.kind() == std::io::ErrorKind::StorageFull
+                || e.kind() == std::io::ErrorKind::QuotaExceeded
+        }
+        let redb_full = |e: &redb::Error| match e {
+            redb::Error::Io(io) => full(io),
+            _ => false,
+        };
+        match self {
+            StoreError::CreateDir { source, .. } => full(source),
+            StoreError::Open { source, .. } | StoreError::Redb { source, .. } => redb_full(source),
+            StoreError::Poisoned(e) => e.is_storage_full(),
+            _ => false,
+        }
+    }
+
     fn redb(op: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
         move |e| StoreError::Redb {
             op,
@@ -127,8 +147,8 @@ struct Queue {
     /// Whether `ops` holds an operation that is not lazy: only those make
     /// the writer commit.
     urgent: bool,
-    /// Set when the store is poisoned, with the error message.
-    poisoned: Option<String>,
+    /// Set when the store is poisoned, with the commit's error.
+    poisoned: Option<StoreError>,
     /// Set when no more writes are accepted; the writer exits once drained.
     closed: bool,
 }
@@ -330,8 +350,8 @@ impl LogStore {
     ) -> Result<(), StoreError> {
         let shared = self.shared();
         let mut q = shared.lock_queue();
-        let refused = if let Some(msg) = &q.poisoned {
-            Some(StoreError::Poisoned(msg.clone()))
+        let refused = if let Some(e) = &q.poisoned {
+            Some(StoreError::Poisoned(Box::new(e.clone())))
         } else if q.closed {
             Some(StoreError::Closed)
         } else {
@@ -631,6 +651,11 @@ impl LogStore {
         self.shared().lock_queue().poisoned.is_some()
     }
 
+    /// The error of the commit that poisoned the store, if one did.
+    pub fn poisoned(&self) -> Option<StoreError> {
+        self.shared().lock_queue().poisoned.clone()
+    }
+
     /// Stops accepting writes, commits everything queued and waits for the
     /// writer thread to exit (closing the database file).
     ///
@@ -793,7 +818,7 @@ fn writer_loop(db: Arc<Database>, shared: Arc<Shared>) {
 
         let result = match poisoned {
             // Ops queued before the poisoning was noticed: refuse them too.
-            Some(msg) => Err(StoreError::Poisoned(msg)),
+            Some(e) => Err(StoreError::Poisoned(Box::new(e))),
             None => {
                 let r = commit_batch(&db, &batch);
                 match &r {
@@ -803,7 +828,7 @@ fn writer_loop(db: Arc<Database>, shared: Arc<Shared>) {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "store commit failed; store is now poisoned");
-                        shared.lock_queue().poisoned = Some(e.to_string());
+                        shared.lock_queue().poisoned = Some(e.clone());
                     }
                 }
                 r

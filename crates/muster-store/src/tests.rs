@@ -223,7 +223,7 @@ fn poisoned_store_refuses_writes() {
     let store = LogStore::open(&dir.path().join("raft.redb")).unwrap();
     // Poisoning is driven by real commit failures; simulate the flag directly
     // to check the refusal path.
-    store.shared().lock_queue().poisoned = Some("disk on fire".into());
+    store.shared().lock_queue().poisoned = Some(StoreError::Writer("disk on fire".into()));
     assert!(store.is_poisoned());
     let (tx, rx) = mpsc::sync_channel(1);
     store.append(

@@ -96,6 +96,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         // One parseable line on stdout so scripts and tests know where we listen.
         println!("muster listening on http://{}", started.addr);
     })
-    .await?;
-    Ok(())
+    .await
+    .map_err(anyhow::Error::from)
 }

@@ -42,7 +42,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<muster_agent::AgentError>() {
+                // EX_TEMPFAIL: restart me (a supervisor's cue).
+                Some(muster_agent::AgentError::Restart(_)) => std::process::ExitCode::from(75),
+                _ => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

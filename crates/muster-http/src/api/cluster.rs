@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::response::IntoResponse;
-use muster_types::ClusterInfo;
+use muster_types::{ClusterInfo, ErrorBody};
 
 use super::Call;
 use crate::HttpStateRef;
@@ -26,9 +26,14 @@ pub async fn cluster(
     }))
 }
 
-/// Liveness: 200 while the process serves HTTP.
+/// Health: 200 while the agent serves and can make writes durable; 507
+/// `storage_full` or 503 `storage_failed` while it cannot (reads still
+/// answer), so a supervisor or load balancer never sees a zombie as healthy.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "Alive")))]
-pub async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+    responses((status = 200, description = "Serving, and writes are durable"),
+        (status = 503, description = "storage_failed: writes cannot be made durable", body = ErrorBody),
+        (status = 507, description = "storage_full: the data directory's disk is full", body = ErrorBody)))]
+pub async fn healthz(State(state): State<HttpStateRef>) -> Result<impl IntoResponse, ApiError> {
+    state.registry.writable()?;
+    Ok(axum::Json(serde_json::json!({"status": "ok"})))
 }

@@ -147,9 +147,13 @@ async fn self_preservation_pauses_expiry_and_resumes() {
             .await;
         leases.push(v["lease"].as_str().unwrap().to_string());
     }
+    // Every client renews once (so each lease shows a live client) ...
+    let (status, _) = s.post("/v1/leases/renew", json!({"ids": leases})).await;
+    assert_eq!(status, 200);
     tokio::time::pause();
     let mut preserving = s.registry.self_preservation();
-    // Nobody renews: every lease falls silent at once, so expiry pauses.
+    // ... then nobody renews: every lease falls silent at once and the
+    // registry hears nobody, so expiry pauses.
     preserving.wait_for(|on| *on).await.unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await; // well past every TTL
     assert_eq!(
@@ -174,5 +178,32 @@ async fn self_preservation_pauses_expiry_and_resumes() {
     }
     let ids = s.ids("/v1/services/pay/instances").await;
     assert_eq!(ids, (0..8).map(|i| format!("p{i}")).collect::<Vec<_>>());
+    s.stop().await;
+}
+
+/// The probe's case: leases that were never renewed are no evidence of a
+/// registry cut off from its clients, however many of them go silent.
+#[tokio::test]
+async fn instances_never_renewed_expire_even_as_a_silent_majority() {
+    let s = TestServer::start_with(|c| {
+        c.self_preservation_threshold = 0.85;
+        c.self_preservation_min_leases = 10;
+    })
+    .await;
+    for i in 0..20 {
+        s.register("batch", &format!("b{i}"), json!({"ttl": "2s"}))
+            .await;
+    }
+    tokio::time::pause();
+    let mut w = Sse::open(&s, "service=batch", None).await.untimed();
+    let mut left = w.next().await.data["instances"].as_array().unwrap().len();
+    assert_eq!(left, 20);
+    while left > 0 {
+        assert_eq!(w.next().await.event, "delete");
+        left -= 1;
+    }
+    assert!(!*s.registry.self_preservation().borrow());
+    let (_, c, _) = s.get("/v1/cluster").await;
+    assert_eq!(c["self_preservation"], false);
     s.stop().await;
 }

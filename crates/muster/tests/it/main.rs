@@ -5,4 +5,5 @@ mod agent;
 mod checks;
 mod cli;
 mod durability;
+mod full_disk;
 mod harness;
