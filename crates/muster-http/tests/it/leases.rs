@@ -207,3 +207,99 @@ async fn instances_never_renewed_expire_even_as_a_silent_majority() {
     assert_eq!(c["self_preservation"], false);
     s.stop().await;
 }
+
+/// Many tasks register (with an own lease, a shared lease or none),
+/// deregister and revoke the leases of the same two ids at once. Whatever
+/// order the writes took, the result is one that a serial order gives:
+/// every instance's lease exists and counts it, every lease counts exactly
+/// the instances that name it, and no own lease outlives its instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_to_the_same_ids_leave_nothing_half_applied() {
+    let s = std::sync::Arc::new(TestServer::start().await);
+    let (status, shared) = s.post("/v1/leases", json!({"ttl": "60s"})).await;
+    assert_eq!(status, 201, "{shared}");
+    let shared = shared["id"].as_str().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![shared.clone()]));
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (s, shared, seen) = (s.clone(), shared.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut last_lease: Option<String> = None;
+                // Bounded: 40 operations per task, in a fixed pseudo-random mix.
+                for n in 0..40u64 {
+                    let id = if (t + n) % 2 == 0 { "x" } else { "y" };
+                    let path = format!("/v1/services/race/instances/{id}");
+                    match (t * 7 + n * 13) % 5 {
+                        0 => {
+                            let (st, v) = s
+                                .put(
+                                    &path,
+                                    json!({"address": "10.0.0.1", "port": 1, "ttl": "60s"}),
+                                )
+                                .await;
+                            if st == 200 {
+                                last_lease = v["lease"].as_str().map(String::from);
+                                seen.lock().unwrap().extend(last_lease.clone());
+                            }
+                        }
+                        1 => {
+                            let (st, _) = s
+                                .put(
+                                    &path,
+                                    json!({"address": "10.0.0.1", "port": 2, "lease": shared}),
+                                )
+                                .await;
+                            assert_eq!(st, 200);
+                        }
+                        2 => {
+                            let (st, _) = s
+                                .put(&path, json!({"address": "10.0.0.1", "port": 3}))
+                                .await;
+                            assert_eq!(st, 200);
+                        }
+                        3 => {
+                            let (st, _) = s.delete(&path).await;
+                            assert!(st == 200 || st == 404, "deregister: {st}");
+                        }
+                        _ => {
+                            if let Some(l) = last_lease.take() {
+                                let (st, _) = s.delete(&format!("/v1/leases/{l}")).await;
+                                assert!(st == 200 || st == 404, "revoke: {st}");
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let (_, v, _) = s.get("/v1/services/race/instances?health=any").await;
+    let instances = v["instances"].as_array().unwrap().clone();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    seen.dedup();
+    for lease in &seen {
+        let naming = instances
+            .iter()
+            .filter(|i| i["lease"].as_str() == Some(lease.as_str()))
+            .count() as u64;
+        let (status, info, _) = s.get(&format!("/v1/leases/{lease}")).await;
+        if status == 200 {
+            assert_eq!(info["instances"], naming, "lease {lease}: {info}");
+            if *lease != shared {
+                assert!(naming > 0, "own lease {lease} outlived its instances");
+            }
+        } else {
+            assert_eq!(status, 404);
+            assert_eq!(naming, 0, "instances name lease {lease}, which is gone");
+        }
+    }
+    for i in &instances {
+        if let Some(l) = i["lease"].as_str() {
+            assert!(seen.iter().any(|s| s == l), "unknown lease {l} on {i}");
+        }
+    }
+}
