@@ -43,14 +43,7 @@ async fn a_lapsed_lease_leaves_discovery_after_its_ttl() {
         elapsed >= Duration::from_millis(1_900),
         "removed after {elapsed:?}, before the TTL ran out"
     );
-    let v: serde_json::Value = client
-        .get(agent.url("/v1/services/pay/instances"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = agent.get_json("/v1/services/pay/instances").await;
     assert!(v["instances"].as_array().unwrap().is_empty());
 }
 
@@ -74,14 +67,7 @@ async fn sigterm_stops_cleanly_and_state_is_kept() {
     let status = agent.terminate();
     assert!(status.success(), "exit status {status:?}");
     let agent = Agent::spawn(dir.path());
-    let v: serde_json::Value = http()
-        .get(agent.url("/v1/services/pay/instances"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = agent.get_json("/v1/services/pay/instances").await;
     assert_eq!(v["instances"][0]["id"], "p1");
 }
 
@@ -199,14 +185,7 @@ async fn a_deleted_log_is_refused_in_one_clear_line_until_the_operator_forces_it
 
     // Forced: it serves what the snapshot held and takes writes again.
     let agent = Agent::spawn_with(&data, &["--force-recover-from-snapshot"], &[]);
-    let v: serde_json::Value = client
-        .get(agent.url("/v1/services/pay/instances"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = agent.get_json("/v1/services/pay/instances").await;
     // (A later snapshot may have taken some of the last five along.)
     let kept = v["instances"].as_array().unwrap().len();
     assert!(
@@ -284,13 +263,6 @@ async fn a_lease_survives_kill_9_with_a_fresh_ttl_then_expires() {
     // Nobody renews: it goes, a full TTL after the restart at the earliest.
     until_event(&mut watch, "delete").await;
     assert!(restarted.elapsed() >= Duration::from_millis(1_500));
-    let v: serde_json::Value = client
-        .get(agent.url("/v1/services/pay/instances"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = agent.get_json("/v1/services/pay/instances").await;
     assert!(v["instances"].as_array().unwrap().is_empty());
 }

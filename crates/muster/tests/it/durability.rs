@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::harness::{Agent, http};
 
@@ -53,14 +53,9 @@ async fn every_acknowledged_registration_survives_kill_9() {
     assert!(acked.len() >= 600);
 
     let agent = Agent::spawn(dir.path());
-    let v: Value = http()
-        .get(agent.url("/v1/services/storm/instances?health=any"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = agent
+        .get_json("/v1/services/storm/instances?health=any")
+        .await;
     let present: std::collections::HashSet<&str> = v["instances"]
         .as_array()
         .unwrap()
@@ -165,14 +160,9 @@ impl Storm {
 }
 
 async fn ids(agent: &Agent) -> std::collections::HashSet<String> {
-    let v: Value = http()
-        .get(agent.url("/v1/services/storm/instances?health=any"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = agent
+        .get_json("/v1/services/storm/instances?health=any")
+        .await;
     v["instances"]
         .as_array()
         .unwrap()

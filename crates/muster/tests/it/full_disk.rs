@@ -105,14 +105,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_restarts_once_freed() {
     assert_eq!(r.status(), 507);
 
     // Reads go on; health tells the truth; a heartbeat says why it fails.
-    let v: Value = client
-        .get(agent.url("/v1/services/pay/instances"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = agent.get_json("/v1/services/pay/instances").await;
     assert!(v["instances"].as_array().unwrap().len() >= acked.len());
     let h = client.get(agent.url("/healthz")).send().await.unwrap();
     assert_eq!(h.status(), 507);
@@ -141,14 +134,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_restarts_once_freed() {
             .json(&json!({"address": "10.0.0.1", "port": 80, "ttl": "30s"}))
             .send()
     };
-    let v: Value = client
-        .get(agent.url("/v1/services/pay/instances"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = agent.get_json("/v1/services/pay/instances").await;
     let have: Vec<&str> = v["instances"]
         .as_array()
         .unwrap()

@@ -79,6 +79,13 @@ impl Agent {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
+
+    /// `GET path` as JSON, which must succeed.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let r = http().get(self.url(path)).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
 }
 
 impl Drop for Agent {
