@@ -6,7 +6,8 @@ use proptest::prelude::*;
 
 use crate::{ApplyResult, Catalog, Check, Command, InstanceData, LeaseRef};
 
-fn reg(svc: &str, d: InstanceData, lease: LeaseRef) -> Command {
+/// A registration in namespace `default`.
+pub fn reg(svc: &str, d: InstanceData, lease: LeaseRef) -> Command {
     Command::Register {
         namespace: "default".into(),
         service: svc.into(),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::testing::{SERVICES, TAGS, ZONES, arb_command, run, ttl_check};
+use crate::testing::{SERVICES, TAGS, ZONES, arb_command, reg, run, ttl_check};
 
 fn data(id: &str) -> InstanceData {
     InstanceData {
@@ -18,15 +18,6 @@ fn data(id: &str) -> InstanceData {
         zone: None,
         weight: 100,
         checks: Vec::new(),
-    }
-}
-
-fn reg(svc: &str, d: InstanceData, lease: LeaseRef) -> Command {
-    Command::Register {
-        namespace: "default".into(),
-        service: svc.into(),
-        instance: d,
-        lease,
     }
 }
 
