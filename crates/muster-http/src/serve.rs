@@ -33,6 +33,10 @@ use crate::error::ApiError;
 /// Connections accepted past the cap, for health probes only.
 const OVERFLOW_CONNECTIONS: usize = 64;
 
+/// How long a connection past the cap may take to send its request head: a
+/// probe sends at once, and idle connections must not hold these places.
+const OVERFLOW_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Limits of the HTTP listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -129,14 +133,18 @@ pub async fn run(
             r.extensions_mut().insert(body_timeout);
             r
         }));
+        let header_timeout = if keep_alive {
+            limits.header_timeout
+        } else {
+            limits.header_timeout.min(OVERFLOW_HEADER_TIMEOUT)
+        };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
+            .header_read_timeout(header_timeout)
             .keep_alive(keep_alive);
         let watcher = graceful.watcher();
-        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
             // hyper reads the first bytes to tell HTTP/1 from HTTP/2 with no
             // deadline of its own: a connection that sends nothing at all is

@@ -74,10 +74,40 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; stopping");
 }
 
+/// File descriptors kept for everything but HTTP connections: the store,
+/// snapshot files, health-check probes, the runtime.
+const FDS_RESERVED: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one (a connection is a file
+/// descriptor; the usual soft limit of 1024 is far below what a registry
+/// serves), and keeps `max_connections` under it, so that a flood of
+/// connections meets the cap, not EMFILE.
+fn fit_connections_to_file_limit(cfg: &mut muster_agent::Config) {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            return;
+        }
+    };
+    let room = limit.saturating_sub(FDS_RESERVED).max(1);
+    if cfg.max_connections as u64 > room {
+        tracing::warn!(
+            max_connections = cfg.max_connections,
+            open_file_limit = limit,
+            using = room,
+            "max_connections is above what the open-file limit allows; raise `ulimit -n` \
+             (LimitNOFILE= under systemd) to serve more"
+        );
+        cfg.max_connections = room as usize;
+    }
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
     let mut cfg = load_config(&args)?;
+    fit_connections_to_file_limit(&mut cfg);
     let _dev_dir = if args.dev {
         let dir = tempfile::Builder::new()
             .prefix("muster-dev-")

@@ -266,3 +266,52 @@ async fn a_lease_survives_kill_9_with_a_fresh_ttl_then_expires() {
     let v = agent.get_json("/v1/services/pay/instances").await;
     assert!(v["instances"].as_array().unwrap().is_empty());
 }
+
+/// Under a low open-file limit, a flood of idle connections meets the
+/// connection cap (fitted to the limit at start), not EMFILE: a new
+/// connection still gets its `/healthz` answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_meets_the_cap_not_the_file_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    // Soft and hard limit 600: the cap becomes 600 - 256 = 344.
+    cmd.arg("-c")
+        .arg("ulimit -n 600 && exec \"$0\" agent --http-addr 127.0.0.1:0 --data-dir \"$1\"")
+        .arg(BIN)
+        .arg(dir.path())
+        .env("MUSTER_LOG", "warn");
+    let agent = Agent::start(cmd);
+    let addr = agent.base.trim_start_matches("http://").to_string();
+    // Twice the file limit in idle connections (bounded: 1,200).
+    let mut idle = Vec::new();
+    for _ in 0..1_200 {
+        match tokio::net::TcpStream::connect(&addr).await {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connect failed after {}: {e}", idle.len()),
+        }
+    }
+    // Idle connections past the cap give their places up within a second;
+    // a probe gets one then (bounded: 30 s, one probe at a time).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no /healthz answer by the deadline"
+        );
+        let mut probe = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let sent = probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: muster\r\nconnection: close\r\n\r\n")
+            .await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), probe.read_to_end(&mut answer))
+            .await
+            .expect("an answer or a close by the deadline");
+        if sent.is_ok() && read.is_ok() && !answer.is_empty() {
+            break String::from_utf8_lossy(&answer).into_owned();
+        }
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(idle);
+}

@@ -29,6 +29,13 @@ impl Agent {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::start(cmd)
+    }
+
+    /// Starts `cmd` (a `muster agent` on 127.0.0.1:0, however launched)
+    /// and waits for its listening line.
+    pub fn start(mut cmd: Command) -> Agent {
+        cmd.stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn muster agent");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
