@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::etcd::{EtcdClient, EtcdServer, KeepAliveStream};
+use crate::etcd::{EtcdClient, EtcdServer, KeepAliveStream, Read};
 use crate::load::{self, Conn, Limits, Summary, Worker, http_workers, request};
 use crate::servers::{self, Proc};
 use crate::sse;
@@ -694,7 +694,12 @@ struct EtcdRange {
 
 impl Worker for EtcdRange {
     async fn call(&mut self, _seq: u64) -> Result<()> {
-        let (n, _) = self.client.range_prefix(self.prefix).await?;
+        // Serializable: answered from etcd's own store like muster answers a
+        // lookup from its catalog, not through raft's read-index.
+        let (n, _) = self
+            .client
+            .range_prefix(self.prefix, Read::Serializable)
+            .await?;
         if n != self.expect {
             bail!("range gave {n} keys, expected {}", self.expect);
         }
