@@ -39,6 +39,10 @@ enum Cmd {
     Ceiling {
         #[arg(long)]
         body_file: PathBuf,
+        /// Status and headers to answer with (JSON, written by the harness
+        /// from muster's answer).
+        #[arg(long)]
+        head_file: PathBuf,
     },
 }
 
@@ -101,8 +105,12 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Cmd::Ceiling { body_file }) = cli.command {
-        return match ceiling(body_file) {
+    if let Some(Cmd::Ceiling {
+        body_file,
+        head_file,
+    }) = cli.command
+    {
+        return match ceiling(body_file, head_file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -150,13 +158,17 @@ fn cpus() -> usize {
         .unwrap_or(1)
 }
 
-fn ceiling(body_file: PathBuf) -> Result<()> {
+fn ceiling(body_file: PathBuf, head_file: PathBuf) -> Result<()> {
     let body =
         std::fs::read(&body_file).with_context(|| format!("reading {}", body_file.display()))?;
+    let head =
+        std::fs::read(&head_file).with_context(|| format!("reading {}", head_file.display()))?;
+    let head: servers::CeilingHead = serde_json::from_slice(&head)
+        .with_context(|| format!("parsing {}", head_file.display()))?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(servers::run_ceiling(body.into()))
+        .block_on(servers::run_ceiling(head, body.into()))
 }
 
 /// The JSON report.

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::etcd::{EtcdClient, EtcdServer, KeepAliveStream, Read};
-use crate::load::{self, Conn, Limits, Summary, Worker, http_workers, request};
+use crate::load::{self, Answer, Conn, Limits, Summary, Worker, http_workers, request};
 use crate::servers::{self, Proc};
 use crate::sse;
 
@@ -185,15 +185,15 @@ pub async fn run(s: &Settings, scenario: &str, targets: &[Target], run: usize) -
     Ok(rows)
 }
 
-/// Runs `plan` against muster, or against the ceiling answering with the
-/// bytes muster gave for `sample`.
+/// Runs `plan` against muster, or against the ceiling answering with what
+/// muster answered for `sample` (status, headers and bytes).
 async fn http_flow(
     s: &Settings,
     scenario: &str,
     target: Target,
     run: usize,
     m: &Muster,
-    sample: Bytes,
+    sample: Answer,
     plan: impl FnMut(usize) -> Box<dyn FnMut(u64) -> hyper::Request<http_body_util::Full<Bytes>> + Send>,
 ) -> Result<Row> {
     let ceiling;
@@ -220,7 +220,7 @@ async fn http_flow(
         );
     }
     row.extra
-        .insert("response_bytes".into(), Value::from(sample.len()));
+        .insert("response_bytes".into(), Value::from(sample.body.len()));
     Ok(row)
 }
 
@@ -231,7 +231,7 @@ async fn lookup(s: &Settings, target: Target, run: usize, n: u64) -> Result<Row>
     let path = format!("/v1/services/{service}/instances");
     let sample = Conn::connect(m.addr())
         .await?
-        .call_ok(request("GET", &path, None))
+        .call_answer(request("GET", &path, None))
         .await?;
     let scenario = if n == 1 { "lookup-1" } else { "lookup-100" };
     http_flow(s, scenario, target, run, &m, sample, |_| {
@@ -283,9 +283,9 @@ async fn heartbeat_batch(s: &Settings, target: Target, run: usize) -> Result<Row
     let bodies: Arc<Vec<Bytes>> =
         Arc::new((0..leases.len()).step_by(RENEW_BATCH).map(body).collect());
     let sample = conn
-        .call_ok(request("POST", "/v1/leases/renew", Some(bodies[0].clone())))
+        .call_answer(request("POST", "/v1/leases/renew", Some(bodies[0].clone())))
         .await?;
-    let v: Value = serde_json::from_slice(&sample)?;
+    let v: Value = serde_json::from_slice(&sample.body)?;
     let renewed = v["renewed"].as_array().map_or(0, Vec::len);
     if renewed != RENEW_BATCH {
         bail!("a batch renewal renewed {renewed} of {RENEW_BATCH} leases: {v}");
@@ -316,7 +316,7 @@ async fn heartbeat(s: &Settings, target: Target, run: usize) -> Result<Row> {
     let mut conn = Conn::connect(m.addr()).await?;
     let leases = Arc::new(create_leases(&mut conn, s.leases).await?);
     let sample = conn
-        .call_ok(request(
+        .call_answer(request(
             "PUT",
             &format!("/v1/leases/{}/renew", leases[0]),
             None,
@@ -338,7 +338,13 @@ async fn heartbeat(s: &Settings, target: Target, run: usize) -> Result<Row> {
 async fn register(s: &Settings, target: Target, run: usize) -> Result<Row> {
     let m = Muster::start(s, "register").await?;
     let mut conn = Conn::connect(m.addr()).await?;
-    let sample = put_instance(&mut conn, "reg", "sample", instance_body(0)).await?;
+    let sample = conn
+        .call_answer(request(
+            "PUT",
+            "/v1/services/reg/instances/sample",
+            Some(instance_body(0)),
+        ))
+        .await?;
     http_flow(s, "register", target, run, &m, sample, |w| {
         Box::new(move |seq| {
             request(
