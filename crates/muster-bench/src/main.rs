@@ -19,6 +19,12 @@ use serde::Serialize;
 
 use scenarios::{Row, Settings, Target};
 
+/// The same allocator as muster's binary (crates/muster/src/main.rs): the
+/// ceiling runs in this binary, and its share of muster's cost is only a
+/// like-for-like figure if both allocate through mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "muster-bench",
