@@ -145,6 +145,32 @@ async fn populate(addr: SocketAddr, service: &str, n: u64) -> Result<()> {
     Ok(())
 }
 
+/// Drives `workers` and returns, with what they measured, the CPU time (user
+/// + system, µs) the server process `pid` spent meanwhile.
+async fn drive_measured<W: Worker>(
+    pid: u32,
+    workers: Vec<W>,
+    limits: Limits,
+) -> Result<(Summary, u64)> {
+    let before = servers::cpu_us(pid)?;
+    let summary = load::drive(workers, limits).await;
+    let cpu = servers::cpu_us(pid)?.saturating_sub(before);
+    Ok((summary, cpu))
+}
+
+/// Server core time per request (`server_cpu_us_per_req`): where the load
+/// generator's core is the bottleneck, req/s no longer tells the servers
+/// apart, this still does.
+fn record_server_cpu(row: &mut Row, cpu_us: u64) {
+    if row.summary.requests > 0 {
+        let per = cpu_us as f64 / row.summary.requests as f64;
+        row.extra.insert(
+            "server_cpu_us_per_req".into(),
+            Value::from((per * 100.0).round() / 100.0),
+        );
+    }
+}
+
 fn limits(s: &Settings) -> Limits {
     Limits {
         duration: s.duration,
@@ -205,20 +231,10 @@ async fn http_flow(
         _ => (m.addr(), m.proc.pid),
     };
     let workers = http_workers(addr, s.connections, plan).await?;
-    let cpu_before = servers::cpu_us(pid)?;
-    let summary = load::drive(workers, limits(s)).await;
-    let cpu = servers::cpu_us(pid)?.saturating_sub(cpu_before);
+    let (summary, cpu) = drive_measured(pid, workers, limits(s)).await?;
     let mut row = Row::new(scenario, target, run, summary);
     row.rss_bytes = servers::rss_bytes(pid).ok();
-    // Server core time per request: where the load generator's core is the
-    // bottleneck, req/s no longer tells the servers apart, this still does.
-    if row.summary.requests > 0 {
-        let per = cpu as f64 / row.summary.requests as f64;
-        row.extra.insert(
-            "server_cpu_us_per_req".into(),
-            Value::from((per * 100.0).round() / 100.0),
-        );
-    }
+    record_server_cpu(&mut row, cpu);
     row.extra
         .insert("response_bytes".into(), Value::from(sample.body.len()));
     Ok(row)
@@ -385,9 +401,10 @@ async fn churn(s: &Settings, run: usize) -> Result<Row> {
         })
     })
     .await?;
-    let summary = load::drive(workers, limits(s)).await;
+    let (summary, cpu) = drive_measured(m.proc.pid, workers, limits(s)).await?;
     let mut row = Row::new("churn", Target::Muster, run, summary);
     row.rss_bytes = m.proc.rss().ok();
+    record_server_cpu(&mut row, cpu);
     Ok(row)
 }
 
@@ -469,20 +486,25 @@ async fn watch_fanout(s: &Settings, run: usize) -> Result<Row> {
     let summary = Summary::from_histogram(&hist, errors, start.elapsed());
     let mut row = Row::new("watch-fanout", Target::Muster, run, summary);
     row.rss_bytes = m.proc.rss().ok();
-    // Which side a change's delivery keeps busy: the server's core or the
-    // load generator's (reading every watcher's socket).
-    let per_change = |us: u64| (us as f64 / s.changes.max(1) as f64 / 1000.0).round();
-    row.extra.insert(
-        "server_cpu_ms_per_change".into(),
-        Value::from(per_change(server_cpu)),
-    );
-    row.extra.insert(
-        "loadgen_cpu_ms_per_change".into(),
-        Value::from(per_change(own_cpu)),
-    );
+    record_cpu_per_change(&mut row, s.changes, server_cpu, own_cpu);
     row.extra.insert("watchers".into(), Value::from(s.watchers));
     row.extra.insert("changes".into(), Value::from(s.changes));
     Ok(row)
+}
+
+/// Which side a change's delivery keeps busy: the server's core
+/// (`server_cpu_ms_per_change`) or the load generator's, reading every
+/// watcher's socket (`loadgen_cpu_ms_per_change`).
+fn record_cpu_per_change(row: &mut Row, changes: usize, server_us: u64, loadgen_us: u64) {
+    let per_change = |us: u64| (us as f64 / changes.max(1) as f64 / 1000.0).round();
+    row.extra.insert(
+        "server_cpu_ms_per_change".into(),
+        Value::from(per_change(server_us)),
+    );
+    row.extra.insert(
+        "loadgen_cpu_ms_per_change".into(),
+        Value::from(per_change(loadgen_us)),
+    );
 }
 
 /// Instances with a 2 s TTL renewed once, then left silent: the time from
@@ -733,6 +755,22 @@ fn etcd_row(scenario: &str, run: usize, summary: Summary, e: &EtcdServer) -> Row
     row
 }
 
+/// Drives `workers` against etcd and makes the row, with etcd's server CPU
+/// per request measured as muster's is (`/proc/<pid>/stat` of the etcd
+/// process around the load).
+async fn etcd_flow<W: Worker>(
+    s: &Settings,
+    scenario: &str,
+    run: usize,
+    e: &EtcdServer,
+    workers: Vec<W>,
+) -> Result<Row> {
+    let (summary, cpu) = drive_measured(e.pid(), workers, limits(s)).await?;
+    let mut row = etcd_row(scenario, run, summary, e);
+    record_server_cpu(&mut row, cpu);
+    Ok(row)
+}
+
 async fn etcd_register(s: &Settings, run: usize) -> Result<Row> {
     let e = EtcdServer::start(s.server_cpu).await?;
     let clients = etcd_clients(&e).await?;
@@ -742,8 +780,7 @@ async fn etcd_register(s: &Settings, run: usize) -> Result<Row> {
             w,
         })
         .collect();
-    let summary = load::drive(workers, limits(s)).await;
-    Ok(etcd_row("register", run, summary, &e))
+    etcd_flow(s, "register", run, &e, workers).await
 }
 
 async fn etcd_lookup(s: &Settings, run: usize, n: usize) -> Result<Row> {
@@ -767,9 +804,8 @@ async fn etcd_lookup(s: &Settings, run: usize, n: usize) -> Result<Row> {
             expect: n,
         })
         .collect();
-    let summary = load::drive(workers, limits(s)).await;
     let scenario = if n == 1 { "lookup-1" } else { "lookup-100" };
-    Ok(etcd_row(scenario, run, summary, &e))
+    etcd_flow(s, scenario, run, &e, workers).await
 }
 
 async fn etcd_heartbeat(s: &Settings, run: usize) -> Result<Row> {
@@ -790,8 +826,7 @@ async fn etcd_heartbeat(s: &Settings, run: usize) -> Result<Row> {
             stride: s.connections,
         });
     }
-    let summary = load::drive(workers, limits(s)).await;
-    let mut row = etcd_row("heartbeat", run, summary, &e);
+    let mut row = etcd_flow(s, "heartbeat", run, &e, workers).await?;
     row.extra.insert("leases".into(), Value::from(s.leases));
     Ok(row)
 }
@@ -819,6 +854,10 @@ async fn etcd_watch_fanout(s: &Settings, run: usize) -> Result<Row> {
     let mut hist = load::new_histogram();
     let mut errors = 0;
     let start = Instant::now();
+    let (server_before, own_before) = (
+        servers::cpu_us(e.pid())?,
+        servers::cpu_us(std::process::id())?,
+    );
     for k in 1..=s.changes as u64 {
         let t0 = Instant::now();
         clients[0]
@@ -826,8 +865,11 @@ async fn etcd_watch_fanout(s: &Settings, run: usize) -> Result<Row> {
             .await?;
         errors += record_receipts(&mut rx, s.watchers, t0, &mut hist, |at| at).await;
     }
+    let server_cpu = servers::cpu_us(e.pid())?.saturating_sub(server_before);
+    let own_cpu = servers::cpu_us(std::process::id())?.saturating_sub(own_before);
     let summary = Summary::from_histogram(&hist, errors, start.elapsed());
     let mut row = etcd_row("watch-fanout", run, summary, &e);
+    record_cpu_per_change(&mut row, s.changes, server_cpu, own_cpu);
     row.extra.insert("watchers".into(), Value::from(s.watchers));
     row.extra.insert("changes".into(), Value::from(s.changes));
     Ok(row)
