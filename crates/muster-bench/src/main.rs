@@ -185,6 +185,9 @@ struct Report {
     pinning: String,
     settings: BTreeMap<String, serde_json::Value>,
     medians: Vec<Row>,
+    /// muster against the ceiling and etcd, per throughput scenario (from
+    /// the medians).
+    comparisons: Vec<Comparison>,
     runs: Vec<Row>,
 }
 
@@ -284,7 +287,8 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         }
     }
     let medians = medians(&all);
-    print_table(&medians);
+    let comparisons = comparisons(&medians);
+    print_table(&medians, &comparisons);
     if let Some(path) = &a.json {
         let report = Report {
             date: date(),
@@ -299,6 +303,7 @@ async fn bench(mut a: RunArgs) -> Result<()> {
                 ("smoke".into(), a.smoke.into()),
             ]),
             medians,
+            comparisons,
             runs: all.clone(),
         };
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
@@ -360,9 +365,100 @@ fn fmt_us(us: f64) -> String {
     }
 }
 
-fn print_table(rows: &[Row]) {
+/// muster set against the ceiling and etcd in one throughput scenario, from
+/// the medians.
+#[derive(Debug, Clone, Serialize)]
+struct Comparison {
+    scenario: String,
+    muster_rps: f64,
+    ceiling_rps: Option<f64>,
+    /// muster answered more requests per second than the ceiling, which does
+    /// less per request: the load generator's core, not the server, is the
+    /// limit, so a req/s share of the ceiling says nothing about the servers
+    /// (and is left out). Compare server CPU per request instead.
+    load_generator_bound: bool,
+    /// muster's req/s over the ceiling's, in %; none where
+    /// `load_generator_bound`.
+    share_of_ceiling_rps_pct: Option<f64>,
+    /// The ceiling's server CPU per request over muster's, in %: the share
+    /// of the ceiling muster reaches where the server core is the limit.
+    share_of_ceiling_cpu_pct: Option<f64>,
+    /// Server CPU (user + system) per request, µs. In `heartbeat-batch`,
+    /// muster's is per request of `RENEW_BATCH` renewals.
+    muster_cpu_us_per_req: Option<f64>,
+    ceiling_cpu_us_per_req: Option<f64>,
+    /// etcd's, in the same scenario (in `heartbeat-batch`: per keep-alive
+    /// of the `heartbeat` scenario).
+    etcd_cpu_us_per_req: Option<f64>,
+    /// etcd's server CPU over muster's, per request (in `heartbeat-batch`,
+    /// per renewal): how many times the CPU muster spends etcd spends.
+    etcd_cpu_over_muster: Option<f64>,
+}
+
+fn cpu_per_req(row: &Row) -> Option<f64> {
+    row.extra
+        .get("server_cpu_us_per_req")
+        .and_then(serde_json::Value::as_f64)
+        .filter(|&c| c > 0.0)
+}
+
+/// Whether muster is the faster of the two in req/s: then the load
+/// generator is what limits both.
+fn load_generator_bound(muster_rps: f64, ceiling_rps: f64) -> bool {
+    muster_rps > ceiling_rps
+}
+
+/// One comparison per throughput scenario muster ran in.
+fn comparisons(rows: &[Row]) -> Vec<Comparison> {
+    let find = |scenario: &str, target: &str| {
+        rows.iter()
+            .find(|o| o.scenario == scenario && o.target == target)
+    };
+    rows.iter()
+        .filter(|r| r.target == "muster" && !is_latency_only(&r.scenario))
+        .map(|m| {
+            let ceiling = find(&m.scenario, "ceiling");
+            let batch = m.scenario == "heartbeat-batch";
+            let etcd = find(if batch { "heartbeat" } else { &m.scenario }, "etcd");
+            let ceiling_rps = ceiling.map(|c| c.summary.rps);
+            let bound = ceiling_rps.is_some_and(|c| load_generator_bound(m.summary.rps, c));
+            let muster_cpu = cpu_per_req(m);
+            let ceiling_cpu = ceiling.and_then(cpu_per_req);
+            let etcd_cpu = etcd.and_then(cpu_per_req);
+            let per_unit = |cpu: f64| {
+                if batch {
+                    cpu / scenarios::RENEW_BATCH as f64
+                } else {
+                    cpu
+                }
+            };
+            let round2 = |x: f64| (x * 100.0).round() / 100.0;
+            Comparison {
+                scenario: m.scenario.clone(),
+                muster_rps: m.summary.rps.round(),
+                ceiling_rps: ceiling_rps.map(f64::round),
+                load_generator_bound: bound,
+                share_of_ceiling_rps_pct: ceiling_rps
+                    .filter(|_| !bound)
+                    .filter(|&c| c > 0.0)
+                    .map(|c| round2(100.0 * m.summary.rps / c)),
+                share_of_ceiling_cpu_pct: ceiling_cpu
+                    .zip(muster_cpu)
+                    .map(|(c, m)| round2(100.0 * c / m)),
+                muster_cpu_us_per_req: muster_cpu,
+                ceiling_cpu_us_per_req: ceiling_cpu,
+                etcd_cpu_us_per_req: etcd_cpu,
+                etcd_cpu_over_muster: etcd_cpu
+                    .zip(muster_cpu)
+                    .map(|(e, m)| round2(e / per_unit(m))),
+            }
+        })
+        .collect()
+}
+
+fn print_table(rows: &[Row], comparisons: &[Comparison]) {
     println!(
-        "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "scenario",
         "target",
         "req/s",
@@ -370,10 +466,13 @@ fn print_table(rows: &[Row]) {
         "p99",
         "p99.9",
         "RSS MiB",
+        "srv µs/req",
         "% ceiling",
         "cpu % ceil",
-        "x etcd"
+        "x etcd",
+        "etcd cpu x"
     );
+    let mut any_bound = false;
     for r in rows {
         let find = |t: &str| {
             rows.iter()
@@ -381,55 +480,50 @@ fn print_table(rows: &[Row]) {
                 .map(|o| o.summary.rps)
         };
         let latency_only = is_latency_only(&r.scenario);
-        // The ceiling's server CPU per request over muster's: the share of
-        // the ceiling muster reaches when the server core is the limit.
-        let cpu_per_req = |o: &Row| {
-            o.extra
-                .get("server_cpu_us_per_req")
-                .and_then(serde_json::Value::as_f64)
-        };
-        let cpu_of_ceiling = (r.target == "muster")
-            .then(|| {
-                let ceiling = rows
-                    .iter()
-                    .find(|o| o.scenario == r.scenario && o.target == "ceiling")?;
-                Some(100.0 * cpu_per_req(ceiling)? / cpu_per_req(r)?)
-            })
-            .flatten()
+        let cmp = (r.target == "muster")
+            .then(|| comparisons.iter().find(|c| c.scenario == r.scenario))
+            .flatten();
+        let of_ceiling = cmp.and_then(|c| {
+            if c.load_generator_bound {
+                any_bound = true;
+                Some("LG-bound*".to_string())
+            } else {
+                c.share_of_ceiling_rps_pct.map(|p| format!("{p:.0}%"))
+            }
+        });
+        let cpu_of_ceiling = cmp
+            .and_then(|c| c.share_of_ceiling_cpu_pct)
             .map(|p| format!("{p:.0}%"));
-        let (of_ceiling, vs_etcd) = if r.target == "muster" && latency_only {
+        let etcd_cpu = cmp.and_then(|c| c.etcd_cpu_over_muster).map(|x| {
+            if r.scenario == "heartbeat-batch" {
+                format!("{x:.1}x ren")
+            } else {
+                format!("{x:.2}x")
+            }
+        });
+        let vs_etcd = if r.target == "muster" && latency_only {
             // Lower is better here: how many times etcd's p99 muster's is.
             let etcd_p99 = rows
                 .iter()
                 .find(|o| o.scenario == r.scenario && o.target == "etcd")
                 .map(|o| o.summary.p99_us);
-            (
-                None,
-                etcd_p99.map(|e| format!("{:.2}x p99", e / r.summary.p99_us)),
-            )
+            etcd_p99.map(|e| format!("{:.2}x p99", e / r.summary.p99_us))
         } else if r.target == "muster" && r.scenario == "heartbeat-batch" {
             // Leases renewed per second against etcd's keep-alives.
-            let etcd = rows
-                .iter()
+            rows.iter()
                 .find(|o| o.scenario == "heartbeat" && o.target == "etcd")
-                .map(|o| o.summary.rps);
-            (
-                find("ceiling").map(|c| format!("{:.0}%", 100.0 * r.summary.rps / c)),
-                etcd.map(|e| {
+                .map(|o| o.summary.rps)
+                .map(|e| {
                     let renewals = r.summary.rps * scenarios::RENEW_BATCH as f64;
                     format!("{:.1}x ren", renewals / e)
-                }),
-            )
+                })
         } else if r.target == "muster" {
-            (
-                find("ceiling").map(|c| format!("{:.0}%", 100.0 * r.summary.rps / c)),
-                find("etcd").map(|e| format!("{:.2}x", r.summary.rps / e)),
-            )
+            find("etcd").map(|e| format!("{:.2}x", r.summary.rps / e))
         } else {
-            (None, None)
+            None
         };
         println!(
-            "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+            "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
             r.scenario,
             r.target,
             if latency_only {
@@ -443,14 +537,25 @@ fn print_table(rows: &[Row]) {
             r.rss_bytes
                 .map(|b| format!("{:.1}", b as f64 / (1024.0 * 1024.0)))
                 .unwrap_or_else(|| "-".into()),
+            cpu_per_req(r)
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_else(|| "-".into()),
             of_ceiling.unwrap_or_else(|| "-".into()),
             cpu_of_ceiling.unwrap_or_else(|| "-".into()),
             vs_etcd.unwrap_or_else(|| "-".into()),
+            etcd_cpu.unwrap_or_else(|| "-".into()),
         );
         if !r.extra.is_empty() {
             let extra: Vec<String> = r.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!("{:<18} {:<8} {}", "", "", extra.join(" "));
         }
+    }
+    if any_bound {
+        println!(
+            "* LG-bound: muster answered more req/s than the ceiling, so the load generator's \
+             core is the limit and a req/s share of the ceiling would say nothing; compare the \
+             server CPU per request (srv µs/req, cpu % ceil, etcd cpu x) instead."
+        );
     }
 }
 
@@ -480,4 +585,63 @@ fn machine() -> String {
         .unwrap_or(0)
         .max(1);
     format!("{cores} x {model}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Summary;
+
+    fn row(scenario: &str, target: &str, rps: f64, cpu: f64) -> Row {
+        let mut extra = BTreeMap::new();
+        extra.insert("server_cpu_us_per_req".to_string(), cpu.into());
+        Row {
+            scenario: scenario.into(),
+            target: target.into(),
+            run: 0,
+            summary: Summary {
+                rps,
+                requests: 1000,
+                ..Summary::default()
+            },
+            rss_bytes: None,
+            extra,
+        }
+    }
+
+    #[test]
+    fn muster_faster_than_the_ceiling_is_load_generator_bound_without_a_ratio() {
+        let rows = [
+            row("lookup-1", "muster", 169_542.0, 5.80),
+            row("lookup-1", "ceiling", 165_454.0, 5.17),
+            row("lookup-1", "etcd", 15_318.0, 40.0),
+            row("register", "muster", 28_980.0, 30.6),
+            row("register", "ceiling", 142_677.0, 6.0),
+        ];
+        let c = comparisons(&rows);
+        assert_eq!(c.len(), 2);
+        let lookup = &c[0];
+        assert!(lookup.load_generator_bound);
+        assert_eq!(lookup.share_of_ceiling_rps_pct, None);
+        assert_eq!(lookup.share_of_ceiling_cpu_pct, Some(89.14));
+        assert_eq!(lookup.etcd_cpu_us_per_req, Some(40.0));
+        assert_eq!(lookup.etcd_cpu_over_muster, Some(6.9));
+        let register = &c[1];
+        assert!(!register.load_generator_bound);
+        assert_eq!(register.share_of_ceiling_rps_pct, Some(20.31));
+        assert_eq!(register.etcd_cpu_over_muster, None);
+    }
+
+    #[test]
+    fn batched_renewals_set_etcd_cpu_against_muster_cpu_per_renewal() {
+        let rows = [
+            row("heartbeat", "etcd", 42_000.0, 20.0),
+            row("heartbeat-batch", "muster", 33_000.0, 50.0),
+        ];
+        let c = comparisons(&rows);
+        assert_eq!(c.len(), 1);
+        // 50 µs per request of 100 renewals: 0.5 µs per renewal.
+        assert_eq!(c[0].etcd_cpu_over_muster, Some(40.0));
+        assert!(!c[0].load_generator_bound);
+    }
 }
