@@ -55,18 +55,18 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts `/usr/bin/etcd` (or the `ETCD_BIN` env var) on 127.0.0.1 with free client and peer ports
     /// (picked by binding port 0 and releasing; relaunched with fresh ports, up to 3 launches in all,
-    /// if etcd exits during startup), data dir in a fresh tempdir, optionally pinned to one CPU core via
-    /// `taskset -c <cpu>` when `cpu` is Some.
+    /// if etcd exits during startup), data dir in a fresh tempdir inside `parent`, optionally pinned to
+    /// one CPU core via `taskset -c <cpu>` when `cpu` is Some.
     ///
     /// Waits until it serves a linearizable gRPC Range (so a leader has been elected), with an overall
     /// deadline of 20 s. etcd's own log (stdout and stderr) goes to `etcd.log` in the tempdir.
-    pub async fn start(cpu: Option<usize>) -> Result<EtcdServer> {
+    pub async fn start(cpu: Option<usize>, parent: &Path) -> Result<EtcdServer> {
         let bin = std::env::var_os("ETCD_BIN")
             .map_or_else(|| PathBuf::from(DEFAULT_ETCD_BIN), PathBuf::from);
         let deadline = Instant::now() + START_DEADLINE;
         let mut attempt = 1;
         loop {
-            match Self::launch(&bin, cpu, deadline).await {
+            match Self::launch(&bin, cpu, parent, deadline).await {
                 Ok(server) => return Ok(server),
                 Err(Launch::Exited(err)) if attempt < START_ATTEMPTS => {
                     tracing::warn!(attempt, error = %format!("{err:#}"), "etcd exited during startup; retrying with fresh ports");
@@ -86,11 +86,12 @@ impl EtcdServer {
     async fn launch(
         bin: &Path,
         cpu: Option<usize>,
+        parent: &Path,
         deadline: Instant,
     ) -> Result<EtcdServer, Launch> {
         let dir = tempfile::Builder::new()
             .prefix("muster-bench-etcd-")
-            .tempdir()
+            .tempdir_in(parent)
             .context("creating etcd temp dir")
             .map_err(Launch::Fatal)?;
         let (client_port, peer_port) = free_port_pair()
@@ -715,7 +716,7 @@ mod tests {
 
     async fn end_to_end() -> Result<()> {
         // Pinned, to exercise the taskset path as well.
-        let server = EtcdServer::start(Some(0)).await?;
+        let server = EtcdServer::start(Some(0), &std::env::temp_dir()).await?;
         assert!(server.endpoint().starts_with("http://127.0.0.1:"));
         let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))?;
         assert!(

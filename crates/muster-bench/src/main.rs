@@ -3,6 +3,7 @@
 //! alternating rounds, and reports medians as a table and as JSON.
 
 mod etcd;
+mod host;
 mod load;
 mod scenarios;
 mod servers;
@@ -100,6 +101,11 @@ struct RunArgs {
     /// Do not pin anything.
     #[arg(long)]
     no_pin: bool,
+    /// Where the servers' data directories go (muster's and etcd's, in a
+    /// fresh directory made here); default: the system's temp dir. Durable
+    /// scenarios refuse a tmpfs, where fsync costs nothing.
+    #[arg(long)]
+    data_root: Option<PathBuf>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -183,6 +189,9 @@ struct Report {
     date: String,
     machine: String,
     pinning: String,
+    /// The filesystem under each server's data directories (`muster`,
+    /// `etcd`): durable figures depend on what an fsync costs there.
+    filesystems: BTreeMap<String, host::Filesystem>,
     settings: BTreeMap<String, serde_json::Value>,
     medians: Vec<Row>,
     /// muster against the ceiling and etcd, per throughput scenario (from
@@ -224,7 +233,21 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         });
     }
     let pinned = !a.no_pin && cpus() >= 1 && std::env::var_os("MUSTER_BENCH_PINNED").is_some();
-    let work = tempfile::Builder::new().prefix("muster-bench-").tempdir()?;
+    let data_root = a.data_root.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&data_root)
+        .with_context(|| format!("creating {}", data_root.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix("muster-bench-")
+        .tempdir_in(&data_root)
+        .with_context(|| format!("creating a directory in {}", data_root.display()))?;
+    let etcd_data = work.path().join("etcd");
+    std::fs::create_dir(&etcd_data)?;
+    let mut filesystems = BTreeMap::new();
+    filesystems.insert("muster".to_string(), host::filesystem_of(work.path())?);
+    if targets.contains(&Target::Etcd) {
+        filesystems.insert("etcd".to_string(), host::filesystem_of(&etcd_data)?);
+    }
+    refuse_memory_backed_durability(&scenarios, &filesystems, a.smoke)?;
     let settings = Settings {
         muster_bin: a
             .muster_bin
@@ -239,6 +262,7 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         fd_samples: a.fd_samples,
         scale: a.scale.clone(),
         work: work.path().to_path_buf(),
+        etcd_data,
         keep_data: a.keep_data.clone(),
     };
     if !settings.muster_bin.exists() {
@@ -263,6 +287,10 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         a.duration,
         a.connections
     );
+    let header = header(&filesystems);
+    for line in &header {
+        eprintln!("{line}");
+    }
     let mut all = Vec::new();
     for scenario in &scenarios {
         for run in 0..a.runs {
@@ -288,12 +316,16 @@ async fn bench(mut a: RunArgs) -> Result<()> {
     }
     let medians = medians(&all);
     let comparisons = comparisons(&medians);
+    for line in &header {
+        println!("{line}");
+    }
     print_table(&medians, &comparisons);
     if let Some(path) = &a.json {
         let report = Report {
             date: date(),
             machine: machine(),
             pinning,
+            filesystems,
             settings: BTreeMap::from([
                 ("duration_s".into(), a.duration.into()),
                 ("connections".into(), a.connections.into()),
@@ -324,6 +356,54 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         bail!("{} run(s) had failed requests", failed.len());
     }
     Ok(())
+}
+
+/// Fails if a durable scenario (one whose figures include fsyncs) would keep
+/// its data on a memory-backed filesystem, where fsync costs nothing. A smoke
+/// run only checks that every scenario works, so it goes on with a warning.
+fn refuse_memory_backed_durability(
+    scenarios: &[String],
+    filesystems: &BTreeMap<String, host::Filesystem>,
+    smoke: bool,
+) -> Result<()> {
+    let durable: Vec<&str> = scenarios
+        .iter()
+        .map(String::as_str)
+        .filter(|s| scenarios::DURABLE.contains(s))
+        .collect();
+    let in_memory: Vec<String> = filesystems
+        .iter()
+        .filter(|(_, fs)| fs.is_memory_backed())
+        .map(|(server, fs)| format!("{server}'s data: {fs}"))
+        .collect();
+    if durable.is_empty() || in_memory.is_empty() {
+        return Ok(());
+    }
+    if smoke {
+        eprintln!(
+            "warning: data on a memory-backed filesystem ({}): fsync costs nothing there, \
+             so the figures of {} mean nothing; this smoke run only checks that they work",
+            in_memory.join("; "),
+            durable.join(", ")
+        );
+        return Ok(());
+    }
+    bail!(
+        "refusing to run {} with {}: fsync costs nothing there, so figures of durable \
+         writes would flatter every target. Pass --data-root DIR on a disk-backed \
+         filesystem (ext4, xfs, ...), or --smoke only to check that the scenarios work",
+        durable.join(", "),
+        in_memory.join("; ")
+    )
+}
+
+/// The lines that say what the figures were measured on, printed before
+/// the run and above the table.
+fn header(filesystems: &BTreeMap<String, host::Filesystem>) -> Vec<String> {
+    filesystems
+        .iter()
+        .map(|(server, fs)| format!("data ({server}): {fs}"))
+        .collect()
 }
 
 /// The median run (by req/s, or by p99 where req/s is not the point) of
@@ -630,6 +710,30 @@ mod tests {
         assert!(!register.load_generator_bound);
         assert_eq!(register.share_of_ceiling_rps_pct, Some(20.31));
         assert_eq!(register.etcd_cpu_over_muster, None);
+    }
+
+    #[test]
+    fn durable_scenarios_refuse_tmpfs_unless_smoke() {
+        let fs = |t: &str| host::Filesystem {
+            path: "/data/muster-bench-1".into(),
+            fs_type: t.into(),
+            source: t.into(),
+            mount_point: "/data".into(),
+        };
+        let on = |t: &str| BTreeMap::from([("muster".to_string(), fs(t))]);
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for durable in ["register", "churn", "scale", "watch-fanout"] {
+            let err = refuse_memory_backed_durability(&names(&[durable]), &on("tmpfs"), false)
+                .expect_err("a durable scenario on tmpfs must be refused");
+            let msg = format!("{err:#}");
+            assert!(msg.contains(durable) && msg.contains("tmpfs"), "{msg}");
+            assert!(msg.contains("--data-root"), "{msg}");
+            refuse_memory_backed_durability(&names(&[durable]), &on("tmpfs"), true).unwrap();
+            refuse_memory_backed_durability(&names(&[durable]), &on("ext4"), false).unwrap();
+        }
+        // Nothing durable is measured in lookups and heartbeats.
+        refuse_memory_backed_durability(&names(&["lookup-1", "heartbeat"]), &on("tmpfs"), false)
+            .unwrap();
     }
 
     #[test]

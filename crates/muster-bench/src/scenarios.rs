@@ -32,6 +32,20 @@ pub const ALL: &[&str] = &[
     "scale",
 ];
 
+/// Scenarios whose figures include fsyncs: a measured write is acknowledged
+/// only once durable (register, churn, scale, the write that watch-fanout
+/// times), or the measured event follows a committed write (the expiry
+/// failure-detection waits for is proposed and committed through raft).
+/// They refuse to run with data on tmpfs. The others write only while
+/// setting up.
+pub const DURABLE: &[&str] = &[
+    "register",
+    "churn",
+    "watch-fanout",
+    "failure-detection",
+    "scale",
+];
+
 /// Which systems a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -63,6 +77,8 @@ pub struct Settings {
     pub fd_samples: usize,
     pub scale: Vec<u64>,
     pub work: PathBuf,
+    /// Where etcd's data directories are made.
+    pub etcd_data: PathBuf,
     pub keep_data: Option<PathBuf>,
 }
 
@@ -772,7 +788,7 @@ async fn etcd_flow<W: Worker>(
 }
 
 async fn etcd_register(s: &Settings, run: usize) -> Result<Row> {
-    let e = EtcdServer::start(s.server_cpu).await?;
+    let e = EtcdServer::start(s.server_cpu, &s.etcd_data).await?;
     let clients = etcd_clients(&e).await?;
     let workers = (0..s.connections)
         .map(|w| EtcdPut {
@@ -784,7 +800,7 @@ async fn etcd_register(s: &Settings, run: usize) -> Result<Row> {
 }
 
 async fn etcd_lookup(s: &Settings, run: usize, n: usize) -> Result<Row> {
-    let e = EtcdServer::start(s.server_cpu).await?;
+    let e = EtcdServer::start(s.server_cpu, &s.etcd_data).await?;
     let clients = etcd_clients(&e).await?;
     let prefix: &'static [u8] = if n == 1 {
         b"/services/one/"
@@ -809,7 +825,7 @@ async fn etcd_lookup(s: &Settings, run: usize, n: usize) -> Result<Row> {
 }
 
 async fn etcd_heartbeat(s: &Settings, run: usize) -> Result<Row> {
-    let e = EtcdServer::start(s.server_cpu).await?;
+    let e = EtcdServer::start(s.server_cpu, &s.etcd_data).await?;
     let mut clients = etcd_clients(&e).await?;
     let mut leases = Vec::with_capacity(s.leases);
     for _ in 0..s.leases {
@@ -832,7 +848,7 @@ async fn etcd_heartbeat(s: &Settings, run: usize) -> Result<Row> {
 }
 
 async fn etcd_watch_fanout(s: &Settings, run: usize) -> Result<Row> {
-    let e = EtcdServer::start(s.server_cpu).await?;
+    let e = EtcdServer::start(s.server_cpu, &s.etcd_data).await?;
     let mut clients = etcd_clients(&e).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
     for i in 0..s.watchers {
