@@ -1,11 +1,75 @@
-//! What the figures were measured on: the filesystem under the servers' data
-//! directories (an fsync on tmpfs costs nothing, so durable figures taken
-//! there mean nothing).
+//! What the figures were measured on: the processor, and the filesystem
+//! under the servers' data directories (an fsync on tmpfs costs nothing, so
+//! durable figures taken there mean nothing).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
+
+/// The processor the figures were measured on, from `/proc/cpuinfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Machine {
+    /// The processor model (`model name`; other architectures' equivalents
+    /// where there is none).
+    pub cpu_model: String,
+    /// Every core of the machine, not only those this process may run on.
+    pub cores: usize,
+    /// The kernel runs under a hypervisor (the `hypervisor` cpu flag).
+    pub virtualised: bool,
+}
+
+impl Machine {
+    /// This machine.
+    pub fn this() -> Machine {
+        Machine::from_cpuinfo(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
+    }
+
+    fn from_cpuinfo(cpuinfo: &str) -> Machine {
+        let field = |name: &str| {
+            cpuinfo.lines().find_map(|l| {
+                let (key, value) = l.split_once(':')?;
+                (key.trim() == name && !value.trim().is_empty()).then(|| value.trim().to_string())
+            })
+        };
+        // x86 has `model name`; arm64 kernels give only `CPU implementer` and
+        // `CPU part` per core, some give `Hardware`, POWER `cpu`.
+        let cpu_model = field("model name")
+            .or_else(|| field("Hardware"))
+            .or_else(|| field("cpu model"))
+            .or_else(|| field("cpu"))
+            .or_else(|| {
+                Some(format!(
+                    "CPU implementer {}, part {}",
+                    field("CPU implementer")?,
+                    field("CPU part")?
+                ))
+            })
+            .unwrap_or_else(|| "unknown cpu".into());
+        let cores = cpuinfo
+            .lines()
+            .filter(|l| l.split(':').next().is_some_and(|k| k.trim() == "processor"))
+            .count()
+            .max(1);
+        let virtualised =
+            field("flags").is_some_and(|f| f.split_whitespace().any(|f| f == "hypervisor"));
+        Machine {
+            cpu_model,
+            cores,
+            virtualised,
+        }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} x {}", self.cores, self.cpu_model)?;
+        if self.virtualised {
+            write!(f, " (virtualised)")?;
+        }
+        Ok(())
+    }
+}
 
 /// The filesystem a directory is on, from `/proc/self/mounts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -174,6 +238,29 @@ tmpfs /dev/shm tmpfs rw 0 0
         assert_eq!(unescape(r"/a\040b\011c\134d"), "/a b\tc\\d");
         assert_eq!(unescape(r"/plain"), "/plain");
         assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn the_processor_model_is_read_from_cpuinfo() {
+        let x86 = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n\
+                   flags\t\t: fpu sse2 hypervisor lm\n\n\
+                   processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\n\
+                   flags\t\t: fpu sse2 hypervisor lm\n";
+        let m = Machine::from_cpuinfo(x86);
+        assert_eq!(m.cpu_model, "Intel(R) Xeon(R) Processor");
+        assert_eq!(m.cores, 2);
+        assert!(m.virtualised);
+        assert_eq!(
+            m.to_string(),
+            "2 x Intel(R) Xeon(R) Processor (virtualised)"
+        );
+        let arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd\n\
+                   CPU implementer\t: 0x41\nCPU part\t: 0xd0c\n";
+        let m = Machine::from_cpuinfo(arm);
+        assert_eq!(m.cpu_model, "CPU implementer 0x41, part 0xd0c");
+        assert_eq!(m.cores, 1);
+        assert!(!m.virtualised);
+        assert_eq!(Machine::from_cpuinfo("").cpu_model, "unknown cpu");
     }
 
     #[test]

@@ -183,11 +183,15 @@ fn ceiling(body_file: PathBuf, head_file: PathBuf) -> Result<()> {
         .block_on(servers::run_ceiling(head, body.into()))
 }
 
-/// The JSON report.
+/// The JSON report. `date`, `machine`, `cpu` and `filesystems` hold for every
+/// figure in it.
 #[derive(Serialize)]
 struct Report {
     date: String,
+    /// `<cores> x <processor model>`, as in the printed header.
     machine: String,
+    /// The processor model, core count and whether virtualised, field by field.
+    cpu: host::Machine,
     pinning: String,
     /// The filesystem under each server's data directories (`muster`,
     /// `etcd`): durable figures depend on what an fsync costs there.
@@ -287,7 +291,9 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         a.duration,
         a.connections
     );
-    let header = header(&filesystems);
+    let date = date();
+    let machine = host::Machine::this();
+    let header = header(&date, &machine, &pinning, &filesystems);
     for line in &header {
         eprintln!("{line}");
     }
@@ -322,8 +328,9 @@ async fn bench(mut a: RunArgs) -> Result<()> {
     print_table(&medians, &comparisons);
     if let Some(path) = &a.json {
         let report = Report {
-            date: date(),
-            machine: machine(),
+            date,
+            machine: machine.to_string(),
+            cpu: machine,
             pinning,
             filesystems,
             settings: BTreeMap::from([
@@ -397,13 +404,25 @@ fn refuse_memory_backed_durability(
     )
 }
 
-/// The lines that say what the figures were measured on, printed before
-/// the run and above the table.
-fn header(filesystems: &BTreeMap<String, host::Filesystem>) -> Vec<String> {
-    filesystems
-        .iter()
-        .map(|(server, fs)| format!("data ({server}): {fs}"))
-        .collect()
+/// The lines that say when and on what the figures were measured, printed
+/// before the run and above the table.
+fn header(
+    date: &str,
+    machine: &host::Machine,
+    pinning: &str,
+    filesystems: &BTreeMap<String, host::Filesystem>,
+) -> Vec<String> {
+    let mut lines = vec![
+        format!("date: {date}"),
+        format!("machine: {machine}"),
+        format!("pinning: {pinning}"),
+    ];
+    lines.extend(
+        filesystems
+            .iter()
+            .map(|(server, fs)| format!("data ({server}): {fs}")),
+    );
+    lines
 }
 
 /// The median run (by req/s, or by p99 where req/s is not the point) of
@@ -647,24 +666,6 @@ fn date() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
-}
-
-fn machine() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    // Every core of the machine, not only those this process may run on.
-    let cores = std::fs::read_to_string("/proc/cpuinfo")
-        .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
-        .unwrap_or(0)
-        .max(1);
-    format!("{cores} x {model}")
 }
 
 #[cfg(test)]
