@@ -55,18 +55,18 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts `/usr/bin/etcd` (or the `ETCD_BIN` env var) on 127.0.0.1 with free client and peer ports
     /// (picked by binding port 0 and releasing; relaunched with fresh ports, up to 3 launches in all,
-    /// if etcd exits during startup), data dir in a fresh tempdir, optionally pinned to one CPU core via
-    /// `taskset -c <cpu>` when `cpu` is Some.
+    /// if etcd exits during startup), data dir in a fresh tempdir inside `parent`, optionally pinned to
+    /// one CPU core via `taskset -c <cpu>` when `cpu` is Some.
     ///
     /// Waits until it serves a linearizable gRPC Range (so a leader has been elected), with an overall
     /// deadline of 20 s. etcd's own log (stdout and stderr) goes to `etcd.log` in the tempdir.
-    pub async fn start(cpu: Option<usize>) -> Result<EtcdServer> {
+    pub async fn start(cpu: Option<usize>, parent: &Path) -> Result<EtcdServer> {
         let bin = std::env::var_os("ETCD_BIN")
             .map_or_else(|| PathBuf::from(DEFAULT_ETCD_BIN), PathBuf::from);
         let deadline = Instant::now() + START_DEADLINE;
         let mut attempt = 1;
         loop {
-            match Self::launch(&bin, cpu, deadline).await {
+            match Self::launch(&bin, cpu, parent, deadline).await {
                 Ok(server) => return Ok(server),
                 Err(Launch::Exited(err)) if attempt < START_ATTEMPTS => {
                     tracing::warn!(attempt, error = %format!("{err:#}"), "etcd exited during startup; retrying with fresh ports");
@@ -86,11 +86,12 @@ impl EtcdServer {
     async fn launch(
         bin: &Path,
         cpu: Option<usize>,
+        parent: &Path,
         deadline: Instant,
     ) -> Result<EtcdServer, Launch> {
         let dir = tempfile::Builder::new()
             .prefix("muster-bench-etcd-")
-            .tempdir()
+            .tempdir_in(parent)
             .context("creating etcd temp dir")
             .map_err(Launch::Fatal)?;
         let (client_port, peer_port) = free_port_pair()
@@ -232,11 +233,26 @@ fn free_port_pair() -> std::io::Result<(u16, u16)> {
     Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
-/// Readiness probe: a linearizable Range only succeeds once a leader exists.
+/// Readiness probe: a linearizable Range only succeeds once a leader exists
+/// (a serializable one is answered from the local store even without one).
 async fn probe(endpoint: &str) -> Result<()> {
     let mut client = EtcdClient::connect(endpoint).await?;
-    client.range_prefix(b"/muster-bench-probe/").await?;
+    client
+        .range_prefix(b"/muster-bench-probe/", Read::Linearizable)
+        .await?;
     Ok(())
+}
+
+/// How etcd answers a Range (`RangeRequest.serializable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Through raft's read-index: the leader confirms its leadership (and
+    /// waits for its applied index) before answering. etcd's default.
+    Linearizable,
+    /// From the member's own store, without a round of consensus: the kind
+    /// of read muster's lookups are (served from the local catalog), so the
+    /// one to compare them with.
+    Serializable,
 }
 
 /// A cheap-to-clone client over one HTTP/2 connection (tonic Channel).
@@ -270,9 +286,13 @@ impl EtcdClient {
     }
 
     /// Range over a prefix (`range_end` = prefix with last byte +1), returns the number of kvs and total value bytes.
-    pub async fn range_prefix(&mut self, prefix: &[u8]) -> Result<(usize, usize)> {
+    pub async fn range_prefix(&mut self, prefix: &[u8], read: Read) -> Result<(usize, usize)> {
         let (key, range_end) = prefix_range(prefix);
-        let req = pb::RangeRequest { key, range_end };
+        let req = pb::RangeRequest {
+            key,
+            range_end,
+            serializable: read == Read::Serializable,
+        };
         let resp: pb::RangeResponse = self.unary(PATH_RANGE, req).await?;
         let bytes = resp.kvs.iter().map(|kv| kv.value.len()).sum();
         Ok((resp.kvs.len(), bytes))
@@ -547,14 +567,18 @@ mod pb {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct PutResponse {}
 
-    /// etcdserverpb.RangeRequest. Defaults: no limit, latest revision,
-    /// linearizable (serializable = false), keys and values.
+    /// etcdserverpb.RangeRequest. Defaults of the omitted fields: no limit,
+    /// latest revision, no sorting, keys and values.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct RangeRequest {
         #[prost(bytes = "vec", tag = "1")]
         pub key: Vec<u8>,
         #[prost(bytes = "vec", tag = "2")]
         pub range_end: Vec<u8>,
+        /// `bool serializable = 7;`: a member-local read instead of a
+        /// linearizable one (false, etcd's default, goes through read-index).
+        #[prost(bool, tag = "7")]
+        pub serializable: bool,
     }
 
     /// etcdserverpb.RangeResponse
@@ -668,6 +692,20 @@ mod tests {
         assert_eq!(prefix_range(b""), (vec![0], vec![0]));
     }
 
+    #[test]
+    fn etcd_range_request_encodes_serializable_as_field_7() {
+        use prost::Message;
+        let req = |serializable| pb::RangeRequest {
+            key: b"k".to_vec(),
+            range_end: Vec::new(),
+            serializable,
+        };
+        // Field 1 (key, length-delimited): 0x0a, length 1, "k".
+        assert_eq!(req(false).encode_to_vec(), [0x0a, 1, b'k']);
+        // Field 7, varint: tag (7 << 3) | 0 = 0x38, value 1.
+        assert_eq!(req(true).encode_to_vec(), [0x0a, 1, b'k', 0x38, 1]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn etcd_end_to_end() {
         timeout(Duration::from_secs(60), end_to_end())
@@ -678,7 +716,7 @@ mod tests {
 
     async fn end_to_end() -> Result<()> {
         // Pinned, to exercise the taskset path as well.
-        let server = EtcdServer::start(Some(0)).await?;
+        let server = EtcdServer::start(Some(0), &std::env::temp_dir()).await?;
         assert!(server.endpoint().starts_with("http://127.0.0.1:"));
         let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))?;
         assert!(
@@ -702,8 +740,10 @@ mod tests {
         }
         // "/svc0" is exactly the range_end of prefix "/svc/" and must be excluded.
         timeout(step, client.put(b"/svc0", b"outside", 0)).await??;
-        let (count, bytes) = timeout(step, client.range_prefix(b"/svc/")).await??;
-        assert_eq!((count, bytes), (3, 15));
+        for read in [Read::Linearizable, Read::Serializable] {
+            let (count, bytes) = timeout(step, client.range_prefix(b"/svc/", read)).await??;
+            assert_eq!((count, bytes), (3, 15), "{read:?} range");
+        }
 
         let mut keep_alive = timeout(step, client.keep_alive_stream()).await??;
         timeout(step, keep_alive.keep_alive(lease)).await??;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, StatusCode};
+use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -186,6 +186,31 @@ impl Conn {
         }
         Ok(body)
     }
+
+    /// Like [`Conn::call_ok`], but keeps the status and headers too: what the
+    /// ceiling is to answer with.
+    pub async fn call_answer(&mut self, req: Request<Full<Bytes>>) -> Result<Answer> {
+        self.send.ready().await?;
+        let resp = self.send.send_request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        if !parts.status.is_success() {
+            bail!("HTTP {}: {}", parts.status, String::from_utf8_lossy(&body));
+        }
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// A whole HTTP answer: status, headers and body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 /// Builds a request with the `host` header hyper's client does not add.

@@ -3,6 +3,7 @@
 //! alternating rounds, and reports medians as a table and as JSON.
 
 mod etcd;
+mod host;
 mod load;
 mod scenarios;
 mod servers;
@@ -18,6 +19,12 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use scenarios::{Row, Settings, Target};
+
+/// The same allocator as muster's binary (crates/muster/src/main.rs): the
+/// ceiling runs in this binary, and its share of muster's cost is only a
+/// like-for-like figure if both allocate through mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +46,10 @@ enum Cmd {
     Ceiling {
         #[arg(long)]
         body_file: PathBuf,
+        /// Status and headers to answer with (JSON, written by the harness
+        /// from muster's answer).
+        #[arg(long)]
+        head_file: PathBuf,
     },
 }
 
@@ -90,6 +101,11 @@ struct RunArgs {
     /// Do not pin anything.
     #[arg(long)]
     no_pin: bool,
+    /// Where the servers' data directories go (muster's and etcd's, in a
+    /// fresh directory made here); default: the system's temp dir. Durable
+    /// scenarios refuse a tmpfs, where fsync costs nothing.
+    #[arg(long)]
+    data_root: Option<PathBuf>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -101,8 +117,12 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Cmd::Ceiling { body_file }) = cli.command {
-        return match ceiling(body_file) {
+    if let Some(Cmd::Ceiling {
+        body_file,
+        head_file,
+    }) = cli.command
+    {
+        return match ceiling(body_file, head_file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -150,23 +170,37 @@ fn cpus() -> usize {
         .unwrap_or(1)
 }
 
-fn ceiling(body_file: PathBuf) -> Result<()> {
+fn ceiling(body_file: PathBuf, head_file: PathBuf) -> Result<()> {
     let body =
         std::fs::read(&body_file).with_context(|| format!("reading {}", body_file.display()))?;
+    let head =
+        std::fs::read(&head_file).with_context(|| format!("reading {}", head_file.display()))?;
+    let head: servers::CeilingHead = serde_json::from_slice(&head)
+        .with_context(|| format!("parsing {}", head_file.display()))?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(servers::run_ceiling(body.into()))
+        .block_on(servers::run_ceiling(head, body.into()))
 }
 
-/// The JSON report.
+/// The JSON report. `date`, `machine`, `cpu` and `filesystems` hold for every
+/// figure in it.
 #[derive(Serialize)]
 struct Report {
     date: String,
+    /// `<cores> x <processor model>`, as in the printed header.
     machine: String,
+    /// The processor model, core count and whether virtualised, field by field.
+    cpu: host::Machine,
     pinning: String,
+    /// The filesystem under each server's data directories (`muster`,
+    /// `etcd`): durable figures depend on what an fsync costs there.
+    filesystems: BTreeMap<String, host::Filesystem>,
     settings: BTreeMap<String, serde_json::Value>,
     medians: Vec<Row>,
+    /// muster against the ceiling and etcd, per throughput scenario (from
+    /// the medians).
+    comparisons: Vec<Comparison>,
     runs: Vec<Row>,
 }
 
@@ -203,7 +237,21 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         });
     }
     let pinned = !a.no_pin && cpus() >= 1 && std::env::var_os("MUSTER_BENCH_PINNED").is_some();
-    let work = tempfile::Builder::new().prefix("muster-bench-").tempdir()?;
+    let data_root = a.data_root.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&data_root)
+        .with_context(|| format!("creating {}", data_root.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix("muster-bench-")
+        .tempdir_in(&data_root)
+        .with_context(|| format!("creating a directory in {}", data_root.display()))?;
+    let etcd_data = work.path().join("etcd");
+    std::fs::create_dir(&etcd_data)?;
+    let mut filesystems = BTreeMap::new();
+    filesystems.insert("muster".to_string(), host::filesystem_of(work.path())?);
+    if targets.contains(&Target::Etcd) {
+        filesystems.insert("etcd".to_string(), host::filesystem_of(&etcd_data)?);
+    }
+    refuse_memory_backed_durability(&scenarios, &filesystems, a.smoke)?;
     let settings = Settings {
         muster_bin: a
             .muster_bin
@@ -218,6 +266,7 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         fd_samples: a.fd_samples,
         scale: a.scale.clone(),
         work: work.path().to_path_buf(),
+        etcd_data,
         keep_data: a.keep_data.clone(),
     };
     if !settings.muster_bin.exists() {
@@ -242,6 +291,12 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         a.duration,
         a.connections
     );
+    let date = date();
+    let machine = host::Machine::this();
+    let header = header(&date, &machine, &pinning, &filesystems);
+    for line in &header {
+        eprintln!("{line}");
+    }
     let mut all = Vec::new();
     for scenario in &scenarios {
         for run in 0..a.runs {
@@ -266,12 +321,18 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         }
     }
     let medians = medians(&all);
-    print_table(&medians);
+    let comparisons = comparisons(&medians);
+    for line in &header {
+        println!("{line}");
+    }
+    print_table(&medians, &comparisons);
     if let Some(path) = &a.json {
         let report = Report {
-            date: date(),
-            machine: machine(),
+            date,
+            machine: machine.to_string(),
+            cpu: machine,
             pinning,
+            filesystems,
             settings: BTreeMap::from([
                 ("duration_s".into(), a.duration.into()),
                 ("connections".into(), a.connections.into()),
@@ -281,6 +342,7 @@ async fn bench(mut a: RunArgs) -> Result<()> {
                 ("smoke".into(), a.smoke.into()),
             ]),
             medians,
+            comparisons,
             runs: all.clone(),
         };
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
@@ -301,6 +363,66 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         bail!("{} run(s) had failed requests", failed.len());
     }
     Ok(())
+}
+
+/// Fails if a durable scenario (one whose figures include fsyncs) would keep
+/// its data on a memory-backed filesystem, where fsync costs nothing. A smoke
+/// run only checks that every scenario works, so it goes on with a warning.
+fn refuse_memory_backed_durability(
+    scenarios: &[String],
+    filesystems: &BTreeMap<String, host::Filesystem>,
+    smoke: bool,
+) -> Result<()> {
+    let durable: Vec<&str> = scenarios
+        .iter()
+        .map(String::as_str)
+        .filter(|s| scenarios::DURABLE.contains(s))
+        .collect();
+    let in_memory: Vec<String> = filesystems
+        .iter()
+        .filter(|(_, fs)| fs.is_memory_backed())
+        .map(|(server, fs)| format!("{server}'s data: {fs}"))
+        .collect();
+    if durable.is_empty() || in_memory.is_empty() {
+        return Ok(());
+    }
+    if smoke {
+        eprintln!(
+            "warning: data on a memory-backed filesystem ({}): fsync costs nothing there, \
+             so the figures of {} mean nothing; this smoke run only checks that they work",
+            in_memory.join("; "),
+            durable.join(", ")
+        );
+        return Ok(());
+    }
+    bail!(
+        "refusing to run {} with {}: fsync costs nothing there, so figures of durable \
+         writes would flatter every target. Pass --data-root DIR on a disk-backed \
+         filesystem (ext4, xfs, ...), or --smoke only to check that the scenarios work",
+        durable.join(", "),
+        in_memory.join("; ")
+    )
+}
+
+/// The lines that say when and on what the figures were measured, printed
+/// before the run and above the table.
+fn header(
+    date: &str,
+    machine: &host::Machine,
+    pinning: &str,
+    filesystems: &BTreeMap<String, host::Filesystem>,
+) -> Vec<String> {
+    let mut lines = vec![
+        format!("date: {date}"),
+        format!("machine: {machine}"),
+        format!("pinning: {pinning}"),
+    ];
+    lines.extend(
+        filesystems
+            .iter()
+            .map(|(server, fs)| format!("data ({server}): {fs}")),
+    );
+    lines
 }
 
 /// The median run (by req/s, or by p99 where req/s is not the point) of
@@ -342,9 +464,100 @@ fn fmt_us(us: f64) -> String {
     }
 }
 
-fn print_table(rows: &[Row]) {
+/// muster set against the ceiling and etcd in one throughput scenario, from
+/// the medians.
+#[derive(Debug, Clone, Serialize)]
+struct Comparison {
+    scenario: String,
+    muster_rps: f64,
+    ceiling_rps: Option<f64>,
+    /// muster answered more requests per second than the ceiling, which does
+    /// less per request: the load generator's core, not the server, is the
+    /// limit, so a req/s share of the ceiling says nothing about the servers
+    /// (and is left out). Compare server CPU per request instead.
+    load_generator_bound: bool,
+    /// muster's req/s over the ceiling's, in %; none where
+    /// `load_generator_bound`.
+    share_of_ceiling_rps_pct: Option<f64>,
+    /// The ceiling's server CPU per request over muster's, in %: the share
+    /// of the ceiling muster reaches where the server core is the limit.
+    share_of_ceiling_cpu_pct: Option<f64>,
+    /// Server CPU (user + system) per request, µs. In `heartbeat-batch`,
+    /// muster's is per request of `RENEW_BATCH` renewals.
+    muster_cpu_us_per_req: Option<f64>,
+    ceiling_cpu_us_per_req: Option<f64>,
+    /// etcd's, in the same scenario (in `heartbeat-batch`: per keep-alive
+    /// of the `heartbeat` scenario).
+    etcd_cpu_us_per_req: Option<f64>,
+    /// etcd's server CPU over muster's, per request (in `heartbeat-batch`,
+    /// per renewal): how many times the CPU muster spends etcd spends.
+    etcd_cpu_over_muster: Option<f64>,
+}
+
+fn cpu_per_req(row: &Row) -> Option<f64> {
+    row.extra
+        .get("server_cpu_us_per_req")
+        .and_then(serde_json::Value::as_f64)
+        .filter(|&c| c > 0.0)
+}
+
+/// Whether muster is the faster of the two in req/s: then the load
+/// generator is what limits both.
+fn load_generator_bound(muster_rps: f64, ceiling_rps: f64) -> bool {
+    muster_rps > ceiling_rps
+}
+
+/// One comparison per throughput scenario muster ran in.
+fn comparisons(rows: &[Row]) -> Vec<Comparison> {
+    let find = |scenario: &str, target: &str| {
+        rows.iter()
+            .find(|o| o.scenario == scenario && o.target == target)
+    };
+    rows.iter()
+        .filter(|r| r.target == "muster" && !is_latency_only(&r.scenario))
+        .map(|m| {
+            let ceiling = find(&m.scenario, "ceiling");
+            let batch = m.scenario == "heartbeat-batch";
+            let etcd = find(if batch { "heartbeat" } else { &m.scenario }, "etcd");
+            let ceiling_rps = ceiling.map(|c| c.summary.rps);
+            let bound = ceiling_rps.is_some_and(|c| load_generator_bound(m.summary.rps, c));
+            let muster_cpu = cpu_per_req(m);
+            let ceiling_cpu = ceiling.and_then(cpu_per_req);
+            let etcd_cpu = etcd.and_then(cpu_per_req);
+            let per_unit = |cpu: f64| {
+                if batch {
+                    cpu / scenarios::RENEW_BATCH as f64
+                } else {
+                    cpu
+                }
+            };
+            let round2 = |x: f64| (x * 100.0).round() / 100.0;
+            Comparison {
+                scenario: m.scenario.clone(),
+                muster_rps: m.summary.rps.round(),
+                ceiling_rps: ceiling_rps.map(f64::round),
+                load_generator_bound: bound,
+                share_of_ceiling_rps_pct: ceiling_rps
+                    .filter(|_| !bound)
+                    .filter(|&c| c > 0.0)
+                    .map(|c| round2(100.0 * m.summary.rps / c)),
+                share_of_ceiling_cpu_pct: ceiling_cpu
+                    .zip(muster_cpu)
+                    .map(|(c, m)| round2(100.0 * c / m)),
+                muster_cpu_us_per_req: muster_cpu,
+                ceiling_cpu_us_per_req: ceiling_cpu,
+                etcd_cpu_us_per_req: etcd_cpu,
+                etcd_cpu_over_muster: etcd_cpu
+                    .zip(muster_cpu)
+                    .map(|(e, m)| round2(e / per_unit(m))),
+            }
+        })
+        .collect()
+}
+
+fn print_table(rows: &[Row], comparisons: &[Comparison]) {
     println!(
-        "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "scenario",
         "target",
         "req/s",
@@ -352,10 +565,13 @@ fn print_table(rows: &[Row]) {
         "p99",
         "p99.9",
         "RSS MiB",
+        "srv µs/req",
         "% ceiling",
         "cpu % ceil",
-        "x etcd"
+        "x etcd",
+        "etcd cpu x"
     );
+    let mut any_bound = false;
     for r in rows {
         let find = |t: &str| {
             rows.iter()
@@ -363,55 +579,50 @@ fn print_table(rows: &[Row]) {
                 .map(|o| o.summary.rps)
         };
         let latency_only = is_latency_only(&r.scenario);
-        // The ceiling's server CPU per request over muster's: the share of
-        // the ceiling muster reaches when the server core is the limit.
-        let cpu_per_req = |o: &Row| {
-            o.extra
-                .get("server_cpu_us_per_req")
-                .and_then(serde_json::Value::as_f64)
-        };
-        let cpu_of_ceiling = (r.target == "muster")
-            .then(|| {
-                let ceiling = rows
-                    .iter()
-                    .find(|o| o.scenario == r.scenario && o.target == "ceiling")?;
-                Some(100.0 * cpu_per_req(ceiling)? / cpu_per_req(r)?)
-            })
-            .flatten()
+        let cmp = (r.target == "muster")
+            .then(|| comparisons.iter().find(|c| c.scenario == r.scenario))
+            .flatten();
+        let of_ceiling = cmp.and_then(|c| {
+            if c.load_generator_bound {
+                any_bound = true;
+                Some("LG-bound*".to_string())
+            } else {
+                c.share_of_ceiling_rps_pct.map(|p| format!("{p:.0}%"))
+            }
+        });
+        let cpu_of_ceiling = cmp
+            .and_then(|c| c.share_of_ceiling_cpu_pct)
             .map(|p| format!("{p:.0}%"));
-        let (of_ceiling, vs_etcd) = if r.target == "muster" && latency_only {
+        let etcd_cpu = cmp.and_then(|c| c.etcd_cpu_over_muster).map(|x| {
+            if r.scenario == "heartbeat-batch" {
+                format!("{x:.1}x ren")
+            } else {
+                format!("{x:.2}x")
+            }
+        });
+        let vs_etcd = if r.target == "muster" && latency_only {
             // Lower is better here: how many times etcd's p99 muster's is.
             let etcd_p99 = rows
                 .iter()
                 .find(|o| o.scenario == r.scenario && o.target == "etcd")
                 .map(|o| o.summary.p99_us);
-            (
-                None,
-                etcd_p99.map(|e| format!("{:.2}x p99", e / r.summary.p99_us)),
-            )
+            etcd_p99.map(|e| format!("{:.2}x p99", e / r.summary.p99_us))
         } else if r.target == "muster" && r.scenario == "heartbeat-batch" {
             // Leases renewed per second against etcd's keep-alives.
-            let etcd = rows
-                .iter()
+            rows.iter()
                 .find(|o| o.scenario == "heartbeat" && o.target == "etcd")
-                .map(|o| o.summary.rps);
-            (
-                find("ceiling").map(|c| format!("{:.0}%", 100.0 * r.summary.rps / c)),
-                etcd.map(|e| {
+                .map(|o| o.summary.rps)
+                .map(|e| {
                     let renewals = r.summary.rps * scenarios::RENEW_BATCH as f64;
                     format!("{:.1}x ren", renewals / e)
-                }),
-            )
+                })
         } else if r.target == "muster" {
-            (
-                find("ceiling").map(|c| format!("{:.0}%", 100.0 * r.summary.rps / c)),
-                find("etcd").map(|e| format!("{:.2}x", r.summary.rps / e)),
-            )
+            find("etcd").map(|e| format!("{:.2}x", r.summary.rps / e))
         } else {
-            (None, None)
+            None
         };
         println!(
-            "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+            "{:<18} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
             r.scenario,
             r.target,
             if latency_only {
@@ -425,14 +636,25 @@ fn print_table(rows: &[Row]) {
             r.rss_bytes
                 .map(|b| format!("{:.1}", b as f64 / (1024.0 * 1024.0)))
                 .unwrap_or_else(|| "-".into()),
+            cpu_per_req(r)
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_else(|| "-".into()),
             of_ceiling.unwrap_or_else(|| "-".into()),
             cpu_of_ceiling.unwrap_or_else(|| "-".into()),
             vs_etcd.unwrap_or_else(|| "-".into()),
+            etcd_cpu.unwrap_or_else(|| "-".into()),
         );
         if !r.extra.is_empty() {
             let extra: Vec<String> = r.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!("{:<18} {:<8} {}", "", "", extra.join(" "));
         }
+    }
+    if any_bound {
+        println!(
+            "* LG-bound: muster answered more req/s than the ceiling, so the load generator's \
+             core is the limit and a req/s share of the ceiling would say nothing; compare the \
+             server CPU per request (srv µs/req, cpu % ceil, etcd cpu x) instead."
+        );
     }
 }
 
@@ -446,20 +668,85 @@ fn date() -> String {
         .unwrap_or_default()
 }
 
-fn machine() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    // Every core of the machine, not only those this process may run on.
-    let cores = std::fs::read_to_string("/proc/cpuinfo")
-        .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
-        .unwrap_or(0)
-        .max(1);
-    format!("{cores} x {model}")
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Summary;
+
+    fn row(scenario: &str, target: &str, rps: f64, cpu: f64) -> Row {
+        let mut extra = BTreeMap::new();
+        extra.insert("server_cpu_us_per_req".to_string(), cpu.into());
+        Row {
+            scenario: scenario.into(),
+            target: target.into(),
+            run: 0,
+            summary: Summary {
+                rps,
+                requests: 1000,
+                ..Summary::default()
+            },
+            rss_bytes: None,
+            extra,
+        }
+    }
+
+    #[test]
+    fn muster_faster_than_the_ceiling_is_load_generator_bound_without_a_ratio() {
+        let rows = [
+            row("lookup-1", "muster", 169_542.0, 5.80),
+            row("lookup-1", "ceiling", 165_454.0, 5.17),
+            row("lookup-1", "etcd", 15_318.0, 40.0),
+            row("register", "muster", 28_980.0, 30.6),
+            row("register", "ceiling", 142_677.0, 6.0),
+        ];
+        let c = comparisons(&rows);
+        assert_eq!(c.len(), 2);
+        let lookup = &c[0];
+        assert!(lookup.load_generator_bound);
+        assert_eq!(lookup.share_of_ceiling_rps_pct, None);
+        assert_eq!(lookup.share_of_ceiling_cpu_pct, Some(89.14));
+        assert_eq!(lookup.etcd_cpu_us_per_req, Some(40.0));
+        assert_eq!(lookup.etcd_cpu_over_muster, Some(6.9));
+        let register = &c[1];
+        assert!(!register.load_generator_bound);
+        assert_eq!(register.share_of_ceiling_rps_pct, Some(20.31));
+        assert_eq!(register.etcd_cpu_over_muster, None);
+    }
+
+    #[test]
+    fn durable_scenarios_refuse_tmpfs_unless_smoke() {
+        let fs = |t: &str| host::Filesystem {
+            path: "/data/muster-bench-1".into(),
+            fs_type: t.into(),
+            source: t.into(),
+            mount_point: "/data".into(),
+        };
+        let on = |t: &str| BTreeMap::from([("muster".to_string(), fs(t))]);
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for durable in ["register", "churn", "scale", "watch-fanout"] {
+            let err = refuse_memory_backed_durability(&names(&[durable]), &on("tmpfs"), false)
+                .expect_err("a durable scenario on tmpfs must be refused");
+            let msg = format!("{err:#}");
+            assert!(msg.contains(durable) && msg.contains("tmpfs"), "{msg}");
+            assert!(msg.contains("--data-root"), "{msg}");
+            refuse_memory_backed_durability(&names(&[durable]), &on("tmpfs"), true).unwrap();
+            refuse_memory_backed_durability(&names(&[durable]), &on("ext4"), false).unwrap();
+        }
+        // Nothing durable is measured in lookups and heartbeats.
+        refuse_memory_backed_durability(&names(&["lookup-1", "heartbeat"]), &on("tmpfs"), false)
+            .unwrap();
+    }
+
+    #[test]
+    fn batched_renewals_set_etcd_cpu_against_muster_cpu_per_renewal() {
+        let rows = [
+            row("heartbeat", "etcd", 42_000.0, 20.0),
+            row("heartbeat-batch", "muster", 33_000.0, 50.0),
+        ];
+        let c = comparisons(&rows);
+        assert_eq!(c.len(), 1);
+        // 50 µs per request of 100 renewals: 0.5 µs per renewal.
+        assert_eq!(c[0].etcd_cpu_over_muster, Some(40.0));
+        assert!(!c[0].load_generator_bound);
+    }
 }

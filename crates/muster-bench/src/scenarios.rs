@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::etcd::{EtcdClient, EtcdServer, KeepAliveStream};
-use crate::load::{self, Conn, Limits, Summary, Worker, http_workers, request};
+use crate::etcd::{EtcdClient, EtcdServer, KeepAliveStream, Read};
+use crate::load::{self, Answer, Conn, Limits, Summary, Worker, http_workers, request};
 use crate::servers::{self, Proc};
 use crate::sse;
 
@@ -25,6 +25,20 @@ pub const ALL: &[&str] = &[
     "heartbeat-batch",
     "lookup-1",
     "lookup-100",
+    "register",
+    "churn",
+    "watch-fanout",
+    "failure-detection",
+    "scale",
+];
+
+/// Scenarios whose figures include fsyncs: a measured write is acknowledged
+/// only once durable (register, churn, scale, the write that watch-fanout
+/// times), or the measured event follows a committed write (the expiry
+/// failure-detection waits for is proposed and committed through raft).
+/// They refuse to run with data on tmpfs. The others write only while
+/// setting up.
+pub const DURABLE: &[&str] = &[
     "register",
     "churn",
     "watch-fanout",
@@ -63,6 +77,8 @@ pub struct Settings {
     pub fd_samples: usize,
     pub scale: Vec<u64>,
     pub work: PathBuf,
+    /// Where etcd's data directories are made.
+    pub etcd_data: PathBuf,
     pub keep_data: Option<PathBuf>,
 }
 
@@ -145,6 +161,32 @@ async fn populate(addr: SocketAddr, service: &str, n: u64) -> Result<()> {
     Ok(())
 }
 
+/// Drives `workers` and returns, with what they measured, the CPU time (user
+/// + system, µs) the server process `pid` spent meanwhile.
+async fn drive_measured<W: Worker>(
+    pid: u32,
+    workers: Vec<W>,
+    limits: Limits,
+) -> Result<(Summary, u64)> {
+    let before = servers::cpu_us(pid)?;
+    let summary = load::drive(workers, limits).await;
+    let cpu = servers::cpu_us(pid)?.saturating_sub(before);
+    Ok((summary, cpu))
+}
+
+/// Server core time per request (`server_cpu_us_per_req`): where the load
+/// generator's core is the bottleneck, req/s no longer tells the servers
+/// apart, this still does.
+fn record_server_cpu(row: &mut Row, cpu_us: u64) {
+    if row.summary.requests > 0 {
+        let per = cpu_us as f64 / row.summary.requests as f64;
+        row.extra.insert(
+            "server_cpu_us_per_req".into(),
+            Value::from((per * 100.0).round() / 100.0),
+        );
+    }
+}
+
 fn limits(s: &Settings) -> Limits {
     Limits {
         duration: s.duration,
@@ -185,15 +227,15 @@ pub async fn run(s: &Settings, scenario: &str, targets: &[Target], run: usize) -
     Ok(rows)
 }
 
-/// Runs `plan` against muster, or against the ceiling answering with the
-/// bytes muster gave for `sample`.
+/// Runs `plan` against muster, or against the ceiling answering with what
+/// muster answered for `sample` (status, headers and bytes).
 async fn http_flow(
     s: &Settings,
     scenario: &str,
     target: Target,
     run: usize,
     m: &Muster,
-    sample: Bytes,
+    sample: Answer,
     plan: impl FnMut(usize) -> Box<dyn FnMut(u64) -> hyper::Request<http_body_util::Full<Bytes>> + Send>,
 ) -> Result<Row> {
     let ceiling;
@@ -205,22 +247,12 @@ async fn http_flow(
         _ => (m.addr(), m.proc.pid),
     };
     let workers = http_workers(addr, s.connections, plan).await?;
-    let cpu_before = servers::cpu_us(pid)?;
-    let summary = load::drive(workers, limits(s)).await;
-    let cpu = servers::cpu_us(pid)?.saturating_sub(cpu_before);
+    let (summary, cpu) = drive_measured(pid, workers, limits(s)).await?;
     let mut row = Row::new(scenario, target, run, summary);
     row.rss_bytes = servers::rss_bytes(pid).ok();
-    // Server core time per request: where the load generator's core is the
-    // bottleneck, req/s no longer tells the servers apart, this still does.
-    if row.summary.requests > 0 {
-        let per = cpu as f64 / row.summary.requests as f64;
-        row.extra.insert(
-            "server_cpu_us_per_req".into(),
-            Value::from((per * 100.0).round() / 100.0),
-        );
-    }
+    record_server_cpu(&mut row, cpu);
     row.extra
-        .insert("response_bytes".into(), Value::from(sample.len()));
+        .insert("response_bytes".into(), Value::from(sample.body.len()));
     Ok(row)
 }
 
@@ -231,7 +263,7 @@ async fn lookup(s: &Settings, target: Target, run: usize, n: u64) -> Result<Row>
     let path = format!("/v1/services/{service}/instances");
     let sample = Conn::connect(m.addr())
         .await?
-        .call_ok(request("GET", &path, None))
+        .call_answer(request("GET", &path, None))
         .await?;
     let scenario = if n == 1 { "lookup-1" } else { "lookup-100" };
     http_flow(s, scenario, target, run, &m, sample, |_| {
@@ -283,9 +315,9 @@ async fn heartbeat_batch(s: &Settings, target: Target, run: usize) -> Result<Row
     let bodies: Arc<Vec<Bytes>> =
         Arc::new((0..leases.len()).step_by(RENEW_BATCH).map(body).collect());
     let sample = conn
-        .call_ok(request("POST", "/v1/leases/renew", Some(bodies[0].clone())))
+        .call_answer(request("POST", "/v1/leases/renew", Some(bodies[0].clone())))
         .await?;
-    let v: Value = serde_json::from_slice(&sample)?;
+    let v: Value = serde_json::from_slice(&sample.body)?;
     let renewed = v["renewed"].as_array().map_or(0, Vec::len);
     if renewed != RENEW_BATCH {
         bail!("a batch renewal renewed {renewed} of {RENEW_BATCH} leases: {v}");
@@ -316,7 +348,7 @@ async fn heartbeat(s: &Settings, target: Target, run: usize) -> Result<Row> {
     let mut conn = Conn::connect(m.addr()).await?;
     let leases = Arc::new(create_leases(&mut conn, s.leases).await?);
     let sample = conn
-        .call_ok(request(
+        .call_answer(request(
             "PUT",
             &format!("/v1/leases/{}/renew", leases[0]),
             None,
@@ -338,7 +370,13 @@ async fn heartbeat(s: &Settings, target: Target, run: usize) -> Result<Row> {
 async fn register(s: &Settings, target: Target, run: usize) -> Result<Row> {
     let m = Muster::start(s, "register").await?;
     let mut conn = Conn::connect(m.addr()).await?;
-    let sample = put_instance(&mut conn, "reg", "sample", instance_body(0)).await?;
+    let sample = conn
+        .call_answer(request(
+            "PUT",
+            "/v1/services/reg/instances/sample",
+            Some(instance_body(0)),
+        ))
+        .await?;
     http_flow(s, "register", target, run, &m, sample, |w| {
         Box::new(move |seq| {
             request(
@@ -379,9 +417,10 @@ async fn churn(s: &Settings, run: usize) -> Result<Row> {
         })
     })
     .await?;
-    let summary = load::drive(workers, limits(s)).await;
+    let (summary, cpu) = drive_measured(m.proc.pid, workers, limits(s)).await?;
     let mut row = Row::new("churn", Target::Muster, run, summary);
     row.rss_bytes = m.proc.rss().ok();
+    record_server_cpu(&mut row, cpu);
     Ok(row)
 }
 
@@ -463,20 +502,25 @@ async fn watch_fanout(s: &Settings, run: usize) -> Result<Row> {
     let summary = Summary::from_histogram(&hist, errors, start.elapsed());
     let mut row = Row::new("watch-fanout", Target::Muster, run, summary);
     row.rss_bytes = m.proc.rss().ok();
-    // Which side a change's delivery keeps busy: the server's core or the
-    // load generator's (reading every watcher's socket).
-    let per_change = |us: u64| (us as f64 / s.changes.max(1) as f64 / 1000.0).round();
-    row.extra.insert(
-        "server_cpu_ms_per_change".into(),
-        Value::from(per_change(server_cpu)),
-    );
-    row.extra.insert(
-        "loadgen_cpu_ms_per_change".into(),
-        Value::from(per_change(own_cpu)),
-    );
+    record_cpu_per_change(&mut row, s.changes, server_cpu, own_cpu);
     row.extra.insert("watchers".into(), Value::from(s.watchers));
     row.extra.insert("changes".into(), Value::from(s.changes));
     Ok(row)
+}
+
+/// Which side a change's delivery keeps busy: the server's core
+/// (`server_cpu_ms_per_change`) or the load generator's, reading every
+/// watcher's socket (`loadgen_cpu_ms_per_change`).
+fn record_cpu_per_change(row: &mut Row, changes: usize, server_us: u64, loadgen_us: u64) {
+    let per_change = |us: u64| (us as f64 / changes.max(1) as f64 / 1000.0).round();
+    row.extra.insert(
+        "server_cpu_ms_per_change".into(),
+        Value::from(per_change(server_us)),
+    );
+    row.extra.insert(
+        "loadgen_cpu_ms_per_change".into(),
+        Value::from(per_change(loadgen_us)),
+    );
 }
 
 /// Instances with a 2 s TTL renewed once, then left silent: the time from
@@ -694,7 +738,12 @@ struct EtcdRange {
 
 impl Worker for EtcdRange {
     async fn call(&mut self, _seq: u64) -> Result<()> {
-        let (n, _) = self.client.range_prefix(self.prefix).await?;
+        // Serializable: answered from etcd's own store like muster answers a
+        // lookup from its catalog, not through raft's read-index.
+        let (n, _) = self
+            .client
+            .range_prefix(self.prefix, Read::Serializable)
+            .await?;
         if n != self.expect {
             bail!("range gave {n} keys, expected {}", self.expect);
         }
@@ -722,8 +771,24 @@ fn etcd_row(scenario: &str, run: usize, summary: Summary, e: &EtcdServer) -> Row
     row
 }
 
+/// Drives `workers` against etcd and makes the row, with etcd's server CPU
+/// per request measured as muster's is (`/proc/<pid>/stat` of the etcd
+/// process around the load).
+async fn etcd_flow<W: Worker>(
+    s: &Settings,
+    scenario: &str,
+    run: usize,
+    e: &EtcdServer,
+    workers: Vec<W>,
+) -> Result<Row> {
+    let (summary, cpu) = drive_measured(e.pid(), workers, limits(s)).await?;
+    let mut row = etcd_row(scenario, run, summary, e);
+    record_server_cpu(&mut row, cpu);
+    Ok(row)
+}
+
 async fn etcd_register(s: &Settings, run: usize) -> Result<Row> {
-    let e = EtcdServer::start(s.server_cpu).await?;
+    let e = EtcdServer::start(s.server_cpu, &s.etcd_data).await?;
     let clients = etcd_clients(&e).await?;
     let workers = (0..s.connections)
         .map(|w| EtcdPut {
@@ -731,12 +796,11 @@ async fn etcd_register(s: &Settings, run: usize) -> Result<Row> {
             w,
         })
         .collect();
-    let summary = load::drive(workers, limits(s)).await;
-    Ok(etcd_row("register", run, summary, &e))
+    etcd_flow(s, "register", run, &e, workers).await
 }
 
 async fn etcd_lookup(s: &Settings, run: usize, n: usize) -> Result<Row> {
-    let e = EtcdServer::start(s.server_cpu).await?;
+    let e = EtcdServer::start(s.server_cpu, &s.etcd_data).await?;
     let clients = etcd_clients(&e).await?;
     let prefix: &'static [u8] = if n == 1 {
         b"/services/one/"
@@ -756,13 +820,12 @@ async fn etcd_lookup(s: &Settings, run: usize, n: usize) -> Result<Row> {
             expect: n,
         })
         .collect();
-    let summary = load::drive(workers, limits(s)).await;
     let scenario = if n == 1 { "lookup-1" } else { "lookup-100" };
-    Ok(etcd_row(scenario, run, summary, &e))
+    etcd_flow(s, scenario, run, &e, workers).await
 }
 
 async fn etcd_heartbeat(s: &Settings, run: usize) -> Result<Row> {
-    let e = EtcdServer::start(s.server_cpu).await?;
+    let e = EtcdServer::start(s.server_cpu, &s.etcd_data).await?;
     let mut clients = etcd_clients(&e).await?;
     let mut leases = Vec::with_capacity(s.leases);
     for _ in 0..s.leases {
@@ -779,14 +842,13 @@ async fn etcd_heartbeat(s: &Settings, run: usize) -> Result<Row> {
             stride: s.connections,
         });
     }
-    let summary = load::drive(workers, limits(s)).await;
-    let mut row = etcd_row("heartbeat", run, summary, &e);
+    let mut row = etcd_flow(s, "heartbeat", run, &e, workers).await?;
     row.extra.insert("leases".into(), Value::from(s.leases));
     Ok(row)
 }
 
 async fn etcd_watch_fanout(s: &Settings, run: usize) -> Result<Row> {
-    let e = EtcdServer::start(s.server_cpu).await?;
+    let e = EtcdServer::start(s.server_cpu, &s.etcd_data).await?;
     let mut clients = etcd_clients(&e).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
     for i in 0..s.watchers {
@@ -808,6 +870,10 @@ async fn etcd_watch_fanout(s: &Settings, run: usize) -> Result<Row> {
     let mut hist = load::new_histogram();
     let mut errors = 0;
     let start = Instant::now();
+    let (server_before, own_before) = (
+        servers::cpu_us(e.pid())?,
+        servers::cpu_us(std::process::id())?,
+    );
     for k in 1..=s.changes as u64 {
         let t0 = Instant::now();
         clients[0]
@@ -815,8 +881,11 @@ async fn etcd_watch_fanout(s: &Settings, run: usize) -> Result<Row> {
             .await?;
         errors += record_receipts(&mut rx, s.watchers, t0, &mut hist, |at| at).await;
     }
+    let server_cpu = servers::cpu_us(e.pid())?.saturating_sub(server_before);
+    let own_cpu = servers::cpu_us(std::process::id())?.saturating_sub(own_before);
     let summary = Summary::from_histogram(&hist, errors, start.elapsed());
     let mut row = etcd_row("watch-fanout", run, summary, &e);
+    record_cpu_per_change(&mut row, s.changes, server_cpu, own_cpu);
     row.extra.insert("watchers".into(), Value::from(s.watchers));
     row.extra.insert("changes".into(), Value::from(s.changes));
     Ok(row)

@@ -5,18 +5,23 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdout, Command};
+
+use crate::load::Answer;
 
 /// A server process started by the harness; killed on drop.
 pub struct Proc {
@@ -160,14 +165,59 @@ pub async fn spawn_muster(
     spawn_announcing(cmd, "muster listening on ", &log, Duration::from_secs(300)).await
 }
 
+/// Headers the server writes per response itself, which the ceiling must not
+/// copy from muster's answer: hyper sets `content-length` (and `date`) on
+/// the ceiling's answers exactly as it does on muster's.
+const OWN_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "date",
+];
+
+/// Status and headers the ceiling answers with: muster's, as captured from
+/// the sample answer of a scenario (`x-muster-index` and `content-type`
+/// included), less the ones hyper writes itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CeilingHead {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+impl CeilingHead {
+    /// The head of muster's `answer`, for the ceiling to repeat.
+    pub fn of(answer: &Answer) -> Result<CeilingHead> {
+        let mut headers = Vec::new();
+        for (name, value) in &answer.headers {
+            if OWN_HEADERS.contains(&name.as_str()) {
+                continue;
+            }
+            let value = value
+                .to_str()
+                .with_context(|| format!("header {name} of muster's answer is not text"))?;
+            headers.push((name.as_str().to_string(), value.to_string()));
+        }
+        Ok(CeilingHead {
+            status: answer.status.as_u16(),
+            headers,
+        })
+    }
+}
+
 /// Starts the ceiling server (this binary's `ceiling` subcommand) answering
-/// every request with `body`.
-pub async fn spawn_ceiling(cpu: Option<usize>, body: &[u8], dir: &Path) -> Result<Proc> {
+/// every request with muster's `answer`: its status, headers and body.
+pub async fn spawn_ceiling(cpu: Option<usize>, answer: &Answer, dir: &Path) -> Result<Proc> {
     let body_file = dir.join("ceiling-body.json");
-    std::fs::write(&body_file, body)?;
+    std::fs::write(&body_file, &answer.body)?;
+    let head_file = dir.join("ceiling-head.json");
+    std::fs::write(&head_file, serde_json::to_vec(&CeilingHead::of(answer)?)?)?;
     let exe = std::env::current_exe()?;
     let mut cmd = pinned(cpu, &exe);
-    cmd.args(["ceiling", "--body-file"]).arg(&body_file);
+    cmd.args(["ceiling", "--body-file"])
+        .arg(&body_file)
+        .arg("--head-file")
+        .arg(&head_file);
     spawn_announcing(
         cmd,
         "ceiling listening on ",
@@ -186,32 +236,117 @@ pub fn default_muster_bin() -> PathBuf {
 }
 
 /// The ceiling: a minimal hyper HTTP/1.1 server that answers every request
-/// with the same JSON bytes, on the same kind of multi-threaded tokio runtime
-/// as muster. Prints `ceiling listening on http://ADDR` once bound.
-pub async fn run_ceiling(body: Bytes) -> Result<()> {
+/// with the same status, headers and JSON bytes muster gave, on the same kind
+/// of multi-threaded tokio runtime as muster (and, as the bench binary's
+/// global allocator, the same mimalloc). Prints `ceiling listening on
+/// http://ADDR` once bound.
+pub async fn run_ceiling(head: CeilingHead, body: Bytes) -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("ceiling listening on http://{}", listener.local_addr()?);
+    serve_ceiling(listener, head, body).await
+}
+
+/// Serves the ceiling's one answer on `listener`, for ever.
+async fn serve_ceiling(listener: TcpListener, head: CeilingHead, body: Bytes) -> Result<()> {
+    let status = StatusCode::from_u16(head.status)?;
+    let mut headers = Vec::with_capacity(head.headers.len());
+    for (name, value) in &head.headers {
+        headers.push((
+            HeaderName::from_bytes(name.as_bytes())?,
+            HeaderValue::from_str(value)?,
+        ));
+    }
+    let headers: Arc<[(HeaderName, HeaderValue)]> = headers.into();
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
-        let body = body.clone();
+        let (body, headers) = (body.clone(), Arc::clone(&headers));
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let body = body.clone();
+                let (body, headers) = (body.clone(), Arc::clone(&headers));
                 async move {
                     // Read the request body like any real endpoint must.
                     let _ = http_body_util::BodyExt::collect(req.into_body()).await;
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(body))
-                            .expect("valid response"),
-                    )
+                    // Built like muster's answers: a response, then its
+                    // headers inserted one by one.
+                    let mut resp = Response::new(Full::new(body));
+                    *resp.status_mut() = status;
+                    for (name, value) in headers.iter() {
+                        resp.headers_mut().insert(name.clone(), value.clone());
+                    }
+                    Ok::<_, Infallible>(resp)
                 }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{Conn, request};
+
+    fn muster_like_answer() -> Answer {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("x-muster-index", HeaderValue::from_static("42"));
+        headers.insert("content-length", HeaderValue::from_static("11"));
+        headers.insert(
+            "date",
+            HeaderValue::from_static("Wed, 02 Dec 2026 21:05:00 GMT"),
+        );
+        Answer {
+            status: StatusCode::CREATED,
+            headers,
+            body: Bytes::from_static(br#"{"id":"x1"}"#),
+        }
+    }
+
+    #[test]
+    fn ceiling_head_keeps_muster_headers_but_not_the_ones_hyper_writes() {
+        let head = CeilingHead::of(&muster_like_answer()).unwrap();
+        assert_eq!(head.status, 201);
+        assert_eq!(
+            head.headers,
+            [
+                ("content-type".to_string(), "application/json".to_string()),
+                ("x-muster-index".to_string(), "42".to_string()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn ceiling_answers_with_muster_status_headers_and_bytes() {
+        let answer = muster_like_answer();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_ceiling(
+            listener,
+            CeilingHead::of(&answer).unwrap(),
+            answer.body.clone(),
+        ));
+        let mut conn = Conn::connect(addr).await.unwrap();
+        for _ in 0..2 {
+            let got = conn
+                .call_answer(request("GET", "/v1/anything", None))
+                .await
+                .unwrap();
+            assert_eq!(got.status, answer.status);
+            assert_eq!(got.body, answer.body);
+            let mut names: Vec<&str> = got.headers.keys().map(|n| n.as_str()).collect();
+            names.sort_unstable();
+            // The same header set muster's answers carry.
+            assert_eq!(
+                names,
+                ["content-length", "content-type", "date", "x-muster-index"]
+            );
+            assert_eq!(got.headers["x-muster-index"], "42");
+            assert_eq!(got.headers["content-type"], "application/json");
+            assert_eq!(got.headers["content-length"], "11");
+        }
+        server.abort();
     }
 }
