@@ -67,6 +67,10 @@ impl Transport {
             .no_proxy()
             .connect_timeout(settings.timeouts.connect)
             .tcp_nodelay(true)
+            // The agent closes connections idle for its header timeout (30 s
+            // by default); giving them up sooner on this side means a request
+            // never races that close on a connection about to go.
+            .pool_idle_timeout(std::time::Duration::from_secs(20))
             .build()
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Transport {
