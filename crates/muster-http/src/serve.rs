@@ -55,7 +55,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 4096,
+            max_connections: 16_384,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
         }
