@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_muster");
@@ -11,6 +11,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_muster");
 pub struct Agent {
     pub child: Child,
     pub base: String,
+    /// The agent's stdout after its listening line, held open: it reaches
+    /// its end when the process exits.
+    stdout: Option<BufReader<ChildStdout>>,
 }
 
 impl Agent {
@@ -38,15 +41,18 @@ impl Agent {
         cmd.stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn muster agent");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
         let base = line
             .trim()
             .strip_prefix("muster listening on ")
             .unwrap_or_else(|| panic!("agent did not start; first line: {line:?}"))
             .to_string();
-        Agent { child, base }
+        Agent {
+            child,
+            base,
+            stdout: Some(stdout),
+        }
     }
 
     /// SIGKILL: no chance to flush or clean up.
@@ -68,18 +74,17 @@ impl Agent {
         self.child.wait().unwrap()
     }
 
-    /// Waits for the process to exit by itself, at most `within`.
+    /// Waits for the process to exit by itself, at most `within`: its
+    /// stdout reaches its end when it does.
     pub async fn exit_status(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            // The process's exit has no event to await here: look again soon.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut stdout = self.stdout.take().expect("stdout is held until exit");
+        let closed = tokio::task::spawn_blocking(move || {
+            std::io::copy(&mut stdout, &mut std::io::sink()).map(|_| ())
+        });
+        match tokio::time::timeout(within, closed).await {
+            Ok(_) => Some(self.child.wait().unwrap()),
+            // Still running; dropping the agent kills it, which ends the read.
+            Err(_) => None,
         }
     }
 
