@@ -40,20 +40,19 @@ pub enum AgentError {
     Restart(String),
 }
 
-/// How often the agent looks at whether writes are still durable, and,
-/// once they are not, whether the disk has room again.
+/// Once the disk is full, how often the agent tries whether the data
+/// directory takes a write again (nothing announces freed space).
 const STORAGE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Waits until the registry's store fails; then, for a full disk, until
 /// the data directory can take a write again (reads are served meanwhile,
 /// writes refused); returns why the agent must restart.
 async fn storage_restart(registry: Registry, data_dir: std::path::PathBuf) -> String {
-    let failure = loop {
-        if let Err(e) = registry.writable() {
-            break e;
-        }
-        tokio::time::sleep(STORAGE_POLL).await;
-    };
+    let failure = registry.unwritable().await;
+    if matches!(failure, muster_registry::RegistryError::ShuttingDown) {
+        // The registry stopped for another reason: nothing to restart for.
+        return std::future::pending().await;
+    }
     let full = matches!(
         failure,
         muster_registry::RegistryError::Unwritable { full: true, .. }

@@ -487,6 +487,22 @@ impl Registry {
         }
     }
 
+    /// Waits until writes can no longer be made durable, and says why. A
+    /// failed store stops raft, so this node stops leading: that change is
+    /// what wakes the wait.
+    pub async fn unwritable(&self) -> RegistryError {
+        let mut leader = self.inner.node.leader_watch();
+        loop {
+            if let Err(e) = self.writable() {
+                return e;
+            }
+            if leader.changed().await.is_err() {
+                // Raft is gone: say why, if the store knows.
+                return self.writable().err().unwrap_or(RegistryError::ShuttingDown);
+            }
+        }
+    }
+
     /// Command checks run programs on the registry's host: only with the
     /// agent's opt-in.
     fn allow_checks(&self, checks: &[Check], field: impl Fn(usize) -> String) -> Result<()> {
