@@ -139,16 +139,7 @@ pub fn snapshot_scenario() -> Vec<Command> {
         checks: vec![Check {
             id: "ttl".into(),
             name: "ttl".into(),
-            kind: CheckKind::Ttl,
-            interval_ms: 10_000,
-            timeout_ms: 10_000,
-            success_before_passing: 1,
-            failures_before_critical: 1,
-            deregister_critical_after_ms: None,
-            notes: None,
-            status: Health::Passing,
-            output: String::new(),
-            status_index: 0,
+            ..ttl_check(Health::Passing)
         }],
         address: "10.0.0.1".into(),
         port: 8080,
