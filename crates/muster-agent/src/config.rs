@@ -31,6 +31,11 @@ pub struct Config {
     pub self_preservation_threshold: f64,
     /// Self-preservation only applies when at least this many leases exist.
     pub self_preservation_min_leases: usize,
+    /// How long self-preservation keeps an instance past its lease's
+    /// deadline as passing (marked `preserved`); after it, the instance is
+    /// kept as critical, so default discovery no longer returns it.
+    #[serde(with = "humantime_serde_compat")]
+    pub self_preservation_bound: Duration,
     /// How often the leader looks for expired leases.
     #[serde(with = "humantime_serde_compat")]
     pub sweep_interval: Duration,
@@ -71,6 +76,7 @@ impl Default for Config {
             snapshot_commands: r.snapshot_commands,
             self_preservation_threshold: r.self_preservation_threshold,
             self_preservation_min_leases: r.self_preservation_min_leases,
+            self_preservation_bound: r.self_preservation_bound,
             sweep_interval: r.sweep_interval,
             startup_timeout: r.startup_timeout,
             enable_command_checks: r.enable_command_checks,
@@ -108,6 +114,7 @@ impl Config {
             snapshot_commands: self.snapshot_commands,
             self_preservation_threshold: self.self_preservation_threshold,
             self_preservation_min_leases: self.self_preservation_min_leases,
+            self_preservation_bound: self.self_preservation_bound,
             sweep_interval: self.sweep_interval,
             enable_command_checks: self.enable_command_checks,
             check_concurrency: self.check_concurrency,

@@ -36,7 +36,7 @@ use muster_types::{
     CompactString, Health, Meta, ServiceSummary, SharedStr, Tags, format_lease_id, limits,
 };
 
-pub use model::{Check, Instance};
+pub use model::{Check, Instance, Preservation};
 
 pub use instances::{Instances, LeaseMember, LeaseMembers};
 pub use query::{HealthFilter, Query, VersionMatch};
@@ -97,10 +97,11 @@ pub struct InstanceData {
     pub checks: Vec<Check>,
 }
 
-/// Health of an instance: critical in maintenance, else the worst of its
-/// checks (passing without checks).
-pub fn health_of(checks: &[Check], maintenance: Option<&str>) -> Health {
-    if maintenance.is_some() {
+/// Health of an instance: critical in maintenance or when its lease lapsed
+/// under self-preservation, else the worst of its checks (passing without
+/// checks).
+pub fn health_of(checks: &[Check], maintenance: Option<&str>, preserved: Preservation) -> Health {
+    if maintenance.is_some() || preserved == Preservation::Lapsed {
         return Health::Critical;
     }
     checks
@@ -218,6 +219,15 @@ pub enum Command {
         /// Lease ids.
         ids: Vec<u64>,
     },
+    /// The leader's self-preservation changed how these leases are kept
+    /// past their deadlines; their instances carry the new state. Ids no
+    /// longer present are skipped.
+    PreserveLeases {
+        /// Lease ids.
+        ids: Vec<u64>,
+        /// Their new state.
+        state: Preservation,
+    },
 }
 
 /// Why a command changed nothing.
@@ -281,6 +291,8 @@ pub enum Done {
     Instance(Arc<Instance>),
     /// `Deregister`, `RevokeLease`, `ExpireLeases`: how many instances went.
     Removed(u64),
+    /// `PreserveLeases`: how many instances changed.
+    Preserved(u64),
     /// `CreateLease`: the lease's id.
     LeaseCreated(u64),
 }
@@ -292,6 +304,7 @@ struct Effects {
     leases_created: Vec<(u64, u64)>,
     leases_removed: Vec<u64>,
     removed: u64,
+    preserved: u64,
     instance: Option<Arc<Instance>>,
 }
 
@@ -381,6 +394,8 @@ pub struct Lease {
     pub instances: LeaseMembers,
     /// Index of the last change.
     pub index: u64,
+    /// Whether self-preservation keeps it past its deadline.
+    pub preserved: Preservation,
 }
 
 /// The whole registry state.
@@ -607,6 +622,11 @@ impl Catalog {
                     }
                 }
             }
+            Command::PreserveLeases { ids, state } => {
+                for id in ids {
+                    self.preserve_lease(index, *id, *state, &mut out);
+                }
+            }
         }
         out.changed.sort();
         out.changed.dedup();
@@ -623,6 +643,7 @@ impl Catalog {
             | Command::RevokeLease { .. }
             | Command::ExpireLeases { .. } => Done::Removed(out.removed),
             Command::CreateLease { id, .. } => Done::LeaseCreated(*id),
+            Command::PreserveLeases { .. } => Done::Preserved(out.preserved),
         };
         Ok(Outcome {
             done,
@@ -716,6 +737,9 @@ impl Catalog {
             })
             .collect();
         let maintenance = previous.as_ref().and_then(|p| p.maintenance.clone());
+        let preserved = lease_id
+            .and_then(|l| self.leases.get(&l))
+            .map_or(Preservation::None, |l| l.preserved);
         let id = CompactString::from(data.id.as_str());
         let instance = Arc::new(Instance {
             id: id.clone(),
@@ -728,10 +752,11 @@ impl Catalog {
             version: data.version.as_deref().map(SharedStr::interned),
             zone: data.zone.as_deref().map(SharedStr::interned),
             weight: data.weight,
-            health: health_of(&checks, maintenance.as_deref()),
+            health: health_of(&checks, maintenance.as_deref(), preserved),
             checks,
             maintenance,
             lease: lease_id.map(|l| format_lease_id(l).into()),
+            preserved,
             create_index: previous.as_ref().map_or(index, |p| p.create_index),
             modify_index: index,
             registered_at_ms: now_ms,
@@ -792,7 +817,7 @@ impl Catalog {
             out.instance = Some(current.clone());
             return Ok(());
         }
-        inst.health = health_of(&inst.checks, inst.maintenance.as_deref());
+        inst.health = health_of(&inst.checks, inst.maintenance.as_deref(), inst.preserved);
         inst.modify_index = index;
         let inst = Arc::new(inst);
         let svc = svc.expect("instance found above");
@@ -813,6 +838,7 @@ impl Catalog {
                 own,
                 instances: LeaseMembers::new(),
                 index,
+                preserved: Preservation::None,
             },
         );
         out.leases_created.push((id, ttl_ms));
@@ -853,6 +879,34 @@ impl Catalog {
                 self.namespace_index.insert(namespace.to_string(), index);
             }
         }
+    }
+
+    /// Sets a lease's preservation and copies it to its instances.
+    fn preserve_lease(&mut self, index: u64, id: u64, state: Preservation, out: &mut Effects) {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        if lease.preserved == state {
+            return;
+        }
+        lease.preserved = state;
+        lease.index = index;
+        let members: Vec<(ServiceKey, CompactString)> = lease
+            .instances
+            .iter()
+            .map(|(k, i)| (k.clone(), CompactString::from(i)))
+            .collect();
+        for (key, inst) in members {
+            let mut changed = false;
+            // Every member exists (a lease's members are its instances).
+            let _ = self.modify_instance(index, &key, &inst, out, |i| {
+                changed = i.preserved != state;
+                i.preserved = state;
+                Ok(changed)
+            });
+            out.preserved += u64::from(changed);
+        }
+        out.instance = None;
     }
 
     fn drop_lease(&mut self, index: u64, id: u64, out: &mut Effects) {
@@ -1003,6 +1057,20 @@ impl Catalog {
     /// Number of instances across all services.
     pub fn instance_count(&self) -> usize {
         self.services.values().map(|s| s.instances.len()).sum()
+    }
+
+    /// Number of leases self-preservation keeps past their deadline:
+    /// (held, lapsed). Counted, not kept: for status pages and scrapes.
+    pub fn preserved_lease_count(&self) -> (u64, u64) {
+        let (mut held, mut lapsed) = (0, 0);
+        for l in self.leases.values() {
+            match l.preserved {
+                Preservation::None => {}
+                Preservation::Held => held += 1,
+                Preservation::Lapsed => lapsed += 1,
+            }
+        }
+        (held, lapsed)
     }
 
     /// Number of leases.

@@ -41,6 +41,9 @@ pub struct Instance {
     pub maintenance: Option<SharedStr>,
     /// Lease holding the instance, if it is ephemeral (its text form).
     pub lease: Option<CompactString>,
+    /// Whether self-preservation keeps the instance past its lease's
+    /// deadline (the lease's state, copied to each of its instances).
+    pub preserved: Preservation,
     /// Log index that created the instance.
     pub create_index: u64,
     /// Log index that last changed the instance.
@@ -48,6 +51,31 @@ pub struct Instance {
     /// Wall-clock time of the last registration, Unix milliseconds (the
     /// leader's clock, stamped into the log entry).
     pub registered_at_ms: u64,
+}
+
+/// Whether self-preservation keeps a lease (and its instances) past the
+/// lease's deadline.
+///
+/// The leader decides it from its lease timers and writes it through the
+/// log, so every node answers the same and watches see the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preservation {
+    /// Renewed in time (or not ephemeral): nothing kept.
+    #[default]
+    None,
+    /// Past its deadline, kept because the registry looks cut off from its
+    /// clients; the instances keep their health.
+    Held,
+    /// Held longer than the bound: still kept, but critical, so default
+    /// (passing-only) discovery stops returning it.
+    Lapsed,
+}
+
+impl Preservation {
+    /// Whether self-preservation keeps it at all.
+    pub fn is_preserved(self) -> bool {
+        self != Preservation::None
+    }
 }
 
 /// A check of an instance: its definition and its replicated state. (What

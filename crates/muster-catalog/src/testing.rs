@@ -4,7 +4,7 @@
 use muster_types::{CheckKind, Health};
 use proptest::prelude::*;
 
-use crate::{ApplyResult, Catalog, Check, Command, InstanceData, LeaseRef};
+use crate::{ApplyResult, Catalog, Check, Command, InstanceData, LeaseRef, Preservation};
 
 /// A registration in namespace `default`.
 pub fn reg(svc: &str, d: InstanceData, lease: LeaseRef) -> Command {
@@ -27,6 +27,10 @@ pub const ZONES: &[&str] = &["eu-1a", "eu-1b", "us-1"];
 
 /// Every health.
 pub const HEALTHS: &[Health] = &[Health::Passing, Health::Warning, Health::Critical];
+
+/// Every preservation state.
+pub const PRESERVATIONS: &[Preservation] =
+    &[Preservation::None, Preservation::Held, Preservation::Lapsed];
 
 /// A TTL check `c1` (10 s) with the given status.
 pub fn ttl_check(status: Health) -> Check {
@@ -97,6 +101,7 @@ pub fn arb_command() -> impl Strategy<Value = Command> {
         1 => (1..5u64).prop_map(|id| Command::CreateLease { id, ttl_ms: 5_000 }),
         1 => (1..5u64).prop_map(|id| Command::RevokeLease { id }),
         1 => proptest::collection::vec(1..5u64, 0..3).prop_map(|ids| Command::ExpireLeases { ids }),
+        1 => (proptest::collection::vec(1..5u64, 0..3), proptest::sample::select(PRESERVATIONS)).prop_map(|(ids, state)| Command::PreserveLeases { ids, state }),
         2 => (proptest::sample::select(SERVICES), 0..6u8, proptest::sample::select(HEALTHS)).prop_map(|(s, id, status)| Command::CheckStatus {
             namespace: "default".into(),
             service: s.into(),

@@ -165,6 +165,76 @@ fn expire_skips_missing_leases() {
 }
 
 #[test]
+fn preserved_leases_mark_their_instances() {
+    let mut c = Catalog::new();
+    c.apply(
+        1,
+        0,
+        &Command::CreateLease {
+            id: 7,
+            ttl_ms: 1_000,
+        },
+    )
+    .unwrap();
+    c.apply(2, 0, &reg("pay", data("a"), LeaseRef::Existing(7)))
+        .unwrap();
+    c.apply(3, 0, &reg("cart", data("b"), LeaseRef::Existing(7)))
+        .unwrap();
+    c.apply(4, 0, &reg("pay", data("c"), LeaseRef::None))
+        .unwrap();
+    let inst = |c: &Catalog, svc: &str, id: &str| c.instance(&key(svc), id).unwrap().clone();
+    let hold = |ids: Vec<u64>, state| Command::PreserveLeases { ids, state };
+
+    // Held: marked, health unchanged; unknown ids are skipped.
+    let out = c
+        .apply(5, 0, &hold(vec![7, 99], Preservation::Held))
+        .unwrap();
+    assert_eq!(out.done, Done::Preserved(2));
+    assert_eq!(out.changed, vec![key("cart"), key("pay")]);
+    let a = inst(&c, "pay", "a");
+    assert_eq!(
+        (a.preserved, a.health, a.modify_index),
+        (Preservation::Held, Health::Passing, 5)
+    );
+    assert_eq!(inst(&c, "pay", "c").preserved, Preservation::None);
+    assert_eq!(c.lease(7).unwrap().preserved, Preservation::Held);
+    assert_eq!(c.service_index(&key("pay")), 5);
+    assert!(
+        matches!(&c.changes_since(&key("pay"), 4).unwrap()[..],
+            [IndexedChange { index: 5, change: Change::Upsert(i) }] if i.id == "a"),
+        "watches see the marking"
+    );
+
+    // The same state again changes nothing and wakes nobody.
+    let out = c.apply(6, 0, &hold(vec![7], Preservation::Held)).unwrap();
+    assert_eq!((out.done, out.changed.len()), (Done::Preserved(0), 0));
+    assert_eq!(c.service_index(&key("pay")), 5);
+
+    // A registration onto a held lease is held too.
+    c.apply(7, 0, &reg("pay", data("d"), LeaseRef::Existing(7)))
+        .unwrap();
+    assert_eq!(inst(&c, "pay", "d").preserved, Preservation::Held);
+
+    // Lapsed: critical, so passing-only discovery drops it.
+    c.apply(8, 0, &hold(vec![7], Preservation::Lapsed)).unwrap();
+    assert_eq!(inst(&c, "cart", "b").health, Health::Critical);
+    let passing = c.query(&key("pay"), &Query::default()).1;
+    assert_eq!(
+        passing.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    assert_eq!(all(&c, "pay"), ["a", "c", "d"], "still kept");
+
+    // Released: back to its checks' health.
+    c.apply(9, 0, &hold(vec![7], Preservation::None)).unwrap();
+    let b = inst(&c, "cart", "b");
+    assert_eq!(
+        (b.preserved, b.health),
+        (Preservation::None, Health::Passing)
+    );
+}
+
+#[test]
 fn history_resumes_or_asks_for_snapshot() {
     let mut c = Catalog::new();
     let n = HISTORY_PER_SERVICE as u64 + 10;

@@ -31,6 +31,7 @@ fn instance_with(i: &model::Instance, mut check: impl FnMut(&model::Check) -> Ch
         checks: i.checks.iter().map(&mut check).collect(),
         maintenance: i.maintenance.clone(),
         lease: i.lease.clone(),
+        preserved: i.preserved.is_preserved(),
         create_index: i.create_index,
         modify_index: i.modify_index,
         registered_at_ms: i.registered_at_ms,

@@ -121,7 +121,9 @@ pub(crate) fn approx_size(cmd: &Command) -> usize {
             id,
             check,
         } => FRAME + namespace.len() + service.len() + id.len() + check.len(),
-        Command::ExpireLeases { ids } => FRAME + ids.len() * 21,
+        Command::ExpireLeases { ids } | Command::PreserveLeases { ids, .. } => {
+            FRAME + ids.len() * 21
+        }
     }
 }
 

@@ -521,6 +521,51 @@ mod tests {
         assert_eq!(decode_entry(&stored).unwrap(), blank_entry());
     }
 
+    /// Self-preservation came after format 2's first fixtures: its command
+    /// and fields are an addition (fixtures of their own) that leaves what
+    /// was written before unchanged (the fixtures above).
+    #[test]
+    fn preservation_is_stored_in_format_2() {
+        use muster_catalog::Preservation;
+        let entry = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(4, 2), 77),
+            payload: openraft::EntryPayload::Normal(crate::types::Request {
+                now_ms: 1_764_633_600_000,
+                commands: [Preservation::Held, Preservation::Lapsed, Preservation::None]
+                    .into_iter()
+                    .map(|state| Command::PreserveLeases {
+                        ids: vec![0xbeef, 7],
+                        state,
+                    })
+                    .collect(),
+            }),
+        };
+        golden("log-entry-preserve-v2.bin", &encode_entry(&entry).unwrap());
+        let stored = std::fs::read(fixture("log-entry-preserve-v2.bin")).unwrap();
+        assert_eq!(decode_entry(&stored).unwrap(), entry);
+
+        let mut c = scenario_catalog();
+        let ids: Vec<u64> = c.leases().map(|l| l.id).collect();
+        assert!(ids.len() >= 2, "the scenario has leases to preserve");
+        let next = c.applied_index() + 1;
+        for (i, (id, state)) in ids
+            .iter()
+            .zip([Preservation::Held, Preservation::Lapsed])
+            .enumerate()
+        {
+            let cmd = Command::PreserveLeases {
+                ids: vec![*id],
+                state,
+            };
+            c.apply(next + i as u64, 0, &cmd).unwrap();
+        }
+        let mut data = Vec::new();
+        write_catalog(&c, &mut data).unwrap();
+        golden("snapshot-preserved-v2.bin", &data);
+        let stored = std::fs::read(fixture("snapshot-preserved-v2.bin")).unwrap();
+        assert_eq!(read_catalog(&mut stored.as_slice()).unwrap(), c);
+    }
+
     /// Version 1 (no checksum) is still read, as its fixtures were written.
     #[test]
     fn log_entry_format_1_is_still_read() {

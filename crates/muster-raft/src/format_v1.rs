@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use muster_catalog::{
     CatalogHead, Change, Check, Command, IndexedChange, Instance, InstanceData, Instances, Lease,
-    LeaseMembers, LeaseRef, Service, ServiceKey,
+    LeaseMembers, LeaseRef, Preservation, Service, ServiceKey,
 };
 use muster_types::{CheckKind, CompactString, Health, Meta, SharedStr, Tags};
 use serde::de::{MapAccess, Visitor};
@@ -78,6 +78,25 @@ pub(crate) enum CommandV1 {
     ExpireLeases {
         ids: Vec<u64>,
     },
+    PreserveLeases {
+        ids: Vec<u64>,
+        #[serde(with = "PreservationV1")]
+        state: Preservation,
+    },
+}
+
+/// Written only when a lease or instance is preserved, so a catalog without
+/// self-preservation is stored exactly as before the field existed.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Preservation", rename_all = "lowercase")]
+enum PreservationV1 {
+    None,
+    Held,
+    Lapsed,
+}
+
+fn not_preserved(p: &Preservation) -> bool {
+    !p.is_preserved()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -247,6 +266,12 @@ struct InstanceV1 {
     #[serde(default)]
     maintenance: Option<SharedStr>,
     lease: Option<CompactString>,
+    #[serde(
+        default,
+        skip_serializing_if = "not_preserved",
+        with = "PreservationV1"
+    )]
+    preserved: Preservation,
     create_index: u64,
     modify_index: u64,
     registered_at_ms: u64,
@@ -261,6 +286,12 @@ struct LeaseV1 {
     #[serde(with = "members_v1")]
     instances: LeaseMembers,
     index: u64,
+    #[serde(
+        default,
+        skip_serializing_if = "not_preserved",
+        with = "PreservationV1"
+    )]
+    preserved: Preservation,
 }
 
 /// Serialises a borrowed value with a version-1 `remote` mirror.

@@ -19,6 +19,13 @@
 //!   silent ones really stopped, and they expire.
 //!
 //! Instances are then kept, and expiry resumes when renewals return.
+//!
+//! Kept instances say so: a lease past its deadline while expiry is paused
+//! is *held*, and after `bound` *lapsed* (its instances turn critical, so
+//! default discovery stops returning them, but they are still not removed).
+//! The leader writes both through the log ([`Command::PreserveLeases`]), so
+//! every node and every watch sees the marking, and releases the mark when
+//! the lease is renewed again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::Counter;
-use muster_catalog::{Catalog, Command};
+use muster_catalog::{Catalog, Command, Preservation};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -65,6 +72,52 @@ pub struct LeaseTable {
     preserving: bool,
     /// When the last renewal of any lease arrived.
     last_renewal: Option<Instant>,
+    /// How long a lease is held before it lapses.
+    bound: Duration,
+    /// Leases the catalog marks as preserved (as far as this leader
+    /// knows: what it took over and what its proposals applied).
+    held: HashMap<u64, Held>,
+}
+
+/// A lease kept past its deadline.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    since: Instant,
+    state: Preservation,
+}
+
+/// Changes of preservation marks to write, each a list of lease ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// Past their deadline while expiry is paused: mark them held.
+    pub hold: Vec<u64>,
+    /// Held for longer than the bound: mark them lapsed.
+    pub lapse: Vec<u64>,
+    /// Marked, but renewed since: clear the mark.
+    pub release: Vec<u64>,
+}
+
+impl Marks {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.hold.is_empty() && self.lapse.is_empty() && self.release.is_empty()
+    }
+
+    /// One command per non-empty list.
+    pub fn commands(&self) -> Vec<Command> {
+        [
+            (&self.hold, Preservation::Held),
+            (&self.lapse, Preservation::Lapsed),
+            (&self.release, Preservation::None),
+        ]
+        .into_iter()
+        .filter(|(ids, _)| !ids.is_empty())
+        .map(|(ids, state)| Command::PreserveLeases {
+            ids: ids.clone(),
+            state,
+        })
+        .collect()
+    }
 }
 
 /// One lease's timer.
@@ -82,7 +135,7 @@ struct Timer {
 
 impl LeaseTable {
     /// An empty table with the self-preservation settings.
-    pub fn new(threshold: f64, min_leases: usize) -> Self {
+    pub fn new(threshold: f64, min_leases: usize, bound: Duration) -> Self {
         LeaseTable {
             leases: HashMap::new(),
             by_deadline: BTreeSet::new(),
@@ -90,6 +143,8 @@ impl LeaseTable {
             min_leases,
             preserving: false,
             last_renewal: None,
+            bound,
+            held: HashMap::new(),
         }
     }
 
@@ -150,14 +205,59 @@ impl LeaseTable {
         if let Some(timer) = self.leases.remove(&id) {
             self.by_deadline.remove(&(timer.filed, id));
         }
+        self.held.remove(&id);
     }
 
     /// Forgets every lease.
     pub fn clear(&mut self) {
         self.leases.clear();
         self.by_deadline.clear();
+        self.held.clear();
         self.preserving = false;
         self.last_renewal = None;
+    }
+
+    /// Records that the catalog marks lease `id` as `state` (taken over, or
+    /// a proposal applied) from `now`.
+    pub fn marked(&mut self, id: u64, state: Preservation, now: Instant) {
+        if !self.leases.contains_key(&id) || !state.is_preserved() {
+            self.held.remove(&id);
+            return;
+        }
+        let since = self.held.get(&id).map_or(now, |h| h.since);
+        self.held.insert(id, Held { since, state });
+    }
+
+    /// The marks to change at `now`, after a [`LeaseTable::sweep`]: hold
+    /// the leases past their deadline while expiry is paused, lapse those
+    /// held longer than the bound, release those renewed since.
+    pub fn marks(&self, now: Instant) -> Marks {
+        let mut m = Marks::default();
+        for (id, h) in &self.held {
+            let Some(timer) = self.leases.get(id) else {
+                continue;
+            };
+            if timer.deadline > now {
+                m.release.push(*id);
+            } else if h.state == Preservation::Held
+                && now.saturating_duration_since(h.since) >= self.bound
+            {
+                m.lapse.push(*id);
+            }
+        }
+        if self.preserving {
+            // Every lease past its deadline is filed at or before it.
+            for (_, id) in self.by_deadline.iter().take_while(|(f, _)| *f <= now) {
+                let overdue = self.leases.get(id).is_some_and(|t| t.deadline <= now);
+                if overdue && !self.held.contains_key(id) {
+                    m.hold.push(*id);
+                }
+            }
+        }
+        for ids in [&mut m.hold, &mut m.lapse, &mut m.release] {
+            ids.sort_unstable();
+        }
+        m
     }
 
     /// Number of leases held.
@@ -262,9 +362,9 @@ pub enum RenewError {
 impl LeaseManager {
     /// A manager with the given self-preservation settings. Its metrics go
     /// to the recorder installed when it is made (`serve` installs it first).
-    pub fn new(threshold: f64, min_leases: usize) -> Self {
+    pub fn new(threshold: f64, min_leases: usize, bound: Duration) -> Self {
         LeaseManager {
-            table: Mutex::new(LeaseTable::new(threshold, min_leases)),
+            table: Mutex::new(LeaseTable::new(threshold, min_leases, bound)),
             leader: AtomicBool::new(false),
             wake: Notify::new(),
             preserving: watch::channel(false).0,
@@ -284,6 +384,8 @@ impl LeaseManager {
         t.clear();
         for l in catalog.leases() {
             t.take_over(l.id, Duration::from_millis(l.ttl_ms), now);
+            // A fresh TTL: the next sweep releases what was preserved.
+            t.marked(l.id, l.preserved, now);
         }
         self.leader.store(true, Ordering::Release);
         drop(t);
@@ -360,7 +462,7 @@ pub async fn run_sweeper<F, Fut>(
     loop {
         let next = {
             let t = mgr.table();
-            if t.preserving() {
+            if t.preserving() || !t.held.is_empty() {
                 Some(Instant::now() + interval)
             } else {
                 // Sweep at most every `interval`, so a burst of deadlines is
@@ -420,6 +522,10 @@ pub async fn run_sweeper<F, Fut>(
                 }
             }
         }
+        let marks = mgr.table().marks(Instant::now());
+        if !marks.is_empty() {
+            mark(&mgr, &marks, &propose).await;
+        }
         let now_preserving = mgr.table().preserving();
         if was && !now_preserving {
             tracing::warn!("self-preservation off: renewals are back, lease expiry resumes");
@@ -427,6 +533,51 @@ pub async fn run_sweeper<F, Fut>(
         if was != now_preserving {
             mgr.preserving.send_replace(now_preserving);
             metrics::gauge!("muster_self_preservation").set(if now_preserving { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+/// Writes the preservation marks; what failed is tried again next sweep.
+async fn mark<F, Fut>(mgr: &LeaseManager, marks: &Marks, propose: &F)
+where
+    F: Fn(Command) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, String>>,
+{
+    for cmd in marks.commands() {
+        let Command::PreserveLeases { ids, state } = &cmd else {
+            unreachable!("Marks::commands makes only PreserveLeases");
+        };
+        let (ids, state) = (ids.clone(), *state);
+        match propose(cmd).await {
+            Ok(index) => {
+                let level = match state {
+                    Preservation::None => "released",
+                    Preservation::Held => "held",
+                    Preservation::Lapsed => "lapsed",
+                };
+                if state == Preservation::Lapsed {
+                    tracing::error!(
+                        leases = ids.len(),
+                        index,
+                        "self-preservation held these leases past its bound: their instances \
+                         are now critical (kept, but no longer returned as passing)"
+                    );
+                } else {
+                    tracing::warn!(
+                        leases = ids.len(),
+                        index,
+                        "self-preservation: leases {level}"
+                    );
+                }
+                let now = Instant::now();
+                let mut t = mgr.table();
+                for id in ids {
+                    t.marked(id, state, now);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, leases = ids.len(), "could not mark preserved leases; retrying");
+            }
         }
     }
 }
@@ -442,7 +593,7 @@ mod tests {
     #[test]
     fn renewal_moves_the_deadline() {
         let t0 = Instant::now();
-        let mut t = LeaseTable::new(0.85, 10);
+        let mut t = LeaseTable::new(0.85, 10, secs(60));
         t.start(1, secs(10), t0);
         assert_eq!(t.sweep(t0 + secs(9)), Sweep::Idle);
         assert_eq!(t.renew(1, t0 + secs(9)), Some(secs(10)));
@@ -451,10 +602,90 @@ mod tests {
         assert_eq!(t.renew(1, t0 + secs(19)), None, "an expired lease is gone");
     }
 
+    /// Marks as the sweeper would write them: every proposal applies.
+    fn apply(t: &mut LeaseTable, m: &Marks, now: Instant) {
+        for (ids, state) in [
+            (&m.hold, Preservation::Held),
+            (&m.lapse, Preservation::Lapsed),
+            (&m.release, Preservation::None),
+        ] {
+            for id in ids {
+                t.marked(*id, state, now);
+            }
+        }
+    }
+
+    #[test]
+    fn preserved_leases_are_held_then_lapse_and_are_released_when_renewed() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(0.5, 4, secs(60));
+        for id in 0..10 {
+            t.take_over(id, secs(10), t0);
+        }
+        // Silent, but none past its deadline yet: nothing to mark.
+        let at = t0 + secs(6);
+        assert!(matches!(t.sweep(at), Sweep::Preserve { .. }));
+        assert!(t.marks(at).is_empty());
+        // Past their deadlines while expiry is paused: held, once.
+        let at = t0 + secs(11);
+        assert!(matches!(t.sweep(at), Sweep::Preserve { .. }));
+        let m = t.marks(at);
+        assert_eq!(m.hold, (0..10).collect::<Vec<_>>());
+        apply(&mut t, &m, at);
+        assert!(t.marks(at + secs(1)).is_empty(), "held is written once");
+        // Held for the bound: lapsed, once.
+        let later = at + secs(60);
+        assert!(matches!(t.sweep(later), Sweep::Preserve { .. }));
+        let m = t.marks(later);
+        assert_eq!((m.hold.len(), m.lapse.len()), (0, 10));
+        apply(&mut t, &m, later);
+        assert!(t.marks(later + secs(1)).is_empty());
+        // Renewals return for all but two: the two expire (their marks go
+        // with them), the renewed ones are released.
+        for id in 0..8 {
+            t.renew(id, later);
+        }
+        assert_eq!(t.sweep(later), Sweep::Expire(vec![8, 9]));
+        let m = t.marks(later);
+        assert_eq!(
+            m,
+            Marks {
+                release: (0..8).collect(),
+                ..Marks::default()
+            }
+        );
+        assert_eq!(
+            m.commands(),
+            vec![Command::PreserveLeases {
+                ids: (0..8).collect(),
+                state: Preservation::None
+            }]
+        );
+        apply(&mut t, &m, later);
+        assert!(t.marks(later).is_empty());
+    }
+
+    #[test]
+    fn a_new_leader_releases_what_it_took_over_as_preserved() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(0.5, 4, secs(60));
+        t.take_over(1, secs(10), t0);
+        t.marked(1, Preservation::Lapsed, t0);
+        t.marked(2, Preservation::Held, t0); // not a lease of the table
+        assert_eq!(t.sweep(t0), Sweep::Idle);
+        assert_eq!(
+            t.marks(t0),
+            Marks {
+                release: vec![1],
+                ..Marks::default()
+            }
+        );
+    }
+
     #[test]
     fn self_preservation_turns_on_and_off() {
         let t0 = Instant::now();
-        let mut t = LeaseTable::new(0.5, 4);
+        let mut t = LeaseTable::new(0.5, 4, secs(60));
         for id in 0..10 {
             t.take_over(id, secs(10), t0);
         }
@@ -481,7 +712,7 @@ mod tests {
     #[test]
     fn few_leases_never_preserve() {
         let t0 = Instant::now();
-        let mut t = LeaseTable::new(0.5, 4);
+        let mut t = LeaseTable::new(0.5, 4, secs(60));
         for id in 0..3 {
             t.start(id, secs(1), t0);
         }
@@ -493,7 +724,7 @@ mod tests {
         // The probe's case: 20 leases with a 2 s TTL, created and never
         // renewed, were kept for ever as a "silent majority".
         let t0 = Instant::now();
-        let mut t = LeaseTable::new(0.85, 10);
+        let mut t = LeaseTable::new(0.85, 10, secs(60));
         for id in 0..20 {
             t.start(id, secs(2), t0);
         }
@@ -504,7 +735,7 @@ mod tests {
     #[test]
     fn a_batch_of_clients_dying_while_others_renew_expires() {
         let t0 = Instant::now();
-        let mut t = LeaseTable::new(0.5, 4);
+        let mut t = LeaseTable::new(0.5, 4, secs(60));
         for id in 0..10 {
             t.start(id, secs(10), t0);
             t.renew(id, t0 + secs(1));
@@ -522,7 +753,7 @@ mod tests {
     #[test]
     fn renewals_stopping_everywhere_preserve_until_they_return() {
         let t0 = Instant::now();
-        let mut t = LeaseTable::new(0.5, 4);
+        let mut t = LeaseTable::new(0.5, 4, secs(60));
         for id in 0..10 {
             t.start(id, secs(10), t0);
             t.renew(id, t0 + secs(1));

@@ -78,6 +78,9 @@ pub struct RegistryConfig {
     pub self_preservation_threshold: f64,
     /// Self-preservation applies only with at least this many leases.
     pub self_preservation_min_leases: usize,
+    /// How long self-preservation keeps a lease past its deadline with its
+    /// instances still passing; after it they are kept as critical.
+    pub self_preservation_bound: Duration,
     /// How often the leader looks for expired leases.
     pub sweep_interval: Duration,
     /// Allow checks that run a command on the registry's host.
@@ -100,6 +103,7 @@ impl Default for RegistryConfig {
             snapshot_commands: 50_000,
             self_preservation_threshold: 0.85,
             self_preservation_min_leases: 10,
+            self_preservation_bound: Duration::from_secs(15 * 60),
             sweep_interval: Duration::from_millis(250),
             enable_command_checks: false,
             check_concurrency: 512,
@@ -295,6 +299,11 @@ pub struct ClusterStatus {
     pub applied_index: u64,
     /// Whether lease expiry is paused (self-preservation).
     pub self_preservation: bool,
+    /// Leases kept past their deadline by self-preservation, their
+    /// instances still passing.
+    pub preserved_leases: u64,
+    /// Leases kept past the bound: their instances are critical.
+    pub lapsed_leases: u64,
 }
 
 /// The handle every front-end holds. Cheap to clone.
@@ -342,6 +351,7 @@ impl Registry {
         let leases = Arc::new(LeaseManager::new(
             config.self_preservation_threshold,
             config.self_preservation_min_leases,
+            config.self_preservation_bound,
         ));
         let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
         let observer = Arc::new(Observer {
@@ -1032,6 +1042,7 @@ impl Registry {
     pub fn cluster(&self, caller: &Caller) -> Result<ClusterStatus> {
         self.authorize(caller, Access::Operator)?;
         let i = self.inner.node.info();
+        let (preserved_leases, lapsed_leases) = self.read(|c| c.preserved_lease_count());
         Ok(ClusterStatus {
             node_id: i.node_id,
             leader: i.leader,
@@ -1039,6 +1050,8 @@ impl Registry {
             commit_index: i.commit_index,
             applied_index: i.applied_index,
             self_preservation: self.inner.leases.preserving(),
+            preserved_leases,
+            lapsed_leases,
         })
     }
 
@@ -1050,6 +1063,9 @@ impl Registry {
             metrics::gauge!("muster_instances").set(c.instance_count() as f64);
             metrics::gauge!("muster_leases").set(c.lease_count() as f64);
             metrics::gauge!("muster_applied_index").set(c.applied_index() as f64);
+            let (held, lapsed) = c.preserved_lease_count();
+            metrics::gauge!("muster_preserved_leases", "state" => "held").set(held as f64);
+            metrics::gauge!("muster_preserved_leases", "state" => "lapsed").set(lapsed as f64);
         });
         let preserving = self.inner.leases.preserving();
         metrics::gauge!("muster_self_preservation").set(if preserving { 1.0 } else { 0.0 });

@@ -355,12 +355,22 @@ pub struct Instance {
     /// Lease holding the instance, if it is ephemeral.
     #[schema(value_type = Option<String>)]
     pub lease: Option<CompactString>,
+    /// True while self-preservation keeps the instance although its lease
+    /// is past its deadline (the registry stopped hearing from its
+    /// clients): it may be gone. Absent when false. Past the
+    /// `self_preservation_bound` its health is also `critical`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub preserved: bool,
     /// Log index that created the instance.
     pub create_index: u64,
     /// Log index that last changed the instance.
     pub modify_index: u64,
     /// Wall-clock time of the last registration, Unix milliseconds (leader's clock).
     pub registered_at_ms: u64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Answer of a discovery query.
@@ -477,6 +487,14 @@ pub struct ClusterInfo {
     pub applied_index: u64,
     /// Whether lease expiry is paused by self-preservation.
     pub self_preservation: bool,
+    /// Leases kept past their deadline by self-preservation, their
+    /// instances marked `preserved` and still passing.
+    #[serde(default)]
+    pub preserved_leases: u64,
+    /// Leases kept longer than `self_preservation_bound`: their instances
+    /// are marked `preserved` and critical.
+    #[serde(default)]
+    pub lapsed_leases: u64,
 }
 
 /// One Server-Sent Event of `GET /v1/watch`; the SSE `event:` field carries
@@ -592,7 +610,7 @@ mod tests {
 
     /// A fully populated instance exactly as API v1 sends it: the compact
     /// field types must not change a byte of it.
-    const FULL_INSTANCE_JSON: &str = r#"{"id":"pay-1","namespace":"default","service":"payments","address":"10.0.0.1","port":8080,"tags":["eu","v2"],"meta":{"rev":"r42","team":"payments"},"version":"1.4.2","zone":"eu-1a","weight":100,"health":"critical","checks":[{"id":"tcp","name":"tcp","kind":{"type":"tcp","addr":"10.0.0.1:8080"},"interval_ms":10000,"timeout_ms":1000,"success_before_passing":1,"failures_before_critical":2,"deregister_critical_after_ms":60000,"notes":"n","status":"passing","output":"ok","status_index":5,"last_run_ms":1700000000500}],"maintenance":"upgrade","lease":"00000000000000ff","create_index":3,"modify_index":7,"registered_at_ms":1700000000000}"#;
+    const FULL_INSTANCE_JSON: &str = r#"{"id":"pay-1","namespace":"default","service":"payments","address":"10.0.0.1","port":8080,"tags":["eu","v2"],"meta":{"rev":"r42","team":"payments"},"version":"1.4.2","zone":"eu-1a","weight":100,"health":"critical","checks":[{"id":"tcp","name":"tcp","kind":{"type":"tcp","addr":"10.0.0.1:8080"},"interval_ms":10000,"timeout_ms":1000,"success_before_passing":1,"failures_before_critical":2,"deregister_critical_after_ms":60000,"notes":"n","status":"passing","output":"ok","status_index":5,"last_run_ms":1700000000500}],"maintenance":"upgrade","lease":"00000000000000ff","preserved":true,"create_index":3,"modify_index":7,"registered_at_ms":1700000000000}"#;
 
     fn full_instance() -> Instance {
         Instance {
@@ -627,6 +645,7 @@ mod tests {
             }]),
             maintenance: Some("upgrade".into()),
             lease: Some(format_lease_id(255).into()),
+            preserved: true,
             create_index: 3,
             modify_index: 7,
             registered_at_ms: 1_700_000_000_000,

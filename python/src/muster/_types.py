@@ -45,6 +45,10 @@ class Instance:
     """``passing``, ``warning`` or ``critical``."""
     lease: Optional[str] = None
     """Lease holding the instance, if it is ephemeral."""
+    preserved: bool = False
+    """True while the registry's self-preservation keeps the instance past
+    its lease's deadline (the registry stopped hearing from its clients):
+    it may be gone."""
     create_index: int = 0
     """Registry index that created it."""
     modify_index: int = 0
@@ -78,6 +82,7 @@ class Instance:
             weight=int(d.get("weight", 100)),
             health=str(d.get("health", "passing")),
             lease=d.get("lease"),
+            preserved=bool(d.get("preserved", False)),
             create_index=int(d.get("create_index", 0)),
             modify_index=int(d.get("modify_index", 0)),
         )

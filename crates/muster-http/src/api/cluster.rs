@@ -23,6 +23,8 @@ pub async fn cluster(
         commit_index: i.commit_index,
         applied_index: i.applied_index,
         self_preservation: i.self_preservation,
+        preserved_leases: i.preserved_leases,
+        lapsed_leases: i.lapsed_leases,
     }))
 }
 

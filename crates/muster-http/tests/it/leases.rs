@@ -181,6 +181,158 @@ async fn self_preservation_pauses_expiry_and_resumes() {
     s.stop().await;
 }
 
+/// Instances kept by self-preservation say so, in answers and watches;
+/// past the bound they turn critical (kept, but no longer passing); renewed
+/// ones are released and the silent ones expire once renewals return.
+#[tokio::test]
+async fn preserved_instances_are_marked_then_lapse_then_are_released() {
+    let s = TestServer::start_with(|c| {
+        c.self_preservation_threshold = 0.5;
+        c.self_preservation_min_leases = 4;
+        c.self_preservation_bound = Duration::from_secs(20);
+    })
+    .await;
+    let mut leases = Vec::new();
+    for i in 0..10 {
+        let v = s
+            .register("pay", &format!("p{i}"), json!({"ttl": "10s"}))
+            .await;
+        leases.push(v["lease"].as_str().unwrap().to_string());
+    }
+    let (status, _) = s.post("/v1/leases/renew", json!({"ids": leases})).await;
+    assert_eq!(status, 200);
+    tokio::time::pause();
+    let mut any = Sse::open(&s, "service=pay&health=any", None)
+        .await
+        .untimed();
+    assert_eq!(
+        any.next().await.data["instances"].as_array().unwrap().len(),
+        10
+    );
+    let mut passing = Sse::open(&s, "service=pay", None).await.untimed();
+    assert_eq!(
+        passing.next().await.data["instances"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+
+    // Past their deadlines with nobody heard: kept, marked, still passing.
+    let mut marked = std::collections::BTreeSet::new();
+    while marked.len() < 10 {
+        let e = any.next().await;
+        assert_eq!(e.event, "upsert", "{e:?}");
+        let i = &e.data["instance"];
+        assert_eq!(
+            (&i["preserved"], &i["health"]),
+            (&json!(true), &json!("passing"))
+        );
+        marked.insert(i["id"].as_str().unwrap().to_string());
+    }
+    let (_, v, _) = s.get("/v1/services/pay/instances").await;
+    let instances = v["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 10);
+    assert!(instances.iter().all(|i| i["preserved"] == true));
+    let (_, c, _) = s.get("/v1/cluster").await;
+    assert_eq!(
+        (
+            &c["self_preservation"],
+            &c["preserved_leases"],
+            &c["lapsed_leases"]
+        ),
+        (&json!(true), &json!(10), &json!(0))
+    );
+
+    // Past the bound: critical, so passing-only discovery drops them, but
+    // they are still there.
+    let mut left = 10;
+    while left > 0 {
+        let e = passing.next().await;
+        if e.event == "delete" {
+            left -= 1;
+        } else {
+            assert_eq!(e.event, "upsert", "{e:?}");
+        }
+    }
+    assert!(s.ids("/v1/services/pay/instances").await.is_empty());
+    let all = s.ids("/v1/services/pay/instances?health=any").await;
+    assert_eq!(all.len(), 10);
+    let (_, v, _) = s.get("/v1/services/pay/instances/p0").await;
+    assert_eq!(
+        (&v["preserved"], &v["health"]),
+        (&json!(true), &json!("critical"))
+    );
+    let (_, c, _) = s.get("/v1/cluster").await;
+    assert_eq!(
+        (&c["preserved_leases"], &c["lapsed_leases"]),
+        (&json!(0), &json!(10))
+    );
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("muster_preserved_leases{state=\"lapsed\"} 10"),
+        "{metrics}"
+    );
+
+    // Renewals return for eight (and go on, every third of the TTL, as a
+    // client's do): those are released and pass again, the other two expire.
+    let renewer = tokio::spawn({
+        let (http, url) = (s.http.clone(), s.url("/v1/leases/renew"));
+        let ids = json!({"ids": leases[..8]});
+        async move {
+            loop {
+                let r = http.post(&url).json(&ids).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                tokio::time::sleep(Duration::from_secs(3)).await; // pacing, not waiting on state
+            }
+        }
+    });
+    let mut back = std::collections::BTreeSet::new();
+    while back.len() < 8 {
+        let e = passing.next().await;
+        if e.event == "delete" {
+            // A removal is announced to every watch of the service, also
+            // to one that no longer showed the instance.
+            assert!(
+                ["p8", "p9"].contains(&e.data["id"].as_str().unwrap()),
+                "{e:?}"
+            );
+            continue;
+        }
+        assert_eq!(e.event, "upsert", "{e:?}");
+        let i = &e.data["instance"];
+        assert_eq!(
+            (i.get("preserved"), &i["health"]),
+            (None, &json!("passing"))
+        );
+        back.insert(i["id"].as_str().unwrap().to_string());
+    }
+    let expected: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+    assert_eq!(back.into_iter().collect::<Vec<_>>(), expected);
+    let mut gone = 0;
+    while gone < 2 {
+        let e = any.next().await;
+        if e.event == "delete" {
+            gone += 1;
+        }
+    }
+    assert_eq!(
+        s.ids("/v1/services/pay/instances?health=any").await,
+        expected
+    );
+    let (_, c, _) = s.get("/v1/cluster").await;
+    assert_eq!(
+        (
+            &c["self_preservation"],
+            &c["preserved_leases"],
+            &c["lapsed_leases"]
+        ),
+        (&json!(false), &json!(0), &json!(0))
+    );
+    renewer.abort();
+    s.stop().await;
+}
+
 /// The probe's case: leases that were never renewed are no evidence of a
 /// registry cut off from its clients, however many of them go silent.
 #[tokio::test]
