@@ -150,9 +150,21 @@ nightly() {
   fi
 }
 
+# cargo fuzz has no --locked: this fails the build as --locked would when
+# cargo had to change fuzz/Cargo.lock (the change is left to commit).
+fuzz_build() {
+  local before
+  before=$(cat fuzz/Cargo.lock)
+  cargo +nightly fuzz build "${fuzz_flags[@]}"
+  if [ "$(cat fuzz/Cargo.lock)" != "$before" ]; then
+    echo "fuzz/Cargo.lock was out of date and cargo updated it: commit the update" >&2
+    return 1
+  fi
+}
+
 part_fuzz() {
   step "nightly toolchain (cargo +nightly)" nightly
-  step "cargo fuzz build (nightly, every target)" cargo +nightly fuzz build "${fuzz_flags[@]}"
+  step "cargo fuzz build (nightly, every target)" fuzz_build
   local work t
   work=$(mktemp -d "${TMPDIR:-/tmp}/muster-fuzz.XXXXXX")
   echo "new inputs and crash artifacts go to $work"
