@@ -24,9 +24,12 @@ pub use query::{discovery_query, last_event_id};
 pub use registration::registration;
 pub use storage::{log_entry, snapshot};
 
+/// The body of a fuzz target: takes any bytes, panics only on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (that of its file in `fuzz/fuzz_targets/` and
 /// its corpus directory in `fuzz/corpus/`) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("registration", registration),
     ("discovery_query", discovery_query),
     ("last_event_id", last_event_id),
