@@ -12,6 +12,10 @@
 #                against the real muster binary
 #   bench-smoke  every benchmark scenario briefly against muster, the ceiling and a real
 #                etcd (reports, asserts no timing)
+#   fuzz         every cargo-fuzz target of fuzz/ (nightly toolchain, libFuzzer) for
+#                MUSTER_FUZZ_SECONDS (default 25) each, from the committed corpus
+#                fuzz/corpus/<target>/; what it generates, crashes included, goes to a
+#                temporary directory (kept and named when a target fails)
 #
 # First, ci/packages.sh checks the packages of ci/packages.txt that the chosen
 # parts need: as root it installs the missing ones, otherwise it prints the
@@ -20,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-all_parts=(lint rust python bench-smoke)
+all_parts=(lint rust python bench-smoke fuzz)
 
 usage() {
   echo "usage: ./test.sh [PART...]   parts: ${all_parts[*]} (none given: all)"
@@ -131,6 +135,52 @@ part_bench_smoke() {
     "$target/debug/muster-bench" --smoke --no-pin
 }
 
+# The fuzz targets build with nightly (libFuzzer's instrumentation and
+# sanitizers need it) in a target directory of their own: other flags,
+# another toolchain, so nothing of the shared build is rebuilt.
+fuzz_seconds="${MUSTER_FUZZ_SECONDS:-25}"
+fuzz_target="${MUSTER_FUZZ_TARGET_DIR:-$target/fuzz}"
+fuzz_flags=(--fuzz-dir fuzz --target-dir "$fuzz_target")
+
+nightly() {
+  if ! cargo +nightly --version; then
+    echo "the fuzz part needs a nightly Rust toolchain (cargo +nightly), for" >&2
+    echo "cargo fuzz's instrumentation: rustup toolchain install nightly" >&2
+    return 1
+  fi
+}
+
+# cargo fuzz has no --locked: this fails the build as --locked would when
+# cargo had to change fuzz/Cargo.lock (the change is left to commit).
+fuzz_build() {
+  local before
+  before=$(cat fuzz/Cargo.lock)
+  cargo +nightly fuzz build "${fuzz_flags[@]}"
+  if [ "$(cat fuzz/Cargo.lock)" != "$before" ]; then
+    echo "fuzz/Cargo.lock was out of date and cargo updated it: commit the update" >&2
+    return 1
+  fi
+}
+
+part_fuzz() {
+  step "nightly toolchain (cargo +nightly)" nightly
+  step "cargo fuzz build (nightly, every target)" fuzz_build
+  local work t
+  work=$(mktemp -d "${TMPDIR:-/tmp}/muster-fuzz.XXXXXX")
+  echo "new inputs and crash artifacts go to $work"
+  for t in $(cargo fuzz list --fuzz-dir fuzz); do
+    mkdir -p "$work/$t/corpus" "$work/$t/artifacts"
+    # The first corpus directory receives what the run finds, so the
+    # committed one (second) is only read. -timeout: one input taking 10 s
+    # is a hang, reported as a failure.
+    step "fuzz $t (${fuzz_seconds}s)" \
+      cargo +nightly fuzz run "${fuzz_flags[@]}" "$t" "$work/$t/corpus" "fuzz/corpus/$t" -- \
+      -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -timeout=10 \
+      -artifact_prefix="$work/$t/artifacts/" -print_final_stats=1
+  done
+  rm -rf "$work"
+}
+
 step "prerequisites (ci/packages.txt)" ci/packages.sh "${parts[@]}"
 for p in "${parts[@]}"; do
   case $p in
@@ -138,6 +188,7 @@ for p in "${parts[@]}"; do
     rust) part_rust ;;
     python) part_python ;;
     bench-smoke) part_bench_smoke ;;
+    fuzz) part_fuzz ;;
     *) echo "part $p is listed but has no case here" >&2; exit 2 ;;
   esac
 done

@@ -90,7 +90,9 @@ impl Query {
     }
 
     /// A canonical text form: equal queries give equal keys, whatever the
-    /// order their parameters came in. Used as the read-cache key.
+    /// order their parameters came in, and different ones different keys,
+    /// whatever their strings hold (each is written after its length, so
+    /// none can pass for a separator). Used as the read-cache key.
     pub fn cache_key(&self) -> String {
         let mut tags = self.tags.clone();
         tags.sort();
@@ -100,26 +102,17 @@ impl Query {
         meta.dedup();
         let mut s = String::new();
         for t in &tags {
-            s.push_str("t=");
-            s.push_str(t);
-            s.push('\u{1}');
+            push_field(&mut s, 't', t);
         }
         for (k, v) in &meta {
-            s.push_str("m=");
-            s.push_str(k);
-            s.push(':');
-            s.push_str(v);
-            s.push('\u{1}');
+            push_field(&mut s, 'm', k);
+            push_field(&mut s, '=', v);
         }
         if let Some(v) = &self.version {
-            s.push_str("v=");
-            s.push_str(v.as_str());
-            s.push('\u{1}');
+            push_field(&mut s, 'v', v.as_str());
         }
         if let Some(z) = &self.zone {
-            s.push_str("z=");
-            s.push_str(z);
-            s.push('\u{1}');
+            push_field(&mut s, 'z', z);
         }
         s.push_str(match self.health {
             HealthFilter::Passing => "h=passing",
@@ -127,6 +120,16 @@ impl Query {
         });
         s
     }
+}
+
+/// Appends a field of a cache key: its letter, the value's length in
+/// bytes, `:`, the value.
+fn push_field(key: &mut String, letter: char, value: &str) {
+    use std::fmt::Write;
+
+    key.push(letter);
+    write!(key, "{}:", value.len()).expect("writing to a String does not fail");
+    key.push_str(value);
 }
 
 #[cfg(test)]
@@ -154,6 +157,53 @@ mod tests {
         assert!(!r.matches(Some("v1-beta")));
         let eq = VersionMatch::parse("v1-beta").unwrap();
         assert!(eq.matches(Some("v1-beta")));
+    }
+
+    /// Filters that select differently never share a key, whatever their
+    /// strings hold: a tag, meta value or version holding what a key
+    /// separates fields with passed for several filters, and the caches
+    /// keyed by it (discovery answers, watch frames) served one query the
+    /// answer of another. The `discovery_query` fuzz target checks this
+    /// for any two queries and keeps these in its corpus.
+    #[test]
+    fn different_filters_have_different_cache_keys() {
+        let version = |v: &str| Some(VersionMatch::parse(v).unwrap());
+        let pairs = [
+            (
+                Query {
+                    tags: vec!["a".into(), "b".into()],
+                    ..Default::default()
+                },
+                Query {
+                    tags: vec!["a\u{1}t=b".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                Query {
+                    meta: vec![("k".into(), "v".into()), ("l".into(), "w".into())],
+                    ..Default::default()
+                },
+                Query {
+                    meta: vec![("k".into(), "v\u{1}m=l:w".into())],
+                    ..Default::default()
+                },
+            ),
+            (
+                Query {
+                    version: version("1"),
+                    zone: Some("eu".into()),
+                    ..Default::default()
+                },
+                Query {
+                    version: version("1\u{1}z=eu"),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (a, b) in pairs {
+            assert_ne!(a.cache_key(), b.cache_key(), "{a:?} and {b:?}");
+        }
     }
 
     #[test]

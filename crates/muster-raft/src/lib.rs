@@ -29,6 +29,8 @@
 mod batcher;
 mod codec;
 mod format_v1;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod log_store;
 pub(crate) mod network;
 mod node;

@@ -82,7 +82,9 @@ fn host_port(field: &str, s: &str) -> Result<(), FieldError> {
 
 fn check_duration(field: &str, s: &str, min_ms: u64, max_ms: u64) -> Result<u64, FieldError> {
     let d = parse_duration(s).map_err(|m| FieldError::invalid(field, m))?;
-    let ms = d.as_millis() as u64;
+    // Past u64::MAX milliseconds is out of range too (a cast would wrap it
+    // into range).
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     if ms < min_ms || ms > max_ms {
         return Err(FieldError::invalid(
             field,
@@ -834,6 +836,41 @@ mod check_tests {
             }),
             "checks[0].args"
         );
+    }
+
+    /// Milliseconds that do not fit 64 bits are out of range, not cut
+    /// into it: 2305843009213693962s is 125 × 2⁶⁴ + 10 000 ms, which a
+    /// truncating cast took for 10s. The `registration` fuzz target checks
+    /// that an accepted duration is the one sent, and keeps this input.
+    #[test]
+    fn durations_beyond_64_bits_of_milliseconds_are_out_of_range() {
+        let huge = || Some("2305843009213693962s".to_string());
+        assert_eq!(
+            field(CheckSpec {
+                interval: huge(),
+                ..spec()
+            }),
+            "checks[0].interval"
+        );
+        assert_eq!(
+            field(CheckSpec {
+                timeout: huge(),
+                ..spec()
+            }),
+            "checks[0].timeout"
+        );
+        assert_eq!(
+            field(CheckSpec {
+                deregister_critical_after: huge(),
+                ..spec()
+            }),
+            "checks[0].deregister_critical_after"
+        );
+        let ttl = CheckSpec {
+            ttl: huge(),
+            ..Default::default()
+        };
+        assert_eq!(field(ttl), "checks[0].ttl");
     }
 
     #[test]

@@ -295,17 +295,23 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Ok(RawQuery(q)) = RawQuery::from_request_parts(parts, state).await;
-        let pairs: Vec<(String, String)> = match q {
+        Params::parse(q.as_deref())
+    }
+}
+
+impl Params {
+    /// Decodes a raw query string (`None` when the target has no `?`):
+    /// `application/x-www-form-urlencoded` pairs, percent-decoded, in order.
+    pub fn parse(query: Option<&str>) -> Result<Params, ApiError> {
+        let pairs = match query {
             None => Vec::new(),
-            Some(q) => serde_urlencoded::from_str(&q).map_err(|e| {
+            Some(q) => serde_urlencoded::from_str(q).map_err(|e| {
                 ApiError::bad_param("query", format!("query string is malformed: {e}"))
             })?,
         };
         Ok(Params(pairs))
     }
-}
 
-impl Params {
     /// Fails on any parameter not in `allowed`.
     pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
         for (k, _) in &self.0 {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -124,20 +124,10 @@ pub async fn watch(
     validate_service_name(service)?;
     let key = ServiceKey::new(params.namespace()?, service);
     let query = parse_query(&params)?;
-    let last_id = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_param(
-                        "Last-Event-ID",
-                        "Last-Event-ID must be an index (a non-negative integer)",
-                    )
-                })?,
-        ),
-    };
+    let last_id = headers
+        .get("last-event-id")
+        .map(parse_last_event_id)
+        .transpose()?;
     let watch = state.registry.watch(&caller, &key, query, last_id)?;
     let stream = SseStream {
         keepalive: WatchStream::from_changes(state.keepalive.clone()),
@@ -160,6 +150,21 @@ pub async fn watch(
         Body::from_stream(events),
     )
         .into_response())
+}
+
+/// The index in a `Last-Event-ID` header: the decimal `id` of an event
+/// this server sent, surrounding whitespace allowed.
+pub fn parse_last_event_id(value: &HeaderValue) -> Result<u64, ApiError> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            ApiError::bad_param(
+                "Last-Event-ID",
+                "Last-Event-ID must be an index (a non-negative integer)",
+            )
+        })
 }
 
 /// The wire form of a registry watch event.
