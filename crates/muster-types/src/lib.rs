@@ -22,8 +22,8 @@ use utoipa::ToSchema;
 pub use compact::{CompactString, MAX_INTERNED_LEN, Meta, MetaIter, SharedStr, Tags};
 pub use duration::{format_duration, parse_duration};
 pub use validate::{
-    FieldError, Registration, truncate_output, validate_check, validate_instance_id,
-    validate_namespace, validate_service_name, validate_ttl,
+    FieldError, ID_PATTERN, LABEL_PATTERN, LEASE_ID_PATTERN, Registration, truncate_output,
+    validate_check, validate_instance_id, validate_namespace, validate_service_name, validate_ttl,
 };
 
 /// Every limit the API enforces, in one place so docs, server and clients agree.
