@@ -9,7 +9,8 @@
 #   rust         Rust unit, property and integration tests (cargo nextest, per-test
 #                timeouts in .config/nextest.toml), then the doctests
 #   python       the Python client's lint, type check and tests (python/run-tests.sh)
-#                against the real muster binary
+#                against the real muster binary, then API fuzzing of the server from
+#                docs/openapi.json (schemathesis, bounded and derandomized)
 #   bench-smoke  every benchmark scenario briefly against muster, the ceiling and a real
 #                etcd (reports, asserts no timing)
 #   fuzz         every cargo-fuzz target of fuzz/ (nightly toolchain, libFuzzer) for

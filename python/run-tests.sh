@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Lints, type-checks and tests the Python client against the real muster binary.
+# Lints, type-checks and tests the Python client against the real muster binary,
+# then fuzzes the HTTP API from docs/openapi.json with schemathesis
+# (tests/test_openapi_fuzz.py; the `test` extra pins it, installed below).
 #
 #   bash python/run-tests.sh            # from the repo root (or anywhere)
 #   PY=/path/to/venv/bin/python bash python/run-tests.sh
@@ -35,5 +37,9 @@ step "ruff format --check"
 "$PY" -m ruff format --check .
 step "mypy --strict src"
 "$PY" -m mypy --strict src
-step "pytest"
-"$PY" -m pytest -q
+step "pytest (the client against the real binary)"
+"$PY" -m pytest -q --ignore=tests/test_openapi_fuzz.py
+# Its own step, so its time shows: schemathesis fuzzes every operation of
+# docs/openapi.json against a real agent, a bounded, derandomized run.
+step "pytest tests/test_openapi_fuzz.py (API fuzzing from the OpenAPI document, schemathesis)"
+"$PY" -m pytest -q tests/test_openapi_fuzz.py

@@ -1,8 +1,14 @@
 //! The OpenAPI document, generated from the handlers and wire types. The
 //! committed copy (`docs/openapi.json`) is checked against it by a test.
 
+use std::collections::BTreeMap;
+
 use axum::response::IntoResponse;
-use utoipa::OpenApi;
+use muster_types::{ID_PATTERN, LABEL_PATTERN, LEASE_ID_PATTERN, limits};
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{IntoResponses, Modify, OpenApi};
 
 use crate::api;
 
@@ -20,6 +26,7 @@ use crate::api;
         api::cluster::cluster, api::cluster::healthz,
         crate::metrics::render, serve,
     ),
+    modifiers(&ParameterRules),
     tags(
         (name = "instances", description = "Register, deregister, heartbeat and discover instances"),
         (name = "checks", description = "Server-run health checks, TTL check reports, maintenance"),
@@ -48,4 +55,123 @@ pub async fn serve() -> impl IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         document(),
     )
+}
+
+/// An error answer of the API: the typed [`muster_types::ErrorBody`].
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+/// The answers of an operation that writes to the log (or, for renewals,
+/// needs the leader and a writable store), besides its own:
+/// `responses((status = 200, ...), WriteErrors)`.
+pub struct WriteErrors;
+
+impl IntoResponses for WriteErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        BTreeMap::from([
+            (
+                "503".to_string(),
+                error_response(
+                    "not_leader (this node does not lead; the leader is named if known), \
+                     shutting_down, or storage_failed (writes cannot be made durable)",
+                ),
+            ),
+            (
+                "507".to_string(),
+                error_response("storage_full: the data directory's disk is full"),
+            ),
+        ])
+    }
+}
+
+/// The answers of an operation that reads a body, besides its own 400 for
+/// a malformed one: `responses((status = 200, ...), BodyErrors)`.
+pub struct BodyErrors;
+
+impl IntoResponses for BodyErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        BTreeMap::from([
+            (
+                "408".to_string(),
+                error_response("body_timeout: the body did not arrive in time"),
+            ),
+            (
+                "413".to_string(),
+                error_response(&format!(
+                    "body_too_large: the body is over {} bytes",
+                    limits::MAX_BODY_BYTES
+                )),
+            ),
+        ])
+    }
+}
+
+/// Gives the parameters that name things the rule the server checks them
+/// by, so a client (or a fuzzer) can tell a valid name from an invalid one:
+/// `service` and `namespace` are DNS labels, an instance's `id` and a
+/// `check` id follow [`ID_PATTERN`], a lease `id` [`LEASE_ID_PATTERN`], and
+/// a check report's `status` is one of three words; a blocking query's
+/// `index` is any unsigned 64-bit integer. Kept here, once,
+/// rather than on each of the twenty operations that take them.
+struct ParameterRules;
+
+impl Modify for ParameterRules {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let leases = path.starts_with("/v1/leases/");
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                constrain(op, leases);
+            }
+        }
+    }
+}
+
+fn constrain(op: &mut Operation, leases: bool) {
+    for p in op.parameters.iter_mut().flatten() {
+        let Some(RefOr::T(Schema::Object(schema))) = p.schema.as_mut() else {
+            continue;
+        };
+        match (p.name.as_str(), &p.parameter_in) {
+            ("service", _) | ("namespace", ParameterIn::Query) => {
+                schema.pattern = Some(LABEL_PATTERN.into());
+                schema.min_length = Some(1);
+                schema.max_length = Some(limits::MAX_NAME_LEN);
+            }
+            ("id", ParameterIn::Path) if leases => {
+                schema.pattern = Some(LEASE_ID_PATTERN.into());
+            }
+            ("id" | "check", ParameterIn::Path) => {
+                schema.pattern = Some(ID_PATTERN.into());
+                schema.min_length = Some(1);
+                schema.max_length = Some(limits::MAX_ID_LEN);
+            }
+            // A log index is a u64: `int64` (signed) would tell a client
+            // that the upper half of the range is out of bounds.
+            ("index", ParameterIn::Query) => {
+                schema.format = None;
+            }
+            ("status", ParameterIn::Path) => {
+                schema.enum_values = Some(vec!["pass".into(), "warn".into(), "fail".into()]);
+            }
+            _ => {}
+        }
+    }
 }

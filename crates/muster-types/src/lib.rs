@@ -22,8 +22,8 @@ use utoipa::ToSchema;
 pub use compact::{CompactString, MAX_INTERNED_LEN, Meta, MetaIter, SharedStr, Tags};
 pub use duration::{format_duration, parse_duration};
 pub use validate::{
-    FieldError, Registration, truncate_output, validate_check, validate_instance_id,
-    validate_namespace, validate_service_name, validate_ttl,
+    FieldError, ID_PATTERN, LABEL_PATTERN, LEASE_ID_PATTERN, Registration, truncate_output,
+    validate_check, validate_instance_id, validate_namespace, validate_service_name, validate_ttl,
 };
 
 /// Every limit the API enforces, in one place so docs, server and clients agree.
@@ -114,33 +114,40 @@ impl Health {
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// IP address or host name the instance serves on.
+    #[schema(min_length = 1, max_length = 253)]
     pub address: String,
     /// TCP port, 1 to 65535.
     #[schema(minimum = 1, maximum = 65535)]
     pub port: u32,
     /// Tags; discovery by `tag` needs all requested tags present.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub tags: Vec<String>,
     /// Free-form string metadata.
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
     /// Version, matched as semver when it parses as one.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub version: Option<String>,
     /// Zone (failure domain), e.g. `eu-1a`.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub zone: Option<String>,
     /// Relative weight for load balancing, 1 to 10000 (default 100).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
     pub weight: Option<u32>,
     /// Give the instance a lease of its own with this TTL (`"10s"`, 1s to 1h).
     #[serde(default)]
+    #[schema(example = "10s")]
     pub ttl: Option<String>,
     /// Attach the instance to this existing lease.
     #[serde(default)]
     pub lease: Option<String>,
     /// Server-run health checks.
     #[serde(default)]
+    #[schema(max_items = 16)]
     pub checks: Vec<CheckSpec>,
 }
 
@@ -419,6 +426,7 @@ pub struct ServicesResponse {
 #[serde(deny_unknown_fields)]
 pub struct CreateLeaseRequest {
     /// Time to live, e.g. `"10s"` (1s to 1h).
+    #[schema(example = "10s")]
     pub ttl: String,
 }
 

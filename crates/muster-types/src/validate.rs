@@ -268,6 +268,19 @@ pub fn validate_check(position: usize, spec: &CheckSpec) -> Result<Check, FieldE
     })
 }
 
+/// Service and namespace names ([`validate_service_name`],
+/// [`validate_namespace`]) as a regular expression, for the OpenAPI document.
+pub const LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+
+/// Instance and check ids ([`validate_instance_id`]) as a regular
+/// expression, for the OpenAPI document. It cannot say that `.` and `..`
+/// are refused besides (JSON Schema patterns have no look-ahead everywhere).
+pub const ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
+
+/// Lease ids ([`crate::parse_lease_id`]) as a regular expression, for the
+/// OpenAPI document.
+pub const LEASE_ID_PATTERN: &str = "^[0-9A-Fa-f]{1,16}$";
+
 fn label_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME_LEN
@@ -526,6 +539,34 @@ impl RegisterRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Strings of a pattern (proptest generates from a regex without its
+    /// anchors; the patterns are anchored at both ends).
+    fn of(pattern: &str) -> impl Strategy<Value = String> {
+        let inner = pattern.strip_prefix('^').and_then(|p| p.strip_suffix('$'));
+        proptest::string::string_regex(inner.expect("anchored at both ends")).unwrap()
+    }
+
+    proptest! {
+        // What the OpenAPI document's patterns admit, the validators accept
+        // (the patterns may only be narrower: `.` and `..` are refused besides).
+        #[test]
+        fn labels_of_the_pattern_are_valid(s in of(LABEL_PATTERN)) {
+            prop_assert!(validate_service_name(&s).is_ok(), "{s:?}");
+            prop_assert!(validate_namespace(&s).is_ok(), "{s:?}");
+        }
+
+        #[test]
+        fn ids_of_the_pattern_are_valid_but_dot_segments(s in of(ID_PATTERN)) {
+            prop_assert_eq!(validate_instance_id(&s).is_ok(), s != "." && s != "..", "{:?}", s);
+        }
+
+        #[test]
+        fn lease_ids_of_the_pattern_parse(s in of(LEASE_ID_PATTERN)) {
+            prop_assert!(crate::parse_lease_id(&s).is_some(), "{s:?}");
+        }
+    }
 
     fn base() -> RegisterRequest {
         RegisterRequest {

@@ -12,6 +12,7 @@ use muster_types::{
 use super::{ApiPath, Call, JsonBody, Params, indexed};
 use crate::HttpStateRef;
 use crate::error::ApiError;
+use crate::openapi::{BodyErrors, WriteErrors};
 use crate::wire;
 
 /// Turn maintenance on or off: in maintenance an instance is critical (out of
@@ -21,8 +22,10 @@ use crate::wire;
            ("id" = String, Path, description = "Instance id"),
            ("namespace" = Option<String>, Query, description = "Namespace")),
     request_body = MaintenanceRequest,
-    responses((status = 200, description = "The instance", body = Instance),
-              (status = 404, description = "No such instance", body = ErrorBody)))]
+    responses((status = 200, description = "The instance", body = Instance, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
+              (status = 400, description = "Invalid service name, id, namespace, parameter or body", body = ErrorBody),
+              (status = 404, description = "No such instance", body = ErrorBody),
+              BodyErrors, WriteErrors))]
 pub async fn maintenance(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -48,10 +51,11 @@ pub async fn maintenance(
            ("check" = String, Path, description = "Check id"),
            ("namespace" = Option<String>, Query, description = "Namespace")),
     request_body = CheckSpec,
-    responses((status = 200, description = "The instance", body = Instance),
+    responses((status = 200, description = "The instance", body = Instance, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
               (status = 400, description = "Invalid check", body = ErrorBody),
               (status = 403, description = "Command checks are disabled", body = ErrorBody),
-              (status = 404, description = "No such instance", body = ErrorBody)))]
+              (status = 404, description = "No such instance", body = ErrorBody),
+              BodyErrors, WriteErrors))]
 pub async fn put_check(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -81,8 +85,10 @@ pub async fn put_check(
            ("id" = String, Path, description = "Instance id"),
            ("check" = String, Path, description = "Check id"),
            ("namespace" = Option<String>, Query, description = "Namespace")),
-    responses((status = 200, description = "The instance", body = Instance),
-              (status = 404, description = "No such instance or check", body = ErrorBody)))]
+    responses((status = 200, description = "The instance", body = Instance, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
+              (status = 400, description = "Invalid service name, id, check id, namespace or parameter", body = ErrorBody),
+              (status = 404, description = "No such instance or check", body = ErrorBody),
+              WriteErrors))]
 pub async fn delete_check(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -109,7 +115,7 @@ pub async fn delete_check(
     responses((status = 204, description = "Recorded"),
               (status = 400, description = "Not a TTL check, a bad status, or a malformed body", body = ErrorBody),
               (status = 404, description = "No such instance or check", body = ErrorBody),
-              (status = 413, description = "Body too large", body = ErrorBody)))]
+              BodyErrors, WriteErrors))]
 pub async fn report(
     State(state): State<HttpStateRef>,
     Call(caller): Call,

@@ -15,6 +15,7 @@ use super::{ApiPath, Call, JsonBody, Params, indexed, json_response, json_with_i
 use crate::HttpStateRef;
 use crate::cache::Answer;
 use crate::error::ApiError;
+use crate::openapi::{BodyErrors, WriteErrors};
 use crate::wire;
 
 /// Register or replace an instance. Idempotent: the same body again changes
@@ -24,12 +25,11 @@ use crate::wire;
            ("id" = String, Path, description = "Instance id, unique within the service"),
            ("namespace" = Option<String>, Query, description = "Namespace (default `default`)")),
     request_body = RegisterRequest,
-    responses((status = 200, description = "Registered; the instance as stored", body = Instance),
+    responses((status = 200, description = "Registered; the instance as stored", body = Instance, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
               (status = 400, description = "Invalid input", body = ErrorBody),
               (status = 404, description = "Unknown lease", body = ErrorBody),
-              (status = 413, description = "Body too large", body = ErrorBody),
               (status = 403, description = "Command checks are disabled on this registry", body = ErrorBody),
-              (status = 503, description = "Not leader or shutting down", body = ErrorBody)))]
+              BodyErrors, WriteErrors))]
 pub async fn register(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -51,7 +51,8 @@ pub async fn register(
     params(("service" = String, Path, description = "Service name"),
            ("id" = String, Path, description = "Instance id"),
            ("namespace" = Option<String>, Query, description = "Namespace")),
-    responses((status = 200, description = "The instance", body = Instance),
+    responses((status = 200, description = "The instance", body = Instance, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
+              (status = 400, description = "Invalid service name, id, namespace or parameter", body = ErrorBody),
               (status = 404, description = "No such instance", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<HttpStateRef>,
@@ -69,8 +70,10 @@ pub async fn get_one(
     params(("service" = String, Path, description = "Service name"),
            ("id" = String, Path, description = "Instance id"),
            ("namespace" = Option<String>, Query, description = "Namespace")),
-    responses((status = 200, description = "Removed", body = WriteResponse),
-              (status = 404, description = "No such instance", body = ErrorBody)))]
+    responses((status = 200, description = "Removed", body = WriteResponse, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
+              (status = 400, description = "Invalid service name, id, namespace or parameter", body = ErrorBody),
+              (status = 404, description = "No such instance", body = ErrorBody),
+              WriteErrors))]
 pub async fn deregister(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -94,8 +97,10 @@ pub async fn deregister(
            ("id" = String, Path, description = "Instance id"),
            ("namespace" = Option<String>, Query, description = "Namespace")),
     responses((status = 200, description = "Renewed", body = RenewResponse),
+              (status = 400, description = "Invalid service name, id, namespace or parameter", body = ErrorBody),
               (status = 404, description = "No such instance or lease: register again", body = ErrorBody),
-              (status = 409, description = "The instance is persistent and has no lease", body = ErrorBody)))]
+              (status = 409, description = "The instance is persistent and has no lease", body = ErrorBody),
+              WriteErrors))]
 pub async fn heartbeat(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -180,7 +185,7 @@ pub fn parse_query(params: &Params) -> Result<Query, ApiError> {
            ("health" = Option<String>, Query, description = "`passing` (default) or `any`"),
            ("index" = Option<u64>, Query, description = "Block until the service index exceeds this"),
            ("wait" = Option<String>, Query, description = "Longest block with `index`, e.g. `30s` (default 5m); over 10m is a 400")),
-    responses((status = 200, description = "Matching instances; header X-Muster-Index", body = InstancesResponse),
+    responses((status = 200, description = "Matching instances; header X-Muster-Index", body = InstancesResponse, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
               (status = 400, description = "Invalid parameter", body = ErrorBody)))]
 pub async fn discover(
     State(state): State<HttpStateRef>,

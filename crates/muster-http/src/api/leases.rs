@@ -13,6 +13,7 @@ use super::instances::renewed;
 use super::{ApiPath, Call, JsonBody, Params, indexed};
 use crate::HttpStateRef;
 use crate::error::ApiError;
+use crate::openapi::{BodyErrors, WriteErrors};
 
 fn lease_id(s: &str) -> Result<u64, ApiError> {
     parse_lease_id(s).ok_or_else(|| {
@@ -34,8 +35,9 @@ fn info(l: &LeaseStatus) -> LeaseInfo {
 /// while it is renewed.
 #[utoipa::path(post, path = "/v1/leases", tag = "leases",
     request_body = CreateLeaseRequest,
-    responses((status = 201, description = "Created", body = LeaseInfo),
-              (status = 400, description = "Invalid TTL", body = ErrorBody)))]
+    responses((status = 201, description = "Created", body = LeaseInfo, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
+              (status = 400, description = "Invalid TTL, body or parameter", body = ErrorBody),
+              BodyErrors, WriteErrors))]
 pub async fn create(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -53,7 +55,8 @@ pub async fn create(
 /// One lease.
 #[utoipa::path(get, path = "/v1/leases/{id}", tag = "leases",
     params(("id" = String, Path, description = "Lease id")),
-    responses((status = 200, description = "The lease", body = LeaseInfo),
+    responses((status = 200, description = "The lease", body = LeaseInfo, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
+              (status = 400, description = "Not a lease id, or a parameter given", body = ErrorBody),
               (status = 404, description = "No such lease", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<HttpStateRef>,
@@ -70,7 +73,9 @@ pub async fn get_one(
 #[utoipa::path(put, path = "/v1/leases/{id}/renew", tag = "leases",
     params(("id" = String, Path, description = "Lease id")),
     responses((status = 200, description = "Renewed", body = RenewResponse),
-              (status = 404, description = "No such lease: create a new one and re-register", body = ErrorBody)))]
+              (status = 400, description = "Not a lease id, or a parameter given", body = ErrorBody),
+              (status = 404, description = "No such lease: create a new one and re-register", body = ErrorBody),
+              WriteErrors))]
 pub async fn renew(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -87,7 +92,8 @@ pub async fn renew(
 #[utoipa::path(post, path = "/v1/leases/renew", tag = "leases",
     request_body = RenewManyRequest,
     responses((status = 200, description = "Which were renewed and which are unknown", body = RenewManyResponse),
-              (status = 400, description = "Invalid id or too many ids", body = ErrorBody)))]
+              (status = 400, description = "Invalid id, too many ids, a malformed body or a parameter given", body = ErrorBody),
+              BodyErrors, WriteErrors))]
 pub async fn renew_many(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -115,8 +121,10 @@ pub async fn renew_many(
 /// Revoke a lease: every instance attached to it is removed.
 #[utoipa::path(delete, path = "/v1/leases/{id}", tag = "leases",
     params(("id" = String, Path, description = "Lease id")),
-    responses((status = 200, description = "Revoked", body = WriteResponse),
-              (status = 404, description = "No such lease", body = ErrorBody)))]
+    responses((status = 200, description = "Revoked", body = WriteResponse, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
+              (status = 400, description = "Not a lease id, or a parameter given", body = ErrorBody),
+              (status = 404, description = "No such lease", body = ErrorBody),
+              WriteErrors))]
 pub async fn revoke(
     State(state): State<HttpStateRef>,
     Call(caller): Call,

@@ -14,7 +14,7 @@ use crate::error::ApiError;
     params(("namespace" = Option<String>, Query, description = "Namespace"),
            ("index" = Option<u64>, Query, description = "Block until the namespace index exceeds this"),
            ("wait" = Option<String>, Query, description = "Longest block with `index`, e.g. `30s` (default 5m); over 10m is a 400")),
-    responses((status = 200, description = "Services; header X-Muster-Index", body = ServicesResponse),
+    responses((status = 200, description = "Services; header X-Muster-Index", body = ServicesResponse, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
               (status = 400, description = "Invalid parameter", body = ErrorBody)))]
 pub async fn list(
     State(state): State<HttpStateRef>,
