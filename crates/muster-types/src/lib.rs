@@ -679,6 +679,8 @@ mod tests {
         #[serde(default)]
         maintenance: Option<String>,
         lease: Option<String>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        preserved: bool,
         create_index: u64,
         modify_index: u64,
         registered_at_ms: u64,
