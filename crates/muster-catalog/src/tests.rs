@@ -624,7 +624,9 @@ fn replay(view: &mut BTreeMap<String, Arc<Instance>>, changes: &[IndexedChange])
 
 /// A deliberately naive reading of the same semantics, written independently.
 fn naive_matches(q: &Query, i: &Instance) -> bool {
-    let passing = i.maintenance.is_none() && i.checks.iter().all(|c| c.status == Health::Passing);
+    let passing = i.maintenance.is_none()
+        && i.preserved != Preservation::Lapsed
+        && i.checks.iter().all(|c| c.status == Health::Passing);
     if q.health == HealthFilter::Passing && !passing {
         return false;
     }
@@ -696,6 +698,9 @@ proptest! {
                     if let Some(l) = i.lease.as_deref().and_then(muster_types::parse_lease_id) {
                         let lease = c.lease(l).expect("instance lease exists");
                         prop_assert!(lease.instances.contains(&k, &i.id));
+                        prop_assert_eq!(i.preserved, lease.preserved, "an instance carries its lease's mark");
+                    } else {
+                        prop_assert_eq!(i.preserved, Preservation::None);
                     }
                 }
             }
