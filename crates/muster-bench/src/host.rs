@@ -269,3 +269,17 @@ tmpfs /dev/shm tmpfs rw 0 0
         assert!(!fs.fs_type.is_empty());
     }
 }
+
+/// Writes dirty pages out and drops the kernel's page cache, so the next
+/// start reads its data (and its binary) from the disk. Needs root and a
+/// kernel that lets this container do it; the error says why not.
+pub fn drop_page_cache() -> Result<(), String> {
+    let synced = std::process::Command::new("sync")
+        .status()
+        .map_err(|e| format!("cannot run sync: {e}"))?;
+    if !synced.success() {
+        return Err(format!("sync failed: {synced}"));
+    }
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .map_err(|e| format!("cannot write /proc/sys/vm/drop_caches: {e}"))
+}

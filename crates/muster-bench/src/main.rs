@@ -86,6 +86,11 @@ struct RunArgs {
     /// Instance counts for `scale`, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
     scale: Vec<u64>,
+    /// Restarts timed after each `scale` run's `kill -9` (the report gives
+    /// their median and every round), each from a dropped page cache where
+    /// the kernel allows it (root).
+    #[arg(long, default_value_t = 3)]
+    restarts: usize,
     /// A short run of every scenario, to check that each one works (CI).
     #[arg(long)]
     smoke: bool,
@@ -110,7 +115,7 @@ struct RunArgs {
     #[arg(long)]
     json: Option<PathBuf>,
     /// `scale` copies each killed server's data directory here (as
-    /// `scale-<n>`), to profile its restart again and again.
+    /// `scale-<n>` or `scale-unique-<n>`), to profile its restart again and again.
     #[arg(long)]
     keep_data: Option<PathBuf>,
 }
@@ -213,6 +218,7 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         a.fd_samples = 2;
         a.leases = a.leases.min(100);
         a.scale = vec![2000];
+        a.restarts = 1;
     }
     let scenarios: Vec<String> = if a.scenarios.is_empty() || a.scenarios == ["all"] {
         scenarios::ALL.iter().map(|s| s.to_string()).collect()
@@ -268,6 +274,8 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         work: work.path().to_path_buf(),
         etcd_data,
         keep_data: a.keep_data.clone(),
+        restarts: a.restarts,
+        drop_page_cache: !a.smoke,
     };
     if !settings.muster_bin.exists() {
         bail!(
@@ -337,6 +345,7 @@ async fn bench(mut a: RunArgs) -> Result<()> {
                 ("duration_s".into(), a.duration.into()),
                 ("connections".into(), a.connections.into()),
                 ("runs".into(), a.runs.into()),
+                ("restarts".into(), a.restarts.into()),
                 ("leases".into(), a.leases.into()),
                 ("watchers".into(), a.watchers.into()),
                 ("smoke".into(), a.smoke.into()),
@@ -723,7 +732,7 @@ mod tests {
         };
         let on = |t: &str| BTreeMap::from([("muster".to_string(), fs(t))]);
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        for durable in ["register", "churn", "scale", "watch-fanout"] {
+        for durable in ["register", "churn", "scale", "scale-unique", "watch-fanout"] {
             let err = refuse_memory_backed_durability(&names(&[durable]), &on("tmpfs"), false)
                 .expect_err("a durable scenario on tmpfs must be refused");
             let msg = format!("{err:#}");

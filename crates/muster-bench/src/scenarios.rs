@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::etcd::{EtcdClient, EtcdServer, KeepAliveStream, Read};
+use crate::host;
 use crate::load::{self, Answer, Conn, Limits, Summary, Worker, http_workers, request};
 use crate::servers::{self, Proc};
 use crate::sse;
@@ -30,6 +31,7 @@ pub const ALL: &[&str] = &[
     "watch-fanout",
     "failure-detection",
     "scale",
+    "scale-unique",
 ];
 
 /// Scenarios whose figures include fsyncs: a measured write is acknowledged
@@ -44,6 +46,7 @@ pub const DURABLE: &[&str] = &[
     "watch-fanout",
     "failure-detection",
     "scale",
+    "scale-unique",
 ];
 
 /// Which systems a run measures.
@@ -80,6 +83,12 @@ pub struct Settings {
     /// Where etcd's data directories are made.
     pub etcd_data: PathBuf,
     pub keep_data: Option<PathBuf>,
+    /// Restarts timed after `scale`'s `kill -9`, each from a dropped page
+    /// cache where the kernel lets us.
+    pub restarts: usize,
+    /// Drop the page cache before each timed restart (not in smoke runs,
+    /// where it would only slow the machine's other work).
+    pub drop_page_cache: bool,
 }
 
 /// One measured run of one scenario against one target.
@@ -110,10 +119,23 @@ impl Row {
 }
 
 /// A registration body with 2 tags and 2 meta entries, like the memory
-/// target's instances.
+/// target's instances. Tags, meta, version and zone repeat across
+/// instances, the best case for the catalog's interning.
 fn instance_body(i: u64) -> Bytes {
     Bytes::from(format!(
         r#"{{"address":"10.{}.{}.{}","port":8080,"tags":["prod","v2"],"meta":{{"team":"payments","rev":"r{}"}},"version":"1.4.2","zone":"eu-1a"}}"#,
+        (i >> 16) & 255,
+        (i >> 8) & 255,
+        i & 255,
+        i % 1000
+    ))
+}
+
+/// The same shape as [`instance_body`], but every tag, meta value, version
+/// and zone is unique to its instance: the worst case for interning.
+fn unique_instance_body(i: u64) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"address":"10.{}.{}.{}","port":8080,"tags":["t{i}","g{i}"],"meta":{{"team":"team-{i}","rev":"r{i}"}},"version":"1.{}.{i}","zone":"zone-{i}"}}"#,
         (i >> 16) & 255,
         (i >> 8) & 255,
         i & 255,
@@ -215,7 +237,11 @@ pub async fn run(s: &Settings, scenario: &str, targets: &[Target], run: usize) -
             ("watch-fanout", Target::Etcd) => etcd_watch_fanout(s, run).await,
             ("failure-detection", Target::Muster) => failure_detection(s, run).await,
             ("scale", Target::Muster) => {
-                rows.extend(scale(s, run).await?);
+                rows.extend(scale(s, run, false).await?);
+                continue;
+            }
+            ("scale-unique", Target::Muster) => {
+                rows.extend(scale(s, run, true).await?);
                 continue;
             }
             // No equivalent on this target.
@@ -580,11 +606,20 @@ async fn failure_detection(s: &Settings, run: usize) -> Result<Row> {
 
 /// Registers N instances (2 tags, 2 meta) over 1,000 services, reports RSS
 /// growth per instance, then kills the server with SIGKILL and times its
-/// recovery until it serves all N again.
-async fn scale(s: &Settings, run: usize) -> Result<Vec<Row>> {
+/// recovery until it serves all N again, `restarts` times, each after
+/// dropping the page cache where the kernel allows it (the report says
+/// whether it did). `unique` gives every instance its own tags, meta,
+/// version and zone.
+async fn scale(s: &Settings, run: usize, unique: bool) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
+    let name = if unique { "scale-unique" } else { "scale" };
+    let body = if unique {
+        unique_instance_body
+    } else {
+        instance_body
+    };
     for &n in &s.scale {
-        let m = Muster::start(s, "scale").await?;
+        let m = Muster::start(s, name).await?;
         let base = m.proc.rss()?;
         let next = Arc::new(AtomicU64::new(0));
         let workers = http_workers(m.addr(), s.connections.max(128), |_| {
@@ -594,7 +629,7 @@ async fn scale(s: &Settings, run: usize) -> Result<Vec<Row>> {
                 request(
                     "PUT",
                     &format!("/v1/services/svc-{}/instances/i{i}", i % 1000),
-                    Some(instance_body(i)),
+                    Some(body(i)),
                 )
             })
         })
@@ -609,7 +644,7 @@ async fn scale(s: &Settings, run: usize) -> Result<Vec<Row>> {
         .await;
         if summary.requests != n {
             bail!(
-                "scale {n}: only {} registrations succeeded ({} errors, first: {:?})",
+                "{name} {n}: only {} registrations succeeded ({} errors, first: {:?})",
                 summary.requests,
                 summary.errors,
                 summary.first_error
@@ -618,26 +653,45 @@ async fn scale(s: &Settings, run: usize) -> Result<Vec<Row>> {
         let loaded = m.proc.rss()?;
         let count = count_instances(m.addr()).await?;
         if count != n {
-            bail!("scale {n}: the catalog holds {count} instances");
+            bail!("{name} {n}: the catalog holds {count} instances");
         }
         let Muster { proc, dir } = m;
         proc.kill9().await?;
         let disk = dir_size(&dir);
         if let Some(keep) = &s.keep_data {
-            copy_dir(&dir, &keep.join(format!("scale-{n}")))?;
+            copy_dir(&dir, &keep.join(format!("{name}-{n}")))?;
         }
-        let t = Instant::now();
-        let restarted = servers::spawn_muster(&s.muster_bin, s.server_cpu, &dir, &[]).await?;
-        let recovered = count_instances(restarted.addr).await?;
-        let recovery = t.elapsed();
-        if recovered != n {
-            bail!("scale {n}: {recovered} instances after restart");
+        let mut recoveries = Vec::new();
+        let mut ready = Vec::new();
+        let mut after_restart = None;
+        let mut page_cache = if s.drop_page_cache {
+            "dropped before each restart".to_string()
+        } else {
+            "warm: not dropped in a smoke run".to_string()
+        };
+        for _ in 0..s.restarts.max(1) {
+            if s.drop_page_cache
+                && let Err(why) = host::drop_page_cache()
+            {
+                page_cache = format!("warm: {why}");
+            }
+            let t = Instant::now();
+            let restarted = servers::spawn_muster(&s.muster_bin, s.server_cpu, &dir, &[]).await?;
+            let recovered = count_instances(restarted.addr).await?;
+            recoveries.push(t.elapsed().as_secs_f64());
+            ready.push(restarted.startup.as_secs_f64());
+            if recovered != n {
+                bail!("{name} {n}: {recovered} instances after restart");
+            }
+            after_restart.get_or_insert(restarted.rss()?);
+            restarted.kill9().await?;
         }
-        let after_restart = restarted.rss()?;
-        let mut row = Row::new(&format!("scale-{n}"), Target::Muster, run, summary);
+        let after_restart = after_restart.unwrap_or_default();
+        let mut row = Row::new(&format!("{name}-{n}"), Target::Muster, run, summary);
         row.rss_bytes = Some(loaded);
         let per = (loaded.saturating_sub(base)) as f64 / n as f64;
         let per_restarted = (after_restart.saturating_sub(base)) as f64 / n as f64;
+        let ms = |v: f64| (v * 1000.0).round() / 1000.0;
         row.extra.insert("instances".into(), Value::from(n));
         row.extra.insert("rss_base_bytes".into(), Value::from(base));
         row.extra
@@ -647,17 +701,25 @@ async fn scale(s: &Settings, run: usize) -> Result<Vec<Row>> {
             Value::from(per_restarted.round()),
         );
         row.extra.insert("disk_bytes".into(), Value::from(disk));
+        row.extra
+            .insert("ready_s".into(), Value::from(ms(median(&ready))));
+        row.extra
+            .insert("recovery_s".into(), Value::from(ms(median(&recoveries))));
         row.extra.insert(
-            "ready_s".into(),
-            Value::from((restarted.startup.as_secs_f64() * 1000.0).round() / 1000.0),
+            "recovery_rounds_s".into(),
+            Value::from(recoveries.iter().map(|&v| ms(v)).collect::<Vec<_>>()),
         );
-        row.extra.insert(
-            "recovery_s".into(),
-            Value::from((recovery.as_secs_f64() * 1000.0).round() / 1000.0),
-        );
+        row.extra
+            .insert("page_cache".into(), Value::from(page_cache));
         rows.push(row);
     }
     Ok(rows)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
 async fn count_instances(addr: SocketAddr) -> Result<u64> {
