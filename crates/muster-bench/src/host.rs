@@ -176,6 +176,20 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Writes dirty pages out and drops the kernel's page cache, so the next
+/// start reads its data (and its binary) from the disk. Needs root and a
+/// kernel that lets this container do it; the error says why not.
+pub fn drop_page_cache() -> Result<(), String> {
+    let synced = std::process::Command::new("sync")
+        .status()
+        .map_err(|e| format!("cannot run sync: {e}"))?;
+    if !synced.success() {
+        return Err(format!("sync failed: {synced}"));
+    }
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .map_err(|e| format!("cannot write /proc/sys/vm/drop_caches: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,18 +282,4 @@ tmpfs /dev/shm tmpfs rw 0 0
         let fs = filesystem_of(&std::env::temp_dir()).unwrap();
         assert!(!fs.fs_type.is_empty());
     }
-}
-
-/// Writes dirty pages out and drops the kernel's page cache, so the next
-/// start reads its data (and its binary) from the disk. Needs root and a
-/// kernel that lets this container do it; the error says why not.
-pub fn drop_page_cache() -> Result<(), String> {
-    let synced = std::process::Command::new("sync")
-        .status()
-        .map_err(|e| format!("cannot run sync: {e}"))?;
-    if !synced.success() {
-        return Err(format!("sync failed: {synced}"));
-    }
-    std::fs::write("/proc/sys/vm/drop_caches", "3")
-        .map_err(|e| format!("cannot write /proc/sys/vm/drop_caches: {e}"))
 }
