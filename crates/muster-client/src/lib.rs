@@ -39,6 +39,10 @@
 //!   [`Watcher`]): one cache entry per query, fed by one watch (Server-Sent
 //!   Events, resumed with `Last-Event-ID`); stale answers carry their age
 //!   until the maximum staleness.
+//! - Checks ([`HealthCheck`], [`Registration::report`],
+//!   [`Registration::set_maintenance`]): HTTP, TCP, gRPC and TTL checks on
+//!   a registration, TTL reports and maintenance, all kept across
+//!   re-registrations.
 //! - Balancing ([`Balancer`], [`Strategy`], [`Pick`]): round robin, random,
 //!   weighted, power of two choices, zone preference, passive ejection.
 //! - [`Api`]: plain calls, one per route (the CLI uses them).
@@ -52,6 +56,7 @@
 mod api;
 mod balance;
 mod cache;
+mod checks;
 mod config;
 mod discovery;
 mod error;
@@ -72,6 +77,7 @@ use tokio::sync::watch;
 pub use api::{Api, WatchEvents};
 pub use balance::{Balancer, Pick, Strategy};
 pub use cache::Snapshot;
+pub use checks::{CheckStatus, HealthCheck};
 pub use config::{Backoff, ClientBuilder, Timeouts};
 pub use discovery::{Discovery, Watcher};
 pub use error::{Error, Result};
@@ -150,6 +156,12 @@ impl Client {
     pub async fn register(&self, spec: InstanceSpec) -> Result<Registration> {
         let instance = self.inner.leases.register(&spec, &self.inner.stop).await?;
         Ok(Registration::new(self.clone(), instance))
+    }
+
+    /// The services of the namespace, with their instance counts by health
+    /// (straight from the registry, not cached).
+    pub async fn services(&self) -> Result<muster_types::ServicesResponse> {
+        self.inner.api.services().await
     }
 
     /// The lease and its renewal counters; changes as renewals happen.
