@@ -44,7 +44,8 @@
 //!   a registration, TTL reports and maintenance, all kept across
 //!   re-registrations.
 //! - Balancing ([`Balancer`], [`Strategy`], [`Pick`]): round robin, random,
-//!   weighted, power of two choices, zone preference, passive ejection.
+//!   weighted, power of two choices, least outstanding requests, zone
+//!   preference, passive ejection; custom rules through [`Choose`].
 //! - [`Api`]: plain calls, one per route (the CLI uses them).
 //! - `tower` feature: [`Discovery::discover_services`], a
 //!   `tower::discover::Discover` stream for `tower::balance` and tonic.
@@ -75,7 +76,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use api::{Api, WatchEvents};
-pub use balance::{Balancer, Pick, Strategy};
+pub use balance::{Balancer, Candidate, Choose, Pick, Strategy};
 pub use cache::Snapshot;
 pub use checks::{CheckStatus, HealthCheck};
 pub use config::{Backoff, ClientBuilder, Timeouts};
