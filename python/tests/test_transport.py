@@ -330,7 +330,7 @@ class DropsReusedConnections:
                     head.append(line)
                 if not head:
                     return
-                fields = dict(h.rstrip().split(b": ", 1) for h in head[1:])
+                fields = dict(h.rstrip().lower().split(b": ", 1) for h in head[1:])
                 length = int(fields.get(b"content-length", b"0"))
                 f.read(length)
                 requests += 1
