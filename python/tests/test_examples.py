@@ -50,7 +50,7 @@ class App:
             **os.environ,
             "MUSTER_ADDR": registry_url,
             "PORT": str(self.port),
-            "DRAIN": "2",
+            "DRAIN": "4",
             "PYTHONUNBUFFERED": "1",
         }
         if kind == "fastapi":
@@ -111,7 +111,7 @@ async def test_example_serves_registers_balances_and_drains(
                     seen[(await http.get(f"http://{service}/pay")).json()["name"]] += 1
                 assert seen == {"a": 3, "b": 3}
             app.proc.send_signal(signal.SIGTERM)
-            await client.wait_for(service, lambda r: len(r) == 0, timeout=2)
+            await client.wait_for(service, lambda r: len(r) == 0, timeout=3)
             assert app.get("/peers") == []  # deregistered, still serving: draining
             assert await app.exited(30) in (0, -signal.SIGTERM), app.log.read_text()
     finally:
