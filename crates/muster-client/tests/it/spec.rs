@@ -362,9 +362,10 @@ struct World {
 /// The spec's name for an error (`spec/client/README.md`, "Error kinds").
 fn kind(e: &Error) -> String {
     match e {
-        Error::Api { status, .. } if matches!(status, 400 | 413 | 414 | 422) => {
-            "bad_request".into()
-        }
+        Error::Api {
+            status: 400 | 413 | 414 | 422,
+            ..
+        } => "bad_request".into(),
         Error::Api { status: 404, .. } => "not_found".into(),
         Error::Unreachable { .. } => "unavailable".into(),
         Error::Stale { .. } => "stale".into(),
