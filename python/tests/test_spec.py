@@ -551,6 +551,24 @@ async def test_scenario(path: Path) -> None:
         await world.close()
 
 
+async def test_an_unknown_step_fails() -> None:
+    world = World()
+    try:
+        with pytest.raises(ScenarioError, match="unknown step 'dance'"):
+            await world.step(Keys({"do": "dance"}, "test"))
+        with pytest.raises(ScenarioError, match="unknown observation 'vibes'"):
+            await world.step(Keys({"do": "expect", "look": "vibes"}, "test"))
+    finally:
+        await world.close()
+
+
+def test_an_unknown_key_fails() -> None:
+    k = Keys({"do": "wait", "withn": "1s"}, "test")
+    k.req("do")
+    with pytest.raises(ScenarioError, match=r"unknown keys \['withn'\]"):
+        k.done()
+
+
 def test_every_scenario_runs() -> None:
     # A glob that found nothing would pass vacuously.
     assert len(SCENARIOS) >= 10, SCENARIOS

@@ -76,6 +76,35 @@ fn every_scenario_file_has_a_test() {
     );
 }
 
+#[tokio::test]
+#[should_panic(expected = "unknown step \"dance\"")]
+async fn an_unknown_step_fails() {
+    let t: toml::Table = r#"do = "dance""#.parse().unwrap();
+    World::new().step(&Keys::new(&t, "test".into())).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "unknown observation \"vibes\"")]
+async fn an_unknown_observation_fails() {
+    let t: toml::Table = r#"do = "expect"
+look = "vibes""#
+        .parse()
+        .unwrap();
+    World::new().step(&Keys::new(&t, "test".into())).await;
+}
+
+#[test]
+#[should_panic(expected = "unknown keys [\"withn\"]")]
+fn an_unknown_key_fails() {
+    let t: toml::Table = r#"do = "wait"
+withn = "1s""#
+        .parse()
+        .unwrap();
+    let keys = Keys::new(&t, "test".into());
+    keys.req_str("do");
+    keys.done();
+}
+
 async fn run(name: &str) {
     let path = spec_dir().join(format!("{name}.toml"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
