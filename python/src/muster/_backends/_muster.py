@@ -193,6 +193,14 @@ class MusterBackend(Backend):
                         await r.aread()
                         raise error_from_response(r.status_code, _json(r))
                     self._current = i
+                    if last_index is not None:
+                        # The registry accepted the resumed watch: what was
+                        # missed follows on this stream, so the watcher's
+                        # cache is current again now (as the Rust client
+                        # treats a reconnected watch), whether or not the
+                        # registry confirms it with a `current` event.
+                        delivered = True
+                        yield WatchEvent("current", last_index)
                     async for ev in _parse_sse(r.aiter_lines()):
                         delivered = True
                         yield ev
