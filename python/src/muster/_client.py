@@ -355,9 +355,15 @@ class AsyncMusterClient:
                 return
             lease = await self._new_lease()
             for h in list(self._registered.values()):
-                await self.backend.register(h.service, h.id, h.registration, lease.id)
-                # One per instance, as the Rust client counts.
+                # One per instance, as the Rust client counts; counted before
+                # the instance reappears (so whoever sees it back also sees
+                # the count) and taken back if its registration fails.
                 self.stats.reregistrations += 1
+                try:
+                    await self.backend.register(h.service, h.id, h.registration, lease.id)
+                except BaseException:
+                    self.stats.reregistrations -= 1
+                    raise
             log.info("lease lost: re-registered %d instance(s)", len(self._registered))
 
     async def _renew_forever(self) -> None:
