@@ -12,9 +12,14 @@
 //! Every pick returns a [`Pick`] guard: it counts as an outstanding request
 //! until dropped. [`Pick::report_failure`] ejects the instance for a
 //! back-off that doubles with consecutive failures (passive outlier
-//! ejection); [`Pick::report_success`] resets it. When nothing is left to
-//! pick, [`Balancer::pick`] fails at once with
-//! [`Error::NoHealthyInstance`](crate::Error::NoHealthyInstance).
+//! ejection); [`Pick::report_success`] resets it. When every instance is
+//! ejected, picks ignore ejection and go to all of them ("panic mode", as
+//! Envoy's): ejection is the caller's guess while the registry still says
+//! they are healthy, and a guess beats a certain failure. Only when nothing
+//! matches (or everything matching is critical) does [`Balancer::pick`] fail
+//! at once with [`Error::NoHealthyInstance`](crate::Error::NoHealthyInstance).
+//! The shared client spec (`spec/client/`) fixes this behaviour for the
+//! Rust and Python clients alike.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -96,6 +101,19 @@ struct Stat {
 impl Stat {
     fn ejected(&self, now: Instant) -> bool {
         matches!(*self.ejected_until.lock().unwrap_or_else(PoisonError::into_inner), Some(t) if t > now)
+    }
+
+    /// One more consecutive failure: ejected for `base` doubled per earlier
+    /// consecutive failure, at most `max`.
+    fn eject(&self, base: Duration, max: Duration) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed);
+        let factor = 1u32.checked_shl(n.min(16)).unwrap_or(u32::MAX);
+        let backoff = base.saturating_mul(factor).min(max);
+        *self
+            .ejected_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + backoff);
+        metrics::counter!(crate::metrics::EJECTIONS).increment(1);
     }
 }
 
@@ -218,17 +236,21 @@ impl Balancer {
             st.stats.retain(|id, _| snapshot.get(id).is_some());
         }
         let mut usable: Vec<(usize, Arc<Stat>)> = Vec::with_capacity(instances.len());
-        let mut ejected = 0;
+        let mut ejected: Vec<(usize, Arc<Stat>)> = Vec::new();
         for (i, inst) in instances.iter().enumerate() {
             if inst.health == Health::Critical {
                 continue;
             }
             let stat = st.stats.entry(inst.id.clone()).or_default().clone();
             if stat.ejected(now) {
-                ejected += 1;
-                continue;
+                ejected.push((i, stat));
+            } else {
+                usable.push((i, stat));
             }
-            usable.push((i, stat));
+        }
+        // Panic mode: every healthy instance ejected, so try them all.
+        if usable.is_empty() {
+            usable = ejected;
         }
         if let Some(zone) = &self.zone
             && usable
@@ -241,7 +263,6 @@ impl Balancer {
             return Err(Error::NoHealthyInstance {
                 query: self.describe(),
                 matching: instances.len(),
-                ejected,
             });
         }
         let n = usable.len();
@@ -326,6 +347,21 @@ impl Balancer {
             .map_or(0, |s| s.outstanding.load(Ordering::Relaxed))
     }
 
+    /// Reports a failed request to the instance `id` without a [`Pick`] of
+    /// it (a failure learnt elsewhere): ejects it as
+    /// [`Pick::report_failure`] does.
+    pub fn report_failure(&self, id: &str) {
+        let stat = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stats
+            .entry(id.into())
+            .or_default()
+            .clone();
+        stat.eject(self.eject_base, self.eject_max);
+    }
+
     fn describe(&self) -> String {
         match &self.source {
             Source::Query(d) => d.query().to_string(),
@@ -375,15 +411,7 @@ impl Pick {
     /// The request failed: eject the instance for a back-off that doubles
     /// with each consecutive failure.
     pub fn report_failure(self) {
-        let n = self.stat.failures.fetch_add(1, Ordering::Relaxed);
-        let factor = 1u32.checked_shl(n.min(16)).unwrap_or(u32::MAX);
-        let backoff = self.eject_base.saturating_mul(factor).min(self.eject_max);
-        *self
-            .stat
-            .ejected_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + backoff);
-        metrics::counter!(crate::metrics::EJECTIONS).increment(1);
+        self.stat.eject(self.eject_base, self.eject_max);
     }
 
     /// The request succeeded: consecutive failures start again from zero.

@@ -14,7 +14,8 @@ pub struct Timeouts {
     /// Longest a TCP connect to one registry address may take before the
     /// next address is tried.
     pub connect: Duration,
-    /// Longest one request (connect included) may take. Watches are exempt.
+    /// Longest one request (connect included) may take (default 5 s).
+    /// Watches are exempt.
     pub request: Duration,
     /// A watch that received nothing (not even a keep-alive, which the
     /// registry sends every 15 s) for this long is considered broken and
@@ -26,21 +27,26 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             connect: Duration::from_secs(2),
-            request: Duration::from_secs(10),
+            request: Duration::from_secs(5),
             watch_idle: Duration::from_secs(45),
         }
     }
 }
 
 /// How calls are retried: each attempt tries every registry address in turn,
-/// and attempts are separated by a jittered exponential back-off.
+/// and attempts are separated by a jittered exponential back-off. A broken
+/// watch reconnects with the same back-off.
+///
+/// The defaults (3 passes, 100 ms doubling up to 500 ms, each wait jittered
+/// to half to all of it) are the Python client's too (`spec/client/`): the
+/// low ceiling brings a watch back within 1 s of the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     /// Passes over the address list before a call gives up (at least 1).
     pub attempts: u32,
     /// Back-off after the first failed pass; doubled after each further one.
     pub initial: Duration,
-    /// Largest back-off.
+    /// Largest back-off (default 500 ms).
     pub max: Duration,
 }
 
@@ -49,7 +55,7 @@ impl Default for Backoff {
         Backoff {
             attempts: 3,
             initial: Duration::from_millis(100),
-            max: Duration::from_secs(5),
+            max: Duration::from_millis(500),
         }
     }
 }

@@ -73,17 +73,14 @@ pub enum Error {
     },
 
     /// A balancer found no instance to pick: none matches, or every match is
-    /// ejected or unhealthy.
-    #[error(
-        "no healthy instance of {query}: {matching} matching, {ejected} ejected after failures"
-    )]
+    /// critical. (Ejected instances are still picked when every one is
+    /// ejected.)
+    #[error("no healthy instance of {query}: {matching} matching, none passing or warning")]
     NoHealthyInstance {
         /// The query, as `service?filters`.
         query: String,
         /// Instances matching the query.
         matching: usize,
-        /// Of those, how many are ejected.
-        ejected: usize,
     },
 }
 

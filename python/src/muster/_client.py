@@ -42,12 +42,13 @@ from types import FrameType
 from typing import Any, Callable, Optional, Union
 
 from ._backends import Backend, MusterBackend, Registration
-from ._config import Config
+from ._config import Config, backoff_delay
 from ._exceptions import (
     ClientClosedError,
     ConfigError,
     LeaseNotFoundError,
     MusterError,
+    RegistryError,
     RegistryUnavailableError,
     StaleDataError,
 )
@@ -131,7 +132,8 @@ class Stats:
     renewal_failures: int = 0
     """Renewals that failed (registry unreachable or refusing)."""
     reregistrations: int = 0
-    """Times every registration was repeated under a new lease."""
+    """Instances registered again under a new lease after the registry lost
+    the lease (one per instance, as the Rust client counts)."""
     watch_reconnects: int = 0
     """Times a watch lost its stream and opened a new one."""
 
@@ -164,13 +166,14 @@ class _Watch:
             self._changed = None
 
     def apply(self, ev: WatchEvent) -> None:
+        # The registry filters the watch by the query and sends a delete when
+        # an instance stops matching: events are applied as sent, never
+        # filtered again here (client-side semver could disagree with the
+        # registry's; spec/client/version_filter_trusts_server.toml).
         if ev.kind == "snapshot":
             self._instances = {i.id: i for i in ev.instances}
         elif ev.kind == "upsert" and ev.instance is not None:
-            if self.query.matches(ev.instance):
-                self._instances[ev.instance.id] = ev.instance
-            else:
-                self._instances.pop(ev.instance.id, None)
+            self._instances[ev.instance.id] = ev.instance
         elif ev.kind == "delete" and ev.instance_id is not None:
             self._instances.pop(ev.instance_id, None)
         self._index = ev.index
@@ -184,13 +187,13 @@ class _Watch:
             self.down_since = now
             self._notify()
 
-    async def run(self, backend: Backend, stats: Stats) -> None:
-        backoff = 0.05
+    async def run(self, backend: Backend, stats: Stats, config: Config) -> None:
+        failures = 0
         while True:
             try:
                 async for ev in backend.watch(self.service, self.query, self._index):
                     self.apply(ev)
-                    backoff = 0.05
+                    failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # every failure means: reconnect later
@@ -204,9 +207,11 @@ class _Watch:
             self.mark_down(time.monotonic())
             stats.watch_reconnects += 1
             # Pacing between reconnection attempts, with jitter so that many
-            # clients do not reconnect in lock-step after a registry restart.
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, 2.0)
+            # clients do not reconnect in lock-step after a registry restart;
+            # the ceiling (500 ms by default) brings the watch back within 1 s
+            # of the registry.
+            await asyncio.sleep(backoff_delay(failures, config.backoff_initial, config.backoff_max))
+            failures += 1
 
 
 class AsyncMusterClient:
@@ -245,6 +250,9 @@ class AsyncMusterClient:
             self.config.namespace,
             timeout=self.config.timeout,
             headers=self.config.headers,
+            retries=self.config.retries,
+            backoff_initial=self.config.backoff_initial,
+            backoff_max=self.config.backoff_max,
         )
         """The registry backend."""
         self.stats = Stats()
@@ -457,11 +465,16 @@ class AsyncMusterClient:
             if self._closed:
                 return
             lease = await self._new_lease()
-            # Counted before the instances reappear, so whoever sees them back
-            # also sees the count.
-            self.stats.reregistrations += 1
             for h in list(self._registered.values()):
-                await self.backend.register(h.service, h.id, h.registration, lease.id)
+                # One per instance, as the Rust client counts; counted before
+                # the instance reappears (so whoever sees it back also sees
+                # the count) and taken back if its registration fails.
+                self.stats.reregistrations += 1
+                try:
+                    await self.backend.register(h.service, h.id, h.registration, lease.id)
+                except BaseException:
+                    self.stats.reregistrations -= 1
+                    raise
             log.info("lease lost: re-registered %d instance(s)", len(self._registered))
 
     async def _renew_forever(self) -> None:
@@ -635,12 +648,18 @@ class AsyncMusterClient:
         if w is None or (w.task is not None and w.task.done()):
             w = _Watch(service, query)
             self._by_query[(service, query)] = w
-            w.task = asyncio.get_running_loop().create_task(w.run(self.backend, self.stats))
+            w.task = asyncio.get_running_loop().create_task(
+                w.run(self.backend, self.stats, self.config)
+            )
         self._watches[key] = w
         deadline = time.monotonic() + self.config.initial_wait
         while w.result is None:
             if w.first_error is not None or (w.task is not None and w.task.done()):
                 self._forget(key, w)
+                # A refusal (400: a bad filter or name) is the caller's to fix,
+                # never an outage: raised as the registry said it.
+                if isinstance(w.first_error, RegistryError):
+                    raise w.first_error
                 raise RegistryUnavailableError(
                     f"no answer for {service!r} from the registry: {w.first_error!r}"
                 ) from w.first_error

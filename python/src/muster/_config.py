@@ -10,11 +10,18 @@ Environment variables (keyword arguments win over them):
 - ``MUSTER_ADVERTISE_ADDR``: address instances register with (the interface
   that reaches the registry)
 - ``MUSTER_TIMEOUT``: timeout of one registry request (``5s``)
+- ``MUSTER_RETRIES``: passes over the registry addresses before a call fails (``3``)
+
+Defaults are the Rust client's too (``spec/client/README.md``): 5 s per
+request, 3 passes, a back-off between passes and between watch
+reconnections of 100 ms doubling up to 500 ms, each wait jittered to half to
+all of it.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,6 +47,13 @@ def format_duration(seconds: float) -> str:
     """Formats seconds as the registry expects (``"10s"``, ``"1500ms"``)."""
     ms = round(seconds * 1000)
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def backoff_delay(n: int, initial: float, ceiling: float) -> float:
+    """The pause before retry ``n`` (0-based): doubling from ``initial`` up to
+    ``ceiling``, then "equal jitter" (half to all of it), so that clients that
+    failed together do not retry together."""
+    return min(initial * (1 << min(n, 16)), ceiling) * random.uniform(0.5, 1.0)
 
 
 def _addresses(value: Union[str, Sequence[str]]) -> tuple[str, ...]:
@@ -74,6 +88,12 @@ class Config:
     """Address to register instances with when none is given."""
     timeout: float = 5.0
     """Timeout of one registry request, in seconds."""
+    retries: int = 3
+    """Passes over the registry addresses before a call fails (at least 1)."""
+    backoff_initial: float = 0.1
+    """Seconds between the first and second pass, and before a watch's first reconnection."""
+    backoff_max: float = 0.5
+    """Ceiling of the back-off, which doubles after each failed pass or reconnection."""
     initial_wait: float = 5.0
     """How long a first lookup of a service waits for the registry's answer."""
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -84,6 +104,10 @@ class Config:
             raise ConfigError(f"ttl must be between 1s and 1h, got {self.ttl}s")
         if self.max_staleness < 0 or self.timeout <= 0:
             raise ConfigError("max_staleness must be >= 0 and timeout > 0")
+        if self.retries < 1:
+            raise ConfigError(f"retries must be at least 1, got {self.retries}")
+        if not 0 < self.backoff_initial <= self.backoff_max:
+            raise ConfigError("backoff_initial must be > 0 and <= backoff_max")
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None, **overrides: Any) -> Config:
@@ -110,12 +134,26 @@ class Config:
             kw["advertise_address"] = env["MUSTER_ADVERTISE_ADDR"]
         if env.get("MUSTER_TIMEOUT"):
             kw["timeout"] = parse_duration(env["MUSTER_TIMEOUT"], "MUSTER_TIMEOUT")
+        if env.get("MUSTER_RETRIES"):
+            try:
+                kw["retries"] = int(env["MUSTER_RETRIES"])
+            except ValueError:
+                raise ConfigError(
+                    f"MUSTER_RETRIES: {env['MUSTER_RETRIES']!r} is not a number"
+                ) from None
         for k, v in overrides.items():
             if v is None:
                 continue
             if k == "addresses":
                 v = _addresses(v)
-            elif k in ("ttl", "max_staleness", "timeout", "initial_wait"):
+            elif k in (
+                "ttl",
+                "max_staleness",
+                "timeout",
+                "initial_wait",
+                "backoff_initial",
+                "backoff_max",
+            ):
                 v = parse_duration(v, k)
             kw[k] = v
         return replace(cls(), **kw)

@@ -141,12 +141,18 @@ async fn zone_preference_falls_back_and_failures_eject() {
     b.pick().await.unwrap().report_failure();
     assert_eq!(counts(&b, 10).await, BTreeMap::from([("c".into(), 10)]));
 
-    // And "c": nothing is left, which is an immediate error.
+    // And "c": every instance is ejected, so ejection is ignored (panic
+    // mode) and the preferred zone serves again.
     b.pick().await.unwrap().report_failure();
-    match b.pick().await {
-        Err(Error::NoHealthyInstance {
-            matching, ejected, ..
-        }) => assert_eq!((matching, ejected), (3, 3)),
+    let c = counts(&b, 10).await;
+    assert_eq!(c, BTreeMap::from([("a".into(), 5), ("b".into(), 5)]));
+
+    // Only nothing to pick at all is an error.
+    match Balancer::fixed(Vec::new(), Strategy::RoundRobin)
+        .pick()
+        .await
+    {
+        Err(Error::NoHealthyInstance { matching, .. }) => assert_eq!(matching, 0),
         other => panic!("expected NoHealthyInstance, got {other:?}"),
     }
 

@@ -93,7 +93,9 @@ class Backend(abc.ABC):
         """Streams changes of a service: a snapshot first, then deltas.
 
         With ``last_index``, resumes after that index (the backend may still
-        start with a snapshot). The iterator ends or raises
+        start with a snapshot). Once the registry has accepted a resumed
+        watch, a ``current`` event at ``last_index`` may come first: the
+        client treats the cache as fresh from then on. The iterator ends or raises
         ``RegistryUnavailableError`` when the connection is lost; the caller
         reconnects.
         """

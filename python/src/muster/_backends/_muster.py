@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -10,7 +11,7 @@ from typing import Any, Optional
 
 import httpx
 
-from .._config import format_duration
+from .._config import backoff_delay, format_duration
 from .._exceptions import NotFoundError, RegistryUnavailableError, error_from_response
 from .._types import Discovered, Instance, Lease, Query, WatchEvent
 from ._base import Backend, Registration
@@ -30,9 +31,11 @@ class MusterBackend(Backend):
     """Talks to muster's native HTTP API.
 
     Requests go to the address that last answered; when it cannot be reached
-    (or answers 502/503/504) the next one is tried, round the list once.
-    System proxy settings are ignored (``trust_env=False``): a registry is
-    always reached directly.
+    (or answers 502/503/504) the next one is tried. A call makes ``retries``
+    passes over the list, separated by a jittered back-off that starts at
+    ``backoff_initial`` and doubles up to ``backoff_max`` seconds. A refusal
+    (any other 4xx/5xx) is raised at once. System proxy settings are ignored
+    (``trust_env=False``): a registry is always reached directly.
     """
 
     def __init__(
@@ -42,9 +45,16 @@ class MusterBackend(Backend):
         *,
         timeout: float = 5.0,
         headers: Optional[Mapping[str, str]] = None,
+        retries: int = 3,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 0.5,
     ) -> None:
         if not addresses:
             raise ValueError("at least one registry address is needed")
+        if retries < 1:
+            raise ValueError("retries must be at least 1")
+        self._retries = retries
+        self._backoff = (backoff_initial, backoff_max)
         self.addresses = tuple(a.rstrip("/") for a in addresses)
         """Registry base URLs."""
         self.namespace = namespace
@@ -114,21 +124,24 @@ class MusterBackend(Backend):
         ns = [("namespace", self.namespace)] if path.startswith("/v1/services") else []
         qp = httpx.QueryParams([*ns, *(params or [])])
         last: Optional[BaseException] = None
-        for i in self._order():
-            url = self.addresses[i] + path
-            try:
-                r = await self._http.request(method, url, json=body, params=qp)
-            except httpx.TransportError as e:
-                last = e
-                continue
-            if r.status_code in _FAILOVER_STATUSES:
-                last = error_from_response(r.status_code, _json(r))
-                continue
-            self._current = i
-            data = _json(r)
-            if r.status_code >= 400:
-                raise error_from_response(r.status_code, data)
-            return data
+        for attempt in range(self._retries):
+            if attempt > 0:
+                await asyncio.sleep(backoff_delay(attempt - 1, *self._backoff))
+            for i in self._order():
+                url = self.addresses[i] + path
+                try:
+                    r = await self._http.request(method, url, json=body, params=qp)
+                except httpx.TransportError as e:
+                    last = e
+                    continue
+                if r.status_code in _FAILOVER_STATUSES:
+                    last = error_from_response(r.status_code, _json(r))
+                    continue
+                self._current = i
+                data = _json(r)
+                if r.status_code >= 400:
+                    raise error_from_response(r.status_code, data)
+                return data
         raise RegistryUnavailableError(
             f"no registry reachable at {', '.join(self.addresses)}: {last!r}"
         ) from last
@@ -199,6 +212,14 @@ class MusterBackend(Backend):
                         await r.aread()
                         raise error_from_response(r.status_code, _json(r))
                     self._current = i
+                    if last_index is not None:
+                        # The registry accepted the resumed watch: what was
+                        # missed follows on this stream, so the watcher's
+                        # cache is current again now (as the Rust client
+                        # treats a reconnected watch), whether or not the
+                        # registry confirms it with a `current` event.
+                        delivered = True
+                        yield WatchEvent("current", last_index)
                     async for ev in _parse_sse(r.aiter_lines()):
                         delivered = True
                         yield ev
