@@ -50,6 +50,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
+    /// Most queries one multiplexed watch (`POST /v1/watch`) carries;
+    /// more is a 400 `too_many_queries`.
+    pub max_watch_queries: usize,
 }
 
 impl Default for Limits {
@@ -58,6 +61,7 @@ impl Default for Limits {
             max_connections: 16_384,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
+            max_watch_queries: muster_types::limits::DEFAULT_MAX_WATCH_QUERIES,
         }
     }
 }
@@ -73,6 +77,9 @@ impl Limits {
         }
         if self.body_timeout.is_zero() {
             return Err("http_body_timeout must be more than 0".into());
+        }
+        if self.max_watch_queries == 0 {
+            return Err("watch_max_queries must be at least 1".into());
         }
         Ok(())
     }
