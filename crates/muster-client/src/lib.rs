@@ -69,7 +69,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use api::{Api, WatchEvents};
+pub use api::{Api, QueryEvents, WatchEvents};
 pub use balance::{Balancer, Pick, Strategy};
 pub use cache::Snapshot;
 pub use config::{Backoff, ClientBuilder, Timeouts};

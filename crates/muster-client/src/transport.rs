@@ -50,9 +50,13 @@ impl<'a> Req<'a> {
     }
 }
 
-/// The registry addresses and the HTTP client that reaches them.
+/// The registry addresses and the HTTP clients that reach them.
 pub(crate) struct Transport {
+    /// Requests: registrations, lease renewals, plain reads.
     http: reqwest::Client,
+    /// Watch streams, in a connection pool of their own: however many are
+    /// open, they never hold a connection a lease renewal waits for.
+    streams: reqwest::Client,
     pub settings: Arc<Settings>,
     preferred: AtomicUsize,
 }
@@ -62,19 +66,22 @@ impl Transport {
         // One crypto provider for rustls; the program may have chosen it.
         #[cfg(feature = "tls")]
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            // Registry traffic is local infrastructure: never through a proxy.
-            .no_proxy()
-            .connect_timeout(settings.timeouts.connect)
-            .tcp_nodelay(true)
-            // The agent closes connections idle for its header timeout (30 s
-            // by default); giving them up sooner on this side means a request
-            // never races that close on a connection about to go.
-            .pool_idle_timeout(std::time::Duration::from_secs(20))
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let build = || {
+            reqwest::Client::builder()
+                // Registry traffic is local infrastructure: never through a proxy.
+                .no_proxy()
+                .connect_timeout(settings.timeouts.connect)
+                .tcp_nodelay(true)
+                // The agent closes connections idle for its header timeout (30 s
+                // by default); giving them up sooner on this side means a request
+                // never races that close on a connection about to go.
+                .pool_idle_timeout(std::time::Duration::from_secs(20))
+                .build()
+                .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
+        };
         Ok(Transport {
-            http,
+            http: build()?,
+            streams: build()?,
             settings,
             preferred: AtomicUsize::new(0),
         })
@@ -128,9 +135,12 @@ impl Transport {
     }
 
     async fn send_once(&self, base: &str, req: &Req<'_>) -> reqwest::Result<Response> {
-        let mut b = self
-            .http
-            .request(req.method.clone(), format!("{base}{}", req.path));
+        let http = if req.streaming {
+            &self.streams
+        } else {
+            &self.http
+        };
+        let mut b = http.request(req.method.clone(), format!("{base}{}", req.path));
         if !req.query.is_empty() {
             b = b.query(req.query);
         }
