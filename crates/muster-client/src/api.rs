@@ -167,7 +167,8 @@ impl Api {
     /// `POST /v1/watch`: opens one Server-Sent Events stream carrying many
     /// queries, each named by its `id` and resumed from its own `index`
     /// when given. Queries without a namespace are in the client's. It does
-    /// not reconnect by itself; the cache behind
+    /// not reconnect by itself, and tries each registry address once (no
+    /// retry passes: reconnecting is the caller's loop); the cache behind
     /// [`Client::discover`](crate::Client::discover) does, sharing one such
     /// stream among all lookups of a client.
     pub async fn watch_many(&self, queries: Vec<WatchQuery>) -> Result<QueryEvents> {
@@ -176,6 +177,8 @@ impl Api {
             .query(&q)
             .json(&WatchRequest { queries });
         req.streaming = true;
+        // Its one caller, the cache, reconnects on its own schedule.
+        req.single_pass = true;
         let resp = self.transport.send(req).await?;
         Ok(QueryEvents {
             reader: SseReader::new(resp),

@@ -41,6 +41,11 @@ const QUIET: Duration = Duration::from_millis(100);
 /// merges them without waiting for [`QUIET`].
 const MAX_EXTRA_STREAMS: usize = 4;
 
+/// Longest wait between two attempts to reconnect a watch stream, whatever
+/// the client's back-off: one stream per client is cheap to retry, and a
+/// registry that is back serves fresh answers within about a second.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
 /// Most bytes of queries in one stream's request body: under the registry's
 /// body limit, with room for the envelope.
 const BODY_BUDGET: usize = limits::MAX_BODY_BYTES - 1024;
@@ -635,7 +640,7 @@ async fn run_stream(
         if was_live {
             failures = 0;
         }
-        let delay = jitter(settings.backoff.delay(failures));
+        let delay = jitter(settings.backoff.delay(failures).min(MAX_RECONNECT_DELAY));
         failures = failures.saturating_add(1);
         tokio::time::sleep(delay).await;
     }

@@ -89,19 +89,12 @@ impl SseReader {
         if self.ended {
             return Ok(());
         }
-        loop {
-            match self.body.next().await {
-                Some(Ok(chunk)) => {
-                    self.buf.extend_from_slice(&chunk);
-                    return Ok(());
-                }
-                Some(Err(e)) => return Err(Error::Protocol(format!("watch stream broke: {e}"))),
-                None => {
-                    self.ended = true;
-                    return Ok(());
-                }
-            }
+        match self.body.next().await {
+            Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+            Some(Err(e)) => return Err(Error::Protocol(format!("watch stream broke: {e}"))),
+            None => self.ended = true,
         }
+        Ok(())
     }
 }
 

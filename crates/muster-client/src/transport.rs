@@ -23,6 +23,11 @@ pub(crate) struct Req<'a> {
     pub last_event_id: Option<u64>,
     /// Watches stream for hours: no overall time limit.
     pub streaming: bool,
+    /// One pass over the addresses, no retry: for callers that reconnect
+    /// on their own schedule (the cache's watch streams), so a registry
+    /// that is back is found at their next attempt, not after this call's
+    /// back-off.
+    pub single_pass: bool,
 }
 
 impl<'a> Req<'a> {
@@ -34,6 +39,7 @@ impl<'a> Req<'a> {
             body: None,
             last_event_id: None,
             streaming: false,
+            single_pass: false,
         }
     }
 
@@ -98,8 +104,9 @@ impl Transport {
     pub async fn send(&self, req: Req<'_>) -> Result<Response> {
         let addrs = &self.settings.addrs;
         let backoff = self.settings.backoff;
+        let attempts = if req.single_pass { 1 } else { backoff.attempts };
         let mut last: Option<Error> = None;
-        for attempt in 0..backoff.attempts {
+        for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(jitter(backoff.delay(attempt - 1))).await;
             }

@@ -152,7 +152,9 @@ pub async fn run(
             .header_read_timeout(header_timeout)
             .keep_alive(keep_alive);
         let watcher = graceful.watcher();
+        let open = OpenConnection::new();
         tokio::spawn(async move {
+            let _open = open;
             // hyper reads the first bytes to tell HTTP/1 from HTTP/2 with no
             // deadline of its own: a connection that sends nothing at all is
             // closed here.
@@ -171,6 +173,23 @@ pub async fn run(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Counts open connections (`muster_http_connections`) for as long as it
+/// lives: one per accepted connection, moved into its task.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::gauge!("muster_http_connections").increment(1.0);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("muster_http_connections").decrement(1.0);
+    }
 }
 
 /// What a connection past the cap may do: ask whether the agent is up.

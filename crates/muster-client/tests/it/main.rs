@@ -4,4 +4,5 @@
 mod balance;
 mod discovery;
 mod harness;
+mod mux;
 mod registration;
