@@ -553,7 +553,9 @@ async fn watch_many(s: &Settings, run: usize) -> Result<Row> {
     let client = muster_client::Client::builder()
         .addrs([format!("http://{}", m.addr())])
         .build()?;
-    let lookups: Vec<_> = (0..n).map(|i| client.discover(format!("svc-{i}"))).collect();
+    let lookups: Vec<_> = (0..n)
+        .map(|i| client.discover(format!("svc-{i}")))
+        .collect();
     let start = Instant::now();
     let answers = futures::future::join_all(lookups.iter().map(|d| async move {
         let t0 = Instant::now();
@@ -583,7 +585,9 @@ async fn watch_many(s: &Settings, run: usize) -> Result<Row> {
     };
     let mut metrics_conn = Conn::connect(m.addr()).await?;
     let text = loop {
-        let body = metrics_conn.call_ok(request("GET", "/metrics", None)).await?;
+        let body = metrics_conn
+            .call_ok(request("GET", "/metrics", None))
+            .await?;
         let text = String::from_utf8_lossy(&body).into_owned();
         if metric(&text, "muster_watch_streams") == 1.0 || Instant::now() > deadline {
             break text;
