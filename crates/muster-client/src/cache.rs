@@ -18,7 +18,7 @@
 //! client's `lookup_idle_timeout` are evicted the same way.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -81,7 +81,11 @@ pub(crate) struct Entry {
     /// Its query's id on the watch stream, unique within the client.
     id: u64,
     pub tx: watch::Sender<View>,
-    /// When a lookup last read it, in milliseconds since the cache's epoch.
+    /// Set by every lookup that reads it: a flag rather than a time, so a
+    /// warm lookup reads no clock and writes only when the flag is unset.
+    used: AtomicBool,
+    /// When the eviction sweep last found it used, in milliseconds since
+    /// the cache's epoch.
     last_used: AtomicU64,
     /// Bytes its query takes in a stream's request body, at most.
     size: usize,
@@ -344,7 +348,9 @@ impl Cache {
             .unwrap_or_else(PoisonError::into_inner)
             .get(query)
             .cloned()?;
-        e.last_used.store(self.shared.now_ms(), Ordering::Relaxed);
+        if !e.used.load(Ordering::Relaxed) {
+            e.used.store(true, Ordering::Relaxed);
+        }
         Some(e)
     }
 
@@ -389,6 +395,7 @@ impl Cache {
             id,
             size: serde_json::to_vec(&wire).map_or(BODY_BUDGET, |b| b.len() + 1),
             tx,
+            used: AtomicBool::new(false),
             last_used: AtomicU64::new(self.shared.now_ms()),
         });
         entries.insert(query.clone(), entry.clone());
@@ -585,7 +592,9 @@ impl Driver {
         }
     }
 
-    /// Drops entries unused for `idle` that nothing follows.
+    /// Drops entries unused for `idle` that nothing follows (found unused
+    /// by every sweep for that long: eviction comes between `idle` and
+    /// `idle` plus one sweep period after the last use).
     fn evict(&mut self, idle: Duration) {
         let now = self.shared.now_ms();
         let idle = idle.as_millis() as u64;
@@ -595,6 +604,9 @@ impl Driver {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         m.retain(|_, e| {
+            if e.used.swap(false, Ordering::Relaxed) {
+                e.last_used.store(now, Ordering::Relaxed);
+            }
             e.tx.receiver_count() > 0
                 || now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle
         });
