@@ -54,3 +54,14 @@ def test_flask_extension_registers_and_deregisters(server: MusterServer) -> None
         assert app.test_client().get("/peers").json == [ext.registration.id]
         ext.close()
         reader.wait_for("shop", lambda r: len(r) == 0, timeout=5)
+
+
+def test_flask_extension_without_autoregister_registers_when_told(server: MusterServer) -> None:
+    app = Flask("shop")
+    app.config["MUSTER_PORT"] = 5002
+    with muster.MusterClient(server.url) as client, muster.MusterClient(server.url) as reader:
+        ext = muster.FlaskMuster(app, client=client, autoregister=False)
+        assert ext.registration is None and client.registrations == []
+        h = ext.register()  # e.g. from a gunicorn post_worker_init hook
+        assert ext.register() is h  # once
+        assert reader.wait_for("shop", lambda r: len(r) == 1).ids == [h.id]

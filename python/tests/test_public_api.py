@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 import muster
 
 EXPECTED = {
@@ -21,6 +23,7 @@ EXPECTED = {
     "InvalidRequestError",
     "Lease",
     "LeaseNotFoundError",
+    "LeastConnections",
     "MusterBackend",
     "MusterClient",
     "MusterError",
@@ -35,6 +38,7 @@ EXPECTED = {
     "RegistryError",
     "RegistryUnavailableError",
     "RoundRobin",
+    "ServiceUnreachableError",
     "StaleDataError",
     "Stats",
     "WatchEvent",
@@ -71,5 +75,7 @@ def test_exception_hierarchy() -> None:
     assert issubclass(muster.NotFoundError, muster.RegistryError)
     for e in (muster.StaleDataError, muster.RegistryUnavailableError, muster.NoInstancesError):
         assert issubclass(e, muster.DiscoveryError)
+    assert issubclass(muster.ServiceUnreachableError, muster.NoInstancesError)
+    assert issubclass(muster.ServiceUnreachableError, httpx.ConnectError)
     for e in (muster.RegistryError, muster.DiscoveryError, muster.ConfigError):
         assert issubclass(e, muster.MusterError)

@@ -41,7 +41,7 @@ fn instance_path(service: &str, id: &str) -> String {
 }
 
 impl Api {
-    fn ns(&self) -> (&'static str, String) {
+    pub(crate) fn ns(&self) -> (&'static str, String) {
         ("namespace", self.transport.settings.namespace.clone())
     }
 

@@ -2,9 +2,11 @@
 //!
 //! A [`Balancer`] picks one instance per request from the cached answer of
 //! its query. Strategies: [`Strategy::RoundRobin`], [`Strategy::Random`],
-//! [`Strategy::Weighted`] (by instance weight) and
+//! [`Strategy::Weighted`] (by instance weight),
 //! [`Strategy::PowerOfTwoChoices`] (of two random instances, the one with
-//! fewer outstanding requests). [`Balancer::prefer_zone`] restricts picks
+//! fewer outstanding requests) and [`Strategy::LeastOutstanding`] (the
+//! instance with the fewest outstanding requests). Any other rule plugs in
+//! with [`Balancer::choose_with`] and the [`Choose`] trait. [`Balancer::prefer_zone`] restricts picks
 //! to one zone while it has a usable instance and falls back to the others.
 //!
 //! Every pick returns a [`Pick`] guard: it counts as an outstanding request
@@ -40,6 +42,47 @@ pub enum Strategy {
     /// Two distinct instances at random; the one with fewer outstanding
     /// requests (picks not yet dropped) wins.
     PowerOfTwoChoices,
+    /// The instance with the fewest outstanding requests (least
+    /// connections); ties go to each in turn.
+    LeastOutstanding,
+}
+
+/// An instance a [`Choose`] may pick: usable (not critical, not ejected,
+/// in the preferred zone when it has any).
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    /// The instance.
+    pub instance: &'a Instance,
+    /// Its outstanding requests through this balancer (picks not yet
+    /// dropped).
+    pub outstanding: usize,
+}
+
+/// A custom balancing rule, for [`Balancer::choose_with`]: health,
+/// ejection, zone preference and the outstanding-request bookkeeping stay
+/// the balancer's; the rule only chooses.
+///
+/// ```
+/// use muster_client::{Balancer, Candidate, Choose, Strategy};
+///
+/// /// The heaviest instance, always (e.g. a primary).
+/// struct Heaviest;
+/// impl Choose for Heaviest {
+///     fn choose(&self, candidates: &[Candidate<'_>], _random: u64) -> usize {
+///         (0..candidates.len())
+///             .max_by_key(|&k| candidates[k].instance.weight)
+///             .unwrap_or(0)
+///     }
+/// }
+/// let b = Balancer::fixed(Vec::new(), Strategy::RoundRobin).choose_with(Heaviest);
+/// # drop(b);
+/// ```
+pub trait Choose: Send + Sync + 'static {
+    /// The index in `candidates` (never empty) of the instance to use.
+    /// `random` is a fresh random number from the balancer's generator
+    /// (seeded by [`Balancer::seed`]). An index out of range is taken
+    /// modulo the number of candidates.
+    fn choose(&self, candidates: &[Candidate<'_>], random: u64) -> usize;
 }
 
 /// Per-instance bookkeeping, shared by the picks of that instance.
@@ -78,6 +121,7 @@ pub struct Balancer {
     zone: Option<String>,
     eject_base: Duration,
     eject_max: Duration,
+    chooser: Option<Arc<dyn Choose>>,
     state: Mutex<State>,
 }
 
@@ -98,6 +142,7 @@ impl Balancer {
             zone: None,
             eject_base: Duration::from_secs(1),
             eject_max: Duration::from_secs(30),
+            chooser: None,
             state: Mutex::new(State {
                 rng: StdRng::from_os_rng(),
                 next: 0,
@@ -138,6 +183,12 @@ impl Balancer {
     pub fn ejection(mut self, base: Duration, max: Duration) -> Self {
         self.eject_base = base;
         self.eject_max = max.max(base);
+        self
+    }
+
+    /// Chooses with `rule` instead of the strategy.
+    pub fn choose_with(mut self, rule: impl Choose) -> Self {
+        self.chooser = Some(Arc::new(rule));
         self
     }
 
@@ -194,43 +245,64 @@ impl Balancer {
             });
         }
         let n = usable.len();
-        let chosen = match self.strategy {
-            Strategy::RoundRobin => {
-                let k = st.next % n;
-                st.next = st.next.wrapping_add(1);
-                k
+        let load = |k: usize| usable[k].1.outstanding.load(Ordering::Relaxed);
+        let chosen = match (&self.chooser, self.strategy) {
+            (Some(rule), _) => {
+                let candidates: Vec<Candidate<'_>> = (0..n)
+                    .map(|k| Candidate {
+                        instance: &instances[usable[k].0],
+                        outstanding: load(k),
+                    })
+                    .collect();
+                let random = st.rng.random::<u64>();
+                rule.choose(&candidates, random) % n
             }
-            Strategy::Random => st.rng.random_range(0..n),
-            Strategy::Weighted => {
-                let total: u64 = usable
-                    .iter()
-                    .map(|(i, _)| u64::from(instances[*i].weight.max(1)))
-                    .sum();
-                let mut r = st.rng.random_range(0..total);
-                let mut k = 0;
-                for (j, (i, _)) in usable.iter().enumerate() {
-                    let w = u64::from(instances[*i].weight.max(1));
-                    if r < w {
-                        k = j;
-                        break;
-                    }
-                    r -= w;
+            (None, strategy) => match strategy {
+                Strategy::RoundRobin => {
+                    let k = st.next % n;
+                    st.next = st.next.wrapping_add(1);
+                    k
                 }
-                k
-            }
-            Strategy::PowerOfTwoChoices => {
-                if n == 1 {
-                    0
-                } else {
-                    let a = st.rng.random_range(0..n);
-                    let mut b = st.rng.random_range(0..n - 1);
-                    if b >= a {
-                        b += 1;
+                Strategy::Random => st.rng.random_range(0..n),
+                Strategy::Weighted => {
+                    let total: u64 = usable
+                        .iter()
+                        .map(|(i, _)| u64::from(instances[*i].weight.max(1)))
+                        .sum();
+                    let mut r = st.rng.random_range(0..total);
+                    let mut k = 0;
+                    for (j, (i, _)) in usable.iter().enumerate() {
+                        let w = u64::from(instances[*i].weight.max(1));
+                        if r < w {
+                            k = j;
+                            break;
+                        }
+                        r -= w;
                     }
-                    let load = |k: usize| usable[k].1.outstanding.load(Ordering::Relaxed);
-                    if load(b) < load(a) { b } else { a }
+                    k
                 }
-            }
+                Strategy::PowerOfTwoChoices => {
+                    if n == 1 {
+                        0
+                    } else {
+                        let a = st.rng.random_range(0..n);
+                        let mut b = st.rng.random_range(0..n - 1);
+                        if b >= a {
+                            b += 1;
+                        }
+                        if load(b) < load(a) { b } else { a }
+                    }
+                }
+                Strategy::LeastOutstanding => {
+                    // Scan from a rotating start so ties take turns.
+                    let start = st.next % n;
+                    st.next = st.next.wrapping_add(1);
+                    (0..n)
+                        .map(|j| (start + j) % n)
+                        .min_by_key(|&k| load(k))
+                        .unwrap_or(0)
+                }
+            },
         };
         drop(st);
         let (index, stat) = usable.swap_remove(chosen);

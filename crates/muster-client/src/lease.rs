@@ -16,6 +16,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::Client;
 use crate::api::Api;
+use crate::checks::{CheckStatus, HealthCheck};
 use crate::error::Result;
 use crate::transport::{jitter, spread};
 
@@ -85,6 +86,18 @@ impl InstanceSpec {
         self
     }
 
+    /// Adds a health check (at most 16), kept when the client registers
+    /// the instance again after the registry lost its lease.
+    pub fn check(mut self, check: HealthCheck) -> Self {
+        self.body.checks.push(check.into_spec());
+        self
+    }
+
+    /// The checks added so far, as the registry's API takes them.
+    pub fn checks(&self) -> &[muster_types::CheckSpec] {
+        &self.body.checks
+    }
+
     /// The service.
     pub fn service(&self) -> &str {
         &self.service
@@ -127,7 +140,18 @@ struct State {
     lease: Option<String>,
     /// The lease is known lost: create a new one and re-register.
     lost: bool,
-    regs: BTreeMap<Key, RegisterRequest>,
+    regs: BTreeMap<Key, Reg>,
+}
+
+/// One live registration: what to register, and what the service said of
+/// it since, applied again after a re-registration.
+#[derive(Clone)]
+struct Reg {
+    body: RegisterRequest,
+    /// The maintenance reason, while in maintenance.
+    maintenance: Option<String>,
+    /// The last report of each TTL check.
+    reports: BTreeMap<String, (CheckStatus, Option<String>)>,
 }
 
 /// The lease and every registration it holds.
@@ -185,8 +209,14 @@ impl Leases {
             }
             r => r?,
         };
-        st.regs
-            .insert((spec.service.clone(), spec.id.clone()), spec.body.clone());
+        st.regs.insert(
+            (spec.service.clone(), spec.id.clone()),
+            Reg {
+                body: spec.body.clone(),
+                maintenance: None,
+                reports: BTreeMap::new(),
+            },
+        );
         self.publish(&st, |_| {});
         drop(st);
         self.renewer.call_once(|| {
@@ -217,9 +247,9 @@ impl Leases {
             self.publish(st, |s| s.leases_created += 1);
         }
         let mut done = 0u64;
-        for ((service, id), body) in &st.regs {
-            match self.put(st, service, id, body).await {
-                Ok(_) => done += 1,
+        for ((service, id), reg) in &st.regs {
+            match self.put_again(st, service, id, reg).await {
+                Ok(()) => done += 1,
                 Err(e) => {
                     // Keep `lost` so the next tick tries again.
                     st.lost = true;
@@ -239,6 +269,72 @@ impl Leases {
         metrics::counter!(crate::metrics::REREGISTRATIONS).increment(done);
         self.publish(st, |s| s.reregistrations += done);
         Ok(())
+    }
+
+    /// Registers `reg` again on the current lease, with its maintenance and
+    /// its last check reports.
+    async fn put_again(&self, st: &State, service: &str, id: &str, reg: &Reg) -> Result<()> {
+        self.put(st, service, id, &reg.body).await?;
+        if let Some(reason) = &reg.maintenance {
+            self.api.maintenance(service, id, Some(reason)).await?;
+        }
+        for (check, (status, output)) in &reg.reports {
+            // The registry starts an instance's check runs just after it
+            // commits the registration: a report that arrives first is
+            // `not_found`, so give it a few short tries.
+            let mut tries = 0u32;
+            loop {
+                match self
+                    .api
+                    .report_check(service, id, check, *status, output.as_deref())
+                    .await
+                {
+                    Err(e) if e.code() == Some("check_not_found") && tries < 10 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await;
+                    }
+                    r => break r?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports a TTL check of a live registration, and keeps the report to
+    /// apply again after a re-registration.
+    pub async fn report(
+        &self,
+        service: &str,
+        id: &str,
+        check: &str,
+        status: CheckStatus,
+        output: Option<&str>,
+    ) -> Result<()> {
+        self.api
+            .report_check(service, id, check, status, output)
+            .await?;
+        let mut st = self.state.lock().await;
+        if let Some(reg) = st.regs.get_mut(&(service.to_string(), id.to_string())) {
+            reg.reports
+                .insert(check.to_string(), (status, output.map(str::to_string)));
+        }
+        Ok(())
+    }
+
+    /// Puts a live registration in maintenance (`Some(reason)`) or takes it
+    /// out, and keeps the state to apply again after a re-registration.
+    pub async fn maintenance(
+        &self,
+        service: &str,
+        id: &str,
+        reason: Option<&str>,
+    ) -> Result<Instance> {
+        let inst = self.api.maintenance(service, id, reason).await?;
+        let mut st = self.state.lock().await;
+        if let Some(reg) = st.regs.get_mut(&(service.to_string(), id.to_string())) {
+            reg.maintenance = reason.map(str::to_string);
+        }
+        Ok(inst)
     }
 
     /// Removes one registration; unknown or already removed is fine.
@@ -384,6 +480,40 @@ impl Registration {
     /// The instance id.
     pub fn id(&self) -> &str {
         &self.instance.id
+    }
+
+    /// Reports the status of one of its TTL checks ([`HealthCheck::ttl`]),
+    /// with an optional output (at most 4 KiB kept). The last report of
+    /// each check is sent again if the client has to register the instance
+    /// anew.
+    pub async fn report(
+        &self,
+        check: &str,
+        status: CheckStatus,
+        output: Option<&str>,
+    ) -> Result<()> {
+        self.client
+            .inner
+            .leases
+            .report(
+                &self.instance.service,
+                &self.instance.id,
+                check,
+                status,
+                output,
+            )
+            .await
+    }
+
+    /// Takes the instance out of discovery answers without deregistering
+    /// it (`Some(reason)`), or puts it back (`None`). Kept across
+    /// re-registrations.
+    pub async fn set_maintenance(&self, reason: Option<&str>) -> Result<Instance> {
+        self.client
+            .inner
+            .leases
+            .maintenance(&self.instance.service, &self.instance.id, reason)
+            .await
     }
 
     /// Removes the instance from the registry and stops keeping it alive.

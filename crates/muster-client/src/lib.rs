@@ -47,8 +47,13 @@
 //!   [`ClientBuilder::lookup_idle_timeout`] are dropped from the cache and
 //!   the stream. Watches have a connection pool of their own, so lease
 //!   renewal never waits behind them.
+//! - Checks ([`HealthCheck`], [`Registration::report`],
+//!   [`Registration::set_maintenance`]): HTTP, TCP, gRPC and TTL checks on
+//!   a registration, TTL reports and maintenance, all kept across
+//!   re-registrations.
 //! - Balancing ([`Balancer`], [`Strategy`], [`Pick`]): round robin, random,
-//!   weighted, power of two choices, zone preference, passive ejection.
+//!   weighted, power of two choices, least outstanding requests, zone
+//!   preference, passive ejection; custom rules through [`Choose`].
 //! - [`Api`]: plain calls, one per route (the CLI uses them), including
 //!   [`Api::watch`] and [`Api::watch_many`] ([`QueryEvents`]).
 //! - `tower` feature: [`Discovery::discover_services`], a
@@ -61,6 +66,7 @@
 mod api;
 mod balance;
 mod cache;
+mod checks;
 mod config;
 mod discovery;
 mod error;
@@ -79,8 +85,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use api::{Api, QueryEvents, WatchEvents};
-pub use balance::{Balancer, Pick, Strategy};
+pub use balance::{Balancer, Candidate, Choose, Pick, Strategy};
 pub use cache::Snapshot;
+pub use checks::{CheckStatus, HealthCheck};
 pub use config::{Backoff, ClientBuilder, Timeouts};
 pub use discovery::{Discovery, Watcher};
 pub use error::{Error, Result};
@@ -159,6 +166,12 @@ impl Client {
     pub async fn register(&self, spec: InstanceSpec) -> Result<Registration> {
         let instance = self.inner.leases.register(&spec, &self.inner.stop).await?;
         Ok(Registration::new(self.clone(), instance))
+    }
+
+    /// The services of the namespace, with their instance counts by health
+    /// (straight from the registry, not cached).
+    pub async fn services(&self) -> Result<muster_types::ServicesResponse> {
+        self.inner.api.services().await
     }
 
     /// The lease and its renewal counters; changes as renewals happen.

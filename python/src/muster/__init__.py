@@ -25,6 +25,7 @@ Map of the package (all modules private; public names are re-exported here):
 from ._backends import Backend, InMemoryBackend, InMemoryRegistry, MusterBackend, Registration
 from ._balance import (
     Balancer,
+    LeastConnections,
     PowerOfTwo,
     RandomBalancer,
     RoundRobin,
@@ -45,6 +46,7 @@ from ._exceptions import (
     NotFoundError,
     RegistryError,
     RegistryUnavailableError,
+    ServiceUnreachableError,
     StaleDataError,
 )
 from ._integrations import FlaskMuster, get_client, muster_lifespan
@@ -72,6 +74,7 @@ __all__ = [
     "InvalidRequestError",
     "Lease",
     "LeaseNotFoundError",
+    "LeastConnections",
     "MusterBackend",
     "MusterClient",
     "MusterError",
@@ -86,6 +89,7 @@ __all__ = [
     "RegistryError",
     "RegistryUnavailableError",
     "RoundRobin",
+    "ServiceUnreachableError",
     "StaleDataError",
     "Stats",
     "WatchEvent",

@@ -6,9 +6,14 @@ failures go on), :meth:`Balancer.report_success` clears it. Ejected instances
 are skipped unless every instance is ejected, in which case all are tried
 again (a guess beats a certain failure).
 
-Balancers are thread-safe enough for the GIL: their state is counters and
-dicts updated in single operations, so one instance serves a sync and an
-async transport alike.
+State that orders choices (round-robin counters) is kept **per service**, so
+one balancer serves every service a transport calls: alternating calls to
+``payments`` and ``orders`` each go round their own instances.
+
+Custom balancers subclass :class:`Balancer` and implement :meth:`Balancer.choose`,
+the one extension point; ejection and in-flight counting come with the base
+class. A balancer is thread-safe (counters under a lock, dicts updated in
+single operations), so one instance serves a sync and an async transport alike.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import abc
 import itertools
 import random
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
@@ -26,8 +32,29 @@ from ._types import Instance
 _Key = tuple[str, str, str]
 
 
+def service_key(instances: Sequence[Instance]) -> tuple[str, str]:
+    """``(namespace, service)`` of a non-empty list of instances of one service.
+
+    Custom balancers key their per-service state by it.
+    """
+    first = instances[0]
+    return (first.namespace, first.service)
+
+
 class Balancer(abc.ABC):
-    """Chooses an instance per request and tracks failures and in-flight requests."""
+    """Chooses an instance per request and tracks failures and in-flight requests.
+
+    To write your own, subclass it and implement :meth:`choose`::
+
+        class FirstHealthy(muster.Balancer):
+            def choose(self, instances):
+                return instances[0]
+
+    :meth:`pick` (what the transports call) removes ejected instances and
+    hands the rest to :meth:`choose`; :meth:`in_flight` tells the requests
+    now outstanding per instance. Keep any ordering state per service (see
+    :meth:`service_key`): one balancer serves every service of a transport.
+    """
 
     def __init__(
         self,
@@ -41,13 +68,16 @@ class Balancer(abc.ABC):
         self._clock = clock
         self._ejected: dict[_Key, tuple[float, int]] = {}  # key -> (until, failures)
         self._in_flight: dict[_Key, int] = {}
+        self._lock = threading.Lock()
+
+    service_key = staticmethod(service_key)
 
     def pick(self, instances: Sequence[Instance]) -> Instance:
         """Picks an instance; raises :class:`NoInstancesError` if there is none."""
         if not instances:
             raise NoInstancesError("no instance to pick from")
         usable = self._usable(instances)
-        return self._choose(usable)
+        return self.choose(usable)
 
     def _usable(self, instances: Sequence[Instance]) -> Sequence[Instance]:
         if not self._ejected:
@@ -57,8 +87,14 @@ class Balancer(abc.ABC):
         return ok or instances
 
     @abc.abstractmethod
-    def _choose(self, instances: Sequence[Instance]) -> Instance:
-        """Chooses among non-ejected instances (never empty)."""
+    def choose(self, instances: Sequence[Instance]) -> Instance:
+        """The extension point: chooses the instance for one request.
+
+        ``instances`` is never empty and holds instances of one service,
+        ordered by id, with ejected ones already left out (unless every one
+        is ejected). Called from any thread: keep state per service and
+        update it atomically.
+        """
 
     def is_ejected(self, instance: Instance) -> bool:
         """Whether the instance is currently ejected."""
@@ -77,31 +113,68 @@ class Balancer(abc.ABC):
             self._ejected.pop(instance.key, None)
 
     def begin(self, instance: Instance) -> None:
-        """A request to the instance starts (for in-flight counting)."""
-        self._in_flight[instance.key] = self._in_flight.get(instance.key, 0) + 1
+        """A request to the instance starts (the transports call it before sending)."""
+        with self._lock:
+            self._in_flight[instance.key] = self._in_flight.get(instance.key, 0) + 1
 
     def end(self, instance: Instance) -> None:
-        """A request to the instance ended."""
-        n = self._in_flight.get(instance.key, 1) - 1
-        if n <= 0:
-            self._in_flight.pop(instance.key, None)
-        else:
-            self._in_flight[instance.key] = n
+        """A request to the instance ended (its response closed, or it failed)."""
+        with self._lock:
+            n = self._in_flight.get(instance.key, 1) - 1
+            if n <= 0:
+                self._in_flight.pop(instance.key, None)
+            else:
+                self._in_flight[instance.key] = n
 
     def in_flight(self, instance: Instance) -> int:
         """Requests to the instance now in flight."""
         return self._in_flight.get(instance.key, 0)
 
 
+class _Turns:
+    """One round-robin counter per service."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, str], itertools.count[int]] = {}
+
+    def next(self, instances: Sequence[Instance]) -> int:
+        key = service_key(instances)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters.setdefault(key, itertools.count())
+        return next(counter)  # atomic in CPython: no lock needed
+
+
 class RoundRobin(Balancer):
-    """Each instance in turn."""
+    """Each instance of a service in turn (one turn counter per service)."""
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self._counter = itertools.count()
+        self._turns = _Turns()
 
-    def _choose(self, instances: Sequence[Instance]) -> Instance:
-        return instances[next(self._counter) % len(instances)]
+    def choose(self, instances: Sequence[Instance]) -> Instance:
+        """The next instance of this service's turn."""
+        return instances[self._turns.next(instances) % len(instances)]
+
+
+class LeastConnections(Balancer):
+    """The instance with the fewest requests outstanding; ties in turn.
+
+    A request is outstanding from the moment the transport sends it until its
+    response is closed (read to the end in httpx, or closed explicitly when
+    streamed), or until it fails.
+    """
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._turns = _Turns()
+
+    def choose(self, instances: Sequence[Instance]) -> Instance:
+        """Among the instances with the fewest outstanding requests, the next in turn."""
+        loads = [self.in_flight(i) for i in instances]
+        least = min(loads)
+        idle = [i for i, n in zip(instances, loads) if n == least]
+        return idle[self._turns.next(instances) % len(idle)]
 
 
 class RandomBalancer(Balancer):
@@ -111,7 +184,8 @@ class RandomBalancer(Balancer):
         super().__init__(**kw)
         self._rng = rng or random.Random()
 
-    def _choose(self, instances: Sequence[Instance]) -> Instance:
+    def choose(self, instances: Sequence[Instance]) -> Instance:
+        """A random instance."""
         return instances[self._rng.randrange(len(instances))]
 
 
@@ -122,7 +196,8 @@ class Weighted(Balancer):
         super().__init__(**kw)
         self._rng = rng or random.Random()
 
-    def _choose(self, instances: Sequence[Instance]) -> Instance:
+    def choose(self, instances: Sequence[Instance]) -> Instance:
+        """A random instance, weighted."""
         weights = [max(i.weight, 0) for i in instances]
         if sum(weights) <= 0:
             return instances[self._rng.randrange(len(instances))]
@@ -136,7 +211,8 @@ class PowerOfTwo(Balancer):
         super().__init__(**kw)
         self._rng = rng or random.Random()
 
-    def _choose(self, instances: Sequence[Instance]) -> Instance:
+    def choose(self, instances: Sequence[Instance]) -> Instance:
+        """The less loaded of two random instances."""
         if len(instances) == 1:
             return instances[0]
         a, b = self._rng.sample(range(len(instances)), 2)
@@ -160,19 +236,26 @@ class ZoneAware(Balancer):
         self._inner._ejected = self._ejected
         self._inner._in_flight = self._in_flight
         self._inner._clock = self._clock
+        self._inner._lock = self._lock
 
-    def _choose(self, instances: Sequence[Instance]) -> Instance:
+    def choose(self, instances: Sequence[Instance]) -> Instance:
+        """The inner balancer's choice among local instances, or among all."""
         if self.zone is not None:
             local = [i for i in instances if i.zone == self.zone]
             if local:
-                return self._inner._choose(local)
-        return self._inner._choose(instances)
+                return self._inner.choose(local)
+        return self._inner.choose(instances)
 
 
 def make_balancer(name: str, zone: Optional[str] = None) -> Balancer:
-    """Builds a balancer by name: ``round_robin``, ``random``, ``weighted``, ``p2c``, ``zone``."""
+    """Builds a balancer by name.
+
+    ``round_robin``, ``least_connections``, ``random``, ``weighted``, ``p2c``,
+    ``zone``.
+    """
     table: dict[str, Callable[[], Balancer]] = {
         "round_robin": RoundRobin,
+        "least_connections": LeastConnections,
         "random": RandomBalancer,
         "weighted": Weighted,
         "p2c": PowerOfTwo,

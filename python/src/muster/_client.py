@@ -6,7 +6,9 @@
   ~ttl/3 (with jitter); when the registry says the lease is gone, a new lease
   is created and every registration is repeated; ``aclose()`` revokes the
   lease, which removes every instance at once; an ``atexit`` hook and an
-  optional SIGTERM handler do the same when the program ends without it;
+  optional SIGTERM handler (with a drain delay) do the same when the program
+  ends without it; ``register(..., defer=True)`` does not need the registry
+  to be up: the renewal task registers as soon as it can be reached;
 - **discovery**: one watch (SSE stream) per ``(service, filters)`` keeps a
   cached answer fresh; lookups read the cache without I/O; while the registry
   is unreachable the cache answers ``stale`` with its age, up to
@@ -14,6 +16,12 @@
 
 The sync :class:`~muster.MusterClient` runs this client on a background event
 loop; it shares the lock-free cache read (:meth:`AsyncMusterClient._cached`).
+
+**Fork safety.** A client is per process. In a child made by ``os.fork()``
+(gunicorn ``--preload``, multiprocessing) every client becomes a fresh one
+with the same settings: no lease, no registrations, an empty cache, new
+connections. The parent's registrations stay the parent's: the child never
+renews nor revokes them, at exit or on a signal.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import signal
 import socket
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import FrameType
@@ -36,14 +45,40 @@ from ._backends import Backend, MusterBackend, Registration
 from ._config import Config
 from ._exceptions import (
     ClientClosedError,
+    ConfigError,
     LeaseNotFoundError,
     MusterError,
     RegistryUnavailableError,
     StaleDataError,
 )
-from ._types import Discovered, HealthFilter, Instance, Lease, Query, WatchEvent, sanitize_id
+from ._types import (
+    RANGE_OPERATORS,
+    Discovered,
+    HealthFilter,
+    Instance,
+    Lease,
+    Query,
+    WatchEvent,
+    sanitize_id,
+)
 
 log = logging.getLogger("muster")
+
+# Every client of this process, for the fork hook below.
+_CLIENTS: weakref.WeakSet[AsyncMusterClient] = weakref.WeakSet()
+# What a forked child inherited from its parent (watch tasks of the parent's
+# loop, ...): kept referenced in the child so that nothing of it is collected,
+# closed or run there.
+_INHERITED: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 Tags = Union[Sequence[str], str, None]
 
@@ -217,12 +252,39 @@ class AsyncMusterClient:
         self._watches: dict[tuple[Any, ...], _Watch] = {}
         self._by_query: dict[tuple[str, Query], _Watch] = {}
         self._registered: dict[tuple[str, str], Registered] = {}
+        # Registrations made with defer=True that the registry has not seen yet.
+        self._pending: set[tuple[str, str]] = set()
         self._lease: Optional[Lease] = None
         self._renewer: Optional[asyncio.Task[None]] = None
         self._reg_lock: Optional[asyncio.Lock] = None
         self._closed = False
         self._atexit_installed = False
-        self._id_prefix = sanitize_id(f"{socket.gethostname()}-{os.getpid()}")
+        self._pid = os.getpid()
+        self._id_prefix = sanitize_id(f"{socket.gethostname()}-{self._pid}")
+        _CLIENTS.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a child made by ``fork()``: become a fresh client with the same settings.
+
+        Runs in the child right after the fork, with one thread. Only drops
+        state: the parent's lease (the child must never renew nor revoke it),
+        registrations, cached answers and the watch tasks of the parent's event
+        loop. The backend replaces the parent's connections on its next use.
+        """
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        _INHERITED.append((self._watches, self._by_query, self._renewer, self._reg_lock))
+        self._watches = {}
+        self._by_query = {}
+        self._registered = {}
+        self._pending = set()
+        self._lease = None
+        self._renewer = None
+        self._reg_lock = None
+        self.stats = Stats()
+        self._uninstall_atexit()
+        self._id_prefix = sanitize_id(f"{socket.gethostname()}-{self._pid}")
 
     # -- lifecycle -----------------------------------------------------------------
     async def __aenter__(self) -> AsyncMusterClient:
@@ -284,15 +346,34 @@ class AsyncMusterClient:
         zone: Optional[str] = None,
         weight: Optional[int] = None,
         instance_id: Optional[str] = None,
+        defer: bool = False,
     ) -> Registered:
         """Registers an instance under this client's lease and keeps it alive.
 
         ``address`` defaults to ``MUSTER_ADVERTISE_ADDR`` or the interface that
         reaches the registry; ``zone`` to ``MUSTER_ZONE``; ``instance_id`` to a
         new id unique to this process. Registering the same ``instance_id``
-        again replaces it.
+        again replaces it. ``tags`` is a list of strings (a lone ``str`` is
+        refused: ``tags="v1"`` would be the tags ``v`` and ``1``); ``version``
+        is the instance's own version, not a range.
+
+        With ``defer=True``, a registry that cannot be reached is no error:
+        the handle is returned at once, listed in :attr:`pending`, and the
+        background task registers it as soon as the registry answers (retrying
+        about every second). A service can so start serving before the
+        registry is up. Refusals by the registry (invalid input) still raise.
         """
         self._check_open()
+        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+            raise ConfigError(
+                f"tags must be a list of strings, got {tags!r}"
+                + (f" (did you mean tags=[{tags!r}]?)" if isinstance(tags, str) else "")
+            )
+        if version is not None and any(c in version for c in RANGE_OPERATORS):
+            raise ConfigError(
+                f"version {version!r} is not a version: register the instance's own "
+                "version, such as '1.4.2' (ranges like '^1.4' are for discover())"
+            )
         reg = Registration(
             address=address or self.config.advertise_address or self.backend.advertise_address(),
             port=port,
@@ -304,12 +385,19 @@ class AsyncMusterClient:
         )
         handle = Registered(service, instance_id or self.new_instance_id(service), reg)
         async with self._lock():
-            lease = await self._ensure_lease()
             try:
-                await self.backend.register(service, handle.id, reg, lease.id)
-            except LeaseNotFoundError:
-                lease = await self._new_lease()
-                await self.backend.register(service, handle.id, reg, lease.id)
+                lease = await self._ensure_lease()
+                try:
+                    await self.backend.register(service, handle.id, reg, lease.id)
+                except LeaseNotFoundError:
+                    lease = await self._new_lease()
+                    await self.backend.register(service, handle.id, reg, lease.id)
+                self._pending.discard(handle.key)
+            except RegistryUnavailableError as e:
+                if not defer:
+                    raise
+                self._pending.add(handle.key)
+                log.warning("registry unreachable, %s/%s registers once it is: %r", *handle.key, e)
             self._registered[handle.key] = handle
         self._install_atexit()
         if self._renewer is None or self._renewer.done():
@@ -322,12 +410,35 @@ class AsyncMusterClient:
         key = handle.key if isinstance(handle, Registered) else handle
         async with self._lock():
             self._registered.pop(key, None)
+            if key in self._pending:  # the registry never had it
+                self._pending.discard(key)
+                return False
             return await self.backend.deregister(*key)
 
     @property
     def registrations(self) -> list[Registered]:
-        """This client's live registrations."""
+        """This client's live registrations (pending ones included)."""
         return list(self._registered.values())
+
+    @property
+    def pending(self) -> list[Registered]:
+        """Registrations made with ``defer=True`` that the registry has not seen yet."""
+        return [h for k, h in list(self._registered.items()) if k in self._pending]
+
+    async def _register_pending(self) -> None:
+        try:
+            async with self._lock():
+                lease = await self._ensure_lease()
+                for key in list(self._pending):
+                    h = self._registered.get(key)
+                    if h is not None:
+                        await self.backend.register(h.service, h.id, h.registration, lease.id)
+                    self._pending.discard(key)
+                    log.info("registered %s/%s: the registry is reachable", *key)
+        except LeaseNotFoundError:
+            # The lease was lost meanwhile: everything again, under a new one.
+            await self._reregister_all()
+            self._pending.clear()
 
     def _lock(self) -> asyncio.Lock:
         if self._reg_lock is None:
@@ -355,13 +466,25 @@ class AsyncMusterClient:
 
     async def _renew_forever(self) -> None:
         ttl = self.config.ttl
-        retry_soon = False
+        retry_soon = bool(self._pending)
         while not self._closed:
             # Pacing, not waiting for state: ttl/3 with jitter, sooner after a failure.
             base = min(ttl / 10, 1.0) if retry_soon else ttl / 3
             await asyncio.sleep(base * random.uniform(0.8, 1.0))
+            if self._closed:
+                break
+            if self._pending:
+                try:
+                    await self._register_pending()
+                except MusterError as e:
+                    retry_soon = True
+                    log.debug("deferred registration still waits for the registry: %r", e)
+                    continue
+                retry_soon = False
             lease = self._lease
-            if lease is None or self._closed:
+            # Nothing registered (e.g. deregistered by a signal, draining):
+            # nothing to keep alive.
+            if lease is None or not self._registered:
                 continue
             try:
                 await self.backend.renew_lease(lease.id)
@@ -370,6 +493,7 @@ class AsyncMusterClient:
             except LeaseNotFoundError:
                 try:
                     await self._reregister_all()
+                    self._pending.clear()
                     retry_soon = False
                 except MusterError as e:
                     self.stats.renewal_failures += 1
@@ -384,6 +508,16 @@ class AsyncMusterClient:
     def _last_gasp(self) -> None:
         """Revokes the lease without the event loop (interpreter exit, signals)."""
         self._closed = True
+        self._deregister_blocking()
+
+    def _deregister_blocking(self) -> None:
+        """Forgets every registration and revokes the lease, without the event loop.
+
+        The client stays usable for discovery (a draining service still calls
+        others); the renewal task has nothing left to renew or re-register.
+        """
+        self._registered.clear()
+        self._pending.clear()
         lease, self._lease = self._lease, None
         if lease is not None:
             try:
@@ -401,19 +535,41 @@ class AsyncMusterClient:
             atexit.unregister(self._last_gasp)
             self._atexit_installed = False
 
-    def deregister_on_signals(self, signals: Sequence[int] = (signal.SIGTERM,)) -> None:
+    def deregister_on_signals(
+        self, signals: Sequence[int] = (signal.SIGTERM,), *, drain: float = 0.0
+    ) -> None:
         """On these signals, deregister first, then let the previous handler act.
 
         Call from the main thread. When the previous handler is the default,
         the signal is re-raised with the default action, so the process still
         ends with the status of that signal.
+
+        ``drain`` (seconds): time between deregistering and letting the signal
+        act. The process goes on serving meanwhile, so callers whose cached
+        answers still hold this instance are served while their watches drop
+        it; the client still discovers other services. Then the previous
+        handler runs (or the default action ends the process). A second signal
+        during the drain acts at once.
         """
+        self._check_open()
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("signal handlers can only be installed from the main thread")
+        if drain < 0:
+            raise ConfigError(f"drain must be >= 0 seconds, got {drain}")
         for sig in signals:
             previous = signal.getsignal(sig)
 
             def handler(signum: int, frame: Optional[FrameType], previous: Any = previous) -> None:
+                if drain > 0 and previous != signal.SIG_IGN:
+                    self._deregister_blocking()
+                    # Hand the signal back to its previous handler, and send it
+                    # again once the drain is over: it then acts in the main
+                    # thread as it would have (a second signal acts at once).
+                    signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+                    timer = threading.Timer(drain, os.kill, (os.getpid(), signum))
+                    timer.daemon = True
+                    timer.start()
+                    return
                 self._last_gasp()
                 if callable(previous):
                     previous(signum, frame)
@@ -431,6 +587,8 @@ class AsyncMusterClient:
         Thread-safe (reads one immutable snapshot), so the sync client calls it
         from any thread.
         """
+        if self._closed:
+            raise ClientClosedError("the muster client is closed")
         w = self._watches.get(key)
         if w is None or w.result is None:
             return None

@@ -14,16 +14,21 @@ Every exception the library raises on purpose derives from :class:`MusterError`:
         ├── StaleDataError            the registry has been unreachable for longer
         │                             than max_staleness: the cached answer is too old
         └── NoInstancesError          the service has no instance to send a request to
+            └── ServiceUnreachableError   the same, raised by the httpx transports: it is
+                                          also an ``httpx.ConnectError``
 
 ``RegistryUnavailableError`` is also raised by writes (register, renew) when
 every registry address fails. Errors of the transports (``httpx.ConnectError``
 and friends) pass through unchanged once retries are exhausted, so that httpx
-users handle them as they always do.
+users handle them as they always do; a request to a service with no instance
+raises :class:`ServiceUnreachableError`, which is an ``httpx.ConnectError`` too.
 """
 
 from __future__ import annotations
 
 from typing import Optional
+
+import httpx
 
 
 class MusterError(Exception):
@@ -89,6 +94,27 @@ class StaleDataError(DiscoveryError):
 
 class NoInstancesError(DiscoveryError):
     """The service has no (non-ejected) instance to send a request to."""
+
+
+class ServiceUnreachableError(NoInstancesError, httpx.ConnectError):
+    """A transport found no instance of the request's service to send it to.
+
+    The host of ``http://<host>/...`` is a bare name, so the transports take it
+    for a service, and the registry has no passing instance of it (unknown
+    service, a typo, or every instance gone). It is an ``httpx.ConnectError``
+    (the request reached nothing), so httpx error handling applies, and a
+    :class:`NoInstancesError`. To call a host that is no muster service, use a
+    name with a dot (``db.internal``) or an IP address: those pass through.
+    """
+
+    def __init__(self, service: str, namespace: str, request: httpx.Request) -> None:
+        super().__init__(
+            f"no instance of service {service!r} (namespace {namespace!r}) in the registry "
+            f"to send {request.method} {request.url} to"
+        )
+        self.request = request
+        self.service = service
+        """The service (the request's host)."""
 
 
 def error_from_response(status: int, body: object) -> RegistryError:

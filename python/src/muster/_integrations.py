@@ -7,6 +7,7 @@ dependency.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -21,6 +22,8 @@ except ImportError:  # pragma: no cover - starlette absent
     HTTPConnection = Any  # type: ignore[misc,assignment]
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+
+log = logging.getLogger("muster")
 
 
 def _port(port: Optional[int]) -> int:
@@ -38,6 +41,7 @@ def muster_lifespan(
     client: Optional[AsyncMusterClient] = None,
     lifespan: Optional[Lifespan] = None,
     deregister_on_signals: bool = False,
+    drain: float = 0.0,
     **register: Any,
 ) -> Lifespan:
     """A FastAPI/Starlette lifespan that registers on start-up and deregisters on shutdown.
@@ -45,9 +49,14 @@ def muster_lifespan(
     ``FastAPI(lifespan=muster_lifespan("payments", port=8080, tags=["v2"]))``.
     The client is on ``app.state.muster`` (see :func:`get_client`) for
     handlers that discover or call other services. ``register`` takes the
-    keyword arguments of :meth:`AsyncMusterClient.register`; ``lifespan``
-    wraps the application's own lifespan, which runs inside the registration.
-    A client passed in is deregistered from but not closed at shutdown.
+    keyword arguments of :meth:`AsyncMusterClient.register`: with
+    ``defer=True`` the application starts even while the registry is down,
+    and registers once it is up. ``lifespan`` wraps the application's own
+    lifespan, which runs inside the registration (build shared clients and
+    transports there). ``deregister_on_signals`` deregisters on SIGTERM
+    first, then waits ``drain`` seconds while still serving, then lets the
+    server shut down. A client passed in is deregistered from but not closed
+    at shutdown.
     """
 
     @asynccontextmanager
@@ -55,7 +64,7 @@ def muster_lifespan(
         c = client or AsyncMusterClient()
         handle = await c.register(service, _port(port), **register)
         if deregister_on_signals:
-            c.deregister_on_signals()
+            c.deregister_on_signals(drain=drain)
         app.state.muster = c
         app.state.muster_registration = handle
         try:
@@ -67,7 +76,7 @@ def muster_lifespan(
         finally:
             if client is None:
                 await c.aclose()
-            elif not c.closed:
+            elif not c.closed and handle in c.registrations:
                 await c.deregister(handle)
 
     return _lifespan
@@ -79,15 +88,39 @@ def get_client(request: HTTPConnection) -> AsyncMusterClient:
     return client
 
 
+def _flask_command() -> Optional[str]:
+    """The ``flask`` command line's command now running (``run``, ``routes``...), if any."""
+    try:
+        import click
+        from flask.cli import ScriptInfo
+    except ImportError:  # pragma: no cover - flask absent
+        return None
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.find_object(ScriptInfo) is None:
+        return None
+    return ctx.command.name
+
+
 class FlaskMuster:
-    """Flask extension: registers the app's service when initialised.
+    """Flask extension: registers the app's service when the app is served.
 
     ``FlaskMuster(app, service="payments", port=8080)`` or, with an app
     factory, ``ext = FlaskMuster(); ext.init_app(app)`` reading
     ``MUSTER_SERVICE``/``MUSTER_PORT`` from ``app.config``. The client is
-    ``app.extensions["muster"].client``. Deregistration happens on
-    :meth:`close`, at interpreter exit, and on SIGTERM when
-    ``deregister_on_signals`` is true.
+    ``app.extensions["muster"].client``.
+
+    When it registers: ``init_app`` registers at once when the app is served
+    (``python app.py``, gunicorn, uWSGI, ``flask run``), but **not** when a
+    ``flask`` command other than ``run`` loaded the app (``flask routes``,
+    ``flask shell``, ``flask db ...``): those never reach the registry. With
+    ``autoregister=False`` nothing registers until :meth:`register` is called
+    (e.g. from a gunicorn ``post_worker_init`` hook). With ``defer=True`` a
+    registry that is down does not stop the app: it registers once the
+    registry is up.
+
+    Deregistration happens on :meth:`close`, at interpreter exit, and on
+    SIGTERM when ``deregister_on_signals`` is true, then after ``drain``
+    seconds of serving the signal ends the process.
     """
 
     def __init__(
@@ -101,21 +134,45 @@ class FlaskMuster:
         meta: Optional[Mapping[str, str]] = None,
         version: Optional[str] = None,
         deregister_on_signals: bool = False,
+        drain: float = 0.0,
+        defer: bool = False,
+        autoregister: bool = True,
     ) -> None:
         self.client: Optional[MusterClient] = client
-        """The sync muster client, once initialised."""
+        """The sync muster client (made at the first registration if not given)."""
         self.registration: Optional[Registered] = None
-        """This app's registration, once initialised."""
+        """This app's registration, once registered."""
         self._service, self._port = service, port
         self._tags, self._meta, self._version = tuple(tags), meta, version
-        self._signals = deregister_on_signals
+        self._signals, self._drain, self._defer = deregister_on_signals, drain, defer
+        self._autoregister = autoregister
+        self._app: Any = None
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: Any) -> None:
-        """Registers ``app``'s service and stores the extension in ``app.extensions``."""
-        cfg = app.config
-        service = self._service or cfg.get("MUSTER_SERVICE") or app.name
+        """Stores the extension in ``app.extensions`` and registers when the app is served.
+
+        See the class documentation for when that is.
+        """
+        self._app = app
+        app.extensions["muster"] = self
+        command = _flask_command()
+        if not self._autoregister:
+            return
+        if command not in (None, "run"):
+            log.info("flask %s: not registering in muster (only a served app registers)", command)
+            return
+        self.register()
+
+    def register(self) -> Registered:
+        """Registers the app's service (once; later calls return the same registration)."""
+        if self.registration is not None:
+            return self.registration
+        if self._app is None:
+            raise RuntimeError("FlaskMuster.register() needs init_app(app) first")
+        cfg = self._app.config
+        service = self._service or cfg.get("MUSTER_SERVICE") or self._app.name
         port = self._port or cfg.get("MUSTER_PORT")
         if self.client is None:
             self.client = MusterClient()
@@ -125,10 +182,11 @@ class FlaskMuster:
             tags=self._tags or tuple(cfg.get("MUSTER_TAGS", ())),
             meta=self._meta,
             version=self._version or cfg.get("MUSTER_VERSION"),
+            defer=self._defer,
         )
         if self._signals:
-            self.client.deregister_on_signals()
-        app.extensions["muster"] = self
+            self.client.deregister_on_signals(drain=self._drain)
+        return self.registration
 
     def close(self) -> None:
         """Deregisters and closes the client."""

@@ -9,16 +9,34 @@ hop).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import weakref
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from ._backends import Backend
-from ._client import AsyncMusterClient, Registered, Stats, Tags, _lookup_key
+from ._client import _INHERITED, AsyncMusterClient, Registered, Stats, Tags, _lookup_key
 from ._config import Config
+from ._exceptions import ClientClosedError
 from ._types import Discovered, HealthFilter, Lease
 
 T = TypeVar("T")
+
+_CLIENTS: weakref.WeakSet[MusterClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The loop thread does not exist in the child: its loop (never closed nor
+    # run here) is kept aside, and the next call starts a new thread.
+    for client in list(_CLIENTS):
+        if client._loop is not None:
+            _INHERITED.append(client._loop)
+            client._loop = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _LoopThread:
@@ -50,7 +68,9 @@ class MusterClient:
 
     Registrations are renewed by a background thread (the client's event
     loop). Use ``with MusterClient() as client:`` or call :meth:`close`; at
-    interpreter exit the instances are deregistered in any case.
+    interpreter exit the instances are deregistered in any case. After
+    ``os.fork()`` the child's client is a fresh one (see
+    :class:`AsyncMusterClient`), with a loop thread of its own.
     """
 
     def __init__(
@@ -64,7 +84,7 @@ class MusterClient:
         backend: Optional[Backend] = None,
         config: Optional[Config] = None,
     ) -> None:
-        self._loop = _LoopThread()
+        self._loop: Optional[_LoopThread] = _LoopThread()
         self.aio = AsyncMusterClient(
             addresses,
             namespace=namespace,
@@ -75,8 +95,14 @@ class MusterClient:
             config=config,
         )
         """The asyncio client doing the work (on the background loop)."""
+        _CLIENTS.add(self)
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: Optional[float] = None) -> T:
+        if self.aio.closed:
+            coro.close()
+            raise ClientClosedError("the muster client is closed")
+        if self._loop is None:  # a forked child's first call
+            self._loop = _LoopThread()
         return self._loop.run(coro, timeout)
 
     @property
@@ -101,8 +127,13 @@ class MusterClient:
 
     @property
     def registrations(self) -> list[Registered]:
-        """This client's live registrations."""
+        """This client's live registrations (pending ones included)."""
         return self.aio.registrations
+
+    @property
+    def pending(self) -> list[Registered]:
+        """Registrations made with ``defer=True`` that the registry has not seen yet."""
+        return self.aio.pending
 
     def __enter__(self) -> MusterClient:
         return self
@@ -112,9 +143,10 @@ class MusterClient:
 
     def close(self) -> None:
         """Deregisters this client's instances and stops its background thread."""
-        if self._loop.loop.is_running():
+        if not self.aio.closed:
             self._run(self.aio.aclose())
-        self._loop.stop()
+        if self._loop is not None:
+            self._loop.stop()
 
     def register(
         self,
@@ -128,6 +160,7 @@ class MusterClient:
         zone: Optional[str] = None,
         weight: Optional[int] = None,
         instance_id: Optional[str] = None,
+        defer: bool = False,
     ) -> Registered:
         """See :meth:`AsyncMusterClient.register`."""
         return self._run(
@@ -141,6 +174,7 @@ class MusterClient:
                 zone=zone,
                 weight=weight,
                 instance_id=instance_id,
+                defer=defer,
             )
         )
 
@@ -148,12 +182,14 @@ class MusterClient:
         """See :meth:`AsyncMusterClient.deregister`."""
         return self._run(self.aio.deregister(handle))
 
-    def deregister_on_signals(self, signals: Optional[Sequence[int]] = None) -> None:
+    def deregister_on_signals(
+        self, signals: Optional[Sequence[int]] = None, *, drain: float = 0.0
+    ) -> None:
         """See :meth:`AsyncMusterClient.deregister_on_signals` (default: SIGTERM)."""
         if signals is None:
-            self.aio.deregister_on_signals()
+            self.aio.deregister_on_signals(drain=drain)
         else:
-            self.aio.deregister_on_signals(signals)
+            self.aio.deregister_on_signals(signals, drain=drain)
 
     def discover(
         self,

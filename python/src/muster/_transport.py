@@ -5,8 +5,12 @@ looks up ``payments`` in the client's cache, picks an instance with the
 balancer, and sends the request to ``address:port`` with the original
 ``Host: payments`` header. Connect errors eject the instance from the balancer
 and, for idempotent methods only, the request is retried on another instance.
-Hosts that are not a bare service name (dots, ``localhost``, IPs) go to the
-inner transport unchanged.
+An idempotent request whose connection is dropped before any answer
+(``ReadError``/``RemoteProtocolError``: typically a kept-alive connection the
+server closed just as it was reused) is sent once more, without ejecting the
+instance. Hosts that are not a bare service name (dots, ``localhost``, IPs) go
+to the inner transport unchanged; a bare name with no instance in the registry
+raises :class:`~muster.ServiceUnreachableError`, an ``httpx.ConnectError``.
 
 Every decision is made by :class:`_Router`; the sync and async transports
 differ only in how they call the inner transport.
@@ -16,12 +20,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import httpx
 
 from ._balance import Balancer, RoundRobin
 from ._client import AsyncMusterClient
+from ._exceptions import NoInstancesError, ServiceUnreachableError
 from ._sync import MusterClient
 from ._types import Discovered, Instance
 
@@ -31,6 +36,9 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRAC
 _SERVICE_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Errors that prove the request never reached the instance.
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
+# Errors of a connection dropped before any answer: on a reused keep-alive
+# connection, the usual sign that the server closed it while idle.
+_DROPPED_ERRORS = (httpx.ReadError, httpx.RemoteProtocolError)
 
 
 class _Router:
@@ -39,10 +47,12 @@ class _Router:
         balancer: Optional[Balancer],
         retries: int,
         filters: Optional[Mapping[str, Mapping[str, Any]]],
+        namespace: str,
     ) -> None:
         self.balancer = balancer or RoundRobin()
         self.retries = retries
         self.filters = dict(filters or {})
+        self.namespace = namespace
 
     def service_of(self, request: httpx.Request) -> Optional[str]:
         host = request.url.host
@@ -53,9 +63,17 @@ class _Router:
     def discover_kwargs(self, service: str) -> Mapping[str, Any]:
         return self.filters.get(service, {})
 
-    def pick(self, found: Discovered, tried: set[tuple[str, str, str]]) -> Instance:
+    def pick(
+        self, request: httpx.Request, found: Discovered, tried: set[tuple[str, str, str]]
+    ) -> Instance:
         fresh = [i for i in found if i.key not in tried]
-        return self.balancer.pick(fresh or found.instances)
+        try:
+            inst = self.balancer.pick(fresh or found.instances)
+        except NoInstancesError as e:
+            ns = found.instances[0].namespace if found.instances else self.namespace
+            raise ServiceUnreachableError(found.service, ns, request) from e
+        self.balancer.begin(inst)
+        return inst
 
     def rewrite(self, request: httpx.Request, inst: Instance) -> httpx.Request:
         # The Host header was set from the original URL and is kept as is.
@@ -68,32 +86,60 @@ class _Router:
             extensions=request.extensions,
         )
 
-    def failed(self, request: httpx.Request, inst: Instance, exc: Exception, attempt: int) -> bool:
-        """Records a failure; returns whether to try another instance."""
+    def failed(self, request: httpx.Request, inst: Instance, exc: Exception, tries: _Tries) -> bool:
+        """Records a failure; returns whether to send the request again.
+
+        ``tries`` keeps count: an instance that refused the connection is
+        added to ``tries.tried`` (the next pick avoids it).
+        """
         self.balancer.end(inst)
+        idempotent = request.method in IDEMPOTENT_METHODS
+        if (
+            isinstance(exc, _DROPPED_ERRORS)
+            and idempotent
+            and not tries.resent
+            and isinstance(request.stream, httpx.ByteStream)  # the body can be sent again
+        ):
+            # Most likely a stale kept-alive connection, not a sick instance:
+            # once more, on a new connection, ejecting nobody.
+            tries.resent = True
+            return True
         if isinstance(exc, httpx.TransportError):
             self.balancer.report_failure(inst)
-        return (
-            isinstance(exc, _CONNECT_ERRORS)
-            and request.method in IDEMPOTENT_METHODS
-            and attempt < self.retries
-        )
+        if isinstance(exc, _CONNECT_ERRORS) and idempotent and tries.retried < self.retries:
+            tries.retried += 1
+            tries.tried.add(inst.key)
+            return True
+        return False
 
-    def answered(self, inst: Instance, response: httpx.Response) -> httpx.Response:
+    def answered(self, inst: Instance, response: httpx.Response, is_async: bool) -> httpx.Response:
         self.balancer.report_success(inst)
         end = _Once(lambda: self.balancer.end(inst))
         stream = response.stream
         wrapped: Any
-        if isinstance(stream, httpx.AsyncByteStream):
-            wrapped = _AsyncTracked(stream, end)
+        # Chosen by the transport, not by the stream's type: some streams
+        # (httpx.ByteStream, e.g. from MockTransport) are sync and async alike.
+        if is_async:
+            wrapped = _AsyncTracked(cast(httpx.AsyncByteStream, stream), end)
         else:
-            wrapped = _SyncTracked(stream, end)
+            wrapped = _SyncTracked(cast(httpx.SyncByteStream, stream), end)
         return httpx.Response(
             response.status_code,
             headers=response.headers,
             stream=wrapped,
             extensions=response.extensions,
         )
+
+
+class _Tries:
+    """What one request has been through: instances refused, retries, a resend."""
+
+    __slots__ = ("resent", "retried", "tried")
+
+    def __init__(self) -> None:
+        self.tried: set[tuple[str, str, str]] = set()
+        self.retried = 0
+        self.resent = False
 
 
 class _Once:
@@ -145,6 +191,9 @@ class MusterTransport(httpx.BaseTransport):
     ``filters`` maps a service to discovery filters, e.g.
     ``{"payments": {"version": "^1.4"}}``. ``retries`` is how many other
     instances an idempotent request may try after connect errors.
+    ``balancer`` (default :class:`RoundRobin`) keeps its state per service, so
+    one transport, made once and shared, serves every service: build it at
+    start-up, not per request.
     """
 
     def __init__(
@@ -158,7 +207,7 @@ class MusterTransport(httpx.BaseTransport):
     ) -> None:
         self.client = client
         """The muster client used for discovery."""
-        self._router = _Router(balancer, retries, filters)
+        self._router = _Router(balancer, retries, filters, client.config.namespace)
         self._inner = inner or httpx.HTTPTransport()
 
     @property
@@ -171,20 +220,17 @@ class MusterTransport(httpx.BaseTransport):
         service = r.service_of(request)
         if service is None:
             return self._inner.handle_request(request)
-        tried: set[tuple[str, str, str]] = set()
-        attempt = 0
+        tries = _Tries()
         while True:
-            inst = r.pick(self.client.discover(service, **r.discover_kwargs(service)), tried)
-            r.balancer.begin(inst)
+            found = self.client.discover(service, **r.discover_kwargs(service))
+            inst = r.pick(request, found, tries.tried)
             try:
                 response = self._inner.handle_request(r.rewrite(request, inst))
             except Exception as e:
-                if not r.failed(request, inst, e, attempt):
+                if not r.failed(request, inst, e, tries):
                     raise
-                tried.add(inst.key)
-                attempt += 1
                 continue
-            return r.answered(inst, response)
+            return r.answered(inst, response, is_async=False)
 
     def close(self) -> None:
         self._inner.close()
@@ -207,7 +253,7 @@ class AsyncMusterTransport(httpx.AsyncBaseTransport):
     ) -> None:
         self.client = client
         """The muster client used for discovery."""
-        self._router = _Router(balancer, retries, filters)
+        self._router = _Router(balancer, retries, filters, client.config.namespace)
         self._inner = inner or httpx.AsyncHTTPTransport()
 
     @property
@@ -220,21 +266,17 @@ class AsyncMusterTransport(httpx.AsyncBaseTransport):
         service = r.service_of(request)
         if service is None:
             return await self._inner.handle_async_request(request)
-        tried: set[tuple[str, str, str]] = set()
-        attempt = 0
+        tries = _Tries()
         while True:
             found = await self.client.discover(service, **r.discover_kwargs(service))
-            inst = r.pick(found, tried)
-            r.balancer.begin(inst)
+            inst = r.pick(request, found, tries.tried)
             try:
                 response = await self._inner.handle_async_request(r.rewrite(request, inst))
             except Exception as e:
-                if not r.failed(request, inst, e, attempt):
+                if not r.failed(request, inst, e, tries):
                     raise
-                tried.add(inst.key)
-                attempt += 1
                 continue
-            return r.answered(inst, response)
+            return r.answered(inst, response, is_async=True)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -11,7 +11,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-from ._semver import version_matches
+from ._exceptions import ConfigError
+from ._semver import parse_range, version_matches
+
+RANGE_OPERATORS = frozenset("^~<>=*,")
+"""Characters of semver ranges that no version (semver or literal) holds."""
 
 HealthFilter = Literal["passing", "any"]
 """Which health states discovery returns: only ``passing`` (default) or ``any``."""
@@ -112,7 +116,21 @@ class Query:
         zone: Optional[str] = None,
         health: HealthFilter = "passing",
     ) -> Query:
-        """Normalises user arguments so that equal filters give equal queries."""
+        """Normalises user arguments so that equal filters give equal queries.
+
+        Raises :class:`~muster.ConfigError` for a ``version`` that has range
+        operators but is no valid range (``"^^1"``): the registry would take
+        it for a literal version and silently match nothing.
+        """
+        if (
+            version is not None
+            and any(c in version for c in RANGE_OPERATORS)
+            and parse_range(version) is None
+        ):
+            raise ConfigError(
+                f"version filter {version!r} is not a semver range: use one such as "
+                "'^1.4', '~1.4.2', '>=2, <3', or a plain version"
+            )
         if isinstance(tags, str):
             tags = [tags]
         return cls(

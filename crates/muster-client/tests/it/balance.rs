@@ -228,3 +228,68 @@ async fn a_balancer_over_a_live_query_follows_weights() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn least_outstanding_picks_the_idlest_instance_and_shares_ties() {
+    let b = Balancer::fixed(three(), Strategy::LeastOutstanding);
+    // Nothing outstanding: ties take turns.
+    let c = counts(&b, 300).await;
+    assert_eq!(c.values().copied().collect::<Vec<_>>(), [100, 100, 100]);
+    // Hold picks open: each new pick goes where fewest are outstanding.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(b.pick().await.unwrap());
+    }
+    for id in ["a", "b", "c"] {
+        assert_eq!(b.outstanding(id), 2, "{id}");
+    }
+    // Release two of a's: the next two picks both go to a.
+    held.retain(|p| p.id() != "a");
+    let x = b.pick().await.unwrap();
+    let y = b.pick().await.unwrap();
+    assert_eq!((x.id(), y.id()), ("a", "a"));
+    assert_eq!(b.outstanding("a"), 2);
+}
+
+#[tokio::test]
+async fn a_custom_rule_chooses_among_usable_instances_only() {
+    use muster_client::{Candidate, Choose};
+    use std::sync::{Arc, Mutex};
+
+    /// Always the last candidate; records what it was offered.
+    struct Last(Arc<Mutex<Vec<Vec<String>>>>);
+    impl Choose for Last {
+        fn choose(&self, candidates: &[Candidate<'_>], _random: u64) -> usize {
+            self.0.lock().unwrap().push(
+                candidates
+                    .iter()
+                    .map(|c| format!("{}:{}", c.instance.id, c.outstanding))
+                    .collect(),
+            );
+            candidates.len() - 1
+        }
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let b = Balancer::fixed(three(), Strategy::RoundRobin)
+        .prefer_zone("eu-1a")
+        .choose_with(Last(seen.clone()));
+    let first = b.pick().await.unwrap();
+    assert_eq!(first.id(), "b");
+    // The zone preference applies before the rule; the outstanding pick of
+    // b shows in what the rule sees next.
+    let second = b.pick().await.unwrap();
+    assert_eq!(second.id(), "b");
+    // An ejected instance is not offered.
+    second.report_failure();
+    let third = b.pick().await.unwrap();
+    assert_eq!(third.id(), "a");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            vec!["a:0".to_string(), "b:0".to_string()],
+            vec!["a:0".to_string(), "b:1".to_string()],
+            vec!["a:0".to_string()],
+        ]
+    );
+    drop(first);
+}

@@ -164,11 +164,25 @@ async fn self_preservation_pauses_expiry_and_resumes() {
     let (_, c, _) = s.get("/v1/cluster").await;
     assert_eq!(c["self_preservation"], true);
 
-    // Renewals return for eight of ten: expiry resumes and takes the other two.
+    // Renewals return for eight of ten (and go on, every third of the TTL,
+    // as a client's do: with the clock paused, time jumps ahead whenever
+    // the runtime waits on an fsync, so one renewal would not keep them):
+    // expiry resumes and takes the other two.
     let (status, v) = s
         .post("/v1/leases/renew", json!({"ids": leases[..8]}))
         .await;
     assert_eq!((status, v["renewed"].as_array().unwrap().len()), (200, 8));
+    let renewer = tokio::spawn({
+        let (http, url) = (s.http.clone(), s.url("/v1/leases/renew"));
+        let ids = json!({"ids": leases[..8]});
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3)).await; // pacing, not waiting on state
+                let r = http.post(&url).json(&ids).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        }
+    });
     preserving.wait_for(|on| !*on).await.unwrap();
     let mut w = Sse::open(&s, "service=pay", None).await.untimed();
     let mut left = w.next().await.data["instances"].as_array().unwrap().len();
@@ -178,6 +192,7 @@ async fn self_preservation_pauses_expiry_and_resumes() {
     }
     let ids = s.ids("/v1/services/pay/instances").await;
     assert_eq!(ids, (0..8).map(|i| format!("p{i}")).collect::<Vec<_>>());
+    renewer.abort();
     s.stop().await;
 }
 

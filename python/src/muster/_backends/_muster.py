@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Optional
@@ -17,6 +18,10 @@ from ._base import Backend, Registration
 # The server sends an SSE comment every 15 s; three missed ones mean the
 # connection is dead even if TCP has not noticed.
 _WATCH_READ_TIMEOUT = 45.0
+# Connection pools inherited by a forked child: the parent's sockets. Kept
+# referenced (never closed nor collected in the child), so nothing the child
+# does can touch the parent's connections.
+_INHERITED: list[httpx.AsyncClient] = []
 # Statuses that say "this node cannot serve now; another may".
 _FAILOVER_STATUSES = frozenset({502, 503, 504})
 
@@ -46,12 +51,26 @@ class MusterBackend(Backend):
         self._timeout = timeout
         self._headers = dict(headers or {})
         self._current = 0
-        self._http = httpx.AsyncClient(
-            timeout=timeout,
+        self._pid = os.getpid()
+        self._http_client = self._new_http()
+
+    def _new_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=self._timeout,
             trust_env=False,
             headers=self._headers,
             limits=httpx.Limits(max_keepalive_connections=8, max_connections=64),
         )
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        # After fork() the child must not use (nor close) the parent's
+        # connections: it gets a pool of its own on first use.
+        if self._pid != os.getpid():
+            _INHERITED.append(self._http_client)
+            self._http_client = self._new_http()
+            self._pid = os.getpid()
+        return self._http_client
 
     def revoke_lease_blocking(self, lease_id: str, timeout: float) -> None:
         # A plain blocking client: at interpreter exit the event loop may be
