@@ -57,6 +57,9 @@ pub struct Config {
     /// How long a request body may take to arrive.
     #[serde(with = "humantime_serde_compat")]
     pub http_body_timeout: Duration,
+    /// Most queries one multiplexed watch (`POST /v1/watch`) may carry;
+    /// clients with more lookups open several streams.
+    pub watch_max_queries: usize,
     /// Start from the snapshot alone when the log no longer reaches it,
     /// accepting the loss of the writes acknowledged after it. A one-off
     /// decision of an operator: a flag only, never read from a file.
@@ -84,6 +87,7 @@ impl Default for Config {
             max_connections: l.max_connections,
             http_header_timeout: l.header_timeout,
             http_body_timeout: l.body_timeout,
+            watch_max_queries: l.max_watch_queries,
             force_recover_from_snapshot: false,
         }
     }
@@ -102,6 +106,7 @@ impl Config {
             max_connections: self.max_connections,
             header_timeout: self.http_header_timeout,
             body_timeout: self.http_body_timeout,
+            max_watch_queries: self.watch_max_queries,
         }
     }
 

@@ -56,7 +56,7 @@ enum Cmd {
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Scenarios to run (default: all): heartbeat, heartbeat-batch, lookup-1, lookup-100,
-    /// register, churn, watch-fanout, failure-detection, scale.
+    /// register, churn, watch-fanout, watch-many, failure-detection, scale.
     scenarios: Vec<String>,
     /// Systems to measure, comma-separated: muster, ceiling, etcd.
     #[arg(long, value_delimiter = ',', default_value = "muster,ceiling,etcd")]
@@ -74,6 +74,9 @@ struct RunArgs {
     /// Leases renewed round-robin by `heartbeat`.
     #[arg(long, default_value_t = 1000)]
     leases: usize,
+    /// Services one client looks up (and so watches) in `watch-many`.
+    #[arg(long, default_value_t = 1000)]
+    watch_services: usize,
     /// SSE watchers in `watch-fanout`.
     #[arg(long, default_value_t = 10_000)]
     watchers: usize,
@@ -214,6 +217,7 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         a.duration = 0.5;
         a.runs = 1;
         a.watchers = a.watchers.min(50);
+        a.watch_services = a.watch_services.min(50);
         a.changes = 2;
         a.fd_samples = 2;
         a.leases = a.leases.min(100);
@@ -268,6 +272,7 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         connections: a.connections,
         leases: a.leases,
         watchers: a.watchers,
+        watch_services: a.watch_services,
         changes: a.changes,
         fd_samples: a.fd_samples,
         scale: a.scale.clone(),
@@ -460,7 +465,7 @@ fn medians(rows: &[Row]) -> Vec<Row> {
 
 /// Scenarios judged by latency (fan-out, detection), not by throughput.
 fn is_latency_only(scenario: &str) -> bool {
-    scenario == "watch-fanout" || scenario == "failure-detection"
+    scenario == "watch-fanout" || scenario == "failure-detection" || scenario == "watch-many"
 }
 
 fn fmt_us(us: f64) -> String {

@@ -29,6 +29,7 @@ pub const ALL: &[&str] = &[
     "register",
     "churn",
     "watch-fanout",
+    "watch-many",
     "failure-detection",
     "scale",
     "scale-unique",
@@ -76,6 +77,7 @@ pub struct Settings {
     pub connections: usize,
     pub leases: usize,
     pub watchers: usize,
+    pub watch_services: usize,
     pub changes: usize,
     pub fd_samples: usize,
     pub scale: Vec<u64>,
@@ -235,6 +237,7 @@ pub async fn run(s: &Settings, scenario: &str, targets: &[Target], run: usize) -
             ("churn", Target::Muster) => churn(s, run).await,
             ("watch-fanout", Target::Muster) => watch_fanout(s, run).await,
             ("watch-fanout", Target::Etcd) => etcd_watch_fanout(s, run).await,
+            ("watch-many", Target::Muster) => watch_many(s, run).await,
             ("failure-detection", Target::Muster) => failure_detection(s, run).await,
             ("scale", Target::Muster) => {
                 rows.extend(scale(s, run, false).await?);
@@ -531,6 +534,91 @@ async fn watch_fanout(s: &Settings, run: usize) -> Result<Row> {
     record_cpu_per_change(&mut row, s.changes, server_cpu, own_cpu);
     row.extra.insert("watchers".into(), Value::from(s.watchers));
     row.extra.insert("changes".into(), Value::from(s.changes));
+    Ok(row)
+}
+
+/// One Rust client (`muster-client`) looking up `watch_services` services,
+/// each with one instance, all at once: the latency of each first answer
+/// (the histogram), the time until all are answered, and then, once the
+/// client has merged its lookups onto one multiplexed watch, the server's
+/// open connections, streams and queries, and its memory before and after.
+async fn watch_many(s: &Settings, run: usize) -> Result<Row> {
+    let n = s.watch_services;
+    let m = Muster::start(s, "watch-many").await?;
+    let mut conn = Conn::connect(m.addr()).await?;
+    for i in 0..n {
+        put_instance(&mut conn, &format!("svc-{i}"), "a", instance_body(i as u64)).await?;
+    }
+    let rss_before = m.proc.rss().ok();
+    let client = muster_client::Client::builder()
+        .addrs([format!("http://{}", m.addr())])
+        .build()?;
+    let lookups: Vec<_> = (0..n)
+        .map(|i| client.discover(format!("svc-{i}")))
+        .collect();
+    let start = Instant::now();
+    let answers = futures::future::join_all(lookups.iter().map(|d| async move {
+        let t0 = Instant::now();
+        let r = d.get().await;
+        (r, t0.elapsed())
+    }))
+    .await;
+    let all_answered = start.elapsed();
+    let mut hist = load::new_histogram();
+    let mut errors = 0;
+    for (r, took) in answers {
+        match r {
+            Ok(snap) if snap.len() == 1 => {
+                hist.record(took.as_micros() as u64).ok();
+            }
+            _ => errors += 1,
+        }
+    }
+    // The client merges its streams once no lookup was added for a moment:
+    // wait (bounded) until the server carries them on one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut metrics_conn = Conn::connect(m.addr()).await?;
+    let text = loop {
+        let body = metrics_conn
+            .call_ok(request("GET", "/metrics", None))
+            .await?;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if metric(&text, "muster_watch_streams") == 1.0 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let summary = Summary::from_histogram(&hist, errors, all_answered);
+    let mut row = Row::new("watch-many", Target::Muster, run, summary);
+    row.rss_bytes = m.proc.rss().ok();
+    let x = &mut row.extra;
+    x.insert("services".into(), Value::from(n));
+    x.insert(
+        "all_answered_ms".into(),
+        Value::from(all_answered.as_millis() as u64),
+    );
+    x.insert(
+        "watch_streams".into(),
+        Value::from(metric(&text, "muster_watch_streams")),
+    );
+    x.insert(
+        "watch_queries".into(),
+        Value::from(metric(&text, "muster_watch_queries")),
+    );
+    // The client's watch stream and its idle request connection, and the
+    // connection this reads the metrics on.
+    x.insert(
+        "server_connections".into(),
+        Value::from(metric(&text, "muster_http_connections")),
+    );
+    x.insert("rss_before_watch_bytes".into(), Value::from(rss_before));
+    drop(client);
     Ok(row)
 }
 

@@ -10,14 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_types::{
-    CreateLeaseRequest, Instance, InstancesResponse, LeaseInfo, RegisterRequest, RenewManyRequest,
-    RenewManyResponse, RenewResponse, ServicesResponse, WatchEvent, WriteResponse, format_duration,
+    CreateLeaseRequest, Instance, InstancesResponse, LeaseInfo, QueryEvent, RegisterRequest,
+    RenewManyRequest, RenewManyResponse, RenewResponse, ServicesResponse, WatchEvent, WatchQuery,
+    WatchRequest, WriteResponse, format_duration,
 };
 use reqwest::Method;
 
 use crate::error::Result;
 use crate::query::Query;
-use crate::sse::{Read, SseReader};
+use crate::sse::{QueryRead, Read, SseReader};
 use crate::transport::{Req, Transport, json};
 
 /// Plain calls to the registry's API v1, in the client's namespace.
@@ -159,6 +160,60 @@ impl Api {
             reader: SseReader::new(resp),
             last_event_id,
         })
+    }
+}
+
+impl Api {
+    /// `POST /v1/watch`: opens one Server-Sent Events stream carrying many
+    /// queries, each named by its `id` and resumed from its own `index`
+    /// when given. Queries without a namespace are in the client's. It does
+    /// not reconnect by itself, and tries each registry address once (no
+    /// retry passes: reconnecting is the caller's loop); the cache behind
+    /// [`Client::discover`](crate::Client::discover) does, sharing one such
+    /// stream among all lookups of a client.
+    pub async fn watch_many(&self, queries: Vec<WatchQuery>) -> Result<QueryEvents> {
+        let q = [self.ns()];
+        let mut req = Req::new(Method::POST, "/v1/watch")
+            .query(&q)
+            .json(&WatchRequest { queries });
+        req.streaming = true;
+        // Its one caller, the cache, reconnects on its own schedule.
+        req.single_pass = true;
+        let resp = self.transport.send(req).await?;
+        Ok(QueryEvents {
+            reader: SseReader::new(resp),
+        })
+    }
+}
+
+/// An open multiplexed watch; see [`Api::watch_many`].
+pub struct QueryEvents {
+    reader: SseReader,
+}
+
+impl std::fmt::Debug for QueryEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryEvents").finish_non_exhaustive()
+    }
+}
+
+impl QueryEvents {
+    /// The next event, skipping keep-alives; `Ok(None)` when the registry
+    /// closed the stream (reopen it, each query resuming from the `index`
+    /// of its last event).
+    pub async fn next(&mut self) -> Result<Option<QueryEvent>> {
+        loop {
+            match self.reader.next_query_event().await? {
+                QueryRead::Event(e) => return Ok(Some(*e)),
+                QueryRead::KeepAlive => continue,
+                QueryRead::End => return Ok(None),
+            }
+        }
+    }
+
+    /// The next read, keep-alives included (they prove the stream alive).
+    pub(crate) async fn next_read(&mut self) -> Result<QueryRead> {
+        self.reader.next_query_event().await
     }
 }
 

@@ -77,6 +77,8 @@ pub(crate) struct Settings {
     pub backoff: Backoff,
     pub lease_ttl: Duration,
     pub max_staleness: Duration,
+    pub lookup_idle: Duration,
+    pub queries_per_stream: usize,
 }
 
 /// Builds a [`Client`]; start with [`Client::builder`].
@@ -100,7 +102,15 @@ pub struct ClientBuilder {
     backoff: Backoff,
     lease_ttl: Duration,
     max_staleness: Duration,
+    lookup_idle: Duration,
+    queries_per_stream: usize,
 }
+
+/// Default of [`ClientBuilder::lookup_idle_timeout`].
+pub const DEFAULT_LOOKUP_IDLE: Duration = Duration::from_secs(600);
+/// Default of [`ClientBuilder::watch_queries_per_stream`]: under the
+/// registry's default `watch_max_queries` (1024).
+pub const DEFAULT_QUERIES_PER_STREAM: usize = 1000;
 
 impl Default for ClientBuilder {
     fn default() -> Self {
@@ -111,6 +121,8 @@ impl Default for ClientBuilder {
             backoff: Backoff::default(),
             lease_ttl: Duration::from_secs(10),
             max_staleness: Duration::from_secs(300),
+            lookup_idle: DEFAULT_LOOKUP_IDLE,
+            queries_per_stream: DEFAULT_QUERIES_PER_STREAM,
         }
     }
 }
@@ -157,6 +169,27 @@ impl ClientBuilder {
     /// unreachable (default 5 min); later lookups fail with [`Error::Stale`].
     pub fn max_staleness(mut self, max: Duration) -> Self {
         self.max_staleness = max;
+        self
+    }
+
+    /// How long a discovery query may go unused before its cache entry is
+    /// dropped and its watch query removed from the client's stream
+    /// (default 10 min). A query in use by a [`Watcher`](crate::Watcher)
+    /// or a `tower` discover stream is never dropped; a later lookup of a
+    /// dropped query waits for a fresh snapshot again.
+    pub fn lookup_idle_timeout(mut self, idle: Duration) -> Self {
+        self.lookup_idle = idle;
+        self
+    }
+
+    /// Most queries on one watch stream (default 1000). Every lookup of the
+    /// client shares one multiplexed watch connection (`POST /v1/watch`);
+    /// past this many queries, or the registry's request-size limit, it
+    /// opens one more. Lower it only for a registry configured with a
+    /// `watch_max_queries` below it (the client also halves it by itself
+    /// when the registry refuses a stream as too large).
+    pub fn watch_queries_per_stream(mut self, n: usize) -> Self {
+        self.queries_per_stream = n;
         self
     }
 
@@ -207,6 +240,14 @@ impl ClientBuilder {
         if self.backoff.attempts == 0 {
             return Err(Error::Config("backoff.attempts must be at least 1".into()));
         }
+        if self.lookup_idle.is_zero() {
+            return Err(Error::Config("lookup_idle_timeout must be positive".into()));
+        }
+        if self.queries_per_stream == 0 {
+            return Err(Error::Config(
+                "watch_queries_per_stream must be at least 1".into(),
+            ));
+        }
         if self.timeouts.connect.is_zero() || self.timeouts.request.is_zero() {
             return Err(Error::Config("timeouts must be positive".into()));
         }
@@ -217,6 +258,8 @@ impl ClientBuilder {
             backoff: self.backoff,
             lease_ttl: self.lease_ttl,
             max_staleness: self.max_staleness,
+            lookup_idle: self.lookup_idle,
+            queries_per_stream: self.queries_per_stream,
         })
     }
 }

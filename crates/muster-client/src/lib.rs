@@ -36,9 +36,17 @@
 //!   third of its TTL; when the registry says the lease is unknown the client
 //!   creates a new one and registers everything again.
 //! - Discovery ([`Client::discover`], [`Discovery`], [`Snapshot`],
-//!   [`Watcher`]): one cache entry per query, fed by one watch (Server-Sent
-//!   Events, resumed with `Last-Event-ID`); stale answers carry their age
-//!   until the maximum staleness.
+//!   [`Watcher`]): one cache entry per query; all entries of a client are
+//!   kept fresh by one multiplexed watch connection (`POST /v1/watch`,
+//!   Server-Sent Events, each query resumed by its own index; more than
+//!   one only past [`ClientBuilder::watch_queries_per_stream`] queries, or
+//!   for a moment while lookups are added). Stale answers carry their age
+//!   until the maximum staleness; after a reconnect an answer is fresh
+//!   again once the registry confirmed its query (within about a second of
+//!   the registry being back). Lookups unused for
+//!   [`ClientBuilder::lookup_idle_timeout`] are dropped from the cache and
+//!   the stream. Watches have a connection pool of their own, so lease
+//!   renewal never waits behind them.
 //! - Checks ([`HealthCheck`], [`Registration::report`],
 //!   [`Registration::set_maintenance`]): HTTP, TCP, gRPC and TTL checks on
 //!   a registration, TTL reports and maintenance, all kept across
@@ -46,7 +54,8 @@
 //! - Balancing ([`Balancer`], [`Strategy`], [`Pick`]): round robin, random,
 //!   weighted, power of two choices, least outstanding requests, zone
 //!   preference, passive ejection; custom rules through [`Choose`].
-//! - [`Api`]: plain calls, one per route (the CLI uses them).
+//! - [`Api`]: plain calls, one per route (the CLI uses them), including
+//!   [`Api::watch`] and [`Api::watch_many`] ([`QueryEvents`]).
 //! - `tower` feature: [`Discovery::discover_services`], a
 //!   `tower::discover::Discover` stream for `tower::balance` and tonic.
 //! - [`metrics`]: names of the metrics recorded through the `metrics` crate.
@@ -75,7 +84,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use api::{Api, WatchEvents};
+pub use api::{Api, QueryEvents, WatchEvents};
 pub use balance::{Balancer, Candidate, Choose, Pick, Strategy};
 pub use cache::Snapshot;
 pub use checks::{CheckStatus, HealthCheck};

@@ -15,3 +15,6 @@ pub const RENEWAL_FAILURES: &str = "muster_client_lease_renewal_failures_total";
 pub const REREGISTRATIONS: &str = "muster_client_reregistrations_total";
 /// Counter: instances ejected by a balancer after a reported failure.
 pub const EJECTIONS: &str = "muster_client_ejections_total";
+/// Gauge: watch streams the client holds open (one for all its lookups,
+/// more only past the per-stream limits or briefly while lookups are added).
+pub const WATCH_STREAMS: &str = "muster_client_watch_streams";

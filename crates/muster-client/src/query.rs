@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use muster_types::WatchQuery;
+
 /// Which instances a query returns by health.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum HealthFilter {
@@ -73,6 +75,22 @@ impl Query {
     /// The service queried.
     pub fn service(&self) -> &str {
         &self.service
+    }
+
+    /// The query as one query of a multiplexed watch (`POST /v1/watch`),
+    /// in the client's namespace, resuming from `index` when given.
+    pub fn to_watch_query(&self, id: impl Into<String>, index: Option<u64>) -> WatchQuery {
+        WatchQuery {
+            id: id.into(),
+            service: self.service.clone(),
+            namespace: None,
+            tag: self.tags.clone(),
+            meta: self.meta.iter().map(|(k, v)| format!("{k}:{v}")).collect(),
+            version: self.version.clone(),
+            zone: self.zone.clone(),
+            health: (self.health == HealthFilter::Any).then(|| "any".to_string()),
+            index,
+        }
     }
 
     /// The filters as query-string pairs (without the service).

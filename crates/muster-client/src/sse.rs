@@ -1,8 +1,9 @@
-//! A minimal Server-Sent Events reader for `GET /v1/watch`.
+//! A minimal Server-Sent Events reader for `GET /v1/watch` and
+//! `POST /v1/watch`.
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use muster_types::WatchEvent;
+use muster_types::{QueryEvent, WatchEvent};
 
 use crate::error::{Error, Result};
 
@@ -18,6 +19,7 @@ pub(crate) struct Frame {
 pub(crate) struct SseReader {
     body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buf: Vec<u8>,
+    ended: bool,
 }
 
 /// What one read produced.
@@ -30,11 +32,22 @@ pub(crate) enum Read {
     End,
 }
 
+/// What one read of a multiplexed watch produced.
+pub(crate) enum QueryRead {
+    /// A complete event, with its query id.
+    Event(Box<QueryEvent>),
+    /// A keep-alive or other event-less frame.
+    KeepAlive,
+    /// The server closed the stream.
+    End,
+}
+
 impl SseReader {
     pub fn new(resp: reqwest::Response) -> Self {
         SseReader {
             body: resp.bytes_stream().boxed(),
             buf: Vec::new(),
+            ended: false,
         }
     }
 
@@ -44,12 +57,44 @@ impl SseReader {
             if let Some(frame) = take_frame(&mut self.buf) {
                 return parse_frame(&frame);
             }
-            match self.body.next().await {
-                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(Error::Protocol(format!("watch stream broke: {e}"))),
-                None => return Ok(Read::End),
+            self.fill().await?;
+            if self.ended {
+                return Ok(Read::End);
             }
         }
+    }
+
+    /// Reads until one frame of a multiplexed watch is complete.
+    pub async fn next_query_event(&mut self) -> Result<QueryRead> {
+        loop {
+            if let Some(frame) = take_frame(&mut self.buf) {
+                let Some((_, data)) = frame_data(&frame) else {
+                    return Ok(QueryRead::KeepAlive);
+                };
+                let event = serde_json::from_str(&data).map_err(|e| Error::UnreadableEvent {
+                    data: data.clone(),
+                    reason: e.to_string(),
+                })?;
+                return Ok(QueryRead::Event(Box::new(event)));
+            }
+            self.fill().await?;
+            if self.ended {
+                return Ok(QueryRead::End);
+            }
+        }
+    }
+
+    /// Appends the next chunk of the body to the buffer.
+    async fn fill(&mut self) -> Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        match self.body.next().await {
+            Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+            Some(Err(e)) => return Err(Error::Protocol(format!("watch stream broke: {e}"))),
+            None => self.ended = true,
+        }
+        Ok(())
     }
 }
 
@@ -61,6 +106,19 @@ fn take_frame(buf: &mut Vec<u8>) -> Option<String> {
 }
 
 fn parse_frame(frame: &str) -> Result<Read> {
+    let Some((id, data)) = frame_data(frame) else {
+        return Ok(Read::KeepAlive);
+    };
+    let event: WatchEvent = serde_json::from_str(&data).map_err(|e| Error::UnreadableEvent {
+        data: data.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(Read::Event(Box::new(Frame { id, event })))
+}
+
+/// A frame's `id:` and its `data:` lines joined; `None` for a frame without
+/// data (a keep-alive comment).
+fn frame_data(frame: &str) -> Option<(Option<u64>, String)> {
     let (mut id, mut data, mut has_data) = (None, String::new(), false);
     for line in frame.lines() {
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -74,14 +132,7 @@ fn parse_frame(frame: &str) -> Result<Read> {
             has_data = true;
         }
     }
-    if !has_data {
-        return Ok(Read::KeepAlive);
-    }
-    let event: WatchEvent = serde_json::from_str(&data).map_err(|e| Error::UnreadableEvent {
-        data: data.to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok(Read::Event(Box::new(Frame { id, event })))
+    has_data.then_some((id, data))
 }
 
 #[cfg(test)]

@@ -23,6 +23,11 @@ pub(crate) struct Req<'a> {
     pub last_event_id: Option<u64>,
     /// Watches stream for hours: no overall time limit.
     pub streaming: bool,
+    /// One pass over the addresses, no retry: for callers that reconnect
+    /// on their own schedule (the cache's watch streams), so a registry
+    /// that is back is found at their next attempt, not after this call's
+    /// back-off.
+    pub single_pass: bool,
 }
 
 impl<'a> Req<'a> {
@@ -34,6 +39,7 @@ impl<'a> Req<'a> {
             body: None,
             last_event_id: None,
             streaming: false,
+            single_pass: false,
         }
     }
 
@@ -50,9 +56,13 @@ impl<'a> Req<'a> {
     }
 }
 
-/// The registry addresses and the HTTP client that reaches them.
+/// The registry addresses and the HTTP clients that reach them.
 pub(crate) struct Transport {
+    /// Requests: registrations, lease renewals, plain reads.
     http: reqwest::Client,
+    /// Watch streams, in a connection pool of their own: however many are
+    /// open, they never hold a connection a lease renewal waits for.
+    streams: reqwest::Client,
     pub settings: Arc<Settings>,
     preferred: AtomicUsize,
 }
@@ -62,19 +72,22 @@ impl Transport {
         // One crypto provider for rustls; the program may have chosen it.
         #[cfg(feature = "tls")]
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            // Registry traffic is local infrastructure: never through a proxy.
-            .no_proxy()
-            .connect_timeout(settings.timeouts.connect)
-            .tcp_nodelay(true)
-            // The agent closes connections idle for its header timeout (30 s
-            // by default); giving them up sooner on this side means a request
-            // never races that close on a connection about to go.
-            .pool_idle_timeout(std::time::Duration::from_secs(20))
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let build = || {
+            reqwest::Client::builder()
+                // Registry traffic is local infrastructure: never through a proxy.
+                .no_proxy()
+                .connect_timeout(settings.timeouts.connect)
+                .tcp_nodelay(true)
+                // The agent closes connections idle for its header timeout (30 s
+                // by default); giving them up sooner on this side means a request
+                // never races that close on a connection about to go.
+                .pool_idle_timeout(std::time::Duration::from_secs(20))
+                .build()
+                .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
+        };
         Ok(Transport {
-            http,
+            http: build()?,
+            streams: build()?,
             settings,
             preferred: AtomicUsize::new(0),
         })
@@ -91,8 +104,9 @@ impl Transport {
     pub async fn send(&self, req: Req<'_>) -> Result<Response> {
         let addrs = &self.settings.addrs;
         let backoff = self.settings.backoff;
+        let attempts = if req.single_pass { 1 } else { backoff.attempts };
         let mut last: Option<Error> = None;
-        for attempt in 0..backoff.attempts {
+        for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(jitter(backoff.delay(attempt - 1))).await;
             }
@@ -128,9 +142,12 @@ impl Transport {
     }
 
     async fn send_once(&self, base: &str, req: &Req<'_>) -> reqwest::Result<Response> {
-        let mut b = self
-            .http
-            .request(req.method.clone(), format!("{base}{}", req.path));
+        let http = if req.streaming {
+            &self.streams
+        } else {
+            &self.http
+        };
+        let mut b = http.request(req.method.clone(), format!("{base}{}", req.path));
         if !req.query.is_empty() {
             b = b.query(req.query);
         }

@@ -38,6 +38,11 @@ pub struct HttpState {
     pub cache: cache::ReadCache,
     /// Encoded watch frames, shared by the watchers of a batch.
     pub frames: cache::FrameCache,
+    /// The same for multiplexed watches, whose frames are encoded
+    /// differently (a query's prefix, then the shared event).
+    pub mux_frames: cache::FrameCache,
+    /// Most queries one multiplexed watch carries.
+    pub max_watch_queries: usize,
     /// Flips to `true` when the registry shuts down, ending watches.
     pub shutdown: watch::Receiver<bool>,
     /// Ticks every [`api::watch::KEEPALIVE_INTERVAL`]: each watch then sends
@@ -53,6 +58,12 @@ pub type HttpStateRef = Arc<HttpState>;
 /// The routes of the API on `registry`. Call [`metrics::handle`] first,
 /// before the registry is opened, so every metric is recorded.
 pub fn router(registry: Registry) -> axum::Router {
+    router_with(registry, &serve::Limits::default())
+}
+
+/// [`router`] with the limits the routes enforce themselves (queries per
+/// multiplexed watch).
+pub fn router_with(registry: Registry, limits: &serve::Limits) -> axum::Router {
     let shutdown = registry.shutdown_signal();
     let state = Arc::new(HttpState {
         keepalive: api::watch::spawn_keepalive(shutdown.clone()),
@@ -60,6 +71,8 @@ pub fn router(registry: Registry) -> axum::Router {
         registry,
         cache: Default::default(),
         frames: Default::default(),
+        mux_frames: Default::default(),
+        max_watch_queries: limits.max_watch_queries,
         metrics: metrics::handle(),
     });
     api::router(state)
@@ -75,7 +88,7 @@ pub async fn serve(
     limits: serve::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(registry.clone());
+    let app = router_with(registry.clone(), &limits);
     serve::run(listener, app, limits, async move {
         shutdown.await;
         registry.begin_shutdown();

@@ -22,7 +22,7 @@ use crate::api;
         api::checks::maintenance, api::checks::put_check, api::checks::delete_check, api::checks::report,
         api::services::list,
         api::leases::create, api::leases::get_one, api::leases::renew, api::leases::renew_many, api::leases::revoke,
-        api::watch::watch,
+        api::watch::watch, api::watch_many::watch_many,
         api::cluster::cluster, api::cluster::healthz,
         crate::metrics::render, serve,
     ),

@@ -50,6 +50,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
+    /// Most queries one multiplexed watch (`POST /v1/watch`) carries;
+    /// more is a 400 `too_many_queries`.
+    pub max_watch_queries: usize,
 }
 
 impl Default for Limits {
@@ -58,6 +61,7 @@ impl Default for Limits {
             max_connections: 16_384,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
+            max_watch_queries: muster_types::limits::DEFAULT_MAX_WATCH_QUERIES,
         }
     }
 }
@@ -73,6 +77,9 @@ impl Limits {
         }
         if self.body_timeout.is_zero() {
             return Err("http_body_timeout must be more than 0".into());
+        }
+        if self.max_watch_queries == 0 {
+            return Err("watch_max_queries must be at least 1".into());
         }
         Ok(())
     }
@@ -145,7 +152,9 @@ pub async fn run(
             .header_read_timeout(header_timeout)
             .keep_alive(keep_alive);
         let watcher = graceful.watcher();
+        let open = OpenConnection::new();
         tokio::spawn(async move {
+            let _open = open;
             // hyper reads the first bytes to tell HTTP/1 from HTTP/2 with no
             // deadline of its own: a connection that sends nothing at all is
             // closed here.
@@ -164,6 +173,23 @@ pub async fn run(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Counts open connections (`muster_http_connections`) for as long as it
+/// lives: one per accepted connection, moved into its task.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::gauge!("muster_http_connections").increment(1.0);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("muster_http_connections").decrement(1.0);
+    }
 }
 
 /// What a connection past the cap may do: ask whether the agent is up.

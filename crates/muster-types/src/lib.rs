@@ -72,6 +72,11 @@ pub mod limits {
     pub const MAX_CHECK_INTERVAL_MS: u64 = 86_400_000;
     /// Default wait of a blocking query, in milliseconds.
     pub const DEFAULT_WAIT_MS: u64 = 300_000;
+    /// Longest query id of a multiplexed watch (`POST /v1/watch`).
+    pub const MAX_WATCH_QUERY_ID_LEN: usize = 128;
+    /// Default for the most queries one multiplexed watch carries (the
+    /// agent's `watch_max_queries`); the body limit also applies.
+    pub const DEFAULT_MAX_WATCH_QUERIES: usize = 1024;
 }
 
 /// Default namespace when a request names none.
@@ -503,6 +508,62 @@ pub struct ClusterInfo {
     /// are marked `preserved` and critical.
     #[serde(default)]
     pub lapsed_leases: u64,
+}
+
+/// Body of `POST /v1/watch`: many discovery queries over one stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WatchRequest {
+    /// The queries, each with its own id (at least one, at most the
+    /// server's `watch_max_queries`).
+    pub queries: Vec<WatchQuery>,
+}
+
+/// One query of a multiplexed watch: a service and the filters of
+/// discovery, named by a client-chosen `id` that every event of it carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WatchQuery {
+    /// The client's key for this query: 1 to 128 characters, no control
+    /// characters, unique within the request.
+    pub id: String,
+    /// Service to watch.
+    pub service: String,
+    /// Namespace (default: the request's `namespace` parameter, else
+    /// `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Required tags (all must match).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tag: Vec<String>,
+    /// Required metadata, each `key:value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meta: Vec<String>,
+    /// Semver range such as `^1.4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// `passing` (default) or `any`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// Resume from this index (the `index` of the last event received for
+    /// this query): what came after it, a `current` confirmation, or a
+    /// fresh snapshot when the history no longer reaches back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+}
+
+/// One Server-Sent Event of `POST /v1/watch`: a [`WatchEvent`] with the
+/// `query` id it belongs to, as `{"query": "...", "type": ..., ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueryEvent {
+    /// The `id` of the query the event belongs to.
+    pub query: String,
+    /// The event.
+    #[serde(flatten)]
+    pub event: WatchEvent,
 }
 
 /// One Server-Sent Event of `GET /v1/watch`; the SSE `event:` field carries

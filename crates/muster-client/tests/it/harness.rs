@@ -25,11 +25,21 @@ impl TestServer {
 
     /// A registry on `addr` (port 0 picks a free one) over `dir`.
     pub async fn start_on(addr: SocketAddr, dir: TempDir) -> Self {
-        let config = Config {
+        Self::start_with(addr, dir, |_| {}).await
+    }
+
+    /// [`TestServer::start_on`] with the configuration changed by `tweak`.
+    pub async fn start_with(
+        addr: SocketAddr,
+        dir: TempDir,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        let mut config = Config {
             data_dir: dir.path().join("data"),
             sweep_interval: Duration::from_millis(50),
             ..Config::default()
         };
+        tweak(&mut config);
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel();

@@ -7,5 +7,6 @@ mod balance;
 mod checks;
 mod discovery;
 mod harness;
+mod mux;
 mod registration;
 mod spec;

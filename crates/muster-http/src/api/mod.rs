@@ -7,6 +7,7 @@ pub mod instances;
 pub mod leases;
 pub mod services;
 pub mod watch;
+pub mod watch_many;
 
 use std::time::Duration;
 
@@ -97,7 +98,11 @@ pub fn router(state: HttpStateRef) -> Router {
         get(leases::get_one).delete(leases::revoke)
     );
     let r = route!(r, "/v1/leases/{id}/renew", put(leases::renew));
-    let r = route!(r, "/v1/watch", get(watch::watch));
+    let r = route!(
+        r,
+        "/v1/watch",
+        get(watch::watch).post(watch_many::watch_many)
+    );
     let r = route!(r, "/v1/cluster", get(cluster::cluster));
     let r = route!(r, "/v1/openapi.json", get(crate::openapi::serve));
     let r = route!(r, "/metrics", get(crate::metrics::render));

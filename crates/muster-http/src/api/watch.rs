@@ -89,7 +89,7 @@ pub fn spawn_keepalive(
 
 /// An SSE comment, sent to every watcher on each keep-alive tick so that
 /// proxies and clients see a live connection.
-const KEEPALIVE_FRAME: &[u8] = b": \n\n";
+pub(crate) const KEEPALIVE_FRAME: &[u8] = b": \n\n";
 
 /// Watch a service.
 #[utoipa::path(get, path = "/v1/watch", tag = "watch",
@@ -168,7 +168,7 @@ pub fn parse_last_event_id(value: &HeaderValue) -> Result<u64, ApiError> {
 }
 
 /// The wire form of a registry watch event.
-fn wire(e: &muster_registry::WatchEvent) -> WatchEvent {
+pub(crate) fn wire(e: &muster_registry::WatchEvent) -> WatchEvent {
     use muster_registry::WatchEvent as E;
     match e {
         E::Snapshot { index, instances } => WatchEvent::Snapshot {

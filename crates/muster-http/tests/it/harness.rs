@@ -283,6 +283,52 @@ impl Sse {
         }
     }
 
+    /// Opens a multiplexed watch (`POST /v1/watch?{query}` with `body`);
+    /// an error answer comes back as its status and JSON.
+    pub async fn post(server: &TestServer, query: &str, body: &Value) -> Result<Sse, (u16, Value)> {
+        let resp = server
+            .http
+            .post(server.url(&format!("/v1/watch?{query}")))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err((status, resp.json().await.unwrap_or(Value::Null)));
+        }
+        assert_eq!(
+            resp.headers()["content-type"],
+            "text/event-stream",
+            "an SSE answer"
+        );
+        Ok(Sse {
+            resp,
+            buf: String::new(),
+            deadline: Some(Duration::from_secs(10)),
+        })
+    }
+
+    /// Waits (with the deadline) for the server to end the stream, failing
+    /// on any event before the end.
+    pub async fn ended(&mut self) {
+        loop {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.resp.chunk())
+                .await
+                .expect("the stream did not end within the deadline");
+            match chunk {
+                Ok(Some(c)) => {
+                    let text = std::str::from_utf8(&c).unwrap();
+                    assert!(
+                        text.trim_start().starts_with(':'),
+                        "an event before the end: {text:?}"
+                    );
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
     /// Without a deadline on events: for tests on a paused clock, where
     /// tokio's timers jump ahead while the test waits for a socket.
     pub fn untimed(mut self) -> Sse {

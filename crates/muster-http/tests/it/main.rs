@@ -11,3 +11,4 @@ mod limits;
 mod openapi;
 mod validation;
 mod watch;
+mod watch_many;
