@@ -17,12 +17,20 @@ Map of the package (all modules private; public names are re-exported here):
 - ``_backends``: the :class:`Backend` interface, :class:`MusterBackend`,
   :class:`InMemoryBackend`/:class:`InMemoryRegistry`.
 - ``_balance``: balancers and failure ejection.
+- ``_checks``: :class:`Check` (health checks of a registration) and :class:`CheckState`.
 - ``_transport``: httpx transports.
 - ``_integrations``: FastAPI lifespan and Flask extension.
 - ``_config``, ``_types``, ``_exceptions``, ``_semver``: settings, values, errors, version ranges.
 """
 
-from ._backends import Backend, InMemoryBackend, InMemoryRegistry, MusterBackend, Registration
+from ._backends import (
+    Backend,
+    InMemoryBackend,
+    InMemoryRegistry,
+    MusterBackend,
+    Registration,
+    ServiceSummary,
+)
 from ._balance import (
     Balancer,
     LeastConnections,
@@ -33,6 +41,7 @@ from ._balance import (
     ZoneAware,
     make_balancer,
 )
+from ._checks import Check, CheckState
 from ._client import AsyncMusterClient, Registered, Stats
 from ._config import Config
 from ._exceptions import (
@@ -62,6 +71,8 @@ __all__ = [
     "AsyncMusterTransport",
     "Backend",
     "Balancer",
+    "Check",
+    "CheckState",
     "ClientClosedError",
     "Config",
     "ConfigError",
@@ -89,6 +100,7 @@ __all__ = [
     "RegistryError",
     "RegistryUnavailableError",
     "RoundRobin",
+    "ServiceSummary",
     "ServiceUnreachableError",
     "StaleDataError",
     "Stats",

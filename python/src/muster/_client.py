@@ -41,13 +41,15 @@ from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Any, Callable, Optional, Union
 
-from ._backends import Backend, MusterBackend, Registration
+from ._backends import Backend, MusterBackend, Registration, ServiceSummary
+from ._checks import Check, CheckStatus
 from ._config import Config, backoff_delay
 from ._exceptions import (
     ClientClosedError,
     ConfigError,
     LeaseNotFoundError,
     MusterError,
+    NotFoundError,
     RegistryError,
     RegistryUnavailableError,
     StaleDataError,
@@ -260,6 +262,10 @@ class AsyncMusterClient:
         self._watches: dict[tuple[Any, ...], _Watch] = {}
         self._by_query: dict[tuple[str, Query], _Watch] = {}
         self._registered: dict[tuple[str, str], Registered] = {}
+        # What the service said of its registrations since (TTL reports,
+        # maintenance), applied again after a re-registration.
+        self._reports: dict[tuple[str, str], dict[str, tuple[CheckStatus, Optional[str]]]] = {}
+        self._maintenance: dict[tuple[str, str], str] = {}
         # Registrations made with defer=True that the registry has not seen yet.
         self._pending: set[tuple[str, str]] = set()
         self._lease: Optional[Lease] = None
@@ -286,6 +292,8 @@ class AsyncMusterClient:
         self._watches = {}
         self._by_query = {}
         self._registered = {}
+        self._reports = {}
+        self._maintenance = {}
         self._pending = set()
         self._lease = None
         self._renewer = None
@@ -354,9 +362,14 @@ class AsyncMusterClient:
         zone: Optional[str] = None,
         weight: Optional[int] = None,
         instance_id: Optional[str] = None,
+        checks: Sequence[Check] = (),
         defer: bool = False,
     ) -> Registered:
         """Registers an instance under this client's lease and keeps it alive.
+
+        ``checks`` are health checks (:class:`Check`: http, tcp, grpc run by
+        the registry, ttl reported with :meth:`report`); an instance with
+        checks is out of passing answers until its first check passes.
 
         ``address`` defaults to ``MUSTER_ADVERTISE_ADDR`` or the interface that
         reaches the registry; ``zone`` to ``MUSTER_ZONE``; ``instance_id`` to a
@@ -390,6 +403,7 @@ class AsyncMusterClient:
             version=version,
             zone=zone if zone is not None else self.config.zone,
             weight=weight,
+            checks=tuple(checks),
         )
         handle = Registered(service, instance_id or self.new_instance_id(service), reg)
         async with self._lock():
@@ -418,10 +432,73 @@ class AsyncMusterClient:
         key = handle.key if isinstance(handle, Registered) else handle
         async with self._lock():
             self._registered.pop(key, None)
+            self._reports.pop(key, None)
+            self._maintenance.pop(key, None)
             if key in self._pending:  # the registry never had it
                 self._pending.discard(key)
                 return False
             return await self.backend.deregister(*key)
+
+    async def report(
+        self,
+        handle: Union[Registered, tuple[str, str]],
+        check_id: str,
+        status: CheckStatus,
+        output: Optional[str] = None,
+    ) -> None:
+        """Reports a TTL check of one of this client's registrations.
+
+        ``status`` is ``"pass"``, ``"warn"`` or ``"fail"``; ``output`` is kept
+        by the registry (at most 4 KiB). The last report of each check is sent
+        again if the client registers the instance anew after the registry
+        lost its lease.
+        """
+        self._check_open()
+        key = handle.key if isinstance(handle, Registered) else handle
+        if status not in ("pass", "warn", "fail"):
+            raise ConfigError(f"status must be 'pass', 'warn' or 'fail', got {status!r}")
+        await self.backend.report_check(*key, check_id, status, output)
+        if key in self._registered:
+            self._reports.setdefault(key, {})[check_id] = (status, output)
+
+    async def set_maintenance(
+        self, handle: Union[Registered, tuple[str, str]], reason: Optional[str]
+    ) -> Instance:
+        """Takes an instance out of passing answers without deregistering it
+        (``reason`` given), or puts it back (``None``); kept across
+        re-registrations."""
+        self._check_open()
+        key = handle.key if isinstance(handle, Registered) else handle
+        inst = await self.backend.maintenance(*key, reason)
+        if key in self._registered:
+            if reason is None:
+                self._maintenance.pop(key, None)
+            else:
+                self._maintenance[key] = reason
+        return inst
+
+    async def services(self) -> list[ServiceSummary]:
+        """The services of the namespace with their instance counts (not cached)."""
+        self._check_open()
+        return await self.backend.services()
+
+    async def _apply_said(self, key: tuple[str, str]) -> None:
+        """Sends a re-registered instance's maintenance and last reports again."""
+        reason = self._maintenance.get(key)
+        if reason is not None:
+            await self.backend.maintenance(*key, reason)
+        for check_id, (status, output) in self._reports.get(key, {}).items():
+            # The registry starts a new instance's checks just after it
+            # commits the registration: a report that comes first is
+            # check_not_found, so give it a few short tries.
+            for attempt in range(10):
+                try:
+                    await self.backend.report_check(*key, check_id, status, output)
+                    break
+                except NotFoundError as e:
+                    if e.code != "check_not_found" or attempt == 9:
+                        raise
+                    await asyncio.sleep(0.02 * (attempt + 1))  # pacing a retry
 
     @property
     def registrations(self) -> list[Registered]:
@@ -472,6 +549,7 @@ class AsyncMusterClient:
                 self.stats.reregistrations += 1
                 try:
                     await self.backend.register(h.service, h.id, h.registration, lease.id)
+                    await self._apply_said(h.key)
                 except BaseException:
                     self.stats.reregistrations -= 1
                     raise

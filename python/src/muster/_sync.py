@@ -15,11 +15,12 @@ import weakref
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Callable, Optional, TypeVar, Union
 
-from ._backends import Backend
+from ._backends import Backend, ServiceSummary
+from ._checks import Check, CheckStatus
 from ._client import _INHERITED, AsyncMusterClient, Registered, Stats, Tags, _lookup_key
 from ._config import Config
 from ._exceptions import ClientClosedError
-from ._types import Discovered, HealthFilter, Lease
+from ._types import Discovered, HealthFilter, Instance, Lease
 
 T = TypeVar("T")
 
@@ -160,6 +161,7 @@ class MusterClient:
         zone: Optional[str] = None,
         weight: Optional[int] = None,
         instance_id: Optional[str] = None,
+        checks: Sequence[Check] = (),
         defer: bool = False,
     ) -> Registered:
         """See :meth:`AsyncMusterClient.register`."""
@@ -174,9 +176,30 @@ class MusterClient:
                 zone=zone,
                 weight=weight,
                 instance_id=instance_id,
+                checks=checks,
                 defer=defer,
             )
         )
+
+    def report(
+        self,
+        handle: Union[Registered, tuple[str, str]],
+        check_id: str,
+        status: CheckStatus,
+        output: Optional[str] = None,
+    ) -> None:
+        """See :meth:`AsyncMusterClient.report`."""
+        self._run(self.aio.report(handle, check_id, status, output))
+
+    def set_maintenance(
+        self, handle: Union[Registered, tuple[str, str]], reason: Optional[str]
+    ) -> Instance:
+        """See :meth:`AsyncMusterClient.set_maintenance`."""
+        return self._run(self.aio.set_maintenance(handle, reason))
+
+    def services(self) -> list[ServiceSummary]:
+        """See :meth:`AsyncMusterClient.services`."""
+        return self._run(self.aio.services())
 
     def deregister(self, handle: Union[Registered, tuple[str, str]]) -> bool:
         """See :meth:`AsyncMusterClient.deregister`."""

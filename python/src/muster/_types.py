@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+from ._checks import CheckState
 from ._exceptions import ConfigError
 from ._semver import parse_range, version_matches
 
@@ -53,6 +54,10 @@ class Instance:
     """True while the registry's self-preservation keeps the instance past
     its lease's deadline (the registry stopped hearing from its clients):
     it may be gone."""
+    checks: tuple[CheckState, ...] = ()
+    """Its health checks and their current status."""
+    maintenance: Optional[str] = None
+    """The reason, while the instance is in maintenance (out of passing answers)."""
     create_index: int = 0
     """Registry index that created it."""
     modify_index: int = 0
@@ -87,6 +92,8 @@ class Instance:
             health=str(d.get("health", "passing")),
             lease=d.get("lease"),
             preserved=bool(d.get("preserved", False)),
+            checks=tuple(CheckState.from_json(c) for c in d.get("checks") or ()),
+            maintenance=d.get("maintenance"),
             create_index=int(d.get("create_index", 0)),
             modify_index=int(d.get("modify_index", 0)),
         )

@@ -8,8 +8,15 @@
 - :mod:`._memory`: an in-process registry for tests of user code.
 """
 
-from ._base import Backend, Registration
+from ._base import Backend, Registration, ServiceSummary
 from ._memory import InMemoryBackend, InMemoryRegistry
 from ._muster import MusterBackend
 
-__all__ = ["Backend", "InMemoryBackend", "InMemoryRegistry", "MusterBackend", "Registration"]
+__all__ = [
+    "Backend",
+    "InMemoryBackend",
+    "InMemoryRegistry",
+    "MusterBackend",
+    "Registration",
+    "ServiceSummary",
+]

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .._checks import Check, CheckStatus
 from .._types import Discovered, Instance, Lease, Query, WatchEvent
 
 
@@ -33,6 +34,8 @@ class Registration:
     """Zone (failure domain)."""
     weight: Optional[int] = None
     """Load-balancing weight (registry default 100)."""
+    checks: tuple[Check, ...] = ()
+    """Health checks (run by the registry, or reported for ttl checks)."""
 
     def to_json(self) -> dict[str, Any]:
         """The registration as the native API's request body (without lease)."""
@@ -45,7 +48,25 @@ class Registration:
             v = getattr(self, k)
             if v is not None:
                 body[k] = v
+        if self.checks:
+            body["checks"] = [c.to_json() for c in self.checks]
         return body
+
+
+@dataclass(frozen=True)
+class ServiceSummary:
+    """A service and its instance counts by health."""
+
+    name: str
+    """Service name."""
+    instances: int
+    """All instances."""
+    passing: int = 0
+    """Instances passing."""
+    warning: int = 0
+    """Instances warning."""
+    critical: int = 0
+    """Instances critical."""
 
 
 class Backend(abc.ABC):
@@ -107,6 +128,25 @@ class Backend(abc.ABC):
         The last word at interpreter exit or on SIGTERM, when the client's
         event loop may be gone or unable to start new work.
         """
+
+    async def report_check(
+        self,
+        service: str,
+        instance_id: str,
+        check_id: str,
+        status: CheckStatus,
+        output: Optional[str] = None,
+    ) -> None:
+        """Reports the status of a TTL check (a backend without checks refuses)."""
+        raise NotImplementedError(f"{type(self).__name__} has no TTL checks")
+
+    async def maintenance(self, service: str, instance_id: str, reason: Optional[str]) -> Instance:
+        """Puts an instance in maintenance (``reason``) or takes it out (``None``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no maintenance mode")
+
+    async def services(self) -> list[ServiceSummary]:
+        """The services of the namespace with their instance counts."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list services")
 
     def advertise_address(self) -> str:
         """The address this host is reachable at from the registry's point of view."""

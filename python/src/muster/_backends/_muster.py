@@ -11,10 +11,11 @@ from typing import Any, Optional
 
 import httpx
 
+from .._checks import CheckStatus
 from .._config import backoff_delay, format_duration
 from .._exceptions import NotFoundError, RegistryUnavailableError, error_from_response
 from .._types import Discovered, Instance, Lease, Query, WatchEvent
-from ._base import Backend, Registration
+from ._base import Backend, Registration, ServiceSummary
 
 # The server sends an SSE comment every 15 s; three missed ones mean the
 # connection is dead even if TCP has not noticed.
@@ -174,6 +175,43 @@ class MusterBackend(Backend):
         except NotFoundError:
             return False
         return bool(d.get("removed", 1))
+
+    async def report_check(
+        self,
+        service: str,
+        instance_id: str,
+        check_id: str,
+        status: CheckStatus,
+        output: Optional[str] = None,
+    ) -> None:
+        body = {"output": output} if output is not None else None
+        await self._call(
+            "PUT",
+            f"/v1/services/{service}/instances/{instance_id}/checks/{check_id}/{status}",
+            body=body,
+        )
+
+    async def maintenance(self, service: str, instance_id: str, reason: Optional[str]) -> Instance:
+        body: dict[str, Any] = {"enabled": reason is not None}
+        if reason is not None:
+            body["reason"] = reason
+        d = await self._call(
+            "PUT", f"/v1/services/{service}/instances/{instance_id}/maintenance", body=body
+        )
+        return Instance.from_json(d)
+
+    async def services(self) -> list[ServiceSummary]:
+        d = await self._call("GET", "/v1/services")
+        return [
+            ServiceSummary(
+                name=str(x["name"]),
+                instances=int(x["instances"]),
+                passing=int(x.get("passing", 0)),
+                warning=int(x.get("warning", 0)),
+                critical=int(x.get("critical", 0)),
+            )
+            for x in d["services"]
+        ]
 
     async def instances(self, service: str, query: Query) -> Discovered:
         d = await self._call("GET", f"/v1/services/{service}/instances", params=query.params())
