@@ -134,6 +134,25 @@ pub struct LeaseStatus {
     pub last_error: Option<String>,
 }
 
+/// The client's session with the registry, as its lease sees it (the
+/// states ZooKeeper clients know): watch it with
+/// [`Client::connection_state`](crate::Client::connection_state).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ConnectionState {
+    /// No lease yet: nothing registered so far.
+    #[default]
+    Idle,
+    /// The last renewal (or registration) reached the registry.
+    Connected,
+    /// The registry cannot be reached, but less than a TTL has passed since
+    /// the last renewal: the registrations are still there.
+    Suspended,
+    /// The lease is gone, or the registry was out of reach for a whole TTL:
+    /// the registrations may have expired. The client registers them again
+    /// as soon as it can, and is `Connected` once it has.
+    Lost,
+}
+
 type Key = (String, String);
 
 struct State {
@@ -160,6 +179,9 @@ pub(crate) struct Leases {
     ttl: Duration,
     state: Mutex<State>,
     status: watch::Sender<LeaseStatus>,
+    connection: watch::Sender<ConnectionState>,
+    /// When the registry last accepted a renewal or registration.
+    last_ok: std::sync::Mutex<Option<tokio::time::Instant>>,
     renewer: std::sync::Once,
 }
 
@@ -174,12 +196,53 @@ impl Leases {
                 regs: BTreeMap::new(),
             }),
             status: watch::channel(LeaseStatus::default()).0,
+            connection: watch::channel(ConnectionState::Idle).0,
+            last_ok: std::sync::Mutex::new(None),
             renewer: std::sync::Once::new(),
         }
     }
 
     pub fn status(&self) -> watch::Receiver<LeaseStatus> {
         self.status.subscribe()
+    }
+
+    pub fn connection(&self) -> watch::Receiver<ConnectionState> {
+        self.connection.subscribe()
+    }
+
+    /// The registry accepted a renewal or a registration.
+    fn reached(&self) {
+        *self
+            .last_ok
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
+        self.connection.send_if_modified(|c| {
+            let changed = *c != ConnectionState::Connected;
+            *c = ConnectionState::Connected;
+            changed
+        });
+    }
+
+    /// A renewal or registration failed; `lost`: the registry said the
+    /// lease is gone.
+    fn missed(&self, lost: bool) {
+        let last_ok = *self
+            .last_ok
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let expired = last_ok.is_none_or(|t| t.elapsed() >= self.ttl);
+        self.connection.send_if_modified(|c| {
+            let next = match *c {
+                // Idle stays Idle until a lease exists; Lost stays Lost until
+                // the registrations are back.
+                ConnectionState::Idle | ConnectionState::Lost => return false,
+                _ if lost || expired => ConnectionState::Lost,
+                _ => ConnectionState::Suspended,
+            };
+            let changed = *c != next;
+            *c = next;
+            changed
+        });
     }
 
     fn publish(&self, st: &State, f: impl FnOnce(&mut LeaseStatus)) {
@@ -219,6 +282,7 @@ impl Leases {
         );
         self.publish(&st, |_| {});
         drop(st);
+        self.reached();
         self.renewer.call_once(|| {
             tokio::spawn(renew_loop(self.clone(), stop.subscribe()));
         });
@@ -266,6 +330,7 @@ impl Leases {
             );
         }
         st.lost = false;
+        self.reached();
         metrics::counter!(crate::metrics::REREGISTRATIONS).increment(done);
         self.publish(st, |s| s.reregistrations += done);
         Ok(())
@@ -387,6 +452,7 @@ impl Leases {
         let Some(lease) = lease else { return Ok(()) };
         match self.api.renew_lease(&lease).await {
             Ok(_) => {
+                self.reached();
                 metrics::counter!(crate::metrics::RENEWALS).increment(1);
                 self.status.send_modify(|s| {
                     s.renewals += 1;
@@ -396,6 +462,7 @@ impl Leases {
             }
             Err(e) if e.is_lease_not_found() => {
                 tracing::warn!(%lease, "the registry does not know our lease; recovering");
+                self.missed(true);
                 let mut st = self.state.lock().await;
                 if st.lease.as_deref() == Some(lease.as_str()) {
                     st.lost = true;
@@ -424,6 +491,7 @@ async fn renew_loop(leases: Arc<Leases>, mut stop: watch::Receiver<()>) {
                 delay = spread(period);
             }
             Err(e) => {
+                leases.missed(e.is_lease_not_found());
                 tracing::warn!(error = %e, "lease renewal failed; retrying");
                 metrics::counter!(crate::metrics::RENEWAL_FAILURES).increment(1);
                 leases.status.send_modify(|s| {

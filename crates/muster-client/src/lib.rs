@@ -35,6 +35,8 @@
 //!   one lease per client holds every registration; it is renewed about every
 //!   third of its TTL; when the registry says the lease is unknown the client
 //!   creates a new one and registers everything again.
+//!   [`Client::connection_state`] ([`ConnectionState`]) says whether the
+//!   registry is reached, suspended or lost.
 //! - Discovery ([`Client::discover`], [`Discovery`], [`Snapshot`],
 //!   [`Watcher`]): one cache entry per query; all entries of a client are
 //!   kept fresh by one multiplexed watch connection (`POST /v1/watch`,
@@ -91,7 +93,7 @@ pub use checks::{CheckStatus, HealthCheck};
 pub use config::{Backoff, ClientBuilder, Timeouts};
 pub use discovery::{Discovery, Watcher};
 pub use error::{Error, Result};
-pub use lease::{InstanceSpec, LeaseStatus, Registration};
+pub use lease::{ConnectionState, InstanceSpec, LeaseStatus, Registration};
 pub use muster_types as types;
 pub use query::{HealthFilter, Query};
 #[cfg(feature = "tower")]
@@ -172,6 +174,13 @@ impl Client {
     /// (straight from the registry, not cached).
     pub async fn services(&self) -> Result<muster_types::ServicesResponse> {
         self.inner.api.services().await
+    }
+
+    /// The client's session with the registry ([`ConnectionState`]:
+    /// idle, connected, suspended, lost), as its lease renewals see it;
+    /// wait on changes to react to a registry going away and coming back.
+    pub fn connection_state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.leases.connection()
     }
 
     /// The lease and its renewal counters; changes as renewals happen.

@@ -219,3 +219,46 @@ async fn failover_from_a_dead_registry_address() {
     assert!(matches!(e, Error::Unreachable { .. }), "{e:?}");
     s.stop().await;
 }
+
+/// The session states a ZooKeeper user knows: connected while renewals
+/// land, suspended when the registry goes away, lost once a whole TTL has
+/// passed without it, connected again once the registrations are back.
+#[tokio::test]
+async fn connection_state_follows_the_registry_away_and_back() {
+    use muster_client::ConnectionState;
+
+    let s = TestServer::start().await;
+    let addr = s.addr;
+    let client = fast(Client::builder().addrs([s.base.clone()]))
+        .lease_ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut state = client.connection_state();
+    assert_eq!(*state.borrow(), ConnectionState::Idle);
+    let _r = client
+        .register(InstanceSpec::new("pay", "pay-1", "10.0.0.1", 80))
+        .await
+        .unwrap();
+    assert_eq!(*state.borrow_and_update(), ConnectionState::Connected);
+
+    drop(s.stop().await);
+    within(
+        "suspended",
+        state.wait_for(|c| *c == ConnectionState::Suspended),
+    )
+    .await
+    .unwrap();
+    within("lost", state.wait_for(|c| *c == ConnectionState::Lost))
+        .await
+        .unwrap();
+
+    let s2 = TestServer::start_on(addr, tempfile::tempdir().unwrap()).await;
+    within(
+        "connected again",
+        state.wait_for(|c| *c == ConnectionState::Connected),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&client, "pay").await, ["pay-1"]);
+    s2.stop().await;
+}
