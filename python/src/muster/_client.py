@@ -191,10 +191,19 @@ class _Watch:
         # `current` on the stream; deltas of a resumed query come before its
         # `current` and leave a stale answer stale until then.
         confirmed = ev.kind in ("snapshot", "current")
+        # Followers wake on a change of answer or of freshness, not on a
+        # re-sent snapshot or a `current` (as after every re-open of the
+        # watch with a new set of lookups).
+        changed = (
+            self.result is None
+            or ordered != self.result.instances
+            or (confirmed and self.down_since is not None)
+        )
         self.result = Discovered(self.service, ordered, ev.index)
         if confirmed:
             self.down_since = None
-        self._notify()
+        if changed:
+            self._notify()
 
     def mark_down(self, now: float) -> None:
         if self.down_since is None:
@@ -411,6 +420,7 @@ class AsyncMusterClient:
         zone: Optional[str] = None,
         backend: Optional[Backend] = None,
         config: Optional[Config] = None,
+        lookup_idle_timeout: Union[float, str, None] = None,
     ) -> None:
         self.config = config or Config.from_env(
             addresses=addresses,
@@ -418,6 +428,7 @@ class AsyncMusterClient:
             ttl=ttl,
             max_staleness=max_staleness,
             zone=zone,
+            lookup_idle_timeout=lookup_idle_timeout,
         )
         """The settings in force."""
         self._owns_backend = backend is None
