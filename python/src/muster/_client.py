@@ -9,8 +9,10 @@
   optional SIGTERM handler (with a drain delay) do the same when the program
   ends without it; ``register(..., defer=True)`` does not need the registry
   to be up: the renewal task registers as soon as it can be reached;
-- **discovery**: one watch (SSE stream) per ``(service, filters)`` keeps a
-  cached answer fresh; lookups read the cache without I/O; while the registry
+- **discovery**: one multiplexed watch (:meth:`Backend.watch_many`, one SSE
+  stream for every ``(service, filters)`` lookup, see :class:`_Mux`) keeps
+  the cached answers fresh; lookups read the cache without I/O; lookups
+  unused for ``lookup_idle_timeout`` are evicted; while the registry
   is unreachable the cache answers ``stale`` with its age, up to
   ``max_staleness``, then :class:`StaleDataError`.
 
