@@ -9,8 +9,10 @@
   optional SIGTERM handler (with a drain delay) do the same when the program
   ends without it; ``register(..., defer=True)`` does not need the registry
   to be up: the renewal task registers as soon as it can be reached;
-- **discovery**: one watch (SSE stream) per ``(service, filters)`` keeps a
-  cached answer fresh; lookups read the cache without I/O; while the registry
+- **discovery**: one multiplexed watch (:meth:`Backend.watch_many`, one SSE
+  stream for every ``(service, filters)`` lookup, see :class:`_Mux`) keeps
+  the cached answers fresh; lookups read the cache without I/O; lookups
+  unused for ``lookup_idle_timeout`` are evicted; while the registry
   is unreachable the cache answers ``stale`` with its age, up to
   ``max_staleness``, then :class:`StaleDataError`.
 
@@ -41,7 +43,14 @@ from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Any, Callable, Optional, Union
 
-from ._backends import Backend, MusterBackend, Registration, ServiceSummary
+from ._backends import (
+    Backend,
+    MusterBackend,
+    Registration,
+    ServiceSummary,
+    WatchQuery,
+    WatchQueryRefused,
+)
 from ._checks import Check, CheckStatus
 from ._config import Config, backoff_delay
 from ._exceptions import (
@@ -137,21 +146,30 @@ class Stats:
     """Instances registered again under a new lease after the registry lost
     the lease (one per instance, as the Rust client counts)."""
     watch_reconnects: int = 0
-    """Times a watch lost its stream and opened a new one."""
+    """Times a watch stream was lost and opened again."""
+    evictions: int = 0
+    """Lookups dropped from the cache after ``lookup_idle_timeout`` unused."""
 
 
 class _Watch:
-    """The cached answer for one ``(service, query)``, kept fresh by a watch task."""
+    """The cached answer for one ``(service, query)``, kept fresh by the client's watch."""
 
-    def __init__(self, service: str, query: Query) -> None:
+    def __init__(self, id: str, service: str, query: Query) -> None:
+        self.id = id
         self.service = service
         self.query = query
         self.result: Optional[Discovered] = None
         # monotonic time since which the registry no longer confirms the
-        # answer; None while the watch stream is up.
+        # answer; None while the watch stream is up and confirmed it.
         self.down_since: Optional[float] = None
         self.first_error: Optional[BaseException] = None
-        self.task: Optional[asyncio.Task[None]] = None
+        # Set by every cache read (a plain store, safe from any thread);
+        # the eviction sweep turns it into last_used.
+        self.used = True
+        self.last_used = time.monotonic()
+        # changes()/wait_for() following the answer: never evicted meanwhile.
+        self.followers = 0
+        self.done = False
         self._instances: dict[str, Instance] = {}
         self._index: Optional[int] = None
         self._changed: Optional[asyncio.Event] = None
@@ -180,34 +198,210 @@ class _Watch:
             self._instances.pop(ev.instance_id, None)
         self._index = ev.index
         ordered = tuple(self._instances[k] for k in sorted(self._instances))
+        # The answer is confirmed (fresh) once the query got a snapshot or a
+        # `current` on the stream; deltas of a resumed query come before its
+        # `current` and leave a stale answer stale until then.
+        confirmed = ev.kind in ("snapshot", "current")
+        # Followers wake on a change of answer or of freshness, not on a
+        # re-sent snapshot or a `current` (as after every re-open of the
+        # watch with a new set of lookups).
+        changed = (
+            self.result is None
+            or ordered != self.result.instances
+            or (confirmed and self.down_since is not None)
+        )
         self.result = Discovered(self.service, ordered, ev.index)
-        self.down_since = None
-        self._notify()
+        if confirmed:
+            self.down_since = None
+        if changed:
+            self._notify()
 
     def mark_down(self, now: float) -> None:
         if self.down_since is None:
             self.down_since = now
             self._notify()
 
-    async def run(self, backend: Backend, stats: Stats, config: Config) -> None:
+    def refuse(self, error: BaseException) -> None:
+        self.first_error = error
+        self.done = True
+        self._notify()
+
+    def watch_query(self) -> WatchQuery:
+        return WatchQuery(self.id, self.service, self.query, self._index)
+
+
+class _Following:
+    """The lookup a ``changes()``/``wait_for()`` follows, counted in its followers."""
+
+    def __init__(self) -> None:
+        self.watch: Optional[_Watch] = None
+
+    def set(self, w: Optional[_Watch]) -> Optional[_Watch]:
+        if w is not self.watch:
+            if self.watch is not None:
+                self.watch.followers -= 1
+            if w is not None:
+                w.followers += 1
+            self.watch = w
+        return w
+
+
+# How long the set of lookups must stay unchanged before their streams are
+# merged into one; and how many streams beyond that one may be open before
+# they are merged anyway (as the Rust client does).
+_QUIET = 0.1
+_MAX_EXTRA_STREAMS = 4
+
+
+class _Stream:
+    """One watch stream carrying a fixed set of lookups, reconnecting by itself."""
+
+    def __init__(self, mux: _Mux, watches: list[_Watch]) -> None:
+        self.watches = watches
+        self.task = asyncio.get_running_loop().create_task(mux.follow(self))
+
+
+class _Mux:
+    """Every lookup of one client, kept fresh over as few watch streams as possible.
+
+    A new lookup goes out at once on a stream of its own (its first answer
+    waits for no one); once the set of lookups has been quiet for
+    ``_QUIET`` (or more than ``_MAX_EXTRA_STREAMS`` extra streams are open),
+    the driver re-opens everything as one :meth:`Backend.watch_many`, each
+    query resuming from its index (so resumed answers stay fresh), and closes
+    the rest. Evicted lookups leave the same way. Lookups unused for
+    ``lookup_idle_timeout`` are evicted by a periodic sweep.
+    """
+
+    def __init__(self, client: AsyncMusterClient) -> None:
+        self.client = client
+        self.watches: dict[str, _Watch] = {}
+        self.streams: list[_Stream] = []
+        self.last_change: Optional[float] = None
+        self.next_id = 0
+        self.driver: Optional[asyncio.Task[None]] = None
+        self._wake: Optional[asyncio.Event] = None
+
+    def new_watch(self, service: str, query: Query) -> _Watch:
+        self.next_id += 1
+        w = _Watch(str(self.next_id), service, query)
+        self.watches[w.id] = w
+        self.wake()
+        if self.driver is None or self.driver.done():
+            self.driver = asyncio.get_running_loop().create_task(self.run())
+        return w
+
+    def remove(self, w: _Watch) -> None:
+        if self.watches.get(w.id) is w:
+            del self.watches[w.id]
+            w.done = True
+            self.wake()
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def close(self) -> None:
+        tasks = [s.task for s in self.streams]
+        if self.driver is not None:
+            tasks.append(self.driver)
+        self.streams = []
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def run(self) -> None:
+        idle = self.client.config.lookup_idle_timeout
+        period = min(max(idle / 4, 0.05), 60.0)
+        next_sweep = time.monotonic() + period
+        self._wake = asyncio.Event()
+        while True:
+            self._wake.clear()
+            due = self.arrange()
+            now = time.monotonic()
+            wait = next_sweep - now if due is None else min(due, next_sweep) - now
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
+            except asyncio.TimeoutError:
+                pass
+            if time.monotonic() >= next_sweep:
+                self.client._evict(idle)
+                next_sweep = time.monotonic() + period
+
+    def arrange(self) -> Optional[float]:
+        """Opens a stream for lookups none carries; merges streams once quiet.
+
+        Returns when to look again, if it must."""
+        carried = {w.id for s in self.streams for w in s.watches}
+        new = [w for w in self.watches.values() if w.id not in carried]
+        now = time.monotonic()
+        if new:
+            self.streams.append(_Stream(self, new))
+            self.last_change = now
+        evicted = any(i not in self.watches for i in carried)
+        self.streams = [s for s in self.streams if not s.task.done()]
+        if len(self.streams) <= 1 and not evicted:
+            self.last_change = None
+            return None
+        due = now if self.last_change is None else self.last_change + _QUIET
+        if len(self.streams) > 1 + _MAX_EXTRA_STREAMS or now >= due:
+            # Close first: each query resumes on the new stream from the last
+            # event the old one delivered.
+            for s in self.streams:
+                s.task.cancel()
+            self.streams = []
+            if self.watches:
+                self.streams.append(_Stream(self, list(self.watches.values())))
+            self.last_change = None
+            return None
+        return due
+
+    async def follow(self, stream: _Stream) -> None:
+        """Applies a stream's events until it is closed, reconnecting with back-off."""
+        client = self.client
+        config = client.config
         failures = 0
         while True:
+            watches = [w for w in stream.watches if self.watches.get(w.id) is w]
+            if not watches:
+                return
+            by_id = {w.id: w for w in watches}
             try:
-                async for ev in backend.watch(self.service, self.query, self._index):
-                    self.apply(ev)
-                    failures = 0
+                async for qid, ev in client.backend.watch_many([w.watch_query() for w in watches]):
+                    w = by_id.get(qid)
+                    if w is not None:
+                        w.apply(ev)
+                        failures = 0
+                error: BaseException = RegistryUnavailableError("the registry closed the watch")
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # every failure means: reconnect later
-                if self.result is None:
-                    self.first_error = e
-                    self._notify()
-                    return
-                log.debug("watch of %s lost: %r", self.service, e)
-            if self.result is None:
+            except WatchQueryRefused as e:
+                # One query refused (a bad filter): its lookups get the
+                # registry's error, the others go on without it.
+                w = by_id.get(e.query_id)
+                if w is not None:
+                    w.refuse(e.error)
+                    self.remove(w)
+                continue
+            except RegistryError as e:
+                # The registry refused the whole stream: every lookup gets it.
+                for w in watches:
+                    w.refuse(e)
+                    self.remove(w)
                 return
-            self.mark_down(time.monotonic())
-            stats.watch_reconnects += 1
+            except Exception as e:  # every other failure means: reconnect later
+                error = e
+            log.debug("watch of %d lookup(s) lost: %r", len(watches), error)
+            now = time.monotonic()
+            for w in watches:
+                if w.result is None:
+                    # Never answered: the first lookup fails now rather than
+                    # waiting out initial_wait for an unreachable registry.
+                    w.refuse(error)
+                    self.remove(w)
+                else:
+                    w.mark_down(now)
+            client.stats.watch_reconnects += 1
             # Pacing between reconnection attempts, with jitter so that many
             # clients do not reconnect in lock-step after a registry restart;
             # the ceiling (500 ms by default) brings the watch back within 1 s
@@ -237,6 +431,7 @@ class AsyncMusterClient:
         zone: Optional[str] = None,
         backend: Optional[Backend] = None,
         config: Optional[Config] = None,
+        lookup_idle_timeout: Union[float, str, None] = None,
     ) -> None:
         self.config = config or Config.from_env(
             addresses=addresses,
@@ -244,6 +439,7 @@ class AsyncMusterClient:
             ttl=ttl,
             max_staleness=max_staleness,
             zone=zone,
+            lookup_idle_timeout=lookup_idle_timeout,
         )
         """The settings in force."""
         self._owns_backend = backend is None
@@ -261,6 +457,7 @@ class AsyncMusterClient:
         """Counters (cache hits, renewals, ...)."""
         self._watches: dict[tuple[Any, ...], _Watch] = {}
         self._by_query: dict[tuple[str, Query], _Watch] = {}
+        self._mux = _Mux(self)
         self._registered: dict[tuple[str, str], Registered] = {}
         # What the service said of its registrations since (TTL reports,
         # maintenance), applied again after a re-registration.
@@ -288,9 +485,10 @@ class AsyncMusterClient:
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
-        _INHERITED.append((self._watches, self._by_query, self._renewer, self._reg_lock))
+        _INHERITED.append((self._watches, self._by_query, self._mux, self._renewer, self._reg_lock))
         self._watches = {}
         self._by_query = {}
+        self._mux = _Mux(self)
         self._registered = {}
         self._reports = {}
         self._maintenance = {}
@@ -324,12 +522,10 @@ class AsyncMusterClient:
         if self._closed:
             return
         self._closed = True
-        tasks = [w.task for w in self._watches.values() if w.task is not None]
+        await self._mux.close()
         if self._renewer is not None:
-            tasks.append(self._renewer)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
         lease, self._lease = self._lease, None
         if lease is not None:
             try:
@@ -683,6 +879,7 @@ class AsyncMusterClient:
         w = self._watches.get(key)
         if w is None or w.result is None:
             return None
+        w.used = True
         down = w.down_since
         if down is None:
             self.stats.cache_hits += 1
@@ -723,16 +920,14 @@ class AsyncMusterClient:
         self._check_open()
         self.stats.cache_misses += 1
         w = self._by_query.get((service, query))
-        if w is None or (w.task is not None and w.task.done()):
-            w = _Watch(service, query)
+        if w is None or w.done:
+            # Joins the client's one multiplexed watch.
+            w = self._mux.new_watch(service, query)
             self._by_query[(service, query)] = w
-            w.task = asyncio.get_running_loop().create_task(
-                w.run(self.backend, self.stats, self.config)
-            )
         self._watches[key] = w
         deadline = time.monotonic() + self.config.initial_wait
         while w.result is None:
-            if w.first_error is not None or (w.task is not None and w.task.done()):
+            if w.first_error is not None or w.done:
                 self._forget(key, w)
                 # A refusal (400: a bad filter or name) is the caller's to fix,
                 # never an outage: raised as the registry said it.
@@ -757,8 +952,34 @@ class AsyncMusterClient:
         self._watches.pop(key, None)
         if self._by_query.get((w.service, w.query)) is w:
             del self._by_query[(w.service, w.query)]
-        if w.task is not None:
-            w.task.cancel()
+        self._mux.remove(w)
+
+    def _evict(self, idle: float) -> None:
+        """Drops lookups unused for ``idle`` seconds that nothing follows.
+
+        Called by the watch's driver every ``idle / 4`` (50 ms to 60 s): a
+        lookup is evicted between ``idle`` and ``idle`` plus one period after
+        its last use; its query leaves the watch.
+        """
+        now = time.monotonic()
+        gone: set[str] = set()
+        for w in list(self._mux.watches.values()):
+            if w.used:
+                w.used = False
+                w.last_used = now
+            if w.followers == 0 and now - w.last_used >= idle:
+                gone.add(w.id)
+                self._mux.remove(w)
+        if not gone:
+            return
+        for key, w in list(self._watches.items()):
+            if w.id in gone:
+                self._watches.pop(key, None)
+        for q, w in list(self._by_query.items()):
+            if w.id in gone:
+                self._by_query.pop(q, None)
+        self.stats.evictions += len(gone)
+        log.debug("evicted %d lookup(s) unused for %gs", len(gone), idle)
 
     async def wait_for(
         self,
@@ -779,22 +1000,28 @@ class AsyncMusterClient:
         """
         deadline = time.monotonic() + timeout
         key = _lookup_key(service, tags, meta, version, zone, health)
-        while True:
-            r = await self.discover(
-                service, tags=tags, meta=meta, version=version, zone=zone, health=health
-            )
-            if predicate(r):
-                return r
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"{service!r} did not reach the expected state in {timeout}s")
-            w = self._watches.get(key)
-            if w is None:
-                continue
-            try:
-                await asyncio.wait_for(w.changed().wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
+        follow = _Following()
+        try:
+            while True:
+                r = await self.discover(
+                    service, tags=tags, meta=meta, version=version, zone=zone, health=health
+                )
+                if predicate(r):
+                    return r
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"{service!r} did not reach the expected state in {timeout}s"
+                    )
+                w = follow.set(self._watches.get(key))
+                if w is None:
+                    continue
+                try:
+                    await asyncio.wait_for(w.changed().wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            follow.set(None)
 
     async def changes(
         self,
@@ -808,14 +1035,19 @@ class AsyncMusterClient:
     ) -> AsyncIterator[Discovered]:
         """Yields the current answer, then a new one after every change."""
         key = _lookup_key(service, tags, meta, version, zone, health)
-        while True:
-            r = await self.discover(
-                service, tags=tags, meta=meta, version=version, zone=zone, health=health
-            )
-            w = self._watches.get(key)
-            # Taken before yielding, so a change while the consumer is busy
-            # is not missed (several changes coalesce into the latest answer).
-            changed = w.changed() if w is not None else None
-            yield r
-            if changed is not None:
-                await changed.wait()
+        # Followed lookups are never evicted, however long between changes.
+        follow = _Following()
+        try:
+            while True:
+                r = await self.discover(
+                    service, tags=tags, meta=meta, version=version, zone=zone, health=health
+                )
+                w = follow.set(self._watches.get(key))
+                # Taken before yielding, so a change while the consumer is busy
+                # is not missed (several changes coalesce into the latest answer).
+                changed = w.changed() if w is not None else None
+                yield r
+                if changed is not None:
+                    await changed.wait()
+        finally:
+            follow.set(None)

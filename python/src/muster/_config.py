@@ -11,6 +11,8 @@ Environment variables (keyword arguments win over them):
   that reaches the registry)
 - ``MUSTER_TIMEOUT``: timeout of one registry request (``5s``)
 - ``MUSTER_RETRIES``: passes over the registry addresses before a call fails (``3``)
+- ``MUSTER_LOOKUP_IDLE_TIMEOUT``: lookups unused this long are evicted from
+  the cache and their query leaves the watch (``10m``)
 
 Defaults are the Rust client's too (``spec/client/README.md``): 5 s per
 request, 3 passes, a back-off between passes and between watch
@@ -98,6 +100,10 @@ class Config:
     """How long a first lookup of a service waits for the registry's answer."""
     headers: Mapping[str, str] = field(default_factory=dict)
     """Extra HTTP headers sent to the registry (e.g. an ACL token)."""
+    lookup_idle_timeout: float = 600.0
+    """Seconds after which a lookup nobody used is evicted: its cached answer
+    is dropped and its query leaves the multiplexed watch (the next lookup
+    starts it again). Lookups followed by ``changes()``/``wait_for()`` stay."""
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.ttl <= 3600.0:
@@ -108,6 +114,8 @@ class Config:
             raise ConfigError(f"retries must be at least 1, got {self.retries}")
         if not 0 < self.backoff_initial <= self.backoff_max:
             raise ConfigError("backoff_initial must be > 0 and <= backoff_max")
+        if self.lookup_idle_timeout <= 0:
+            raise ConfigError(f"lookup_idle_timeout must be > 0, got {self.lookup_idle_timeout}s")
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None, **overrides: Any) -> Config:
@@ -134,6 +142,10 @@ class Config:
             kw["advertise_address"] = env["MUSTER_ADVERTISE_ADDR"]
         if env.get("MUSTER_TIMEOUT"):
             kw["timeout"] = parse_duration(env["MUSTER_TIMEOUT"], "MUSTER_TIMEOUT")
+        if env.get("MUSTER_LOOKUP_IDLE_TIMEOUT"):
+            kw["lookup_idle_timeout"] = parse_duration(
+                env["MUSTER_LOOKUP_IDLE_TIMEOUT"], "MUSTER_LOOKUP_IDLE_TIMEOUT"
+            )
         if env.get("MUSTER_RETRIES"):
             try:
                 kw["retries"] = int(env["MUSTER_RETRIES"])
@@ -153,6 +165,7 @@ class Config:
                 "initial_wait",
                 "backoff_initial",
                 "backoff_max",
+                "lookup_idle_timeout",
             ):
                 v = parse_duration(v, k)
             kw[k] = v

@@ -19,7 +19,9 @@ _VERSION = re.compile(
 _COMPARATOR = re.compile(
     r"^(=|>=|<=|>|<|~|\^)?\s*(\*|x|X|0|[1-9]\d*)"
     r"(?:\.(\*|x|X|0|[1-9]\d*))?(?:\.(\*|x|X|0|[1-9]\d*))?"
-    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+    # Build metadata is allowed and ignored, as the registry's semver does.
+    r"(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
 )
 
 _Pre = tuple[tuple[int, object], ...]

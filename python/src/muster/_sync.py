@@ -84,6 +84,7 @@ class MusterClient:
         zone: Optional[str] = None,
         backend: Optional[Backend] = None,
         config: Optional[Config] = None,
+        lookup_idle_timeout: Union[float, str, None] = None,
     ) -> None:
         self._loop: Optional[_LoopThread] = _LoopThread()
         self.aio = AsyncMusterClient(
@@ -94,6 +95,7 @@ class MusterClient:
             zone=zone,
             backend=backend,
             config=config,
+            lookup_idle_timeout=lookup_idle_timeout,
         )
         """The asyncio client doing the work (on the background loop)."""
         _CLIENTS.add(self)

@@ -8,12 +8,89 @@ every backend.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .._checks import Check, CheckStatus
+from .._exceptions import MusterError, RegistryError, RegistryUnavailableError
 from .._types import Discovered, Instance, Lease, Query, WatchEvent
+
+
+@dataclass(frozen=True)
+class WatchQuery:
+    """One query of a multiplexed watch (:meth:`Backend.watch_many`)."""
+
+    id: str
+    """The caller's name for the query; every event of it carries it back."""
+    service: str
+    """Service watched."""
+    query: Query
+    """Filters."""
+    index: Optional[int] = None
+    """Resume after this index (the last event received for the query)."""
+
+
+class WatchQueryRefused(MusterError):
+    """The registry refused one query of a multiplexed watch (e.g. a bad filter).
+
+    Raised by :meth:`Backend.watch_many`; the caller drops that query (its
+    lookups get :attr:`error`) and watches the others again.
+    """
+
+    def __init__(self, query_id: str, error: RegistryError) -> None:
+        super().__init__(f"watch query {query_id!r} refused: {error}")
+        self.query_id = query_id
+        """The refused query's id."""
+        self.error = error
+        """The registry's refusal, with the field as the single query names it."""
+
+
+async def merge_streams(
+    streams: Sequence[AsyncIterator[tuple[str, WatchEvent]]],
+) -> AsyncIterator[tuple[str, WatchEvent]]:
+    """Events of several streams as one; the first to fail (or end) ends it all.
+
+    Ending is a failure (``RegistryUnavailableError``): a watch never ends
+    while the registry serves it, and the caller resumes every query.
+    """
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield item
+        raise RegistryUnavailableError("the registry closed the watch")
+    out: asyncio.Queue[Union[tuple[str, WatchEvent], BaseException]] = asyncio.Queue()
+
+    async def pump(s: AsyncIterator[tuple[str, WatchEvent]]) -> None:
+        try:
+            async for item in s:
+                out.put_nowait(item)
+            out.put_nowait(RegistryUnavailableError("the registry closed the watch"))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            out.put_nowait(e)
+
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(pump(s)) for s in streams]
+    try:
+        while True:
+            got = await out.get()
+            if isinstance(got, BaseException):
+                raise got
+            yield got
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _tagged(backend: Backend, q: WatchQuery) -> AsyncIterator[tuple[str, WatchEvent]]:
+    try:
+        async for ev in backend.watch(q.service, q.query, q.index):
+            yield (q.id, ev)
+    except RegistryError as e:
+        raise WatchQueryRefused(q.id, e) from e
 
 
 @dataclass(frozen=True)
@@ -120,6 +197,22 @@ class Backend(abc.ABC):
         ``RegistryUnavailableError`` when the connection is lost; the caller
         reconnects.
         """
+
+    def watch_many(self, queries: Sequence[WatchQuery]) -> AsyncIterator[tuple[str, WatchEvent]]:
+        """Streams the changes of many queries at once, as ``(query id, event)``.
+
+        The client keeps all its lookups fresh through this one call, re-made
+        with the new set (each query resuming from its ``index``) when
+        lookups are added or evicted. A query is fresh once it got a
+        ``snapshot`` or ``current`` on the stream. The iterator raises
+        ``RegistryUnavailableError`` (or ends) when the stream is lost, and
+        :class:`WatchQueryRefused` when the registry refuses one query.
+
+        The default runs one :meth:`watch` per query; a backend whose
+        registry can carry many queries over one connection overrides it
+        (:class:`MusterBackend` uses ``POST /v1/watch``).
+        """
+        return merge_streams([_tagged(self, q) for q in queries])
 
     @abc.abstractmethod
     def revoke_lease_blocking(self, lease_id: str, timeout: float) -> None:

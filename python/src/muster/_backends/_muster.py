@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Optional
@@ -13,9 +14,22 @@ import httpx
 
 from .._checks import CheckStatus
 from .._config import backoff_delay, format_duration
-from .._exceptions import NotFoundError, RegistryUnavailableError, error_from_response
+from .._exceptions import (
+    MusterError,
+    NotFoundError,
+    RegistryError,
+    RegistryUnavailableError,
+    error_from_response,
+)
 from .._types import Discovered, Instance, Lease, Query, WatchEvent
-from ._base import Backend, Registration, ServiceSummary
+from ._base import (
+    Backend,
+    Registration,
+    ServiceSummary,
+    WatchQuery,
+    WatchQueryRefused,
+    merge_streams,
+)
 
 # The server sends an SSE comment every 15 s; three missed ones mean the
 # connection is dead even if TCP has not noticed.
@@ -26,6 +40,12 @@ _WATCH_READ_TIMEOUT = 45.0
 _INHERITED: list[httpx.AsyncClient] = []
 # Statuses that say "this node cannot serve now; another may".
 _FAILOVER_STATUSES = frozenset({502, 503, 504})
+# Limits of one multiplexed watch (POST /v1/watch): the registry's default
+# `watch_max_queries`, and its 64 KiB body limit less room for the envelope.
+# A larger set goes over several streams.
+_MAX_QUERIES_PER_STREAM = 1024
+_BODY_BUDGET = 64 * 1024 - 1024
+_FIELD_OF_QUERY = re.compile(r"^queries\[(\d+)\](?:\.(.+))?$")
 
 
 class MusterBackend(Backend):
@@ -37,6 +57,11 @@ class MusterBackend(Backend):
     ``backoff_initial`` and doubles up to ``backoff_max`` seconds. A refusal
     (any other 4xx/5xx) is raised at once. System proxy settings are ignored
     (``trust_env=False``): a registry is always reached directly.
+
+    Watch streams use a connection pool of their own: however many are open,
+    lease renewal and the other calls always get a connection. All lookups
+    of a client share one multiplexed stream (:meth:`watch_many`), so that
+    pool holds one connection (one more per 1,024 queries).
     """
 
     def __init__(
@@ -64,6 +89,7 @@ class MusterBackend(Backend):
         self._current = 0
         self._pid = os.getpid()
         self._http_client = self._new_http()
+        self._stream_client = self._new_streams()
 
     def _new_http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -73,15 +99,34 @@ class MusterBackend(Backend):
             limits=httpx.Limits(max_keepalive_connections=8, max_connections=64),
         )
 
+    def _new_streams(self) -> httpx.AsyncClient:
+        # Unbounded: a stream holds its connection for as long as it is open,
+        # and the client opens only as many as its lookups need.
+        return httpx.AsyncClient(
+            timeout=self._timeout,
+            trust_env=False,
+            headers=self._headers,
+            limits=httpx.Limits(max_keepalive_connections=0, max_connections=None),
+        )
+
+    def _after_fork(self) -> None:
+        # After fork() the child must not use (nor close) the parent's
+        # connections: it gets pools of its own on first use.
+        if self._pid != os.getpid():
+            _INHERITED.extend((self._http_client, self._stream_client))
+            self._http_client = self._new_http()
+            self._stream_client = self._new_streams()
+            self._pid = os.getpid()
+
     @property
     def _http(self) -> httpx.AsyncClient:
-        # After fork() the child must not use (nor close) the parent's
-        # connections: it gets a pool of its own on first use.
-        if self._pid != os.getpid():
-            _INHERITED.append(self._http_client)
-            self._http_client = self._new_http()
-            self._pid = os.getpid()
+        self._after_fork()
         return self._http_client
+
+    @property
+    def _streams(self) -> httpx.AsyncClient:
+        self._after_fork()
+        return self._stream_client
 
     def revoke_lease_blocking(self, lease_id: str, timeout: float) -> None:
         # A plain blocking client: at interpreter exit the event loop may be
@@ -108,6 +153,7 @@ class MusterBackend(Backend):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._streams.aclose()
 
     def _order(self) -> list[int]:
         n = len(self.addresses)
@@ -270,12 +316,98 @@ class MusterBackend(Backend):
                     break
         raise RegistryUnavailableError(f"watch of {service!r} lost: {last!r}") from last
 
+    def watch_many(self, queries: Sequence[WatchQuery]) -> AsyncIterator[tuple[str, WatchEvent]]:
+        chunks: list[list[WatchQuery]] = []
+        size = 0
+        for q in queries:
+            n = len(json.dumps(_watch_query(q))) + 1
+            if chunks and len(chunks[-1]) < _MAX_QUERIES_PER_STREAM and size + n <= _BODY_BUDGET:
+                chunks[-1].append(q)
+                size += n
+            else:
+                chunks.append([q])
+                size = n
+        return merge_streams([self._watch_stream(c) for c in chunks])
+
+    async def _watch_stream(
+        self, queries: Sequence[WatchQuery]
+    ) -> AsyncIterator[tuple[str, WatchEvent]]:
+        """One ``POST /v1/watch`` stream, on the first address that takes it."""
+        body = {"queries": [_watch_query(q) for q in queries]}
+        params = httpx.QueryParams([("namespace", self.namespace)])
+        headers = {"accept": "text/event-stream"}
+        timeout = httpx.Timeout(self._timeout, read=_WATCH_READ_TIMEOUT)
+        last: Optional[BaseException] = None
+        for i in self._order():
+            try:
+                async with self._streams.stream(
+                    "POST",
+                    self.addresses[i] + "/v1/watch",
+                    params=params,
+                    json=body,
+                    headers=headers,
+                    timeout=timeout,
+                ) as r:
+                    if r.status_code in _FAILOVER_STATUSES:
+                        await r.aread()
+                        last = error_from_response(r.status_code, _json(r))
+                        continue
+                    if r.status_code >= 400:
+                        await r.aread()
+                        raise _refusal(queries, error_from_response(r.status_code, _json(r)))
+                    self._current = i
+                    async for item in _parse_sse_many(r.aiter_lines()):
+                        yield item
+                    return  # the server ended the stream (shutdown): caller reconnects
+            except httpx.TransportError as e:
+                last = e
+        raise RegistryUnavailableError(f"watch lost: {last!r}") from last
+
+
+def _watch_query(q: WatchQuery) -> dict[str, Any]:
+    d: dict[str, Any] = {"id": q.id, "service": q.service}
+    for name, value in q.query.params():
+        if name in ("tag", "meta"):
+            d.setdefault(name, []).append(value)
+        else:
+            d[name] = value
+    if q.index is not None:
+        d["index"] = q.index
+    return d
+
+
+def _refusal(queries: Sequence[WatchQuery], e: RegistryError) -> MusterError:
+    """A refusal naming one query (field ``queries[i].name``) as that query's."""
+    m = _FIELD_OF_QUERY.match(e.field or "")
+    if m is None or int(m[1]) >= len(queries):
+        return e
+    own = type(e)(e.status, e.code, e.message, m[2])
+    return WatchQueryRefused(queries[int(m[1])].id, own)
+
 
 def _json(r: httpx.Response) -> Any:
     try:
         return r.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+async def _parse_sse_many(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, WatchEvent]]:
+    data: list[str] = []
+    async for line in lines:
+        if line == "":
+            if data:
+                d = json.loads("\n".join(data))
+                data = []
+                ev = _event(d)
+                if ev is not None:
+                    yield (str(d.get("query")), ev)
+            continue
+        if line.startswith(":"):
+            continue  # keep-alive comment
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
 
 
 async def _parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[WatchEvent]:
