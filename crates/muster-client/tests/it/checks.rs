@@ -6,7 +6,7 @@ use std::time::Duration;
 use muster_client::types::{Health, Instance};
 use muster_client::{CheckStatus, Client, HealthCheck, HealthFilter, InstanceSpec};
 
-use crate::harness::{TestServer, fast, within};
+use crate::harness::{TestServer, within};
 
 /// Waits until the registry's discovery answer for `service` (passing
 /// instances only) holds exactly `ids`, following its index.
@@ -179,10 +179,7 @@ async fn ttl_reports_and_maintenance_move_the_instance_in_and_out_of_discovery()
 async fn checks_reports_and_maintenance_survive_a_reregistration() {
     let s = TestServer::start().await;
     let addr = s.addr;
-    let client = fast(Client::builder().addrs([s.base.clone()]))
-        .lease_ttl(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let client = s.short_lease_client();
     let a = client
         .register(
             InstanceSpec::new("jobs", "w-1", "10.0.0.9", 9000)

@@ -74,6 +74,15 @@ impl TestServer {
         self.dir
     }
 
+    /// A client of this server with quick retries and a 1 s lease, so that
+    /// a registry gone for a moment costs it the lease.
+    pub fn short_lease_client(&self) -> Client {
+        fast(Client::builder().addrs([self.base.clone()]))
+            .lease_ttl(Duration::from_secs(1))
+            .build()
+            .unwrap()
+    }
+
     /// A client of this server with quick retries, for tests.
     pub fn client(&self) -> Client {
         fast(Client::builder().addrs([self.base.clone()]))

@@ -108,10 +108,7 @@ async fn registration_lifecycle() {
 #[tokio::test]
 async fn renewal_keeps_instances_alive_past_several_ttls() {
     let s = TestServer::start().await;
-    let client = fast(Client::builder().addrs([s.base.clone()]))
-        .lease_ttl(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let client = s.short_lease_client();
     let _a = client
         .register(InstanceSpec::new("pay", "kept-1", "10.0.0.1", 80))
         .await
@@ -153,10 +150,7 @@ async fn renewal_keeps_instances_alive_past_several_ttls() {
 async fn client_reregisters_after_the_registry_restarts_on_fresh_data() {
     let s = TestServer::start().await;
     let addr = s.addr;
-    let client = fast(Client::builder().addrs([s.base.clone()]))
-        .lease_ttl(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let client = s.short_lease_client();
     let _a = client
         .register(InstanceSpec::new("pay", "pay-1", "10.0.0.1", 80).tag("v2"))
         .await
@@ -229,10 +223,7 @@ async fn connection_state_follows_the_registry_away_and_back() {
 
     let s = TestServer::start().await;
     let addr = s.addr;
-    let client = fast(Client::builder().addrs([s.base.clone()]))
-        .lease_ttl(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let client = s.short_lease_client();
     let mut state = client.connection_state();
     assert_eq!(*state.borrow(), ConnectionState::Idle);
     let _r = client
