@@ -343,24 +343,12 @@ impl Leases {
         if let Some(reason) = &reg.maintenance {
             self.api.maintenance(service, id, Some(reason)).await?;
         }
+        // The registry accepts a report sent right after the registration
+        // that added the check, and answers once it is committed.
         for (check, (status, output)) in &reg.reports {
-            // The registry starts an instance's check runs just after it
-            // commits the registration: a report that arrives first is
-            // `not_found`, so give it a few short tries.
-            let mut tries = 0u32;
-            loop {
-                match self
-                    .api
-                    .report_check(service, id, check, *status, output.as_deref())
-                    .await
-                {
-                    Err(e) if e.code() == Some("check_not_found") && tries < 10 => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await;
-                    }
-                    r => break r?,
-                }
-            }
+            self.api
+                .report_check(service, id, check, *status, output.as_deref())
+                .await?;
         }
         Ok(())
     }

@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use muster_catalog::{Catalog, Check, Command, ServiceKey};
-use muster_raft::Node;
+use muster_raft::{Node, ProposeError};
 use muster_types::{CheckKind, Health, truncate_output};
 use rand::Rng;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
@@ -40,8 +40,16 @@ pub struct CheckRun {
 struct Running {
     fingerprint: Check,
     task: JoinHandle<()>,
-    reports: Option<mpsc::Sender<(Health, String)>>,
+    reports: Option<mpsc::Sender<Report>>,
     runtime: Arc<Mutex<CheckRun>>,
+}
+
+/// A TTL report on its way to the check's task, with where to answer once
+/// the status it reports is committed (or was already the status).
+struct Report {
+    status: Health,
+    output: String,
+    done: oneshot::Sender<Result<(), ReportError>>,
 }
 
 /// Why a TTL report was refused.
@@ -53,6 +61,8 @@ pub enum ReportError {
     NotTtl,
     /// This node is not the leader.
     NotLeader,
+    /// The status could not be written.
+    Unwritten(ProposeError),
 }
 
 /// Runs the checks of every instance while this node leads.
@@ -251,9 +261,16 @@ impl CheckRunner {
         metrics::gauge!("muster_checks").set(tasks.len() as f64);
     }
 
-    /// Records a TTL check report from a client.
+    /// Records a TTL check report from a client, and answers once the
+    /// status it reports is committed (at once if it already was).
+    ///
+    /// A report may arrive before this runner reconciled the registration
+    /// that added the check (the registration is answered on commit; the
+    /// reconcile follows asynchronously): then the service is reconciled
+    /// here first, so a client never has to retry a report it sends right
+    /// after registering.
     pub async fn report(
-        &self,
+        self: &Arc<Self>,
         key: &ServiceKey,
         inst: &str,
         check: &str,
@@ -263,16 +280,37 @@ impl CheckRunner {
         if !self.leader.load(Ordering::SeqCst) {
             return Err(ReportError::NotLeader);
         }
-        let tx = {
-            let tasks = lock(&self.tasks);
-            let r = tasks
-                .get(&(key.clone(), inst.to_string(), check.to_string()))
-                .ok_or(ReportError::Missing)?;
-            r.reports.clone().ok_or(ReportError::NotTtl)?
+        let tx = match self.report_sender(key, inst, check) {
+            Some(tx) => tx?,
+            None => {
+                self.reconcile(key);
+                self.report_sender(key, inst, check)
+                    .ok_or(ReportError::Missing)??
+            }
         };
-        tx.send((status, output))
-            .await
-            .map_err(|_| ReportError::Missing)
+        let (done, answer) = oneshot::channel();
+        tx.send(Report {
+            status,
+            output,
+            done,
+        })
+        .await
+        .map_err(|_| ReportError::Missing)?;
+        // The task ends without answering when the check or its instance is
+        // removed meanwhile.
+        answer.await.unwrap_or(Err(ReportError::Missing))
+    }
+
+    /// Where reports for a running check go: `None` if it does not run here.
+    fn report_sender(
+        &self,
+        key: &ServiceKey,
+        inst: &str,
+        check: &str,
+    ) -> Option<Result<mpsc::Sender<Report>, ReportError>> {
+        let tasks = lock(&self.tasks);
+        let r = tasks.get(&(key.clone(), inst.to_string(), check.to_string()))?;
+        Some(r.reports.clone().ok_or(ReportError::NotTtl))
     }
 
     /// The in-memory state of one check, if it runs here.
@@ -287,6 +325,8 @@ impl CheckRunner {
         lock(&self.tasks).len()
     }
 
+    /// Writes a status transition. `Ok(false)`: the log refused it (the
+    /// instance or check is gone); `Err`: it could not be written.
     async fn propose_status(
         &self,
         key: &ServiceKey,
@@ -294,7 +334,7 @@ impl CheckRunner {
         check: &Check,
         status: Health,
         output: &str,
-    ) -> bool {
+    ) -> Result<bool, ProposeError> {
         let cmd = Command::CheckStatus {
             namespace: key.namespace.to_string(),
             service: key.service.to_string(),
@@ -306,17 +346,32 @@ impl CheckRunner {
         match self.node.propose(cmd).await {
             Ok(a) if a.result.is_ok() => {
                 tracing::info!(service = %key.service, instance = inst, check = %check.id, status = status.as_str(), "check status changed");
-                true
+                Ok(true)
             }
             Ok(a) => {
                 tracing::debug!(result = ?a.result, "check status not applied");
-                false
+                Ok(false)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not propose a check status");
-                false
+                Err(e)
             }
         }
+    }
+
+    /// [`Self::propose_status`] where only success matters.
+    async fn write_status(
+        &self,
+        key: &ServiceKey,
+        inst: &str,
+        check: &Check,
+        status: Health,
+        output: &str,
+    ) -> bool {
+        matches!(
+            self.propose_status(key, inst, check, status, output).await,
+            Ok(true)
+        )
     }
 
     async fn deregister(&self, key: &ServiceKey, inst: &str, check: &Check) {
@@ -338,7 +393,7 @@ impl CheckRunner {
         inst: String,
         check: Check,
         runtime: Arc<Mutex<CheckRun>>,
-        reports: Option<mpsc::Receiver<(Health, String)>>,
+        reports: Option<mpsc::Receiver<Report>>,
     ) {
         let kind = check.kind.name();
         let interval = Duration::from_millis(check.interval_ms);
@@ -365,20 +420,31 @@ impl CheckRunner {
                 };
                 tokio::select! {
                     r = reports.recv() => {
-                        let Some((reported, output)) = r else { return };
+                        let Some(Report { status: reported, output, done }) = r else { return };
                         record(&output);
                         metrics::counter!("muster_check_runs_total", "kind" => kind).increment(1);
                         deadline = Instant::now() + interval;
-                        if reported != status && self.propose_status(&key, &inst, &check, reported, &output).await {
-                            status = reported;
-                        }
+                        let answer = if reported == status {
+                            Ok(())
+                        } else {
+                            match self.propose_status(&key, &inst, &check, reported, &output).await {
+                                Ok(true) => {
+                                    status = reported;
+                                    Ok(())
+                                }
+                                Ok(false) => Err(ReportError::Missing),
+                                Err(e) => Err(ReportError::Unwritten(e)),
+                            }
+                        };
+                        // The reporter may have given up waiting: nothing to tell.
+                        let _ = done.send(answer);
                     }
                     _ = sleep_until(deadline) => {
                         deadline = far();
                         let output = format!("TTL of {} expired without a report", muster_types::format_duration(interval));
                         record(&output);
                         metrics::counter!("muster_check_failures_total", "kind" => kind).increment(1);
-                        if status != Health::Critical && self.propose_status(&key, &inst, &check, Health::Critical, &output).await {
+                        if status != Health::Critical && self.write_status(&key, &inst, &check, Health::Critical, &output).await {
                             status = Health::Critical;
                         }
                     }
@@ -418,7 +484,7 @@ impl CheckRunner {
             }
             record(&output);
             let new = decide(result, &mut successes, &mut failures, status, &check);
-            if new != status && self.propose_status(&key, &inst, &check, new, &output).await {
+            if new != status && self.write_status(&key, &inst, &check, new, &output).await {
                 status = new;
             }
             critical_since = match (status, critical_since) {

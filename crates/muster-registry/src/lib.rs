@@ -963,8 +963,10 @@ impl Registry {
         )
     }
 
-    /// Reports the status of a TTL check. A report that confirms the
-    /// current status writes nothing to the log.
+    /// Reports the status of a TTL check, answered once the status is
+    /// committed: a read after it sees the status. A report that confirms
+    /// the current status writes nothing to the log. A report sent right
+    /// after the registration that added the check is accepted.
     pub async fn report_check(
         &self,
         caller: &Caller,
@@ -995,6 +997,10 @@ impl Registry {
             Err(ReportError::NotLeader) => Err(RegistryError::NotLeader {
                 leader: self.inner.node.info().leader,
             }),
+            // The write that found the disk full (or the store failing).
+            Err(ReportError::Unwritten(e)) => {
+                Err(self.writable().err().unwrap_or_else(|| e.into()))
+            }
         }
     }
 

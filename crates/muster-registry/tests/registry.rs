@@ -189,3 +189,63 @@ async fn the_checks_limit_holds_against_concurrent_additions() {
     assert_eq!(checks.len(), max);
     r.shutdown().await.unwrap();
 }
+
+/// A TTL report sent the moment the registration is answered is accepted
+/// (the check's runner may not have started yet) and answered once its
+/// status is committed, so a read right after it sees the status. Clients
+/// need not retry a report after registering.
+#[tokio::test]
+async fn a_ttl_report_right_after_registering_is_accepted_and_committed_when_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = open(&dir).await;
+    let me = Caller::anonymous();
+    let pay = ServiceKey::new("default", "pay");
+    let spec = muster_types::CheckSpec {
+        id: Some("alive".into()),
+        ttl: Some("30s".into()),
+        ..Default::default()
+    };
+    for round in 0..50 {
+        let id = format!("i{round}");
+        let mut registration = reg(&[]);
+        registration.checks = vec![muster_types::validate_check(0, &spec).unwrap().into()];
+        r.register(&me, &pay, &id, registration).await.unwrap();
+        let status = if round % 2 == 0 {
+            muster_types::Health::Passing
+        } else {
+            muster_types::Health::Warning
+        };
+        r.report_check(&me, &pay, &id, "alive", status, format!("round {round}"))
+            .await
+            .unwrap_or_else(|e| panic!("report of round {round}: {e}"));
+        let seen = r.instance(&me, &pay, &id).unwrap().value.instance.checks[0].status;
+        assert_eq!(seen, status, "round {round}");
+    }
+    // An unknown check of a known instance is still refused, as is a
+    // report for an unknown instance.
+    assert!(matches!(
+        r.report_check(
+            &me,
+            &pay,
+            "i0",
+            "nope",
+            muster_types::Health::Passing,
+            String::new()
+        )
+        .await,
+        Err(RegistryError::CheckNotFound { .. })
+    ));
+    assert!(matches!(
+        r.report_check(
+            &me,
+            &pay,
+            "zz",
+            "alive",
+            muster_types::Health::Passing,
+            String::new()
+        )
+        .await,
+        Err(RegistryError::CheckNotFound { .. })
+    ));
+    r.shutdown().await.unwrap();
+}
