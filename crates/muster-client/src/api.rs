@@ -36,6 +36,9 @@ impl std::fmt::Debug for Api {
     }
 }
 
+/// The route of one instance, for spans and metrics.
+const INSTANCE: &str = "/v1/services/{service}/instances/{id}";
+
 fn instance_path(service: &str, id: &str) -> String {
     format!("/v1/services/{service}/instances/{id}")
 }
@@ -57,7 +60,12 @@ impl Api {
         let q = [self.ns()];
         let resp = self
             .transport
-            .send(Req::new(Method::PUT, &path).query(&q).json(body))
+            .send(
+                Req::new(Method::PUT, INSTANCE)
+                    .at(&path)
+                    .query(&q)
+                    .json(body),
+            )
             .await?;
         json(resp).await
     }
@@ -68,7 +76,7 @@ impl Api {
         let q = [self.ns()];
         let resp = self
             .transport
-            .send(Req::new(Method::DELETE, &path).query(&q))
+            .send(Req::new(Method::DELETE, INSTANCE).at(&path).query(&q))
             .await?;
         json(resp).await
     }
@@ -79,7 +87,7 @@ impl Api {
         let q = [self.ns()];
         let resp = self
             .transport
-            .send(Req::new(Method::GET, &path).query(&q))
+            .send(Req::new(Method::GET, INSTANCE).at(&path).query(&q))
             .await?;
         json(resp).await
     }
@@ -92,7 +100,11 @@ impl Api {
         q.extend(query.pairs());
         let resp = self
             .transport
-            .send(Req::new(Method::GET, &path).query(&q))
+            .send(
+                Req::new(Method::GET, "/v1/services/{service}/instances")
+                    .at(&path)
+                    .query(&q),
+            )
             .await?;
         json(resp).await
     }
@@ -123,7 +135,10 @@ impl Api {
     /// for which [`Error::is_lease_not_found`](crate::Error::is_lease_not_found) holds.
     pub async fn renew_lease(&self, id: &str) -> Result<RenewResponse> {
         let path = format!("/v1/leases/{id}/renew");
-        let resp = self.transport.send(Req::new(Method::PUT, &path)).await?;
+        let resp = self
+            .transport
+            .send(Req::new(Method::PUT, "/v1/leases/{id}/renew").at(&path))
+            .await?;
         json(resp).await
     }
 
@@ -141,7 +156,10 @@ impl Api {
     /// attached to it, in one write.
     pub async fn revoke_lease(&self, id: &str) -> Result<WriteResponse> {
         let path = format!("/v1/leases/{id}");
-        let resp = self.transport.send(Req::new(Method::DELETE, &path)).await?;
+        let resp = self
+            .transport
+            .send(Req::new(Method::DELETE, "/v1/leases/{id}").at(&path))
+            .await?;
         json(resp).await
     }
 

@@ -188,7 +188,15 @@ impl Api {
         };
         // Refusals come back as errors from `send`; the answer has no body.
         self.transport
-            .send(Req::new(Method::PUT, &path).query(&q).json(&body))
+            .send(
+                Req::new(
+                    Method::PUT,
+                    "/v1/services/{service}/instances/{id}/checks/{check}/{status}",
+                )
+                .at(&path)
+                .query(&q)
+                .json(&body),
+            )
             .await?;
         Ok(())
     }
@@ -209,7 +217,15 @@ impl Api {
         };
         let resp = self
             .transport
-            .send(Req::new(Method::PUT, &path).query(&q).json(&body))
+            .send(
+                Req::new(
+                    Method::PUT,
+                    "/v1/services/{service}/instances/{id}/maintenance",
+                )
+                .at(&path)
+                .query(&q)
+                .json(&body),
+            )
             .await?;
         json(resp).await
     }

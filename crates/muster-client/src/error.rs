@@ -85,6 +85,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// The variant in one word (`unreachable`, `api`, `stale`…), for
+    /// metrics and spans, where [`Error::code`] is more precise when it
+    /// exists.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Unreachable { .. } => "unreachable",
+            Error::Api { .. } => "api",
+            Error::Protocol(_) => "protocol",
+            Error::UnreadableEvent { .. } => "unreadable_event",
+            Error::Stale { .. } => "stale",
+            Error::NoHealthyInstance { .. } => "no_healthy_instance",
+        }
+    }
+
     /// The registry's error code, for [`Error::Api`].
     pub fn code(&self) -> Option<&str> {
         match self {

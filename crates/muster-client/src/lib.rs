@@ -61,6 +61,15 @@
 //! - `tower` feature: [`Discovery::discover_services`], a
 //!   `tower::discover::Discover` stream for `tower::balance` and tonic.
 //! - [`metrics`]: names of the metrics recorded through the `metrics` crate.
+//! - Tracing: every registry call is one `muster.registry` span (info level)
+//!   described after OpenTelemetry's HTTP client conventions (`otel.name`
+//!   `PUT /v1/services/{service}/instances/{id}`, `otel.kind` client,
+//!   `http.request.method`, `url.template`, `server.address`,
+//!   `http.response.status_code`, `http.request.resend_count`, `error.type`
+//!   and an error status), so a `tracing-opentelemetry` layer in the
+//!   program exports them as OpenTelemetry spans; without a subscriber they
+//!   cost nothing. Spans never carry instance ids or other identifiers in
+//!   their names.
 //! - [`Error`]: the one error type.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use muster_types::ErrorBody;
 use rand::Rng;
 use reqwest::{Method, Response, StatusCode};
+use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -17,6 +18,8 @@ use crate::error::{Error, Result};
 /// One request, rebuilt for every address it is tried on.
 pub(crate) struct Req<'a> {
     pub method: Method,
+    /// The route template (`/v1/leases/{id}`): the span's name, never an id.
+    pub route: &'static str,
     pub path: &'a str,
     pub query: &'a [(&'a str, String)],
     pub body: Option<Bytes>,
@@ -31,16 +34,25 @@ pub(crate) struct Req<'a> {
 }
 
 impl<'a> Req<'a> {
-    pub fn new(method: Method, path: &'a str) -> Self {
+    /// A request of `route`, sent to the route itself (a fixed path) unless
+    /// [`Req::at`] says where.
+    pub fn new(method: Method, route: &'static str) -> Self {
         Req {
             method,
-            path,
+            route,
+            path: route,
             query: &[],
             body: None,
             last_event_id: None,
             streaming: false,
             single_pass: false,
         }
+    }
+
+    /// The path of this request, `route` with its parameters filled in.
+    pub fn at(mut self, path: &'a str) -> Self {
+        self.path = path;
+        self
     }
 
     pub fn query(mut self, query: &'a [(&'a str, String)]) -> Self {
@@ -101,11 +113,43 @@ impl Transport {
     /// Sends `req` with failover and retries. Answers with a success status
     /// are returned; typed errors become [`Error::Api`] at once, except
     /// `503` (not leader, shutting down), which moves on to the next address.
+    ///
+    /// Each call is one `muster.registry` span (info level) named and
+    /// described after OpenTelemetry's HTTP client conventions, so a
+    /// `tracing-opentelemetry` layer in the program exports it as is: the
+    /// route template (never an id), the address that answered, the status,
+    /// how many times the request was sent again, and the error type. For a
+    /// watch the span ends when the stream opens.
     pub async fn send(&self, req: Req<'_>) -> Result<Response> {
+        let span = tracing::info_span!(
+            "muster.registry",
+            otel.name = %format_args!("{} {}", req.method, req.route),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %req.method,
+            url.template = req.route,
+            server.address = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            http.request.resend_count = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let result = self
+            .send_with_retries(&req, &span)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", e.code().unwrap_or(e.kind()));
+        }
+        result
+    }
+
+    async fn send_with_retries(&self, req: &Req<'_>, span: &tracing::Span) -> Result<Response> {
         let addrs = &self.settings.addrs;
         let backoff = self.settings.backoff;
         let attempts = if req.single_pass { 1 } else { backoff.attempts };
         let mut last: Option<Error> = None;
+        let mut sent = 0u32;
         for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(jitter(backoff.delay(attempt - 1))).await;
@@ -113,7 +157,21 @@ impl Transport {
             let start = self.preferred.load(Ordering::Relaxed);
             for k in 0..addrs.len() {
                 let i = (start + k) % addrs.len();
-                match self.send_once(&addrs[i], &req).await {
+                if sent > 0 {
+                    span.record("http.request.resend_count", i64::from(sent));
+                }
+                sent += 1;
+                let result = self.send_once(&addrs[i], req).await;
+                if let Ok(resp) = &result {
+                    // The address that answered (an exporter keeps the last
+                    // value recorded).
+                    span.record("server.address", host_of(&addrs[i]));
+                    span.record(
+                        "http.response.status_code",
+                        i64::from(resp.status().as_u16()),
+                    );
+                }
+                match result {
                     Ok(resp) if is_retryable(resp.status()) => {
                         last = Some(api_error(resp).await);
                     }
@@ -166,6 +224,12 @@ impl Transport {
         }
         b.send().await
     }
+}
+
+/// `host:port` of a registry address, for spans.
+fn host_of(addr: &str) -> &str {
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
 }
 
 fn is_retryable(status: StatusCode) -> bool {

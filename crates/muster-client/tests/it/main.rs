@@ -10,3 +10,4 @@ mod harness;
 mod mux;
 mod registration;
 mod spec;
+mod tracing;
