@@ -114,6 +114,14 @@ pub struct AgentArgs {
     /// This node's id [default: 1].
     #[arg(long, env = "MUSTER_NODE_ID")]
     pub node_id: Option<u64>,
+    /// Address of the cluster RPC listener, bound only with --peers [default: 127.0.0.1:7701].
+    #[arg(long, env = "MUSTER_CLUSTER_ADDR")]
+    pub cluster_addr: Option<std::net::SocketAddr>,
+    /// The cluster's voters, this node included: `1=10.0.0.1:7701,2=10.0.0.2:7701,3=10.0.0.3:7701`.
+    /// The same on every node; start them in any order, the cluster forms once a majority runs.
+    /// Without it, a cluster of one.
+    #[arg(long, env = "MUSTER_PEERS")]
+    pub peers: Option<String>,
     /// Share of leases that may fall silent at once before expiry pauses [default: 0.85].
     #[arg(long, env = "MUSTER_SELF_PRESERVATION_THRESHOLD")]
     pub self_preservation_threshold: Option<f64>,
