@@ -94,6 +94,21 @@ pub enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// The cluster as the node at --addr sees it.
+    ///
+    /// Example: `muster cluster members`
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+/// `muster cluster` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every member: id, role, cluster and HTTP addresses, match index and
+    /// last contact (known on the leader; ask it for the whole picture).
+    Members,
 }
 
 /// Flags of `muster agent`.

@@ -292,7 +292,7 @@ impl Shared {
                     Some((l, _)) if l == self.node_id => match self.leader_service.get() {
                         Some(s) => {
                             let out = s.renew(ids);
-                            if out.iter().any(|r| *r == Renewal::NotLeader) {
+                            if out.contains(&Renewal::NotLeader) {
                                 Attempt::Retry
                             } else {
                                 Attempt::Done(Ok(out))

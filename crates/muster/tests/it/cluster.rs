@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::harness::{Agent, http};
+use crate::harness::{Agent, cli, http};
 
 /// How long a cluster may take to form or to elect a new leader on a
 /// loaded machine.
@@ -254,6 +254,22 @@ async fn three_nodes_form_in_any_order_and_a_follower_takes_writes() {
         }
         assert!(Instant::now() < deadline, "members incomplete: {nodes:?}");
         tokio::time::sleep(POLL).await;
+    }
+
+    // `muster cluster members` on the leader: one line per member.
+    let (ok, out, err) = cli(&c.agent(leader).base, &["cluster", "members"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ID"), "{out}");
+    for id in 1..=3u64 {
+        let role = if id == leader { "leader" } else { "follower" };
+        let port = c.ports[(id - 1) as usize];
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("{id} "))
+                && l.contains(role)
+                && l.contains(&format!("127.0.0.1:{port}"))),
+            "{out}"
+        );
     }
 
     let follower = *c.up().iter().find(|id| **id != leader).unwrap();
