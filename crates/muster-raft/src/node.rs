@@ -279,7 +279,10 @@ impl Node {
         let committed = Arc::new(AtomicU64::new(0));
         let log = RaftLog::new(store.clone(), Arc::clone(&committed));
 
-        let http = Http::new().map_err(RaftError::Config)?;
+        let http = match &cluster {
+            Some(_) => Some(Http::new().map_err(RaftError::Config)?),
+            None => None,
+        };
         let contacts = Contacts::default();
         let network = Network {
             node_id: cfg.node_id,
@@ -325,7 +328,7 @@ impl Node {
         let batcher = tokio::spawn(batcher::run(raft.clone(), pace, proposals_rx, stop_rx));
         let (stop_cluster, stop_cluster_rx) = watch::channel(false);
         let mut cluster_tasks = Vec::new();
-        let shared = cluster.map(|(c, listener)| {
+        let shared = cluster.zip(http).map(|((c, listener), http)| {
             let shared = Arc::new(Shared {
                 node_id: cfg.node_id,
                 raft: raft.clone(),

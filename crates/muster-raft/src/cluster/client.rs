@@ -176,7 +176,9 @@ pub(crate) fn path(to: u64, rpc: &str) -> String {
 #[derive(Clone)]
 pub(crate) struct Network {
     pub(crate) node_id: u64,
-    pub(crate) http: Http,
+    /// `None` on a cluster of one, which sends no RPC (and builds no
+    /// client: reqwest's TLS needs a crypto provider installed first).
+    pub(crate) http: Option<Http>,
     pub(crate) contacts: super::Contacts,
 }
 
@@ -199,7 +201,7 @@ pub(crate) struct PeerClient {
     from: u64,
     target: u64,
     node: BasicNode,
-    http: Http,
+    http: Option<Http>,
     contacts: super::Contacts,
 }
 
@@ -216,10 +218,16 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let Some(http) = &self.http else {
+            let e = Io(format!(
+                "node {} has no cluster RPC (a cluster of one)",
+                self.from
+            ));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        };
         let body = body.map_err(|e| RPCError::Network(NetworkError::new(&Io(e))))?;
         let timeout = option.hard_ttl();
-        let answer: Result<Resp, E> = self
-            .http
+        let answer: Result<Resp, E> = http
             .call(&self.node.addr, &path(self.target, name), body, timeout)
             .await
             .map_err(|e| match e {
