@@ -2,11 +2,12 @@
 //! front-end's listener, in one flat file, validated once and split into
 //! what each part needs.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use muster_registry::RegistryConfig;
+use muster_registry::{ClusterConfig, RegistryConfig};
 use serde::{Deserialize, Serialize};
 
 /// Everything the agent needs to run. The binary fills it from a TOML file,
@@ -18,8 +19,18 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Directory holding the durable log, vote and snapshots.
     pub data_dir: PathBuf,
-    /// This node's id in the Raft cluster.
+    /// This node's id in the Raft cluster. In a cluster of several, unique
+    /// and never reused for another node.
     pub node_id: u64,
+    /// Address of the cluster RPC listener (raft between nodes, forwarded
+    /// writes). Bound only when `peers` is set.
+    pub cluster_addr: SocketAddr,
+    /// The voters of the cluster, this node included, as
+    /// `"1=10.0.0.1:7701,2=10.0.0.2:7701,3=10.0.0.3:7701"` (node id =
+    /// cluster address); the same on every node. Empty: a cluster of one,
+    /// without a cluster listener.
+    #[serde(with = "peers_string")]
+    pub peers: BTreeMap<u64, String>,
     /// Take a snapshot (and compact the log) after this many log entries.
     pub snapshot_logs: u64,
     /// Also take one after this many commands (registrations, removals,
@@ -75,6 +86,8 @@ impl Default for Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7700)),
             data_dir: r.data_dir,
             node_id: r.node_id,
+            cluster_addr: SocketAddr::from(([127, 0, 0, 1], 7701)),
+            peers: BTreeMap::new(),
             snapshot_logs: r.snapshot_logs,
             snapshot_commands: r.snapshot_commands,
             self_preservation_threshold: r.self_preservation_threshold,
@@ -97,6 +110,9 @@ impl Config {
     /// Checks every field; the message names the field and the fix.
     pub fn validate(&self) -> Result<(), String> {
         self.registry().validate()?;
+        if let Some(c) = self.cluster(self.http_addr) {
+            c.validate(self.node_id)?;
+        }
         self.http_limits().validate()
     }
 
@@ -108,6 +124,15 @@ impl Config {
             body_timeout: self.http_body_timeout,
             max_watch_queries: self.watch_max_queries,
         }
+    }
+
+    /// The cluster's part, if this node is a member of a cluster of
+    /// several; `http_addr` is the HTTP address it tells its peers.
+    pub fn cluster(&self, http_addr: SocketAddr) -> Option<ClusterConfig> {
+        (!self.peers.is_empty()).then(|| ClusterConfig {
+            peers: self.peers.clone(),
+            http_addr: http_addr.to_string(),
+        })
     }
 
     /// The registry's part.
@@ -142,5 +167,70 @@ mod humantime_serde_compat {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         muster_types::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses peers as `1=10.0.0.1:7701,2=10.0.0.2:7701` (spaces allowed
+/// around entries; an empty string is no peers).
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("peer {entry:?} is not id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer {entry:?}: {id:?} is not a node id"))?;
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("peer {id} is given twice"));
+        }
+    }
+    Ok(peers)
+}
+
+/// Peers in the config file are one string, as on the command line.
+mod peers_string {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &BTreeMap<u64, String>, s: S) -> Result<S::Ok, S::Error> {
+        let text: Vec<String> = p.iter().map(|(id, a)| format!("{id}={a}")).collect();
+        s.serialize_str(&text.join(","))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, String>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_peers(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_from_the_flag_form_and_refuse_what_is_not() {
+        let p = parse_peers("1=127.0.0.1:7701, 2=127.0.0.1:7702,3=h:7703").unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[&2], "127.0.0.1:7702");
+        assert!(parse_peers("").unwrap().is_empty());
+        assert!(parse_peers("1=a:1,1=b:2").is_err());
+        assert!(parse_peers("x=a:1").is_err());
+        assert!(parse_peers("1").is_err());
+        let cfg = Config {
+            node_id: 4,
+            peers: p,
+            ..Config::default()
+        };
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .contains("peers must include this node")
+        );
+        let text = toml::to_string(&cfg).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.peers, cfg.peers);
     }
 }

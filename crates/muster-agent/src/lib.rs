@@ -115,7 +115,14 @@ pub async fn run(
     // The metrics recorder first, so that every metric the registry makes
     // is recorded.
     muster_http::metrics::handle();
-    let registry = Registry::open(config.registry()).await?;
+    let registry = match config.cluster(addr) {
+        None => Registry::open(config.registry()).await?,
+        Some(cluster) => {
+            let listener = TcpListener::bind(config.cluster_addr).await?;
+            tracing::info!(cluster_addr = %config.cluster_addr, node_id = config.node_id, "cluster RPC listening");
+            Registry::open_cluster(config.registry(), cluster, listener).await?
+        }
+    };
     on_ready(&Started {
         addr,
         registry: registry.clone(),

@@ -119,6 +119,15 @@ impl Api {
         json(resp).await
     }
 
+    /// `GET /v1/cluster`: the node's view of the cluster and its members.
+    pub async fn cluster(&self) -> Result<muster_types::ClusterInfo> {
+        let resp = self
+            .transport
+            .send(Req::new(Method::GET, "/v1/cluster"))
+            .await?;
+        json(resp).await
+    }
+
     /// `POST /v1/leases`: a new lease with this TTL (1 s to 1 h).
     pub async fn create_lease(&self, ttl: Duration) -> Result<LeaseInfo> {
         let body = CreateLeaseRequest {

@@ -241,14 +241,14 @@ pub(crate) mod commands_v1 {
 
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "ServiceKey")]
-struct ServiceKeyV1 {
+pub(crate) struct ServiceKeyV1 {
     namespace: SharedStr,
     service: SharedStr,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "Instance")]
-struct InstanceV1 {
+pub(crate) struct InstanceV1 {
     id: CompactString,
     namespace: SharedStr,
     service: SharedStr,

@@ -17,9 +17,11 @@
 //! * **Rebuilt on start.** The catalog lives in memory. On start-up it is
 //!   loaded from the last snapshot, then openraft re-applies every committed
 //!   log entry after it (the committed log id is saved for that purpose).
-//! * **Single voter for now.** A fresh data directory is initialised as a
-//!   cluster of one; cluster RPC is a placeholder ([`network`]) that reports
-//!   every peer unreachable.
+//! * **One node or several.** [`Node::open`] runs a cluster of one: a fresh
+//!   data directory is initialised with this node as the only voter.
+//!   [`Node::open_cluster`] runs a member of a cluster of several, formed
+//!   from static peers and served on its own listener (see [`cluster`] for
+//!   the bootstrap rule, cluster RPC and the forwarding of writes).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 // openraft's `StorageError` (over 200 bytes) is the error type its storage
@@ -27,12 +29,12 @@
 #![allow(clippy::result_large_err)]
 
 mod batcher;
+pub mod cluster;
 mod codec;
 mod format_v1;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod log_store;
-pub(crate) mod network;
 mod node;
 mod snapshot_file;
 mod state_machine;
@@ -44,6 +46,7 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use cluster::ClusterConfig;
 pub use muster_store::StoreError;
 pub use node::Node;
 
@@ -111,6 +114,61 @@ pub struct NodeInfo {
     pub commit_index: u64,
     /// Highest log index applied to the catalog.
     pub applied_index: u64,
+    /// Every member (voters and learners), by id; empty on a node without
+    /// cluster RPC.
+    pub nodes: Vec<MemberInfo>,
+}
+
+/// What a member is in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// It leads.
+    Leader,
+    /// A voter that follows (or stands as candidate).
+    Follower,
+    /// It replicates the log but does not vote.
+    Learner,
+}
+
+/// One member of the cluster, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Its node id.
+    pub id: u64,
+    /// Its role as this node knows it.
+    pub role: Role,
+    /// Its cluster RPC address.
+    pub cluster_addr: String,
+    /// Its HTTP API address, once learned.
+    pub http_addr: Option<String>,
+    /// The last log index known to be replicated to it (known on the
+    /// leader only; on the leader itself, its last log index).
+    pub match_index: Option<u64>,
+    /// Milliseconds since this node last heard from it: on the leader,
+    /// from each follower's last answer; on a follower, from the leader's
+    /// last append-entries. `None` when not heard from, and for itself.
+    pub last_contact_ms: Option<u64>,
+}
+
+/// The registry's side of calls that followers forward to the leader
+/// because their state lives in the leader's memory, not in the log.
+pub trait LeaderService: Send + Sync + 'static {
+    /// Renews the leases `ids`, one answer per id, in order.
+    fn renew(&self, ids: &[u64]) -> Vec<Renewal>;
+}
+
+/// The answer to one lease renewal made on the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Renewal {
+    /// Renewed; its TTL in milliseconds.
+    Renewed {
+        /// The lease's TTL.
+        ttl_ms: u64,
+    },
+    /// No such lease.
+    NotFound,
+    /// The node does not lead (any more).
+    NotLeader,
 }
 
 /// Why a running node can no longer make writes durable: its store failed

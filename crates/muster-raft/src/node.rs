@@ -12,15 +12,19 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::batcher::{self, Proposal};
+use crate::cluster::client::{Http, Network};
+use crate::cluster::{self, ClusterConfig, Contacts, Shared};
 use crate::codec;
 use crate::log_store::{
     KEY_COMMITTED, KEY_LAST_PURGED, KEY_SNAPSHOT, KEY_VOTE, RaftLog, read_meta,
 };
-use crate::network::NoPeers;
 use crate::snapshot_file::SnapshotDir;
 use crate::state_machine::StateMachine;
 use crate::types::Raft;
-use crate::{Applied, ApplyObserver, Failure, NodeInfo, ProposeError, RaftConfig, RaftError};
+use crate::{
+    Applied, ApplyObserver, Failure, LeaderService, MemberInfo, NodeInfo, ProposeError, RaftConfig,
+    RaftError, Renewal, Role,
+};
 
 /// The file name of the store inside the data directory.
 const STORE_FILE: &str = "raft.redb";
@@ -55,11 +59,21 @@ struct Inner {
     shutting_down: AtomicBool,
     /// Held during shutdown; `true` once it completed.
     stopped: tokio::sync::Mutex<bool>,
+    /// Cluster RPC and forwarding, on a member of a cluster of several.
+    cluster: Option<Arc<Shared>>,
+    /// Tells the cluster listener and the address learner to stop.
+    stop_cluster: watch::Sender<bool>,
+    /// The cluster listener's and the address learner's tasks.
+    cluster_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// How long shutdown waits for the cluster listener to finish the requests
+/// it is serving.
+const CLUSTER_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The openraft configuration for a node: fast elections (a single voter
 /// elects itself within ~150–300 ms of start) and the snapshot policy.
-fn raft_config(cfg: &RaftConfig) -> Result<Config, RaftError> {
+fn raft_config(cfg: &RaftConfig, clustered: bool) -> Result<Config, RaftError> {
     if cfg.snapshot_logs == 0 {
         return Err(RaftError::Config("snapshot_logs must be at least 1".into()));
     }
@@ -68,7 +82,7 @@ fn raft_config(cfg: &RaftConfig) -> Result<Config, RaftError> {
             "snapshot_commands must be at least 1".into(),
         ));
     }
-    Config {
+    let single = Config {
         cluster_name: "muster".into(),
         heartbeat_interval: 50,
         election_timeout_min: 150,
@@ -76,9 +90,30 @@ fn raft_config(cfg: &RaftConfig) -> Result<Config, RaftError> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
         max_in_snapshot_log_to_keep: cfg.snapshot_logs.min(MAX_LOGS_KEPT_AFTER_SNAPSHOT),
         ..Config::default()
-    }
-    .validate()
-    .map_err(|e| RaftError::Config(e.to_string()))
+    };
+    let config = if clustered {
+        // Between nodes, an append-entries must arrive and be fsynced
+        // within one heartbeat interval (openraft's timeout for it), and a
+        // follower must not start an election because a busy machine was
+        // slow for a moment: a failed leader is replaced within ~1-2 s.
+        Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 600,
+            election_timeout_max: 1200,
+            // A chunk, and after the last one the install (decoding the
+            // whole catalog), must finish within this.
+            install_snapshot_timeout: 30_000,
+            snapshot_max_chunk_size: 1024 * 1024,
+            // Entries are batches of up to ~1 MiB each.
+            max_payload_entries: 32,
+            ..single
+        }
+    } else {
+        single
+    };
+    config
+        .validate()
+        .map_err(|e| RaftError::Config(e.to_string()))
 }
 
 /// Whether this node leads, has applied every log it had on disk at open
@@ -118,6 +153,46 @@ fn describe(m: &RaftMetrics<u64, BasicNode>) -> String {
     )
 }
 
+/// Every member as `m` (this node's metrics) shows it.
+fn members(m: &RaftMetrics<u64, BasicNode>, c: &Shared) -> Vec<MemberInfo> {
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let http = c.http_addrs();
+    let me = c.node_id;
+    membership
+        .nodes()
+        .map(|(id, node)| {
+            let role = if m.current_leader == Some(*id) {
+                Role::Leader
+            } else if voters.contains(id) {
+                Role::Follower
+            } else {
+                Role::Learner
+            };
+            let match_index = if *id == me && m.state == ServerState::Leader {
+                m.last_log_index
+            } else {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index)
+            };
+            MemberInfo {
+                id: *id,
+                role,
+                cluster_addr: node.addr.clone(),
+                http_addr: http.get(id).cloned(),
+                match_index,
+                last_contact_ms: if *id == me {
+                    None
+                } else {
+                    c.contacts.since_ms(*id)
+                },
+            }
+        })
+        .collect()
+}
+
 /// Keeps `tx` equal to "this node is a ready leader" until raft stops.
 fn spawn_leader_watch(raft: &Raft, node_id: u64, disk_last: u64, tx: watch::Sender<bool>) {
     let mut metrics = raft.metrics();
@@ -147,7 +222,33 @@ impl Node {
         cfg: RaftConfig,
         observer: Arc<dyn ApplyObserver>,
     ) -> Result<Node, RaftError> {
-        let config = raft_config(&cfg)?;
+        Node::start(cfg, observer, None).await
+    }
+
+    /// Opens the store as [`Node::open`] does, as a member of the cluster
+    /// `cluster.peers`, serving cluster RPC on `listener` (bound to this
+    /// node's cluster address). On a fresh data dir initialises the cluster
+    /// with every peer as a voter (see [`crate::cluster`] for why every
+    /// node may, and does); on restart never again.
+    ///
+    /// Returns without waiting for the cluster to form: writes wait for a
+    /// leader (bounded), reads serve what this node applied.
+    pub async fn open_cluster(
+        cfg: RaftConfig,
+        observer: Arc<dyn ApplyObserver>,
+        cluster: ClusterConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Node, RaftError> {
+        cluster.validate(cfg.node_id).map_err(RaftError::Config)?;
+        Node::start(cfg, observer, Some((cluster, listener))).await
+    }
+
+    async fn start(
+        cfg: RaftConfig,
+        observer: Arc<dyn ApplyObserver>,
+        cluster: Option<(ClusterConfig, tokio::net::TcpListener)>,
+    ) -> Result<Node, RaftError> {
+        let config = raft_config(&cfg, cluster.is_some())?;
         let path = cfg.data_dir.join(STORE_FILE);
         let store = tokio::task::spawn_blocking(move || LogStore::open(&path))
             .await
@@ -178,7 +279,17 @@ impl Node {
         let committed = Arc::new(AtomicU64::new(0));
         let log = RaftLog::new(store.clone(), Arc::clone(&committed));
 
-        let raft = match Raft::new(cfg.node_id, Arc::new(config), NoPeers, log, sm).await {
+        let http = match &cluster {
+            Some(_) => Some(Http::new().map_err(RaftError::Config)?),
+            None => None,
+        };
+        let contacts = Contacts::default();
+        let network = Network {
+            node_id: cfg.node_id,
+            http: http.clone(),
+            contacts: contacts.clone(),
+        };
+        let raft = match Raft::new(cfg.node_id, Arc::new(config), network, log, sm).await {
             Ok(raft) => raft,
             Err(e) => {
                 store.close();
@@ -186,11 +297,24 @@ impl Node {
             }
         };
         if fresh {
-            tracing::info!(
-                node_id = cfg.node_id,
-                "fresh data dir: initialising a single-node cluster"
-            );
-            if let Err(e) = raft.initialize(BTreeSet::from([cfg.node_id])).await {
+            let initialized = match &cluster {
+                None => {
+                    tracing::info!(
+                        node_id = cfg.node_id,
+                        "fresh data dir: initialising a single-node cluster"
+                    );
+                    raft.initialize(BTreeSet::from([cfg.node_id])).await
+                }
+                Some((c, _)) => {
+                    tracing::info!(
+                        node_id = cfg.node_id,
+                        peers = ?c.peers,
+                        "fresh data dir: initialising the cluster of the static peers"
+                    );
+                    raft.initialize(c.members()).await
+                }
+            };
+            if let Err(e) = initialized {
                 let _ = raft.shutdown().await;
                 store.close();
                 return Err(RaftError::Fatal(format!("initialising the cluster: {e}")));
@@ -202,6 +326,35 @@ impl Node {
         let (proposals, proposals_rx) = mpsc::channel(batcher::QUEUE_CAPACITY);
         let (stop_batcher, stop_rx) = watch::channel(false);
         let batcher = tokio::spawn(batcher::run(raft.clone(), pace, proposals_rx, stop_rx));
+        let (stop_cluster, stop_cluster_rx) = watch::channel(false);
+        let mut cluster_tasks = Vec::new();
+        let shared = cluster.zip(http).map(|((c, listener), http)| {
+            let shared = Arc::new(Shared {
+                node_id: cfg.node_id,
+                raft: raft.clone(),
+                proposals: proposals.clone(),
+                http_addr: c.http_addr.clone(),
+                http,
+                leader_service: Default::default(),
+                http_addrs: std::sync::RwLock::new([(cfg.node_id, c.http_addr)].into()),
+                contacts,
+            });
+            let mut stop = stop_cluster_rx.clone();
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let serving = Arc::clone(&shared);
+            cluster_tasks.push(tokio::spawn(async move {
+                if let Err(e) = cluster::server::serve(listener, serving, shutdown).await {
+                    tracing::error!(error = %e, "the cluster listener failed");
+                }
+            }));
+            cluster_tasks.push(tokio::spawn(cluster::learn_http_addrs(
+                Arc::clone(&shared),
+                stop_cluster_rx.clone(),
+            )));
+            shared
+        });
 
         Ok(Node {
             inner: Arc::new(Inner {
@@ -216,13 +369,20 @@ impl Node {
                 batcher: std::sync::Mutex::new(Some(batcher)),
                 shutting_down: AtomicBool::new(false),
                 stopped: tokio::sync::Mutex::new(false),
+                cluster: shared,
+                stop_cluster,
+                cluster_tasks: std::sync::Mutex::new(cluster_tasks),
             }),
         })
     }
 
     /// Waits until this node is leader (a single node elects itself) and has
-    /// applied every log it had on disk.
+    /// applied every log it had on disk. A member of a cluster of several
+    /// does not wait: it may not lead, and the cluster may still be forming.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), RaftError> {
+        if self.inner.cluster.is_some() {
+            return Ok(());
+        }
         let mut rx = self.inner.leader_rx.clone();
         match tokio::time::timeout(timeout, rx.wait_for(|leader| *leader)).await {
             Ok(Ok(_)) => Ok(()),
@@ -249,6 +409,9 @@ impl Node {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(ProposeError::ShuttingDown);
         }
+        if let Some(cluster) = &self.inner.cluster {
+            return cluster.propose(cmd).await;
+        }
         let (proposal, reply) = Proposal::new(cmd);
         self.inner
             .proposals
@@ -257,6 +420,32 @@ impl Node {
             .map_err(|_| ProposeError::ShuttingDown)?;
         // A dropped reply means the batcher is gone: the node is stopping.
         reply.await.unwrap_or(Err(ProposeError::ShuttingDown))
+    }
+
+    /// Whether this node is a member of a cluster of several (serves
+    /// cluster RPC and forwards writes).
+    pub fn is_clustered(&self) -> bool {
+        self.inner.cluster.is_some()
+    }
+
+    /// Sets the registry's side of calls forwarded to the leader (lease
+    /// renewals). Once; later calls are ignored.
+    pub fn set_leader_service(&self, service: Arc<dyn LeaderService>) {
+        if let Some(c) = &self.inner.cluster {
+            let _ = c.leader_service.set(service);
+        }
+    }
+
+    /// Renews leases on the leader: locally if this node leads (through
+    /// the [`LeaderService`]), else forwarded; waits (bounded) for a
+    /// leader. Only on a clustered node; a single node renews locally.
+    pub async fn renew_on_leader(&self, ids: &[u64]) -> Result<Vec<Renewal>, ProposeError> {
+        match &self.inner.cluster {
+            Some(c) => c.renew(ids).await,
+            None => Err(ProposeError::NotLeader {
+                leader: Some(self.inner.node_id),
+            }),
+        }
     }
 
     /// Why this node can no longer make writes durable, if it cannot. Reads
@@ -306,9 +495,14 @@ impl Node {
         };
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
+        let nodes = match &self.inner.cluster {
+            None => Vec::new(),
+            Some(c) => members(&m, c),
+        };
         NodeInfo {
             node_id: self.inner.node_id,
             leader: m.current_leader,
+            nodes,
             members: m.membership_config.voter_ids().collect(),
             commit_index: self
                 .inner
@@ -405,6 +599,25 @@ impl Node {
             return Ok(());
         }
         self.inner.shutting_down.store(true, Ordering::Release);
+        // New writes are refused from here on; writes forwarded by peers and
+        // raft RPC in flight finish (bounded), then the listener closes.
+        self.inner.stop_cluster.send_replace(true);
+        let cluster_tasks = std::mem::take(
+            &mut *self
+                .inner
+                .cluster_tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for task in cluster_tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(CLUSTER_DRAIN_TIMEOUT, task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
         // The batcher refuses what is still queued and waits for the batches
         // being written to be answered while raft still runs.
         self.inner.stop_batcher.send_replace(true);

@@ -51,7 +51,7 @@ pub use leases::{LeaseTable, Sweep};
 pub use muster_catalog::{
     HISTORY_PER_SERVICE, HealthFilter, Query, ServiceKey, VersionMatch, model,
 };
-pub use muster_raft::RaftError;
+pub use muster_raft::{ClusterConfig, MemberInfo, RaftError, Role};
 pub use watch::{Watch, WatchBatch, WatchEvent};
 
 use crate::caller::Access;
@@ -304,6 +304,9 @@ pub struct ClusterStatus {
     pub preserved_leases: u64,
     /// Leases kept past the bound: their instances are critical.
     pub lapsed_leases: u64,
+    /// Every member with its role, addresses, last contact and match
+    /// index; empty on a single node.
+    pub nodes: Vec<MemberInfo>,
 }
 
 /// The handle every front-end holds. Cheap to clone.
@@ -343,6 +346,25 @@ impl Registry {
     /// log, and starts the lease sweeper, the check runner and the tasks
     /// that follow leadership.
     pub async fn open(config: RegistryConfig) -> std::result::Result<Registry, StartError> {
+        Registry::start(config, None).await
+    }
+
+    /// Opens the registry as a member of the cluster `cluster.peers`,
+    /// serving cluster RPC on `listener`. Returns without waiting for the
+    /// cluster to form; any member takes every request: writes are
+    /// forwarded to the leader, reads served from this node's catalog.
+    pub async fn open_cluster(
+        config: RegistryConfig,
+        cluster: ClusterConfig,
+        listener: tokio::net::TcpListener,
+    ) -> std::result::Result<Registry, StartError> {
+        Registry::start(config, Some((cluster, listener))).await
+    }
+
+    async fn start(
+        config: RegistryConfig,
+        cluster: Option<(ClusterConfig, tokio::net::TcpListener)>,
+    ) -> std::result::Result<Registry, StartError> {
         config.validate().map_err(StartError::Config)?;
         // HTTPS health checks use rustls with exactly one crypto provider
         // (ring); an embedding program may have installed it already.
@@ -363,17 +385,20 @@ impl Registry {
             path: config.data_dir.clone(),
             source,
         })?;
-        let node = Node::open(
-            RaftConfig {
-                node_id: config.node_id,
-                data_dir: config.data_dir.clone(),
-                snapshot_logs: config.snapshot_logs,
-                snapshot_commands: config.snapshot_commands,
-                force_recover_from_snapshot: config.force_recover_from_snapshot,
-            },
-            observer,
-        )
-        .await?;
+        let raft_config = RaftConfig {
+            node_id: config.node_id,
+            data_dir: config.data_dir.clone(),
+            snapshot_logs: config.snapshot_logs,
+            snapshot_commands: config.snapshot_commands,
+            force_recover_from_snapshot: config.force_recover_from_snapshot,
+        };
+        let node = match cluster {
+            None => Node::open(raft_config, observer).await?,
+            Some((cluster, listener)) => {
+                Node::open_cluster(raft_config, observer, cluster, listener).await?
+            }
+        };
+        node.set_leader_service(Arc::new(LeaderRenewals(leases.clone())));
         node.wait_ready(config.startup_timeout).await?;
 
         let (stop_tx, stop_rx) = tokio_watch::channel(false);
@@ -683,7 +708,7 @@ impl Registry {
     }
 
     /// Renews the lease of an instance (in memory; not a log write).
-    pub fn heartbeat(&self, caller: &Caller, key: &ServiceKey, id: &str) -> Result<Renewed> {
+    pub async fn heartbeat(&self, caller: &Caller, key: &ServiceKey, id: &str) -> Result<Renewed> {
         self.authorize(caller, Access::Write(key))?;
         validate_key(key)?;
         muster_types::validate_instance_id(id)?;
@@ -696,7 +721,7 @@ impl Registry {
         let Some(lease) = lease.as_deref().and_then(muster_types::parse_lease_id) else {
             return Err(RegistryError::NoLease { id: id.to_string() });
         };
-        self.renew(lease)
+        self.renew(lease).await
     }
 
     /// The index of a service: the log index of its last change (0 if it
@@ -811,21 +836,54 @@ impl Registry {
 
     // ---- leases ---------------------------------------------------------
 
-    fn renew(&self, lease: u64) -> Result<Renewed> {
-        match self.inner.leases.renew(lease) {
-            Ok(ttl) => Ok(Renewed { lease, ttl }),
-            Err(RenewError::NotFound) => {
-                metrics::counter!("muster_lease_renewal_failures_total").increment(1);
-                Err(RegistryError::LeaseNotFound(lease))
-            }
-            Err(RenewError::NotLeader) => {
-                // A node whose store failed stepped down: say why.
-                self.writable()?;
-                Err(RegistryError::NotLeader {
-                    leader: self.inner.node.info().leader,
-                })
+    async fn renew(&self, lease: u64) -> Result<Renewed> {
+        match self.renew_many(&[lease]).await?.pop() {
+            Some(Ok(ttl)) => Ok(Renewed { lease, ttl }),
+            _ => Err(RegistryError::LeaseNotFound(lease)),
+        }
+    }
+
+    /// Renews `ids` where leases live: in this node's memory if it leads,
+    /// else on the leader (forwarded). One answer per id: its TTL, or
+    /// `Err(())` if there is no such lease.
+    async fn renew_many(&self, ids: &[u64]) -> Result<Vec<std::result::Result<Duration, ()>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut forward = false;
+        for &id in ids {
+            match self.inner.leases.renew(id) {
+                Ok(ttl) => out.push(Ok(ttl)),
+                Err(RenewError::NotFound) => out.push(Err(())),
+                Err(RenewError::NotLeader) => {
+                    forward = true;
+                    break;
+                }
             }
         }
+        if forward {
+            // A node whose store failed stepped down: say why.
+            self.writable()?;
+            if !self.inner.node.is_clustered() {
+                return Err(RegistryError::NotLeader {
+                    leader: self.inner.node.info().leader,
+                });
+            }
+            out = self
+                .inner
+                .node
+                .renew_on_leader(ids)
+                .await?
+                .into_iter()
+                .map(|r| match r {
+                    muster_raft::Renewal::Renewed { ttl_ms } => Ok(Duration::from_millis(ttl_ms)),
+                    _ => Err(()),
+                })
+                .collect();
+        }
+        let failed = out.iter().filter(|r| r.is_err()).count();
+        if failed > 0 {
+            metrics::counter!("muster_lease_renewal_failures_total").increment(failed as u64);
+        }
+        Ok(out)
     }
 
     /// Creates a lease with `ttl`. Instances registered with it live while
@@ -862,13 +920,13 @@ impl Registry {
     }
 
     /// Renews one lease (in memory on the leader; not a log write).
-    pub fn renew_lease(&self, caller: &Caller, id: u64) -> Result<Renewed> {
+    pub async fn renew_lease(&self, caller: &Caller, id: u64) -> Result<Renewed> {
         self.authorize(caller, Access::Lease)?;
-        self.renew(id)
+        self.renew(id).await
     }
 
     /// Renews many leases at once.
-    pub fn renew_leases(&self, caller: &Caller, ids: &[u64]) -> Result<RenewedMany> {
+    pub async fn renew_leases(&self, caller: &Caller, ids: &[u64]) -> Result<RenewedMany> {
         self.authorize(caller, Access::Lease)?;
         if ids.len() > limits::MAX_RENEW_BATCH {
             return Err(FieldError::invalid(
@@ -882,11 +940,10 @@ impl Registry {
             .into());
         }
         let mut out = RenewedMany::default();
-        for &id in ids {
-            match self.renew(id) {
+        for (&id, r) in ids.iter().zip(self.renew_many(ids).await?) {
+            match r {
                 Ok(_) => out.renewed.push(id),
-                Err(RegistryError::LeaseNotFound(_)) => out.not_found.push(id),
-                Err(e) => return Err(e),
+                Err(()) => out.not_found.push(id),
             }
         }
         Ok(out)
@@ -1058,6 +1115,7 @@ impl Registry {
             self_preservation: self.inner.leases.preserving(),
             preserved_leases,
             lapsed_leases,
+            nodes: i.nodes,
         })
     }
 
@@ -1143,6 +1201,23 @@ async fn reconcile_checks(
                 checks.reconcile_if_needed(&key, may);
             }
         }
+    }
+}
+
+/// Renewals forwarded by followers, answered from this node's lease table.
+struct LeaderRenewals(Arc<LeaseManager>);
+
+impl muster_raft::LeaderService for LeaderRenewals {
+    fn renew(&self, ids: &[u64]) -> Vec<muster_raft::Renewal> {
+        ids.iter()
+            .map(|&id| match self.0.renew(id) {
+                Ok(ttl) => muster_raft::Renewal::Renewed {
+                    ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                },
+                Err(RenewError::NotFound) => muster_raft::Renewal::NotFound,
+                Err(RenewError::NotLeader) => muster_raft::Renewal::NotLeader,
+            })
+            .collect()
     }
 }
 

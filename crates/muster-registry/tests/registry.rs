@@ -74,7 +74,7 @@ async fn typed_operations_and_typed_errors() {
         Err(RegistryError::InstanceNotFound { .. })
     ));
     assert!(matches!(
-        r.heartbeat(&me, &pay, "a"),
+        r.heartbeat(&me, &pay, "a").await,
         Err(RegistryError::NoLease { .. })
     ));
     assert!(matches!(
@@ -94,15 +94,15 @@ async fn typed_operations_and_typed_errors() {
     let mut leased = reg(&[]);
     leased.lease = LeaseChoice::Existing(lease.id);
     r.register(&me, &pay, "c", leased).await.unwrap();
-    assert_eq!(r.heartbeat(&me, &pay, "c").unwrap().lease, lease.id);
+    assert_eq!(r.heartbeat(&me, &pay, "c").await.unwrap().lease, lease.id);
     assert_eq!(r.revoke_lease(&me, lease.id).await.unwrap().value, 1);
     assert_eq!(
-        r.renew_lease(&me, lease.id),
+        r.renew_lease(&me, lease.id).await,
         Err(RegistryError::LeaseNotFound(lease.id))
     );
     let too_many = vec![1; muster_types::limits::MAX_RENEW_BATCH + 1];
     assert!(matches!(
-        r.renew_leases(&me, &too_many),
+        r.renew_leases(&me, &too_many).await,
         Err(RegistryError::Invalid(f)) if f.field == "ids"
     ));
     r.shutdown().await.unwrap();

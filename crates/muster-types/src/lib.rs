@@ -508,6 +508,42 @@ pub struct ClusterInfo {
     /// are marked `preserved` and critical.
     #[serde(default)]
     pub lapsed_leases: u64,
+    /// Every member of the cluster (voters and learners) as this node sees
+    /// it; empty on an agent run without peers (a cluster of one).
+    #[serde(default)]
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One member of the cluster in `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterNode {
+    /// Its node id.
+    pub id: u64,
+    /// Its role as this node knows it.
+    pub role: NodeRole,
+    /// Its cluster RPC address (`host:port`).
+    pub cluster_addr: String,
+    /// Its HTTP API address, once this node learned it.
+    pub http_addr: Option<String>,
+    /// The last log index known replicated to it: known on the leader (for
+    /// itself, its last log index); `null` elsewhere.
+    pub match_index: Option<u64>,
+    /// Milliseconds since this node last heard from it (on the leader:
+    /// each follower's last answer; on a follower: the leader's last
+    /// append); `null` for itself and for a member not heard from.
+    pub last_contact_ms: Option<u64>,
+}
+
+/// The role of a cluster member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// It leads: it orders every write.
+    Leader,
+    /// A voter that follows the leader.
+    Follower,
+    /// It replicates the log without voting.
+    Learner,
 }
 
 /// Body of `POST /v1/watch`: many discovery queries over one stream.

@@ -26,6 +26,13 @@ fn load_config(args: &AgentArgs) -> anyhow::Result<Config> {
     if let Some(n) = args.node_id {
         cfg.node_id = n;
     }
+    if let Some(a) = args.cluster_addr {
+        cfg.cluster_addr = a;
+    }
+    if let Some(p) = &args.peers {
+        cfg.peers = muster_agent::config::parse_peers(p)
+            .map_err(|e| anyhow::anyhow!("invalid --peers: {e}"))?;
+    }
     if let Some(t) = args.self_preservation_threshold {
         cfg.self_preservation_threshold = t;
     }

@@ -94,6 +94,21 @@ pub enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// The cluster as the node at --addr sees it.
+    ///
+    /// Example: `muster cluster members`
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+/// `muster cluster` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every member: id, role, cluster and HTTP addresses, match index and
+    /// last contact (known on the leader; ask it for the whole picture).
+    Members,
 }
 
 /// Flags of `muster agent`.
@@ -114,6 +129,14 @@ pub struct AgentArgs {
     /// This node's id [default: 1].
     #[arg(long, env = "MUSTER_NODE_ID")]
     pub node_id: Option<u64>,
+    /// Address of the cluster RPC listener, bound only with --peers [default: 127.0.0.1:7701].
+    #[arg(long, env = "MUSTER_CLUSTER_ADDR")]
+    pub cluster_addr: Option<std::net::SocketAddr>,
+    /// The cluster's voters, this node included: `1=10.0.0.1:7701,2=10.0.0.2:7701,3=10.0.0.3:7701`.
+    /// The same on every node; start them in any order, the cluster forms once a majority runs.
+    /// Without it, a cluster of one.
+    #[arg(long, env = "MUSTER_PEERS")]
+    pub peers: Option<String>,
     /// Share of leases that may fall silent at once before expiry pauses [default: 0.85].
     #[arg(long, env = "MUSTER_SELF_PRESERVATION_THRESHOLD")]
     pub self_preservation_threshold: Option<f64>,

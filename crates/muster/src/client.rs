@@ -149,6 +149,16 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
                 output::instances(&r.instances);
             }
         }
+        Command::Cluster {
+            command: crate::cli::ClusterCommand::Members,
+        } => {
+            let c = api.api().cluster().await.map_err(|e| api.explain(e))?;
+            if g.json {
+                output::json(&c);
+            } else {
+                output::members(&c);
+            }
+        }
         Command::Watch { service, filter } => {
             watch(&api, &query(&service, filter.pairs())?, g.json).await?
         }

@@ -165,3 +165,62 @@ pub fn instance_detail(i: &Instance) {
         }
     }
 }
+
+/// `muster cluster members`: one line per member.
+pub fn members(c: &muster_types::ClusterInfo) {
+    if c.nodes.is_empty() {
+        println!(
+            "node {} is a cluster of one (started without --peers); leader {}",
+            c.node_id,
+            c.leader.map_or("unknown".to_string(), |l| l.to_string())
+        );
+        return;
+    }
+    let dash = || "-".to_string();
+    let rows: Vec<[String; 6]> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            [
+                n.id.to_string(),
+                format!("{:?}", n.role).to_lowercase(),
+                n.cluster_addr.clone(),
+                n.http_addr.clone().unwrap_or_else(dash),
+                n.match_index.map_or_else(dash, |m| m.to_string()),
+                n.last_contact_ms.map_or_else(dash, |ms| format!("{ms}ms")),
+            ]
+        })
+        .collect();
+    let head = [
+        "ID",
+        "ROLE",
+        "CLUSTER ADDR",
+        "HTTP ADDR",
+        "MATCH",
+        "LAST CONTACT",
+    ];
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].len())
+            .chain([head[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..6).map(width).collect();
+    let line = |cells: [&str; 6]| {
+        let out: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", out.join("  ").trim_end());
+    };
+    line(head);
+    for r in &rows {
+        line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
+    }
+    println!(
+        "(as node {} sees it; commit index {})",
+        c.node_id, c.commit_index
+    );
+}

@@ -2,13 +2,15 @@
 
 use axum::extract::State;
 use axum::response::IntoResponse;
-use muster_types::{ClusterInfo, ErrorBody};
+use muster_registry::Role;
+use muster_types::{ClusterInfo, ClusterNode, ErrorBody, NodeRole};
 
 use super::Call;
 use crate::HttpStateRef;
 use crate::error::ApiError;
 
-/// Node id, leader, members and indexes.
+/// Node id, leader, members and indexes, and every member of the cluster
+/// with its role, addresses, last contact and match index.
 #[utoipa::path(get, path = "/v1/cluster", tag = "operations",
     responses((status = 200, description = "Cluster status", body = ClusterInfo)))]
 pub async fn cluster(
@@ -25,6 +27,22 @@ pub async fn cluster(
         self_preservation: i.self_preservation,
         preserved_leases: i.preserved_leases,
         lapsed_leases: i.lapsed_leases,
+        nodes: i
+            .nodes
+            .into_iter()
+            .map(|n| ClusterNode {
+                id: n.id,
+                role: match n.role {
+                    Role::Leader => NodeRole::Leader,
+                    Role::Follower => NodeRole::Follower,
+                    Role::Learner => NodeRole::Learner,
+                },
+                cluster_addr: n.cluster_addr,
+                http_addr: n.http_addr,
+                match_index: n.match_index,
+                last_contact_ms: n.last_contact_ms,
+            })
+            .collect(),
     }))
 }
 

@@ -108,7 +108,7 @@ pub async fn heartbeat(
     params: Params,
 ) -> Result<Response, ApiError> {
     let key = params.instance_key(service, &id)?;
-    Ok(renewed(state.registry.heartbeat(&caller, &key, &id)?))
+    Ok(renewed(state.registry.heartbeat(&caller, &key, &id).await?))
 }
 
 /// The answer to a renewal: a [`RenewResponse`].

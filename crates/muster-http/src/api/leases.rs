@@ -84,7 +84,7 @@ pub async fn renew(
 ) -> Result<Response, ApiError> {
     params.only(&[])?;
     Ok(renewed(
-        state.registry.renew_lease(&caller, lease_id(&id)?)?,
+        state.registry.renew_lease(&caller, lease_id(&id)?).await?,
     ))
 }
 
@@ -110,7 +110,7 @@ pub async fn renew_many(
                 .ok_or_else(|| ApiError::bad_field("ids", format!("{s:?} is not a lease id")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let out = state.registry.renew_leases(&caller, &ids)?;
+    let out = state.registry.renew_leases(&caller, &ids).await?;
     Ok(axum::Json(RenewManyResponse {
         renewed: out.renewed.into_iter().map(format_lease_id).collect(),
         not_found: out.not_found.into_iter().map(format_lease_id).collect(),

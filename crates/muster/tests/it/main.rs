@@ -4,6 +4,7 @@
 mod agent;
 mod checks;
 mod cli;
+mod cluster;
 mod durability;
 mod full_disk;
 mod harness;

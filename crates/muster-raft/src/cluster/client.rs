@@ -1,0 +1,310 @@
+//! The client side of cluster RPC: openraft's network to each peer, and
+//! the calls a follower makes to the leader (forwarded writes, renewals).
+//!
+//! One HTTP/2 client (prior knowledge: cluster traffic is cleartext h2c
+//! until the security issue puts mTLS on it) is shared by every peer; it
+//! keeps one multiplexed connection per peer and reconnects by itself.
+//! System proxies are never used. Errors are mapped so that openraft backs
+//! off where it should: a peer that cannot be connected to is
+//! [`Unreachable`] (openraft waits before it tries again, see
+//! [`PeerClient::backoff`]), a request that timed out is a `Timeout`, any
+//! other failure on the way a [`NetworkError`] (retried on the next
+//! heartbeat), and an error the peer's raft answered a [`RemoteError`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+
+use super::wire;
+use crate::types::TypeConfig;
+
+/// How long a connection attempt to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    /// The peer could not be connected to: the request was not sent.
+    #[error("cannot connect to {addr}: {source}")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// No answer in time; the request may or may not have been handled.
+    #[error("{addr} did not answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    /// Anything else on the way (a reset connection, a bad status, an
+    /// undecodable body); the request may or may not have been handled.
+    #[error("cluster RPC to {addr} failed: {reason}")]
+    Network { addr: String, reason: String },
+}
+
+/// The HTTP/2 client of cluster traffic, shared by every peer.
+#[derive(Clone, Debug)]
+pub(crate) struct Http {
+    client: reqwest::Client,
+}
+
+impl Http {
+    pub(crate) fn new() -> Result<Http, String> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .http2_prior_knowledge()
+            .connect_timeout(CONNECT_TIMEOUT)
+            // A peer that vanished without closing its socket (a cut cable,
+            // a frozen VM) is noticed by h2 pings instead of at the next
+            // request's timeout.
+            .http2_keep_alive_interval(Some(Duration::from_secs(1)))
+            .http2_keep_alive_timeout(Duration::from_secs(2))
+            .http2_keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("building the cluster RPC client: {e}"))?;
+        Ok(Http { client })
+    }
+
+    /// POSTs `body` to `http://{addr}{path}` and decodes the CBOR answer.
+    pub(crate) async fn call<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<T, CallError> {
+        let url = format!("http://{addr}{path}");
+        let sent = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await;
+        let resp = sent.map_err(|e| classify(addr, timeout, e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| classify(addr, timeout, e))?;
+        if !status.is_success() {
+            return Err(CallError::Network {
+                addr: addr.to_string(),
+                reason: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+            });
+        }
+        wire::decode(&bytes).map_err(|reason| CallError::Network {
+            addr: addr.to_string(),
+            reason,
+        })
+    }
+
+    /// GETs `http://{addr}{path}` and decodes the CBOR answer.
+    pub(crate) async fn get<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, CallError> {
+        let resp = self
+            .client
+            .get(format!("http://{addr}{path}"))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| classify(addr, timeout, e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| classify(addr, timeout, e))?;
+        if !status.is_success() {
+            return Err(CallError::Network {
+                addr: addr.to_string(),
+                reason: status.to_string(),
+            });
+        }
+        wire::decode(&bytes).map_err(|reason| CallError::Network {
+            addr: addr.to_string(),
+            reason,
+        })
+    }
+}
+
+fn classify(addr: &str, timeout: Duration, e: reqwest::Error) -> CallError {
+    if e.is_connect() {
+        CallError::Unreachable {
+            addr: addr.to_string(),
+            source: e,
+        }
+    } else if e.is_timeout() {
+        CallError::Timeout {
+            addr: addr.to_string(),
+            timeout,
+        }
+    } else {
+        CallError::Network {
+            addr: addr.to_string(),
+            reason: error_chain(&e),
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// The path of an RPC to node `to`: the receiver refuses one meant for
+/// another node (a peer restarted under another id at the same address).
+pub(crate) fn path(to: u64, rpc: &str) -> String {
+    format!("/raft/{to}/{rpc}")
+}
+
+/// openraft's network: a [`PeerClient`] per target.
+#[derive(Clone)]
+pub(crate) struct Network {
+    pub(crate) node_id: u64,
+    /// `None` on a cluster of one, which sends no RPC (and builds no
+    /// client: reqwest's TLS needs a crypto provider installed first).
+    pub(crate) http: Option<Http>,
+    pub(crate) contacts: super::Contacts,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            from: self.node_id,
+            target,
+            node: node.clone(),
+            http: self.http.clone(),
+            contacts: self.contacts.clone(),
+        }
+    }
+}
+
+/// The connection to one peer, as openraft sees it.
+pub(crate) struct PeerClient {
+    from: u64,
+    target: u64,
+    node: BasicNode,
+    http: Option<Http>,
+    contacts: super::Contacts,
+}
+
+impl PeerClient {
+    /// Sends one raft RPC and maps its failures for openraft.
+    async fn rpc<Resp, E>(
+        &self,
+        action: RPCTypes,
+        name: &str,
+        body: Result<Bytes, String>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, BasicNode, E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(http) = &self.http else {
+            let e = Io(format!(
+                "node {} has no cluster RPC (a cluster of one)",
+                self.from
+            ));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        };
+        let body = body.map_err(|e| RPCError::Network(NetworkError::new(&Io(e))))?;
+        let timeout = option.hard_ttl();
+        let answer: Result<Resp, E> = http
+            .call(&self.node.addr, &path(self.target, name), body, timeout)
+            .await
+            .map_err(|e| match e {
+                CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                CallError::Timeout { .. } => RPCError::Timeout(Timeout {
+                    action,
+                    id: self.from,
+                    target: self.target,
+                    timeout,
+                }),
+                CallError::Network { .. } => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        self.contacts.heard(self.target);
+        answer.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+/// A message as an error, for openraft's error constructors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Io(String);
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.rpc(
+            RPCTypes::AppendEntries,
+            "append",
+            wire::encode(&rpc),
+            &option,
+        )
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        self.rpc(
+            RPCTypes::InstallSnapshot,
+            "snapshot",
+            wire::encode_chunk(rpc),
+            &option,
+        )
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.rpc(RPCTypes::Vote, "vote", wire::encode(&rpc), &option)
+            .await
+    }
+
+    /// Exponential from 100 ms to 1 s: a restarted peer is back in
+    /// replication within a second, a dead one costs a connection attempt
+    /// a second.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            (0..)
+                .map(|i: u32| Duration::from_millis(100u64.saturating_mul(1 << i.min(5))))
+                .map(|d| d.min(Duration::from_secs(1))),
+        )
+    }
+}

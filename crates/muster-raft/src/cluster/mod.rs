@@ -1,0 +1,383 @@
+//! Cluster RPC: raft between nodes, and writes forwarded to the leader.
+//!
+//! * [`server`]: the routes on the cluster listener (`cluster_addr`,
+//!   default `127.0.0.1:7701`): append-entries, vote, snapshot chunks,
+//!   forwarded writes and renewals, and `hello` (a node's HTTP address).
+//! * [`client`]: openraft's network to each peer over HTTP/2, and the
+//!   calls a follower makes to the leader.
+//! * [`wire`]: the CBOR bodies.
+//!
+//! # Forming a cluster (static bootstrap)
+//!
+//! Every node is started with the same `peers` (id → cluster address). A
+//! node whose store is fresh (no log, no vote, no snapshot) calls
+//! openraft's `initialize` once with exactly that membership, whatever its
+//! id and whenever it starts. openraft documents initialising several
+//! nodes with the *same* membership as safe: each writes the same entry at
+//! log id `(term 0, index 0)` and elections decide the rest. So the cluster
+//! forms as soon as any quorum of peers runs, in any order, and no node is
+//! special. A node that restarts has a membership in its store and never
+//! initialises again; one restarted on an emptied data directory writes
+//! that same first entry again, which its peers already hold, and is
+//! caught up by the leader (it cannot win an election with its empty log).
+//! The rule is only safe if every node gets the same `peers`; changing the
+//! set is what dynamic membership (join/leave) is for, not a restart with
+//! other flags.
+//!
+//! # Forwarding
+//!
+//! [`Shared::propose`] is the one write path of a clustered node: the
+//! leader proposes locally (through the batcher), a follower sends the
+//! command to the leader's `forward` route and answers with the leader's
+//! result once its own catalog has applied that index (so a client that
+//! wrote through a follower reads its write there). Without a leader, or
+//! while the leader cannot be reached, it waits for one up to
+//! [`LEADER_WAIT`], then fails with `NotLeader` and the leader it knows.
+//! A forward is sent again only when it certainly did not arrive (no
+//! connection, or refused by a node that no longer leads), so a write is
+//! never applied twice by a retry.
+
+pub(crate) mod client;
+pub(crate) mod server;
+pub(crate) mod wire;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use muster_catalog::Command;
+use openraft::BasicNode;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use self::client::{CallError, Http, path};
+use crate::batcher::Proposal;
+use crate::types::Raft;
+use crate::{Applied, LeaderService, ProposeError, Renewal};
+
+/// How long a write waits for a leader (an election, an unreachable
+/// leader) before it fails with `NotLeader`.
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// How long one forwarded call may take on the leader (its fsync included).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a follower waits to apply a write the leader acknowledged
+/// before it answers anyway (the write is durable on a quorum).
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+/// Between two attempts to reach a leader that could not be connected to.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How often a node asks a peer whose HTTP address it does not know yet.
+const HELLO_RETRY: Duration = Duration::from_millis(500);
+
+/// How a node takes part in a cluster of several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The voters of the initial cluster, this node included: node id →
+    /// cluster RPC address (`host:port`). The same on every node.
+    pub peers: BTreeMap<u64, String>,
+    /// This node's HTTP API address, as clients and peers reach it.
+    pub http_addr: String,
+}
+
+impl ClusterConfig {
+    /// Checks the peers: this node among them, every address `host:port`.
+    pub fn validate(&self, node_id: u64) -> Result<(), String> {
+        if !self.peers.contains_key(&node_id) {
+            return Err(format!(
+                "peers must include this node (node_id {node_id}); peers are {:?}",
+                self.peers.keys().collect::<Vec<_>>()
+            ));
+        }
+        for (id, addr) in &self.peers {
+            if *id == 0 {
+                return Err("peer ids must be at least 1".into());
+            }
+            let port = addr.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+            if !matches!(port, Some(Ok(p)) if p != 0) {
+                return Err(format!(
+                    "peer {id}: {addr:?} is not host:port (e.g. 10.0.0.1:7701)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The initial membership every node initialises with.
+    pub(crate) fn members(&self) -> BTreeMap<u64, BasicNode> {
+        self.peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect()
+    }
+}
+
+/// When this node last heard from each peer (an answer to an RPC it sent,
+/// or an append-entries from the leader).
+#[derive(Clone, Default)]
+pub(crate) struct Contacts(Arc<std::sync::Mutex<BTreeMap<u64, Instant>>>);
+
+impl Contacts {
+    pub(crate) fn heard(&self, peer: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, Instant::now());
+    }
+
+    /// Milliseconds since `peer` was last heard from.
+    pub(crate) fn since_ms(&self, peer: u64) -> Option<u64> {
+        let at = *self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)?;
+        Some(u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// What the cluster routes and the forwarding path share with the node.
+pub(crate) struct Shared {
+    pub(crate) node_id: u64,
+    pub(crate) raft: Raft,
+    pub(crate) proposals: mpsc::Sender<Proposal>,
+    pub(crate) http_addr: String,
+    pub(crate) http: Http,
+    /// The registry's side of calls forwarded to the leader; set once.
+    pub(crate) leader_service: OnceLock<Arc<dyn LeaderService>>,
+    /// Every member's HTTP address that is known (learned by `hello`).
+    pub(crate) http_addrs: RwLock<BTreeMap<u64, String>>,
+    pub(crate) contacts: Contacts,
+}
+
+/// Why one attempt on the leader did not give an answer.
+enum Attempt<T> {
+    /// An answer (success or a definite failure).
+    Done(Result<T, ProposeError>),
+    /// No leader known, or it certainly did not take the call: try again
+    /// once something changes.
+    Retry,
+}
+
+impl Shared {
+    /// Proposes through this node's batcher (it must lead).
+    pub(crate) async fn propose_local(&self, cmd: Command) -> Result<Applied, ProposeError> {
+        let (proposal, reply) = Proposal::new(cmd);
+        self.proposals
+            .send(proposal)
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
+        reply.await.unwrap_or(Err(ProposeError::ShuttingDown))
+    }
+
+    /// The leader this node knows and its cluster address.
+    fn leader(&self) -> Option<(u64, Option<String>)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone());
+        Some((leader, addr))
+    }
+
+    /// Runs `attempt` on the leader until it answers or [`LEADER_WAIT`]
+    /// passes, waiting for a change of raft state between attempts.
+    async fn on_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, ProposeError>
+    where
+        F: FnMut(Option<(u64, Option<String>)>) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut metrics = self.raft.metrics();
+        loop {
+            metrics.borrow_and_update();
+            match attempt(self.leader()).await {
+                Attempt::Done(r) => return r,
+                Attempt::Retry => {}
+            }
+            if metrics.borrow().running_state.is_err() {
+                return Err(ProposeError::ShuttingDown);
+            }
+            // A new leader or term wakes at once; an unreachable leader is
+            // tried again after a short pause.
+            let pause = tokio::time::sleep(RETRY_PAUSE);
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() {
+                    return Err(ProposeError::ShuttingDown);
+                },
+                () = pause => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(ProposeError::NotLeader {
+                    leader: self.leader().map(|(l, _)| l),
+                });
+            }
+        }
+    }
+
+    /// Proposes `cmd` on the leader: locally when this node leads, else
+    /// forwarded; answered once this node applied it.
+    pub(crate) async fn propose(&self, cmd: Command) -> Result<Applied, ProposeError> {
+        let applied = self
+            .on_leader(|leader| {
+                let cmd = cmd.clone();
+                async move {
+                    match leader {
+                        None => Attempt::Retry,
+                        Some((l, _)) if l == self.node_id => match self.propose_local(cmd).await {
+                            Err(ProposeError::NotLeader { .. }) => Attempt::Retry,
+                            r => Attempt::Done(r),
+                        },
+                        Some((_, None)) => Attempt::Retry,
+                        Some((l, Some(addr))) => self.forward(l, &addr, cmd).await,
+                    }
+                }
+            })
+            .await?;
+        self.wait_applied(applied.index).await;
+        Ok(applied)
+    }
+
+    async fn forward(&self, leader: u64, addr: &str, cmd: Command) -> Attempt<Applied> {
+        let body = match wire::encode(&wire::ForwardRequest(cmd)) {
+            Ok(b) => b,
+            Err(e) => return Attempt::Done(Err(ProposeError::Fatal(e))),
+        };
+        let reply: Result<wire::ForwardReply, _> = self
+            .http
+            .call(addr, &path(leader, "forward"), body, FORWARD_TIMEOUT)
+            .await;
+        match reply {
+            Ok(wire::ForwardReply::Applied { index, result }) => {
+                Attempt::Done(Ok(Applied { index, result }))
+            }
+            Ok(wire::ForwardReply::NotLeader { .. }) => Attempt::Retry,
+            Ok(wire::ForwardReply::ShuttingDown) => Attempt::Retry,
+            Ok(wire::ForwardReply::Failed(m)) => Attempt::Done(Err(ProposeError::Fatal(m))),
+            Err(CallError::Unreachable { .. }) => Attempt::Retry,
+            Err(e) => {
+                // Sent, but no answer: it may have been applied, so it is
+                // not sent again. The caller sees the leader unavailable.
+                tracing::warn!(leader, error = %e, "forwarded write without an answer");
+                Attempt::Done(Err(ProposeError::NotLeader {
+                    leader: Some(leader),
+                }))
+            }
+        }
+    }
+
+    /// Waits (bounded) until this node applied `index`.
+    async fn wait_applied(&self, index: u64) {
+        let waited = self
+            .raft
+            .wait(Some(APPLY_WAIT))
+            .applied_index_at_least(Some(index), "forwarded write applied here")
+            .await;
+        if let Err(e) = waited {
+            tracing::warn!(index, error = %e, "answering a forwarded write not yet applied here");
+        }
+    }
+
+    /// Renews leases on the leader (they live in its memory).
+    pub(crate) async fn renew(&self, ids: &[u64]) -> Result<Vec<Renewal>, ProposeError> {
+        let body =
+            wire::encode(&wire::RenewRequest { ids: ids.to_vec() }).map_err(ProposeError::Fatal)?;
+        self.on_leader(|leader| {
+            let body: Bytes = body.clone();
+            async move {
+                match leader {
+                    None | Some((_, None)) => Attempt::Retry,
+                    Some((l, _)) if l == self.node_id => match self.leader_service.get() {
+                        Some(s) => {
+                            let out = s.renew(ids);
+                            if out.contains(&Renewal::NotLeader) {
+                                Attempt::Retry
+                            } else {
+                                Attempt::Done(Ok(out))
+                            }
+                        }
+                        None => Attempt::Retry,
+                    },
+                    Some((l, Some(addr))) => {
+                        let reply: Result<wire::RenewReply, _> = self
+                            .http
+                            .call(&addr, &path(l, "renew"), body, FORWARD_TIMEOUT)
+                            .await;
+                        match reply {
+                            Ok(wire::RenewReply::Renewed(out)) => Attempt::Done(Ok(out)),
+                            Ok(wire::RenewReply::NotLeader { .. }) => Attempt::Retry,
+                            // A renewal is idempotent: any failure is retried.
+                            Err(e) => {
+                                tracing::debug!(leader = l, error = %e, "forwarded renewal failed");
+                                Attempt::Retry
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// The HTTP address of every member known so far.
+    pub(crate) fn http_addrs(&self) -> BTreeMap<u64, String> {
+        self.http_addrs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Learns the HTTP address of every member (each peer's `hello`), asking
+/// again those that did not answer, and anew when membership changes.
+pub(crate) async fn learn_http_addrs(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut metrics = shared.raft.metrics();
+    loop {
+        let members: Vec<(u64, String)> = {
+            let m = metrics.borrow_and_update();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
+        };
+        let known = shared.http_addrs();
+        let missing: Vec<_> = members
+            .into_iter()
+            .filter(|(id, _)| !known.contains_key(id))
+            .collect();
+        for (id, addr) in &missing {
+            let hello: Result<wire::Hello, _> = shared
+                .http
+                .get(addr, "/raft/hello", Duration::from_secs(2))
+                .await;
+            match hello {
+                Ok(h) if h.node_id == *id => {
+                    shared
+                        .http_addrs
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(*id, h.http_addr);
+                }
+                Ok(h) => tracing::warn!(
+                    peer = id,
+                    %addr,
+                    answered = h.node_id,
+                    "a different node answers at this peer's address"
+                ),
+                Err(e) => tracing::debug!(peer = id, error = %e, "peer not reachable yet"),
+            }
+        }
+        let all_known = missing.is_empty() || {
+            let known = shared.http_addrs();
+            missing.iter().all(|(id, _)| known.contains_key(id))
+        };
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            r = metrics.changed(), if all_known => if r.is_err() { return },
+            () = tokio::time::sleep(HELLO_RETRY), if !all_known => {}
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! What travels on the cluster port, and how it is encoded.
+//!
+//! Every request and answer body is CBOR (`ciborium`): compact, binary,
+//! self-describing, so openraft's own serde types go over it unchanged. A
+//! snapshot chunk is the exception for its bytes: its body is a 4-byte
+//! length, the CBOR head of the request, then the chunk's bytes raw (serde
+//! would write a `Vec<u8>` as a list of numbers).
+//!
+//! Commands travel as the log writes them ([`crate::format_v1`]); a
+//! forwarded write's answer mirrors the catalog's `Outcome` here. This is
+//! the wire form between nodes of one version, not a stored form: nothing
+//! here is written to disk.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use muster_catalog::{ApplyError, ApplyResult, Command, Done, Instance, Outcome, ServiceKey};
+use openraft::raft::InstallSnapshotRequest;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::format_v1::{CommandV1, InstanceV1, ServiceKeyV1};
+use crate::types::{SnapshotMeta, TypeConfig};
+use crate::{Applied, ProposeError};
+
+/// The content type of every cluster RPC body.
+pub(crate) const CONTENT_TYPE: &str = "application/cbor";
+
+/// Encodes `value` as CBOR.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, String> {
+    let mut out = BytesMut::new().writer();
+    ciborium::into_writer(value, &mut out).map_err(|e| format!("encoding: {e}"))?;
+    Ok(out.into_inner().freeze())
+}
+
+/// Decodes CBOR bytes.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    ciborium::from_reader(bytes).map_err(|e| format!("decoding: {e}"))
+}
+
+/// The head of a snapshot chunk: everything but its bytes.
+#[derive(Serialize, Deserialize)]
+struct ChunkHead {
+    vote: openraft::Vote<u64>,
+    meta: SnapshotMeta,
+    offset: u64,
+    done: bool,
+}
+
+/// A snapshot chunk as a body: head length (u32, big-endian), head, bytes.
+pub(crate) fn encode_chunk(req: InstallSnapshotRequest<TypeConfig>) -> Result<Bytes, String> {
+    let head = encode(&ChunkHead {
+        vote: req.vote,
+        meta: req.meta,
+        offset: req.offset,
+        done: req.done,
+    })?;
+    let len = u32::try_from(head.len()).map_err(|_| "snapshot chunk head too large".to_string())?;
+    let mut out = BytesMut::with_capacity(4 + head.len() + req.data.len());
+    out.put_u32(len);
+    out.put_slice(&head);
+    out.put_slice(&req.data);
+    Ok(out.freeze())
+}
+
+/// Reads a body made by [`encode_chunk`].
+pub(crate) fn decode_chunk(mut body: Bytes) -> Result<InstallSnapshotRequest<TypeConfig>, String> {
+    if body.len() < 4 {
+        return Err("snapshot chunk shorter than its head length".into());
+    }
+    let len = body.get_u32() as usize;
+    if body.len() < len {
+        return Err("snapshot chunk shorter than its head".into());
+    }
+    let head: ChunkHead = decode(&body.split_to(len))?;
+    Ok(InstallSnapshotRequest {
+        vote: head.vote,
+        meta: head.meta,
+        offset: head.offset,
+        data: body.to_vec(),
+        done: head.done,
+    })
+}
+
+/// A write forwarded by a follower to the leader.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ForwardRequest(#[serde(with = "CommandV1")] pub(crate) Command);
+
+/// The leader's answer to a forwarded write.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum ForwardReply {
+    /// Committed and applied on the leader at `index`, with its result.
+    Applied {
+        index: u64,
+        #[serde(with = "apply_result")]
+        result: ApplyResult,
+    },
+    /// The receiver does not lead (any more).
+    NotLeader { leader: Option<u64> },
+    /// The leader is shutting down.
+    ShuttingDown,
+    /// The leader failed to write.
+    Failed(String),
+}
+
+impl ForwardReply {
+    pub(crate) fn from_result(r: Result<Applied, ProposeError>) -> ForwardReply {
+        match r {
+            Ok(a) => ForwardReply::Applied {
+                index: a.index,
+                result: a.result,
+            },
+            Err(ProposeError::NotLeader { leader }) => ForwardReply::NotLeader { leader },
+            Err(ProposeError::ShuttingDown) => ForwardReply::ShuttingDown,
+            Err(ProposeError::Fatal(m)) => ForwardReply::Failed(m),
+        }
+    }
+}
+
+/// A lease renewal forwarded by a follower to the leader.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct RenewRequest {
+    pub(crate) ids: Vec<u64>,
+}
+
+/// The leader's answer to forwarded renewals.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum RenewReply {
+    /// One answer per id, in order.
+    Renewed(Vec<crate::Renewal>),
+    /// The receiver does not lead (any more).
+    NotLeader { leader: Option<u64> },
+}
+
+/// A node introducing itself to its peers: its id and HTTP address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) node_id: u64,
+    pub(crate) http_addr: String,
+}
+
+/// [`Outcome`] on the wire.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Outcome")]
+struct OutcomeWire {
+    #[serde(with = "DoneWire")]
+    done: Done,
+    #[serde(with = "keys")]
+    changed: Vec<ServiceKey>,
+    leases_created: Vec<(u64, u64)>,
+    leases_removed: Vec<u64>,
+}
+
+/// [`Done`] on the wire.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Done")]
+enum DoneWire {
+    Instance(#[serde(with = "arc_instance")] Arc<Instance>),
+    Removed(u64),
+    Preserved(u64),
+    LeaseCreated(u64),
+}
+
+/// [`ApplyError`] on the wire.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "ApplyError")]
+enum ApplyErrorWire {
+    UnknownLease(u64),
+    LeaseExists(u64),
+    UnknownInstance {
+        service: String,
+        id: String,
+    },
+    UnknownCheck {
+        id: String,
+        check: String,
+    },
+    OverLimit {
+        id: String,
+        field: String,
+        max: usize,
+    },
+}
+
+mod arc_instance {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(i: &Arc<Instance>, s: S) -> Result<S::Ok, S::Error> {
+        InstanceV1::serialize(i, s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Instance>, D::Error> {
+        InstanceV1::deserialize(d).map(Arc::new)
+    }
+}
+
+mod keys {
+    use super::*;
+
+    struct Out<'a>(&'a ServiceKey);
+    impl Serialize for Out<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            ServiceKeyV1::serialize(self.0, s)
+        }
+    }
+    #[derive(Deserialize)]
+    struct In(#[serde(with = "ServiceKeyV1")] ServiceKey);
+
+    pub(super) fn serialize<S: Serializer>(k: &[ServiceKey], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(k.iter().map(Out))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<ServiceKey>, D::Error> {
+        Ok(Vec::<In>::deserialize(d)?
+            .into_iter()
+            .map(|k| k.0)
+            .collect())
+    }
+}
+
+mod apply_result {
+    use super::*;
+
+    #[derive(Serialize)]
+    enum Out<'a> {
+        Ok(#[serde(with = "OutcomeWire")] &'a Outcome),
+        Err(#[serde(with = "ApplyErrorWire")] &'a ApplyError),
+    }
+
+    #[derive(Deserialize)]
+    enum In {
+        Ok(#[serde(with = "OutcomeWire")] Outcome),
+        Err(#[serde(with = "ApplyErrorWire")] ApplyError),
+    }
+
+    pub(super) fn serialize<S: Serializer>(r: &ApplyResult, s: S) -> Result<S::Ok, S::Error> {
+        match r {
+            Ok(o) => Out::Ok(o),
+            Err(e) => Out::Err(e),
+        }
+        .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ApplyResult, D::Error> {
+        Ok(match In::deserialize(d)? {
+            In::Ok(o) => Ok(o),
+            In::Err(e) => Err(e),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarded_result_survives_the_wire() {
+        let mut catalog = muster_catalog::Catalog::new();
+        let cmd = Command::Register {
+            namespace: "default".into(),
+            service: "payments".into(),
+            instance: muster_catalog::InstanceData {
+                id: "a".into(),
+                address: "10.0.0.1".into(),
+                port: 8080,
+                tags: ["v2".to_string()].into(),
+                meta: Default::default(),
+                version: Some("1.4.0".into()),
+                zone: None,
+                weight: 100,
+                checks: Vec::new(),
+            },
+            lease: muster_catalog::LeaseRef::None,
+        };
+        let result = catalog.apply(7, 1_000, &cmd);
+        assert!(result.is_ok());
+        let bytes = encode(&ForwardReply::Applied {
+            index: 7,
+            result: result.clone(),
+        })
+        .unwrap();
+        match decode::<ForwardReply>(&bytes).unwrap() {
+            ForwardReply::Applied { index, result: got } => {
+                assert_eq!(index, 7);
+                assert_eq!(got, result);
+            }
+            _ => panic!("not applied"),
+        }
+        let err: ApplyResult = Err(ApplyError::UnknownLease(9));
+        let bytes = encode(&ForwardReply::Applied {
+            index: 8,
+            result: err.clone(),
+        })
+        .unwrap();
+        assert!(matches!(
+            decode::<ForwardReply>(&bytes).unwrap(),
+            ForwardReply::Applied { result, .. } if result == err
+        ));
+        let fwd = decode::<ForwardRequest>(&encode(&ForwardRequest(cmd.clone())).unwrap()).unwrap();
+        assert_eq!(fwd.0, cmd);
+    }
+}
