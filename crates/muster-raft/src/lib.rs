@@ -155,6 +155,48 @@ pub struct MemberInfo {
 pub trait LeaderService: Send + Sync + 'static {
     /// Renews the leases `ids`, one answer per id, in order.
     fn renew(&self, ids: &[u64]) -> Vec<Renewal>;
+
+    /// Records a TTL check report (the leader runs the checks), answered
+    /// once the status it reports is committed.
+    fn report(
+        &self,
+        report: CheckReport,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ReportAnswer> + Send + '_>>;
+}
+
+/// A TTL check report, made on the leader.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckReport {
+    /// The instance's namespace.
+    pub namespace: String,
+    /// Its service.
+    pub service: String,
+    /// The instance id.
+    pub id: String,
+    /// The check's id.
+    pub check: String,
+    /// The status reported.
+    pub status: muster_types::Health,
+    /// The output reported (already truncated).
+    pub output: String,
+}
+
+/// The leader's answer to a [`CheckReport`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ReportAnswer {
+    /// Recorded; the status is committed at or before `index`.
+    Done {
+        /// A log index at which the reported status holds.
+        index: u64,
+    },
+    /// No such instance or check.
+    Missing,
+    /// The check is not a TTL check.
+    NotTtl,
+    /// The node does not lead (any more).
+    NotLeader,
+    /// The status could not be written.
+    Failed(String),
 }
 
 /// The answer to one lease renewal made on the leader.

@@ -448,6 +448,21 @@ impl Node {
         }
     }
 
+    /// Records a TTL check report on the leader (it runs the checks):
+    /// forwarded from a follower, answered once this node applied the
+    /// status; waits (bounded) for a leader. Only on a clustered node.
+    pub async fn report_on_leader(
+        &self,
+        report: crate::CheckReport,
+    ) -> Result<crate::ReportAnswer, ProposeError> {
+        match &self.inner.cluster {
+            Some(c) => c.report(report).await,
+            None => Err(ProposeError::NotLeader {
+                leader: Some(self.inner.node_id),
+            }),
+        }
+    }
+
     /// Why this node can no longer make writes durable, if it cannot. Reads
     /// of the catalog go on; the node must be restarted to write again.
     pub fn failure(&self) -> Option<Failure> {

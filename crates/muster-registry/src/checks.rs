@@ -49,7 +49,8 @@ struct Running {
 struct Report {
     status: Health,
     output: String,
-    done: oneshot::Sender<Result<(), ReportError>>,
+    /// Answered with a log index at which the reported status holds.
+    done: oneshot::Sender<Result<u64, ReportError>>,
 }
 
 /// Why a TTL report was refused.
@@ -276,7 +277,7 @@ impl CheckRunner {
         check: &str,
         status: Health,
         output: String,
-    ) -> Result<(), ReportError> {
+    ) -> Result<u64, ReportError> {
         if !self.leader.load(Ordering::SeqCst) {
             return Err(ReportError::NotLeader);
         }
@@ -325,8 +326,9 @@ impl CheckRunner {
         lock(&self.tasks).len()
     }
 
-    /// Writes a status transition. `Ok(false)`: the log refused it (the
-    /// instance or check is gone); `Err`: it could not be written.
+    /// Writes a status transition: `Ok(Some(index))` once committed,
+    /// `Ok(None)` if the log refused it (the instance or check is gone),
+    /// `Err` if it could not be written.
     async fn propose_status(
         &self,
         key: &ServiceKey,
@@ -334,7 +336,7 @@ impl CheckRunner {
         check: &Check,
         status: Health,
         output: &str,
-    ) -> Result<bool, ProposeError> {
+    ) -> Result<Option<u64>, ProposeError> {
         let cmd = Command::CheckStatus {
             namespace: key.namespace.to_string(),
             service: key.service.to_string(),
@@ -346,11 +348,11 @@ impl CheckRunner {
         match self.node.propose(cmd).await {
             Ok(a) if a.result.is_ok() => {
                 tracing::info!(service = %key.service, instance = inst, check = %check.id, status = status.as_str(), "check status changed");
-                Ok(true)
+                Ok(Some(a.index))
             }
             Ok(a) => {
                 tracing::debug!(result = ?a.result, "check status not applied");
-                Ok(false)
+                Ok(None)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not propose a check status");
@@ -370,7 +372,7 @@ impl CheckRunner {
     ) -> bool {
         matches!(
             self.propose_status(key, inst, check, status, output).await,
-            Ok(true)
+            Ok(Some(_))
         )
     }
 
@@ -425,14 +427,15 @@ impl CheckRunner {
                         metrics::counter!("muster_check_runs_total", "kind" => kind).increment(1);
                         deadline = Instant::now() + interval;
                         let answer = if reported == status {
-                            Ok(())
+                            // Committed already, at or before what is applied here.
+                            Ok(crate::catalog(&self.node).applied_index())
                         } else {
                             match self.propose_status(&key, &inst, &check, reported, &output).await {
-                                Ok(true) => {
+                                Ok(Some(index)) => {
                                     status = reported;
-                                    Ok(())
+                                    Ok(index)
                                 }
-                                Ok(false) => Err(ReportError::Missing),
+                                Ok(None) => Err(ReportError::Missing),
                                 Err(e) => Err(ReportError::Unwritten(e)),
                             }
                         };

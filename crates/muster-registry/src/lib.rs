@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLockReadGuard};
 use std::time::Duration;
 
 use muster_catalog::{Catalog, Check, Command, Done, Instance, InstanceData, LeaseRef};
-use muster_raft::{Node, RaftConfig};
+use muster_raft::{Node, ProposeError, RaftConfig};
 use muster_types::{CheckKind, FieldError, Health, limits};
 use rand::Rng;
 use tokio::sync::{mpsc, watch as tokio_watch};
@@ -398,11 +398,15 @@ impl Registry {
                 Node::open_cluster(raft_config, observer, cluster, listener).await?
             }
         };
-        node.set_leader_service(Arc::new(LeaderRenewals(leases.clone())));
         node.wait_ready(config.startup_timeout).await?;
 
         let (stop_tx, stop_rx) = tokio_watch::channel(false);
         let checks = CheckRunner::new(node.clone(), config.check_concurrency);
+        // Until set, what followers forward waits for it (as for a leader).
+        node.set_leader_service(Arc::new(LeaderCalls {
+            leases: leases.clone(),
+            checks: checks.clone(),
+        }));
         let tasks = vec![
             tokio::spawn(reconcile_checks(
                 checks.clone(),
@@ -1037,12 +1041,36 @@ impl Registry {
         validate_key(key)?;
         muster_types::validate_instance_id(id)?;
         let output = muster_types::truncate_output(&output);
-        match self
+        let local = self
             .inner
             .checks
-            .report(key, id, check, status, output)
-            .await
-        {
+            .report(key, id, check, status, output.clone())
+            .await;
+        let result = match local {
+            // A follower: the leader runs the checks.
+            Err(ReportError::NotLeader) if self.inner.node.is_clustered() => {
+                self.writable()?;
+                let report = muster_raft::CheckReport {
+                    namespace: key.namespace.to_string(),
+                    service: key.service.to_string(),
+                    id: id.to_string(),
+                    check: check.to_string(),
+                    status,
+                    output,
+                };
+                match self.inner.node.report_on_leader(report).await? {
+                    muster_raft::ReportAnswer::Done { .. } => Ok(()),
+                    muster_raft::ReportAnswer::Missing => Err(ReportError::Missing),
+                    muster_raft::ReportAnswer::NotTtl => Err(ReportError::NotTtl),
+                    muster_raft::ReportAnswer::NotLeader => Err(ReportError::NotLeader),
+                    muster_raft::ReportAnswer::Failed(m) => {
+                        Err(ReportError::Unwritten(ProposeError::Fatal(m)))
+                    }
+                }
+            }
+            r => r.map(|_| ()),
+        };
+        match result {
             Ok(()) => Ok(()),
             Err(ReportError::Missing) => Err(RegistryError::CheckNotFound {
                 id: id.to_string(),
@@ -1204,13 +1232,17 @@ async fn reconcile_checks(
     }
 }
 
-/// Renewals forwarded by followers, answered from this node's lease table.
-struct LeaderRenewals(Arc<LeaseManager>);
+/// Calls followers forward to the leader: renewals, answered from its
+/// lease table, and TTL reports, made to its check runner.
+struct LeaderCalls {
+    leases: Arc<LeaseManager>,
+    checks: Arc<CheckRunner>,
+}
 
-impl muster_raft::LeaderService for LeaderRenewals {
+impl muster_raft::LeaderService for LeaderCalls {
     fn renew(&self, ids: &[u64]) -> Vec<muster_raft::Renewal> {
         ids.iter()
-            .map(|&id| match self.0.renew(id) {
+            .map(|&id| match self.leases.renew(id) {
                 Ok(ttl) => muster_raft::Renewal::Renewed {
                     ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
                 },
@@ -1218,6 +1250,30 @@ impl muster_raft::LeaderService for LeaderRenewals {
                 Err(RenewError::NotLeader) => muster_raft::Renewal::NotLeader,
             })
             .collect()
+    }
+
+    fn report(
+        &self,
+        r: muster_raft::CheckReport,
+    ) -> std::pin::Pin<Box<dyn Future<Output = muster_raft::ReportAnswer> + Send + '_>> {
+        use muster_raft::ReportAnswer;
+        Box::pin(async move {
+            let key = ServiceKey::new(r.namespace.as_str(), r.service.as_str());
+            match self
+                .checks
+                .report(&key, &r.id, &r.check, r.status, r.output)
+                .await
+            {
+                Ok(index) => ReportAnswer::Done { index },
+                Err(ReportError::Missing) => ReportAnswer::Missing,
+                Err(ReportError::NotTtl) => ReportAnswer::NotTtl,
+                Err(ReportError::NotLeader)
+                | Err(ReportError::Unwritten(ProposeError::NotLeader { .. })) => {
+                    ReportAnswer::NotLeader
+                }
+                Err(ReportError::Unwritten(e)) => ReportAnswer::Failed(e.to_string()),
+            }
+        })
     }
 }
 

@@ -54,7 +54,7 @@ use tokio::time::Instant;
 use self::client::{CallError, Http, path};
 use crate::batcher::Proposal;
 use crate::types::Raft;
-use crate::{Applied, LeaderService, ProposeError, Renewal};
+use crate::{Applied, CheckReport, LeaderService, ProposeError, Renewal, ReportAnswer};
 
 /// How long a write waits for a leader (an election, an unreachable
 /// leader) before it fails with `NotLeader`.
@@ -319,6 +319,48 @@ impl Shared {
             }
         })
         .await
+    }
+
+    /// Records a TTL check report on the leader (it runs the checks),
+    /// answered once this node applied the status. Sent again on any
+    /// failure: reporting a status twice sets it once.
+    pub(crate) async fn report(&self, report: CheckReport) -> Result<ReportAnswer, ProposeError> {
+        let body = wire::encode(&report).map_err(ProposeError::Fatal)?;
+        let answer = self
+            .on_leader(|leader| {
+                let (body, report) = (body.clone(), report.clone());
+                async move {
+                    let answer = match leader {
+                        None | Some((_, None)) => return Attempt::Retry,
+                        Some((l, _)) if l == self.node_id => match self.leader_service.get() {
+                            Some(s) => s.report(report).await,
+                            None => return Attempt::Retry,
+                        },
+                        Some((l, Some(addr))) => {
+                            match self
+                                .http
+                                .call(&addr, &path(l, "report"), body, FORWARD_TIMEOUT)
+                                .await
+                            {
+                                Ok(answer) => answer,
+                                Err(e) => {
+                                    tracing::debug!(leader = l, error = %e, "forwarded check report failed");
+                                    return Attempt::Retry;
+                                }
+                            }
+                        }
+                    };
+                    match answer {
+                        ReportAnswer::NotLeader => Attempt::Retry,
+                        a => Attempt::Done(Ok(a)),
+                    }
+                }
+            })
+            .await?;
+        if let ReportAnswer::Done { index } = answer {
+            self.wait_applied(index).await;
+        }
+        Ok(answer)
     }
 
     /// The HTTP address of every member known so far.

@@ -43,6 +43,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/raft/{to}/snapshot", post(snapshot))
         .route("/raft/{to}/forward", post(forward))
         .route("/raft/{to}/renew", post(renew))
+        .route("/raft/{to}/report", post(report))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
@@ -153,4 +154,21 @@ async fn renew(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) -
         _ => wire::RenewReply::NotLeader { leader },
     };
     cbor(&reply)
+}
+
+/// TTL check reports a follower forwards: the leader runs the checks.
+async fn report(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) -> Response {
+    if let Err(r) = check_to(&s, to) {
+        return r;
+    }
+    let req: crate::CheckReport = match wire::decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let leader = s.raft.metrics().borrow().current_leader;
+    let answer = match s.leader_service.get() {
+        Some(service) if leader == Some(s.node_id) => service.report(req).await,
+        _ => crate::ReportAnswer::NotLeader,
+    };
+    cbor(&answer)
 }

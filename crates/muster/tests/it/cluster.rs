@@ -316,6 +316,48 @@ async fn three_nodes_form_in_any_order_and_a_follower_takes_writes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // A TTL report to a follower is made on the leader (which runs the
+    // checks) and answered once the follower applied the status: it reads
+    // it at once, even sent right after the registration.
+    let ttl_instance = c
+        .agent(follower)
+        .url("/v1/services/payments/instances/ttl-1");
+    let r = client
+        .put(&ttl_instance)
+        .json(&json!({"address": "10.0.0.3", "port": 8080,
+            "checks": [{"id": "alive", "ttl": "30s"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for status in ["pass", "warn", "fail", "pass"] {
+        let r = client
+            .put(format!("{ttl_instance}/checks/alive/{status}"))
+            .json(&json!({"output": status}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "{status}: {}",
+            r.text().await.unwrap()
+        );
+        let v: Value = client
+            .get(&ttl_instance)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let want = match status {
+            "pass" => "passing",
+            "warn" => "warning",
+            _ => "critical",
+        };
+        assert_eq!(v["checks"][0]["status"], want, "after {status}: {v}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
