@@ -16,6 +16,7 @@ EXPECTED = {
     "ClientClosedError",
     "Config",
     "ConfigError",
+    "ConnectionState",
     "Discovered",
     "DiscoveryError",
     "FlaskMuster",

@@ -19,6 +19,7 @@ Map of the package (all modules private; public names are re-exported here):
 - ``_balance``: balancers and failure ejection.
 - ``_checks``: :class:`Check` (health checks of a registration) and :class:`CheckState`.
 - ``_transport``: httpx transports.
+- ``_state``: :class:`ConnectionState`, the client's session with the registry.
 - ``_integrations``: FastAPI lifespan and Flask extension.
 - ``_config``, ``_types``, ``_exceptions``, ``_semver``: settings, values, errors, version ranges.
 """
@@ -60,6 +61,7 @@ from ._exceptions import (
 )
 from ._integrations import FlaskMuster, get_client, muster_lifespan
 from ._semver import version_matches
+from ._state import ConnectionState
 from ._sync import MusterClient
 from ._transport import AsyncMusterTransport, MusterTransport
 from ._types import Discovered, Instance, Lease, Query, WatchEvent
@@ -76,6 +78,7 @@ __all__ = [
     "ClientClosedError",
     "Config",
     "ConfigError",
+    "ConnectionState",
     "Discovered",
     "DiscoveryError",
     "FlaskMuster",

@@ -63,6 +63,7 @@ from ._exceptions import (
     RegistryUnavailableError,
     StaleDataError,
 )
+from ._state import ConnectionListener, ConnectionState, _Session
 from ._types import (
     RANGE_OPERATORS,
     Discovered,
@@ -468,6 +469,7 @@ class AsyncMusterClient:
         self._lease: Optional[Lease] = None
         self._renewer: Optional[asyncio.Task[None]] = None
         self._reg_lock: Optional[asyncio.Lock] = None
+        self._session = _Session(self.config.ttl)
         self._closed = False
         self._atexit_installed = False
         self._pid = os.getpid()
@@ -496,6 +498,10 @@ class AsyncMusterClient:
         self._lease = None
         self._renewer = None
         self._reg_lock = None
+        # No lease in the child: Idle again, heard by the same listeners.
+        session = _Session(self.config.ttl)
+        session.listeners = self._session.listeners
+        self._session = session
         self.stats = Stats()
         self._uninstall_atexit()
         self._id_prefix = sanitize_id(f"{socket.gethostname()}-{self._pid}")
@@ -516,6 +522,31 @@ class AsyncMusterClient:
     def lease(self) -> Optional[Lease]:
         """The lease holding this client's instances, once something is registered."""
         return self._lease
+
+    @property
+    def connection_state(self) -> ConnectionState:
+        """The client's session with the registry, as its lease renewals see it.
+
+        ``IDLE`` until something is registered, then ``CONNECTED``,
+        ``SUSPENDED`` while renewals fail for less than a TTL, ``LOST`` once
+        the lease is gone or may be; see :class:`ConnectionState`.
+        """
+        return self._session.state
+
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        """Calls ``listener(state)`` on every change of :attr:`connection_state`.
+
+        Listeners run on the client's event loop (for :class:`MusterClient`,
+        its background thread), so they must return quickly and never block.
+        An exception in a listener is logged and swallowed.
+        """
+        if listener not in self._session.listeners:
+            self._session.listeners.append(listener)
+
+    def remove_connection_listener(self, listener: ConnectionListener) -> None:
+        """Stops calling a listener given to :meth:`add_connection_listener`."""
+        if listener in self._session.listeners:
+            self._session.listeners.remove(listener)
 
     async def aclose(self) -> None:
         """Deregisters every instance of this client (revoking its lease) and stops watches."""
@@ -611,6 +642,7 @@ class AsyncMusterClient:
                     lease = await self._new_lease()
                     await self.backend.register(service, handle.id, reg, lease.id)
                 self._pending.discard(handle.key)
+                self._session.reached()
             except RegistryUnavailableError as e:
                 if not defer:
                     raise
@@ -716,6 +748,7 @@ class AsyncMusterClient:
                         await self.backend.register(h.service, h.id, h.registration, lease.id)
                     self._pending.discard(key)
                     log.info("registered %s/%s: the registry is reachable", *key)
+                    self._session.reached()
         except LeaseNotFoundError:
             # The lease was lost meanwhile: everything again, under a new one.
             await self._reregister_all()
@@ -750,6 +783,7 @@ class AsyncMusterClient:
                     self.stats.reregistrations -= 1
                     raise
             log.info("lease lost: re-registered %d instance(s)", len(self._registered))
+            self._session.reached()
 
     async def _renew_forever(self) -> None:
         ttl = self.config.ttl
@@ -765,6 +799,7 @@ class AsyncMusterClient:
                     await self._register_pending()
                 except MusterError as e:
                     retry_soon = True
+                    self._session.missed(isinstance(e, LeaseNotFoundError))
                     log.debug("deferred registration still waits for the registry: %r", e)
                     continue
                 retry_soon = False
@@ -776,18 +811,22 @@ class AsyncMusterClient:
             try:
                 await self.backend.renew_lease(lease.id)
                 self.stats.renewals += 1
+                self._session.reached()
                 retry_soon = False
             except LeaseNotFoundError:
+                self._session.missed(lost=True)
                 try:
                     await self._reregister_all()
                     self._pending.clear()
                     retry_soon = False
                 except MusterError as e:
                     self.stats.renewal_failures += 1
+                    self._session.missed(isinstance(e, LeaseNotFoundError))
                     retry_soon = True
                     log.warning("re-registration failed: %r", e)
             except MusterError as e:
                 self.stats.renewal_failures += 1
+                self._session.missed(lost=False)
                 retry_soon = True
                 log.warning("lease renewal failed: %r", e)
 
