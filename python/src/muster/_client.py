@@ -452,6 +452,7 @@ class AsyncMusterClient:
             retries=self.config.retries,
             backoff_initial=self.config.backoff_initial,
             backoff_max=self.config.backoff_max,
+            watch_queries_per_stream=self.config.watch_queries_per_stream,
         )
         """The registry backend."""
         self.stats = Stats()
