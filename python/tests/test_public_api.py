@@ -49,6 +49,8 @@ EXPECTED = {
     "Weighted",
     "ZoneAware",
     "__version__",
+    "enable_prometheus",
+    "enable_tracing",
     "get_client",
     "make_balancer",
     "muster_lifespan",

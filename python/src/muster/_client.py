@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Any, Callable, Optional, Union
 
+from . import _metrics, _tracing
 from ._backends import (
     Backend,
     MusterBackend,
@@ -86,6 +87,7 @@ _INHERITED: list[object] = []
 
 
 def _after_fork_in_child() -> None:
+    _metrics.after_fork_in_child()
     for client in list(_CLIENTS):
         client._after_fork_in_child()
 
@@ -475,6 +477,7 @@ class AsyncMusterClient:
         self._atexit_installed = False
         self._pid = os.getpid()
         self._id_prefix = sanitize_id(f"{socket.gethostname()}-{self._pid}")
+        self._metrics_finalizer = _metrics.track_client(self)
         _CLIENTS.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -504,6 +507,8 @@ class AsyncMusterClient:
         session.listeners = self._session.listeners
         self._session = session
         self.stats = Stats()
+        self._metrics_finalizer.detach()
+        self._metrics_finalizer = _metrics.track_client(self)
         self._uninstall_atexit()
         self._id_prefix = sanitize_id(f"{socket.gethostname()}-{self._pid}")
 
@@ -568,6 +573,11 @@ class AsyncMusterClient:
         self._uninstall_atexit()
         if self._owns_backend:
             await self.backend.aclose()
+
+    def _watch_streams(self) -> int:
+        """Watch streams open now (for the metrics)."""
+        n = getattr(self.backend, "_open_streams", None)
+        return n if isinstance(n, int) else len(self._mux.streams)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -634,22 +644,26 @@ class AsyncMusterClient:
             checks=tuple(checks),
         )
         handle = Registered(service, instance_id or self.new_instance_id(service), reg)
-        async with self._lock():
-            try:
-                lease = await self._ensure_lease()
+        attrs = {"muster.service": service, "muster.instance.id": handle.id}
+        with _tracing.registry_span("muster register", attrs):
+            async with self._lock():
                 try:
-                    await self.backend.register(service, handle.id, reg, lease.id)
-                except LeaseNotFoundError:
-                    lease = await self._new_lease()
-                    await self.backend.register(service, handle.id, reg, lease.id)
-                self._pending.discard(handle.key)
-                self._session.reached()
-            except RegistryUnavailableError as e:
-                if not defer:
-                    raise
-                self._pending.add(handle.key)
-                log.warning("registry unreachable, %s/%s registers once it is: %r", *handle.key, e)
-            self._registered[handle.key] = handle
+                    lease = await self._ensure_lease()
+                    try:
+                        await self.backend.register(service, handle.id, reg, lease.id)
+                    except LeaseNotFoundError:
+                        lease = await self._new_lease()
+                        await self.backend.register(service, handle.id, reg, lease.id)
+                    self._pending.discard(handle.key)
+                    self._session.reached()
+                except RegistryUnavailableError as e:
+                    if not defer:
+                        raise
+                    self._pending.add(handle.key)
+                    log.warning(
+                        "registry unreachable, %s/%s registers once it is: %r", *handle.key, e
+                    )
+                self._registered[handle.key] = handle
         self._install_atexit()
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
@@ -810,7 +824,8 @@ class AsyncMusterClient:
             if lease is None or not self._registered:
                 continue
             try:
-                await self.backend.renew_lease(lease.id)
+                with _tracing.registry_span("muster renew", {"muster.lease.id": lease.id}):
+                    await self.backend.renew_lease(lease.id)
                 self.stats.renewals += 1
                 self._session.reached()
                 retry_soon = False
@@ -965,6 +980,12 @@ class AsyncMusterClient:
             w = self._mux.new_watch(service, query)
             self._by_query[(service, query)] = w
         self._watches[key] = w
+        with _tracing.registry_span("muster discover", {"muster.service": service}):
+            return await self._first_answer(key, w)
+
+    async def _first_answer(self, key: tuple[Any, ...], w: _Watch) -> _Watch:
+        """Waits for a new lookup's first answer (up to ``initial_wait``)."""
+        service = w.service
         deadline = time.monotonic() + self.config.initial_wait
         while w.result is None:
             if w.first_error is not None or w.done:
