@@ -185,3 +185,15 @@ async def test_a_registry_taking_fewer_queries_per_stream_gets_them_over_several
             await metric_becomes(server, "muster_watch_streams", 6)
     finally:
         server.close()
+
+
+async def test_close_just_as_the_watch_driver_wakes_returns_at_once(server: MusterServer) -> None:
+    """close() cancels the watch's driver just as a change of lookups (one
+    refused or evicted) woke it: Python 3.11's wait_for then swallows the
+    cancellation, and the driver went back to sleep for its sweep period (up
+    to 60 s) while close() waited for it. Closing a client right after a
+    refused lookup hit it; here the wake-up comes from the driver's own hook."""
+    c = muster.AsyncMusterClient(server.url)
+    await c.discover("anything")
+    c._mux.wake()
+    await asyncio.wait_for(c.aclose(), 5)

@@ -282,6 +282,7 @@ class _Mux:
         self.streams: list[_Stream] = []
         self.last_change: Optional[float] = None
         self.next_id = 0
+        self.closed = False
         self.driver: Optional[asyncio.Task[None]] = None
         self._wake: Optional[asyncio.Event] = None
 
@@ -305,6 +306,9 @@ class _Mux:
             self._wake.set()
 
     async def close(self) -> None:
+        # The flag ends the driver even when Python 3.11's wait_for swallows
+        # its cancellation (a wake-up and the cancel in the same loop turn).
+        self.closed = True
         tasks = [s.task for s in self.streams]
         if self.driver is not None:
             tasks.append(self.driver)
@@ -318,7 +322,7 @@ class _Mux:
         period = min(max(idle / 4, 0.05), 60.0)
         next_sweep = time.monotonic() + period
         self._wake = asyncio.Event()
-        while True:
+        while not self.closed:
             self._wake.clear()
             due = self.arrange()
             now = time.monotonic()
