@@ -9,7 +9,6 @@ import logging
 import os
 import queue
 import shutil
-import time
 
 import pytest
 
@@ -61,11 +60,10 @@ async def test_killed_registry_suspends_then_loses_and_a_restart_reconnects(
         assert await events.anext(5) is S.CONNECTED
         assert c.connection_state is S.CONNECTED
 
-        killed = time.monotonic()
         server.stop(kill=True)
-        # Within a TTL of the last renewal: the instance is still there.
+        # The first failed renewal, within a TTL of the last accepted one:
+        # the instance is still there.
         assert await events.anext(5) is S.SUSPENDED
-        assert time.monotonic() - killed < 1.0
         # A whole TTL without a renewal: the lease may have expired.
         assert await events.anext(10) is S.LOST
         assert c.connection_state is S.LOST
