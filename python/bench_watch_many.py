@@ -18,7 +18,8 @@ once (``discover("svc-<i>")``, gathered). Reported per run:
   connections (``muster_http_connections``, the one reading ``/metrics``
   included);
 - the client process's resident memory before the client was made and
-  after all lookups are answered and merged.
+  after all lookups are answered and merged (each run in a fresh Python
+  process, so that runs do not share a heap).
 
 Every wait has a deadline (``--timeout``); the run fails rather than hangs.
 """
@@ -28,9 +29,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -155,14 +158,29 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=1000, help="services looked up (default 1000)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=60.0, help="deadline of one run, seconds")
+    ap.add_argument("--one", action="store_true", help="one run here, its figures as JSON")
     args = ap.parse_args()
+    if args.one:
+        print(json.dumps(asyncio.run(one_run(args.bin, args.n, args.timeout))))
+        return
     print(
         f"| run | all {args.n:,} answered | on one stream | watch streams (queries) "
         "| server connections | client RSS before → after |"
     )
     print("|---|---|---|---|---|---|")
     for run in range(1, args.runs + 1):
-        r = asyncio.run(one_run(args.bin, args.n, args.timeout))
+        child = subprocess.run(
+            [
+                *(sys.executable, __file__, "--one", "--bin", args.bin),
+                *("-n", str(args.n), "--timeout", str(args.timeout)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=args.timeout + 30,
+        )
+        if child.returncode != 0:
+            raise SystemExit(f"run {run} failed:\n{child.stderr}")
+        r = json.loads(child.stdout)
         print(
             f"| {run} | {r['answered_ms']:.0f} ms | {r['merged_ms']:.0f} ms "
             f"| {r['streams']:.0f} ({r['queries']:,.0f}) | {r['connections']:.0f} "
