@@ -21,9 +21,15 @@ MUSTER_BIN = os.environ.get("MUSTER_BIN") or str(REPO / "target" / "debug" / "mu
 class MusterServer:
     """A ``muster agent`` process on 127.0.0.1, on a port of its own choosing."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: str = "") -> None:
+        """``config``: the agent's configuration file (TOML), if any."""
         self.dir = tempfile.mkdtemp(prefix="muster-py-")
         self.url = ""
+        self._args: list[str] = []
+        if config:
+            path = os.path.join(self.dir, "muster.toml")
+            Path(path).write_text(config)
+            self._args = ["--config", path]
         self._proc: subprocess.Popen[str] | None = None
         self.start()
 
@@ -40,6 +46,7 @@ class MusterServer:
                 # Tests start and drop many leases at once; keep expiry plain.
                 "--self-preservation-threshold",
                 "1",
+                *self._args,
             ],
             stdout=subprocess.PIPE,
             stderr=log,

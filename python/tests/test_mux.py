@@ -153,3 +153,47 @@ def test_lookup_idle_timeout_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert muster.Config.from_env(lookup_idle_timeout="2m").lookup_idle_timeout == 120.0
     with pytest.raises(muster.ConfigError):
         muster.Config(lookup_idle_timeout=0)
+
+
+async def test_a_registry_taking_fewer_queries_per_stream_gets_them_over_several() -> None:
+    """The registry's `watch_max_queries` is 4: a watch of 10 lookups is refused
+    as too large (`too_many_queries`), so the client halves its streams until
+    they pass (10 -> 5 -> 2 per stream), keeps that size, and every lookup
+    stays answered and fresh."""
+    server = MusterServer(config="watch_max_queries = 4\n")
+    try:
+        async with (
+            muster.AsyncMusterClient(server.url) as writer,
+            muster.AsyncMusterClient(server.url) as caller,
+        ):
+            await writer.register("svc-3", 9003, address="127.0.0.1")
+            found = await asyncio.gather(*(caller.discover(f"svc-{i}") for i in range(10)))
+            assert [len(r) for r in found] == [1 if i == 3 else 0 for i in range(10)]
+            await metric_becomes(server, "muster_watch_queries", 10)
+            await metric_becomes(server, "muster_watch_streams", 6)  # 2+2+1, twice
+            # Changes still arrive, and no lookup was dropped and started again.
+            misses = caller.stats.cache_misses
+            await writer.register("svc-9", 9009, address="127.0.0.1")
+            await caller.wait_for("svc-9", lambda r: len(r) == 1, timeout=10)
+            for i in range(10):
+                assert not (await caller.discover(f"svc-{i}")).stale
+            assert caller.stats.cache_misses == misses
+            # Lookups added later are merged in with the size learned: 2 per stream.
+            await caller.discover("svc-10")
+            await caller.discover("svc-11")
+            await metric_becomes(server, "muster_watch_queries", 12)
+            await metric_becomes(server, "muster_watch_streams", 6)
+    finally:
+        server.close()
+
+
+async def test_close_just_as_the_watch_driver_wakes_returns_at_once(server: MusterServer) -> None:
+    """close() cancels the watch's driver just as a change of lookups (one
+    refused or evicted) woke it: Python 3.11's wait_for then swallows the
+    cancellation, and the driver went back to sleep for its sweep period (up
+    to 60 s) while close() waited for it. Closing a client right after a
+    refused lookup hit it; here the wake-up comes from the driver's own hook."""
+    c = muster.AsyncMusterClient(server.url)
+    await c.discover("anything")
+    c._mux.wake()
+    await asyncio.wait_for(c.aclose(), 5)

@@ -501,6 +501,13 @@ class World:
             rereg = k.int("reregistrations")
             if rereg is not None and stats.reregistrations != rereg:
                 diffs.append(f"{stats.reregistrations} reregistrations, not {rereg}")
+            connection = k.get("connection", str)
+            if connection is not None:
+                state = self.client(k).connection_state.value
+                if connection not in ("idle", "connected", "suspended", "lost"):
+                    raise k.fail(f"unknown connection state {connection!r}")
+                if state != connection:
+                    diffs.append(f"connection {state}, not {connection}")
             return f"lease: {'; '.join(diffs)}" if diffs else None
         if look == "peer":
             name = k.req("name")

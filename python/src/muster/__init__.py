@@ -19,6 +19,9 @@ Map of the package (all modules private; public names are re-exported here):
 - ``_balance``: balancers and failure ejection.
 - ``_checks``: :class:`Check` (health checks of a registration) and :class:`CheckState`.
 - ``_transport``: httpx transports.
+- ``_state``: :class:`ConnectionState`, the client's session with the registry.
+- ``_metrics``, ``_tracing``: :func:`enable_prometheus` and :func:`enable_tracing`,
+  the optional extras (their libraries imported only when enabled).
 - ``_integrations``: FastAPI lifespan and Flask extension.
 - ``_config``, ``_types``, ``_exceptions``, ``_semver``: settings, values, errors, version ranges.
 """
@@ -59,8 +62,11 @@ from ._exceptions import (
     StaleDataError,
 )
 from ._integrations import FlaskMuster, get_client, muster_lifespan
+from ._metrics import enable_prometheus
 from ._semver import version_matches
+from ._state import ConnectionState
 from ._sync import MusterClient
+from ._tracing import enable_tracing
 from ._transport import AsyncMusterTransport, MusterTransport
 from ._types import Discovered, Instance, Lease, Query, WatchEvent
 
@@ -76,6 +82,7 @@ __all__ = [
     "ClientClosedError",
     "Config",
     "ConfigError",
+    "ConnectionState",
     "Discovered",
     "DiscoveryError",
     "FlaskMuster",
@@ -108,6 +115,8 @@ __all__ = [
     "Weighted",
     "ZoneAware",
     "__version__",
+    "enable_prometheus",
+    "enable_tracing",
     "get_client",
     "make_balancer",
     "muster_lifespan",

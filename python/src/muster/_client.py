@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Any, Callable, Optional, Union
 
+from . import _metrics, _tracing
 from ._backends import (
     Backend,
     MusterBackend,
@@ -63,6 +64,7 @@ from ._exceptions import (
     RegistryUnavailableError,
     StaleDataError,
 )
+from ._state import ConnectionListener, ConnectionState, _Session
 from ._types import (
     RANGE_OPERATORS,
     Discovered,
@@ -85,6 +87,7 @@ _INHERITED: list[object] = []
 
 
 def _after_fork_in_child() -> None:
+    _metrics.after_fork_in_child()
     for client in list(_CLIENTS):
         client._after_fork_in_child()
 
@@ -279,6 +282,7 @@ class _Mux:
         self.streams: list[_Stream] = []
         self.last_change: Optional[float] = None
         self.next_id = 0
+        self.closed = False
         self.driver: Optional[asyncio.Task[None]] = None
         self._wake: Optional[asyncio.Event] = None
 
@@ -302,6 +306,9 @@ class _Mux:
             self._wake.set()
 
     async def close(self) -> None:
+        # The flag ends the driver even when Python 3.11's wait_for swallows
+        # its cancellation (a wake-up and the cancel in the same loop turn).
+        self.closed = True
         tasks = [s.task for s in self.streams]
         if self.driver is not None:
             tasks.append(self.driver)
@@ -315,7 +322,7 @@ class _Mux:
         period = min(max(idle / 4, 0.05), 60.0)
         next_sweep = time.monotonic() + period
         self._wake = asyncio.Event()
-        while True:
+        while not self.closed:
             self._wake.clear()
             due = self.arrange()
             now = time.monotonic()
@@ -451,6 +458,7 @@ class AsyncMusterClient:
             retries=self.config.retries,
             backoff_initial=self.config.backoff_initial,
             backoff_max=self.config.backoff_max,
+            watch_queries_per_stream=self.config.watch_queries_per_stream,
         )
         """The registry backend."""
         self.stats = Stats()
@@ -468,10 +476,12 @@ class AsyncMusterClient:
         self._lease: Optional[Lease] = None
         self._renewer: Optional[asyncio.Task[None]] = None
         self._reg_lock: Optional[asyncio.Lock] = None
+        self._session = _Session(self.config.ttl)
         self._closed = False
         self._atexit_installed = False
         self._pid = os.getpid()
         self._id_prefix = sanitize_id(f"{socket.gethostname()}-{self._pid}")
+        self._metrics_finalizer = _metrics.track_client(self)
         _CLIENTS.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -496,7 +506,13 @@ class AsyncMusterClient:
         self._lease = None
         self._renewer = None
         self._reg_lock = None
+        # No lease in the child: Idle again, heard by the same listeners.
+        session = _Session(self.config.ttl)
+        session.listeners = self._session.listeners
+        self._session = session
         self.stats = Stats()
+        self._metrics_finalizer.detach()
+        self._metrics_finalizer = _metrics.track_client(self)
         self._uninstall_atexit()
         self._id_prefix = sanitize_id(f"{socket.gethostname()}-{self._pid}")
 
@@ -517,6 +533,31 @@ class AsyncMusterClient:
         """The lease holding this client's instances, once something is registered."""
         return self._lease
 
+    @property
+    def connection_state(self) -> ConnectionState:
+        """The client's session with the registry, as its lease renewals see it.
+
+        ``IDLE`` until something is registered, then ``CONNECTED``,
+        ``SUSPENDED`` while renewals fail for less than a TTL, ``LOST`` once
+        the lease is gone or may be; see :class:`ConnectionState`.
+        """
+        return self._session.state
+
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        """Calls ``listener(state)`` on every change of :attr:`connection_state`.
+
+        Listeners run on the client's event loop (for :class:`MusterClient`,
+        its background thread), so they must return quickly and never block.
+        An exception in a listener is logged and swallowed.
+        """
+        if listener not in self._session.listeners:
+            self._session.listeners.append(listener)
+
+    def remove_connection_listener(self, listener: ConnectionListener) -> None:
+        """Stops calling a listener given to :meth:`add_connection_listener`."""
+        if listener in self._session.listeners:
+            self._session.listeners.remove(listener)
+
     async def aclose(self) -> None:
         """Deregisters every instance of this client (revoking its lease) and stops watches."""
         if self._closed:
@@ -536,6 +577,11 @@ class AsyncMusterClient:
         self._uninstall_atexit()
         if self._owns_backend:
             await self.backend.aclose()
+
+    def _watch_streams(self) -> int:
+        """Watch streams open now (for the metrics)."""
+        n = getattr(self.backend, "_open_streams", None)
+        return n if isinstance(n, int) else len(self._mux.streams)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -602,21 +648,26 @@ class AsyncMusterClient:
             checks=tuple(checks),
         )
         handle = Registered(service, instance_id or self.new_instance_id(service), reg)
-        async with self._lock():
-            try:
-                lease = await self._ensure_lease()
+        attrs = {"muster.service": service, "muster.instance.id": handle.id}
+        with _tracing.registry_span("muster register", attrs):
+            async with self._lock():
                 try:
-                    await self.backend.register(service, handle.id, reg, lease.id)
-                except LeaseNotFoundError:
-                    lease = await self._new_lease()
-                    await self.backend.register(service, handle.id, reg, lease.id)
-                self._pending.discard(handle.key)
-            except RegistryUnavailableError as e:
-                if not defer:
-                    raise
-                self._pending.add(handle.key)
-                log.warning("registry unreachable, %s/%s registers once it is: %r", *handle.key, e)
-            self._registered[handle.key] = handle
+                    lease = await self._ensure_lease()
+                    try:
+                        await self.backend.register(service, handle.id, reg, lease.id)
+                    except LeaseNotFoundError:
+                        lease = await self._new_lease()
+                        await self.backend.register(service, handle.id, reg, lease.id)
+                    self._pending.discard(handle.key)
+                    self._session.reached()
+                except RegistryUnavailableError as e:
+                    if not defer:
+                        raise
+                    self._pending.add(handle.key)
+                    log.warning(
+                        "registry unreachable, %s/%s registers once it is: %r", *handle.key, e
+                    )
+                self._registered[handle.key] = handle
         self._install_atexit()
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
@@ -716,6 +767,7 @@ class AsyncMusterClient:
                         await self.backend.register(h.service, h.id, h.registration, lease.id)
                     self._pending.discard(key)
                     log.info("registered %s/%s: the registry is reachable", *key)
+                    self._session.reached()
         except LeaseNotFoundError:
             # The lease was lost meanwhile: everything again, under a new one.
             await self._reregister_all()
@@ -750,6 +802,7 @@ class AsyncMusterClient:
                     self.stats.reregistrations -= 1
                     raise
             log.info("lease lost: re-registered %d instance(s)", len(self._registered))
+            self._session.reached()
 
     async def _renew_forever(self) -> None:
         ttl = self.config.ttl
@@ -765,6 +818,7 @@ class AsyncMusterClient:
                     await self._register_pending()
                 except MusterError as e:
                     retry_soon = True
+                    self._session.missed(isinstance(e, LeaseNotFoundError))
                     log.debug("deferred registration still waits for the registry: %r", e)
                     continue
                 retry_soon = False
@@ -774,20 +828,25 @@ class AsyncMusterClient:
             if lease is None or not self._registered:
                 continue
             try:
-                await self.backend.renew_lease(lease.id)
+                with _tracing.registry_span("muster renew", {"muster.lease.id": lease.id}):
+                    await self.backend.renew_lease(lease.id)
                 self.stats.renewals += 1
+                self._session.reached()
                 retry_soon = False
             except LeaseNotFoundError:
+                self._session.missed(lost=True)
                 try:
                     await self._reregister_all()
                     self._pending.clear()
                     retry_soon = False
                 except MusterError as e:
                     self.stats.renewal_failures += 1
+                    self._session.missed(isinstance(e, LeaseNotFoundError))
                     retry_soon = True
                     log.warning("re-registration failed: %r", e)
             except MusterError as e:
                 self.stats.renewal_failures += 1
+                self._session.missed(lost=False)
                 retry_soon = True
                 log.warning("lease renewal failed: %r", e)
 
@@ -925,6 +984,12 @@ class AsyncMusterClient:
             w = self._mux.new_watch(service, query)
             self._by_query[(service, query)] = w
         self._watches[key] = w
+        with _tracing.registry_span("muster discover", {"muster.service": service}):
+            return await self._first_answer(key, w)
+
+    async def _first_answer(self, key: tuple[Any, ...], w: _Watch) -> _Watch:
+        """Waits for a new lookup's first answer (up to ``initial_wait``)."""
+        service = w.service
         deadline = time.monotonic() + self.config.initial_wait
         while w.result is None:
             if w.first_error is not None or w.done:

@@ -104,6 +104,12 @@ class Config:
     """Seconds after which a lookup nobody used is evicted: its cached answer
     is dropped and its query leaves the multiplexed watch (the next lookup
     starts it again). Lookups followed by ``changes()``/``wait_for()`` stay."""
+    watch_queries_per_stream: int = 1000
+    """Most lookups carried by one multiplexed watch stream (as the Rust
+    client's ``watch_queries_per_stream``): past it, or the registry's 64 KiB
+    body limit, the watch opens one more stream. Under the registry's default
+    ``watch_max_queries`` (1024); when a registry configured lower refuses a
+    stream as too large, the client halves it by itself."""
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.ttl <= 3600.0:
@@ -116,6 +122,10 @@ class Config:
             raise ConfigError("backoff_initial must be > 0 and <= backoff_max")
         if self.lookup_idle_timeout <= 0:
             raise ConfigError(f"lookup_idle_timeout must be > 0, got {self.lookup_idle_timeout}s")
+        if self.watch_queries_per_stream < 1:
+            raise ConfigError(
+                f"watch_queries_per_stream must be at least 1, got {self.watch_queries_per_stream}"
+            )
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None, **overrides: Any) -> Config:

@@ -20,6 +20,7 @@ from ._checks import Check, CheckStatus
 from ._client import _INHERITED, AsyncMusterClient, Registered, Stats, Tags, _lookup_key
 from ._config import Config
 from ._exceptions import ClientClosedError
+from ._state import ConnectionListener, ConnectionState
 from ._types import Discovered, HealthFilter, Instance, Lease
 
 T = TypeVar("T")
@@ -127,6 +128,20 @@ class MusterClient:
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self.aio.closed
+
+    @property
+    def connection_state(self) -> ConnectionState:
+        """See :attr:`AsyncMusterClient.connection_state`."""
+        return self.aio.connection_state
+
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        """See :meth:`AsyncMusterClient.add_connection_listener`: called on the
+        client's background thread, so it must return quickly."""
+        self.aio.add_connection_listener(listener)
+
+    def remove_connection_listener(self, listener: ConnectionListener) -> None:
+        """See :meth:`AsyncMusterClient.remove_connection_listener`."""
+        self.aio.remove_connection_listener(listener)
 
     @property
     def registrations(self) -> list[Registered]:

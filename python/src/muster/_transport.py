@@ -19,11 +19,13 @@ differ only in how they call the inner transport.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Callable, Optional, cast
 
 import httpx
 
+from . import _metrics, _tracing
 from ._balance import Balancer, RoundRobin
 from ._client import AsyncMusterClient
 from ._exceptions import NoInstancesError, ServiceUnreachableError
@@ -53,6 +55,11 @@ class _Router:
         self.retries = retries
         self.filters = dict(filters or {})
         self.namespace = namespace
+        # For the metrics: calls by (service, outcome), and ejections.
+        self.lock = threading.Lock()
+        self.calls: dict[tuple[str, str], int] = {}
+        self.ejections = [0]
+        _metrics.track_router(self)
 
     def service_of(self, request: httpx.Request) -> Optional[str]:
         host = request.url.host
@@ -62,6 +69,11 @@ class _Router:
 
     def discover_kwargs(self, service: str) -> Mapping[str, Any]:
         return self.filters.get(service, {})
+
+    def begin(self, request: httpx.Request, service: str) -> _Call:
+        """A call to ``service`` starts (its span, when tracing is on)."""
+        span = _tracing.CallSpan(request, service) if _tracing.tracer is not None else None
+        return _Call(service, span)
 
     def pick(
         self, request: httpx.Request, found: Discovered, tried: set[tuple[str, str, str]]
@@ -75,18 +87,33 @@ class _Router:
         self.balancer.begin(inst)
         return inst
 
-    def rewrite(self, request: httpx.Request, inst: Instance) -> httpx.Request:
+    def rewrite(self, request: httpx.Request, inst: Instance, call: _Call) -> httpx.Request:
         # The Host header was set from the original URL and is kept as is.
         url = request.url.copy_with(host=inst.address, port=inst.port)
-        return httpx.Request(
+        sent = httpx.Request(
             request.method,
             url,
             headers=request.headers,
             stream=request.stream,
             extensions=request.extensions,
         )
+        call.attempts += 1
+        if call.span is not None:
+            call.span.attempt(sent, inst.address, inst.port, inst.id)
+        return sent
 
-    def failed(self, request: httpx.Request, inst: Instance, exc: Exception, tries: _Tries) -> bool:
+    def _count(self, service: str, outcome: str) -> None:
+        with self.lock:
+            self.calls[(service, outcome)] = self.calls.get((service, outcome), 0) + 1
+
+    def given_up(self, call: _Call, exc: BaseException) -> None:
+        """The call raises ``exc``: no instance, or no answer from the ones tried."""
+        outcome = "no_instance" if isinstance(exc, NoInstancesError) else "error"
+        self._count(call.service, outcome)
+        if call.span is not None:
+            call.span.end(outcome, call.attempts, error=exc)
+
+    def failed(self, request: httpx.Request, inst: Instance, exc: Exception, tries: _Call) -> bool:
         """Records a failure; returns whether to send the request again.
 
         ``tries`` keeps count: an instance that refused the connection is
@@ -106,13 +133,21 @@ class _Router:
             return True
         if isinstance(exc, httpx.TransportError):
             self.balancer.report_failure(inst)
+            with self.lock:
+                self.ejections[0] += 1
         if isinstance(exc, _CONNECT_ERRORS) and idempotent and tries.retried < self.retries:
             tries.retried += 1
             tries.tried.add(inst.key)
             return True
         return False
 
-    def answered(self, inst: Instance, response: httpx.Response, is_async: bool) -> httpx.Response:
+    def answered(
+        self, call: _Call, inst: Instance, response: httpx.Response, is_async: bool
+    ) -> httpx.Response:
+        outcome = "server_error" if response.status_code >= 500 else "ok"
+        self._count(call.service, outcome)
+        if call.span is not None:
+            call.span.end(outcome, call.attempts, status_code=response.status_code)
         self.balancer.report_success(inst)
         end = _Once(lambda: self.balancer.end(inst))
         stream = response.stream
@@ -131,15 +166,18 @@ class _Router:
         )
 
 
-class _Tries:
-    """What one request has been through: instances refused, retries, a resend."""
+class _Call:
+    """One call through a transport: instances refused, retries, a resend, its span."""
 
-    __slots__ = ("resent", "retried", "tried")
+    __slots__ = ("attempts", "resent", "retried", "service", "span", "tried")
 
-    def __init__(self) -> None:
+    def __init__(self, service: str, span: Optional[_tracing.CallSpan]) -> None:
+        self.service = service
+        self.span = span
         self.tried: set[tuple[str, str, str]] = set()
         self.retried = 0
         self.resent = False
+        self.attempts = 0
 
 
 class _Once:
@@ -220,17 +258,21 @@ class MusterTransport(httpx.BaseTransport):
         service = r.service_of(request)
         if service is None:
             return self._inner.handle_request(request)
-        tries = _Tries()
-        while True:
-            found = self.client.discover(service, **r.discover_kwargs(service))
-            inst = r.pick(request, found, tries.tried)
-            try:
-                response = self._inner.handle_request(r.rewrite(request, inst))
-            except Exception as e:
-                if not r.failed(request, inst, e, tries):
-                    raise
-                continue
-            return r.answered(inst, response, is_async=False)
+        call = r.begin(request, service)
+        try:
+            while True:
+                found = self.client.discover(service, **r.discover_kwargs(service))
+                inst = r.pick(request, found, call.tried)
+                try:
+                    response = self._inner.handle_request(r.rewrite(request, inst, call))
+                except Exception as e:
+                    if not r.failed(request, inst, e, call):
+                        raise
+                    continue
+                return r.answered(call, inst, response, is_async=False)
+        except BaseException as e:
+            r.given_up(call, e)
+            raise
 
     def close(self) -> None:
         self._inner.close()
@@ -266,17 +308,23 @@ class AsyncMusterTransport(httpx.AsyncBaseTransport):
         service = r.service_of(request)
         if service is None:
             return await self._inner.handle_async_request(request)
-        tries = _Tries()
-        while True:
-            found = await self.client.discover(service, **r.discover_kwargs(service))
-            inst = r.pick(request, found, tries.tried)
-            try:
-                response = await self._inner.handle_async_request(r.rewrite(request, inst))
-            except Exception as e:
-                if not r.failed(request, inst, e, tries):
-                    raise
-                continue
-            return r.answered(inst, response, is_async=True)
+        call = r.begin(request, service)
+        try:
+            while True:
+                found = await self.client.discover(service, **r.discover_kwargs(service))
+                inst = r.pick(request, found, call.tried)
+                try:
+                    response = await self._inner.handle_async_request(
+                        r.rewrite(request, inst, call)
+                    )
+                except Exception as e:
+                    if not r.failed(request, inst, e, call):
+                        raise
+                    continue
+                return r.answered(call, inst, response, is_async=True)
+        except BaseException as e:
+            r.given_up(call, e)
+            raise
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use muster_client::{
-    Backoff, Balancer, Client, Discovery, Error, HealthFilter, InstanceSpec, Registration,
-    Strategy, Timeouts,
+    Backoff, Balancer, Client, ConnectionState, Discovery, Error, HealthFilter, InstanceSpec,
+    Registration, Strategy, Timeouts,
 };
 use muster_types::parse_duration;
 use tempfile::TempDir;
@@ -43,6 +43,7 @@ macro_rules! scenarios {
 scenarios!(
     bad_request_not_unavailable,
     balancer_distribution,
+    connection_state,
     every_instance_ejected,
     lease_lost_reregisters,
     register_visible,
@@ -811,6 +812,20 @@ impl World {
                         "{} reregistrations, not {n}",
                         status.reregistrations
                     ));
+                }
+                if let Some(want) = keys.str("connection") {
+                    let state = match *self.client(keys).connection_state().borrow() {
+                        ConnectionState::Idle => "idle",
+                        ConnectionState::Connected => "connected",
+                        ConnectionState::Suspended => "suspended",
+                        ConnectionState::Lost => "lost",
+                    };
+                    if !["idle", "connected", "suspended", "lost"].contains(&want.as_str()) {
+                        keys.fail(format!("unknown connection state {want:?}"));
+                    }
+                    if state != want {
+                        diffs.push(format!("connection {state}, not {want}"));
+                    }
                 }
                 if diffs.is_empty() {
                     Ok(())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import socket
@@ -34,16 +35,15 @@ from ._base import (
 # The server sends an SSE comment every 15 s; three missed ones mean the
 # connection is dead even if TCP has not noticed.
 _WATCH_READ_TIMEOUT = 45.0
+log = logging.getLogger("muster")
 # Connection pools inherited by a forked child: the parent's sockets. Kept
 # referenced (never closed nor collected in the child), so nothing the child
 # does can touch the parent's connections.
 _INHERITED: list[httpx.AsyncClient] = []
 # Statuses that say "this node cannot serve now; another may".
 _FAILOVER_STATUSES = frozenset({502, 503, 504})
-# Limits of one multiplexed watch (POST /v1/watch): the registry's default
-# `watch_max_queries`, and its 64 KiB body limit less room for the envelope.
-# A larger set goes over several streams.
-_MAX_QUERIES_PER_STREAM = 1024
+# The registry's 64 KiB body limit less room for the envelope: a larger set of
+# queries goes over several multiplexed watch streams (POST /v1/watch).
 _BODY_BUDGET = 64 * 1024 - 1024
 _FIELD_OF_QUERY = re.compile(r"^queries\[(\d+)\](?:\.(.+))?$")
 
@@ -61,7 +61,9 @@ class MusterBackend(Backend):
     Watch streams use a connection pool of their own: however many are open,
     lease renewal and the other calls always get a connection. All lookups
     of a client share one multiplexed stream (:meth:`watch_many`), so that
-    pool holds one connection (one more per 1,024 queries).
+    pool holds one connection (one more per ``watch_queries_per_stream``
+    queries, 1,000 by default, halved each time the registry refuses a
+    stream as too large: it caps them with ``watch_max_queries``).
     """
 
     def __init__(
@@ -74,12 +76,16 @@ class MusterBackend(Backend):
         retries: int = 3,
         backoff_initial: float = 0.1,
         backoff_max: float = 0.5,
+        watch_queries_per_stream: int = 1000,
     ) -> None:
         if not addresses:
             raise ValueError("at least one registry address is needed")
         if retries < 1:
             raise ValueError("retries must be at least 1")
         self._retries = retries
+        self._per_stream = max(1, watch_queries_per_stream)
+        # Watch streams open now (for the client's metrics).
+        self._open_streams = 0
         self._backoff = (backoff_initial, backoff_max)
         self.addresses = tuple(a.rstrip("/") for a in addresses)
         """Registry base URLs."""
@@ -317,17 +323,21 @@ class MusterBackend(Backend):
         raise RegistryUnavailableError(f"watch of {service!r} lost: {last!r}") from last
 
     def watch_many(self, queries: Sequence[WatchQuery]) -> AsyncIterator[tuple[str, WatchEvent]]:
+        return merge_streams([self._watch_stream(c) for c in self._chunks(queries)])
+
+    def _chunks(self, queries: Sequence[WatchQuery]) -> list[list[WatchQuery]]:
+        """The queries in as few streams as the limits allow."""
         chunks: list[list[WatchQuery]] = []
         size = 0
         for q in queries:
             n = len(json.dumps(_watch_query(q))) + 1
-            if chunks and len(chunks[-1]) < _MAX_QUERIES_PER_STREAM and size + n <= _BODY_BUDGET:
+            if chunks and len(chunks[-1]) < self._per_stream and size + n <= _BODY_BUDGET:
                 chunks[-1].append(q)
                 size += n
             else:
                 chunks.append([q])
                 size = n
-        return merge_streams([self._watch_stream(c) for c in chunks])
+        return chunks
 
     async def _watch_stream(
         self, queries: Sequence[WatchQuery]
@@ -354,14 +364,33 @@ class MusterBackend(Backend):
                         continue
                     if r.status_code >= 400:
                         await r.aread()
-                        raise _refusal(queries, error_from_response(r.status_code, _json(r)))
+                        refused = error_from_response(r.status_code, _json(r))
+                        if _too_large(refused) and len(queries) > 1:
+                            break  # split below, out of this response
+                        raise _refusal(queries, refused)
                     self._current = i
-                    async for item in _parse_sse_many(r.aiter_lines()):
-                        yield item
+                    self._open_streams += 1
+                    try:
+                        async for item in _parse_sse_many(r.aiter_lines()):
+                            yield item
+                    finally:
+                        self._open_streams -= 1
                     return  # the server ended the stream (shutdown): caller reconnects
             except httpx.TransportError as e:
                 last = e
-        raise RegistryUnavailableError(f"watch lost: {last!r}") from last
+        else:
+            raise RegistryUnavailableError(f"watch lost: {last!r}") from last
+        # The registry takes fewer queries per stream (its `watch_max_queries`
+        # is lower, or the body too large): halve, remember it for the next
+        # streams, and carry these queries over several.
+        self._per_stream = min(self._per_stream, max(1, len(queries) // 2))
+        log.info(
+            "the registry refused %d queries on one watch: %d per stream from now on",
+            len(queries),
+            self._per_stream,
+        )
+        async for item in merge_streams([self._watch_stream(c) for c in self._chunks(queries)]):
+            yield item
 
 
 def _watch_query(q: WatchQuery) -> dict[str, Any]:
@@ -374,6 +403,11 @@ def _watch_query(q: WatchQuery) -> dict[str, Any]:
     if q.index is not None:
         d["index"] = q.index
     return d
+
+
+def _too_large(e: RegistryError) -> bool:
+    """Whether the registry refused a watch for carrying too many queries."""
+    return e.code == "too_many_queries" or e.status == 413
 
 
 def _refusal(queries: Sequence[WatchQuery], e: RegistryError) -> MusterError:
