@@ -59,7 +59,6 @@ from ._exceptions import (
     ConfigError,
     LeaseNotFoundError,
     MusterError,
-    NotFoundError,
     RegistryError,
     RegistryUnavailableError,
     StaleDataError,
@@ -734,18 +733,10 @@ class AsyncMusterClient:
         reason = self._maintenance.get(key)
         if reason is not None:
             await self.backend.maintenance(*key, reason)
+        # The registry accepts a report sent right after the registration
+        # that added the check, and answers once it is committed.
         for check_id, (status, output) in self._reports.get(key, {}).items():
-            # The registry starts a new instance's checks just after it
-            # commits the registration: a report that comes first is
-            # check_not_found, so give it a few short tries.
-            for attempt in range(10):
-                try:
-                    await self.backend.report_check(*key, check_id, status, output)
-                    break
-                except NotFoundError as e:
-                    if e.code != "check_not_found" or attempt == 9:
-                        raise
-                    await asyncio.sleep(0.02 * (attempt + 1))  # pacing a retry
+            await self.backend.report_check(*key, check_id, status, output)
 
     @property
     def registrations(self) -> list[Registered]:
