@@ -140,6 +140,13 @@ def test_config_from_env_and_overrides() -> None:
         Config.from_env({"MUSTER_TTL": "soon"})
 
 
+def test_a_config_given_as_the_addresses_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match=r"config=\.\.\."):
+        muster.MusterClient(Config())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="list of strings, not int"):
+        Config.from_env({}, addresses=7700)  # type: ignore[arg-type]
+
+
 def dead_address() -> str:
     with socket.socket() as s:  # a port nobody listens on once closed
         s.bind(("127.0.0.1", 0))

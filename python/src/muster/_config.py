@@ -59,6 +59,12 @@ def backoff_delay(n: int, initial: float, ceiling: float) -> float:
 
 
 def _addresses(value: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    if isinstance(value, Config):
+        raise TypeError("a Config goes in config=..., not as the addresses")
+    if not isinstance(value, (str, list, tuple)) or not all(isinstance(x, str) for x in value):
+        raise TypeError(
+            f"addresses must be a string or a list of strings, not {type(value).__name__}"
+        )
     items = value.split(",") if isinstance(value, str) else list(value)
     out = []
     for a in (x.strip() for x in items):
