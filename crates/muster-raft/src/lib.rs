@@ -117,6 +117,9 @@ pub struct NodeInfo {
     /// Every member (voters and learners), by id; empty on a node without
     /// cluster RPC.
     pub nodes: Vec<MemberInfo>,
+    /// Snapshots streamed from a leader and installed since this process
+    /// started (a follower that fell behind the leader's compacted log).
+    pub snapshots_installed: u64,
 }
 
 /// What a member is in the cluster.

@@ -49,6 +49,8 @@ struct Inner {
     catalog: Arc<RwLock<Catalog>>,
     store: LogStore,
     committed: Arc<AtomicU64>,
+    /// Snapshot pacing counts, and how many snapshots were installed.
+    pace: Arc<crate::state_machine::SnapshotPace>,
     leader_rx: watch::Receiver<bool>,
     /// Proposals for the batcher.
     proposals: mpsc::Sender<Proposal>,
@@ -325,7 +327,12 @@ impl Node {
         spawn_leader_watch(&raft, cfg.node_id, disk_last, leader_tx);
         let (proposals, proposals_rx) = mpsc::channel(batcher::QUEUE_CAPACITY);
         let (stop_batcher, stop_rx) = watch::channel(false);
-        let batcher = tokio::spawn(batcher::run(raft.clone(), pace, proposals_rx, stop_rx));
+        let batcher = tokio::spawn(batcher::run(
+            raft.clone(),
+            Arc::clone(&pace),
+            proposals_rx,
+            stop_rx,
+        ));
         let (stop_cluster, stop_cluster_rx) = watch::channel(false);
         let mut cluster_tasks = Vec::new();
         let shared = cluster.zip(http).map(|((c, listener), http)| {
@@ -363,6 +370,7 @@ impl Node {
                 catalog,
                 store,
                 committed,
+                pace,
                 leader_rx,
                 proposals,
                 stop_batcher,
@@ -525,6 +533,7 @@ impl Node {
                 .load(Ordering::Relaxed)
                 .max(applied_index),
             applied_index,
+            snapshots_installed: self.inner.pace.installed.load(Ordering::Relaxed),
         }
     }
 

@@ -1161,6 +1161,8 @@ impl Registry {
         });
         let preserving = self.inner.leases.preserving();
         metrics::gauge!("muster_self_preservation").set(if preserving { 1.0 } else { 0.0 });
+        metrics::counter!("muster_raft_snapshots_installed_total")
+            .absolute(self.inner.node.info().snapshots_installed);
     }
 
     /// Introspection for tests and diagnostics: how many watchers and
