@@ -47,6 +47,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cluster::ClusterConfig;
+pub use cluster::membership::{MemberChange, MemberError};
 pub use muster_store::StoreError;
 pub use node::Node;
 

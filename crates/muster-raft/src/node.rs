@@ -298,7 +298,14 @@ impl Node {
                 return Err(RaftError::Fatal(format!("starting raft: {e}")));
             }
         };
-        if fresh {
+        let joining = cluster.as_ref().is_some_and(|(c, _)| c.join);
+        if fresh && joining {
+            tracing::info!(
+                node_id = cfg.node_id,
+                "fresh data dir: waiting to be added to a cluster (muster cluster join)"
+            );
+        }
+        if fresh && !joining {
             let initialized = match &cluster {
                 None => {
                     tracing::info!(
@@ -345,6 +352,8 @@ impl Node {
                 leader_service: Default::default(),
                 http_addrs: std::sync::RwLock::new([(cfg.node_id, c.http_addr)].into()),
                 contacts,
+                catalog: Arc::clone(&catalog),
+                transfer_gate: tokio::sync::RwLock::new(()),
             });
             let mut stop = stop_cluster_rx.clone();
             let shutdown = async move {
@@ -453,6 +462,23 @@ impl Node {
             None => Err(ProposeError::NotLeader {
                 leader: Some(self.inner.node_id),
             }),
+        }
+    }
+
+    /// Changes the cluster's membership on the leader (forwarded from a
+    /// follower); waits (bounded) for a leader. Refused on a node that is
+    /// not a member of a cluster of several.
+    pub async fn change_members(
+        &self,
+        change: crate::MemberChange,
+    ) -> Result<(), crate::MemberError> {
+        match &self.inner.cluster {
+            Some(c) => c.change_members(change).await,
+            None => Err(crate::MemberError::Refused(
+                "this node is a cluster of one: membership changes need an agent \
+                 started with --peers or --join"
+                    .into(),
+            )),
         }
     }
 

@@ -51,7 +51,7 @@ pub use leases::{LeaseTable, Sweep};
 pub use muster_catalog::{
     HISTORY_PER_SERVICE, HealthFilter, Query, ServiceKey, VersionMatch, model,
 };
-pub use muster_raft::{ClusterConfig, MemberInfo, RaftError, Role};
+pub use muster_raft::{ClusterConfig, MemberChange, MemberError, MemberInfo, RaftError, Role};
 pub use watch::{Watch, WatchBatch, WatchEvent};
 
 use crate::caller::Access;
@@ -1145,6 +1145,21 @@ impl Registry {
             lapsed_leases,
             nodes: i.nodes,
         })
+    }
+
+    /// Changes the cluster's membership (add, remove, move leadership) on
+    /// the leader, forwarded from any node; answered once made.
+    pub async fn change_members(&self, caller: &Caller, change: MemberChange) -> Result<()> {
+        self.authorize(caller, Access::Operator)?;
+        self.inner
+            .node
+            .change_members(change)
+            .await
+            .map_err(|e| match e {
+                MemberError::Refused(m) => RegistryError::MembershipRefused(m),
+                MemberError::NotLeader { leader } => RegistryError::NotLeader { leader },
+                MemberError::Unavailable(m) => RegistryError::MembershipUnavailable(m),
+            })
     }
 
     /// Sets the registry's gauges (instances, leases, applied index,

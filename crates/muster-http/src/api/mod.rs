@@ -104,6 +104,13 @@ pub fn router(state: HttpStateRef) -> Router {
         get(watch::watch).post(watch_many::watch_many)
     );
     let r = route!(r, "/v1/cluster", get(cluster::cluster));
+    let r = route!(r, "/v1/cluster/members", post(cluster::join));
+    let r = route!(r, "/v1/cluster/members/{id}", delete(cluster::leave));
+    let r = route!(
+        r,
+        "/v1/cluster/transfer-leader",
+        post(cluster::transfer_leader)
+    );
     let r = route!(r, "/v1/openapi.json", get(crate::openapi::serve));
     let r = route!(r, "/metrics", get(crate::metrics::render));
     let r = route!(r, "/healthz", get(cluster::healthz));

@@ -38,6 +38,7 @@
 //! never applied twice by a retry.
 
 pub(crate) mod client;
+pub(crate) mod membership;
 pub(crate) mod server;
 pub(crate) mod wire;
 
@@ -73,8 +74,12 @@ const HELLO_RETRY: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// The voters of the initial cluster, this node included: node id →
-    /// cluster RPC address (`host:port`). The same on every node.
+    /// cluster RPC address (`host:port`). The same on every node. With
+    /// `join`, only this node.
     pub peers: BTreeMap<u64, String>,
+    /// This node joins a running cluster (added with `muster cluster
+    /// join`): a fresh data directory does not initialise a cluster.
+    pub join: bool,
     /// This node's HTTP API address, as clients and peers reach it.
     pub http_addr: String,
 }
@@ -147,6 +152,11 @@ pub(crate) struct Shared {
     /// Every member's HTTP address that is known (learned by `hello`).
     pub(crate) http_addrs: RwLock<BTreeMap<u64, String>>,
     pub(crate) contacts: Contacts,
+    /// The catalog this node applies (its retired node ids).
+    pub(crate) catalog: Arc<RwLock<muster_catalog::Catalog>>,
+    /// Held shared by every local proposal, and exclusively while
+    /// leadership moves away (see [`membership`]).
+    pub(crate) transfer_gate: tokio::sync::RwLock<()>,
 }
 
 /// Why one attempt on the leader did not give an answer.
@@ -161,6 +171,7 @@ enum Attempt<T> {
 impl Shared {
     /// Proposes through this node's batcher (it must lead).
     pub(crate) async fn propose_local(&self, cmd: Command) -> Result<Applied, ProposeError> {
+        let _gate = self.transfer_gate.read().await;
         let (proposal, reply) = Proposal::new(cmd);
         self.proposals
             .send(proposal)

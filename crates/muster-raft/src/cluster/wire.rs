@@ -159,6 +159,7 @@ enum DoneWire {
     Removed(u64),
     Preserved(u64),
     LeaseCreated(u64),
+    NodeRetired(u64),
 }
 
 /// [`ApplyError`] on the wire.

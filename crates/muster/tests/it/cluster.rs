@@ -69,6 +69,9 @@ struct Cluster {
     ports: Vec<u16>,
     /// Arguments every agent also gets (e.g. a `--config` file).
     args: Vec<String>,
+    /// Nodes 1..=initial form the cluster from `--peers`; the others
+    /// join it later.
+    initial: usize,
     /// Indexed by node id - 1; `None` while a node is down.
     agents: Vec<Option<Agent>>,
 }
@@ -79,13 +82,13 @@ impl Cluster {
             dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
             ports: free_ports(n),
             args: Vec::new(),
+            initial: n,
             agents: (0..n).map(|_| None).collect(),
         }
     }
 
     fn peers(&self) -> String {
-        let peers: Vec<String> = self
-            .ports
+        let peers: Vec<String> = self.ports[..self.initial]
             .iter()
             .enumerate()
             .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
@@ -96,19 +99,21 @@ impl Cluster {
     fn start(&mut self, id: u64) {
         let i = (id - 1) as usize;
         let (id_s, peers) = (id.to_string(), self.peers());
-        let cluster_addr = format!("127.0.0.1:{}", self.ports[i]);
+        let cluster_addr = self.cluster_addr(id);
         let data: &Path = self.dirs[i].path();
-        let mut args = vec![
-            "--node-id",
-            &id_s,
-            "--peers",
-            &peers,
-            "--cluster-addr",
-            &cluster_addr,
-        ];
+        let mut args = vec!["--node-id", &id_s, "--cluster-addr", &cluster_addr];
+        if i < self.initial {
+            args.extend(["--peers", &peers]);
+        } else {
+            args.push("--join");
+        }
         args.extend(self.args.iter().map(String::as_str));
         let agent = Agent::spawn_with(data, &args, &[]);
         self.agents[i] = Some(agent);
+    }
+
+    fn cluster_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.ports[(id - 1) as usize])
     }
 
     fn agent(&self, id: u64) -> &Agent {
@@ -820,4 +825,149 @@ async fn leases_watches_and_blocking_queries_on_a_follower_survive_a_leader_chan
             .collect()
     };
     assert_eq!(strip(&got), strip(&changes));
+}
+
+/// Polls `/v1/cluster` on `agent` until its voters are `want`.
+async fn wait_voters(agent: &Agent, want: &[u64]) {
+    let deadline = Instant::now() + FORM;
+    loop {
+        let v = cluster_info(agent).await;
+        let voters: Option<Vec<u64>> = v.as_ref().and_then(|v| {
+            v["members"]
+                .as_array()
+                .map(|m| m.iter().filter_map(Value::as_u64).collect())
+        });
+        if voters.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "voters {voters:?}, not {want:?}, after {FORM:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Under writes from four clients: a 4th node started with `--join` is
+/// added through a follower and becomes a voter; a follower is removed
+/// (through the new node) and its id is refused for good; leadership moves
+/// to the new node on request, and the leader cannot remove itself. No
+/// acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write() {
+    let mut c = Cluster::new(4);
+    c.initial = 3;
+    for id in shuffled(vec![1, 2, 3], seed()) {
+        c.start(id);
+    }
+    let leader = c.leader(None).await;
+
+    let bases = c.bases();
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let (bases, acked, stop) = (bases.clone(), acked.clone(), stop_rx.clone());
+        writers.push(tokio::spawn(async move {
+            let client = http();
+            // Bounded: at most 5,000 writes per client.
+            for n in 0..5_000usize {
+                if *stop.borrow() {
+                    return;
+                }
+                let id = format!("w{w}-{n}");
+                if register(&client, &bases[(w + n) % bases.len()], "churn", &id).await {
+                    acked.lock().unwrap().push(id);
+                }
+            }
+        }));
+    }
+    let acks = || acked.lock().unwrap().len();
+
+    // Join node 4 through a follower.
+    c.start(4);
+    let follower = *c
+        .up()
+        .iter()
+        .find(|id| **id != leader && **id != 4)
+        .unwrap();
+    let (ok, out, err) = cli(
+        &c.agent(follower).base,
+        &["cluster", "join", "4", &c.cluster_addr(4)],
+    );
+    assert!(ok, "join: {err}");
+    assert!(out.lines().any(|l| l.starts_with("4 ")), "{out}");
+    wait_voters(c.agent(leader), &[1, 2, 3, 4]).await;
+    println!("node 4 joined after {} acknowledged writes", acks());
+
+    // Remove a follower other than node 4, asked of node 4.
+    let gone = *c
+        .up()
+        .iter()
+        .find(|id| **id != leader && **id != 4)
+        .unwrap();
+    let (ok, _, err) = cli(&c.agent(4).base, &["cluster", "leave", &gone.to_string()]);
+    assert!(ok, "leave {gone}: {err}");
+    let mut voters: Vec<u64> = vec![1, 2, 3, 4];
+    voters.retain(|id| *id != gone);
+    wait_voters(c.agent(leader), &voters).await;
+    c.kill9(gone);
+    // Its id is never reused, whatever the address.
+    let (ok, _, err) = cli(
+        &c.agent(leader).base,
+        &["cluster", "join", &gone.to_string(), &c.cluster_addr(gone)],
+    );
+    assert!(!ok && err.contains("never reused"), "{err}");
+    let r = http()
+        .post(c.agent(4).url("/v1/cluster/members"))
+        .json(&json!({"id": gone, "cluster_addr": "127.0.0.1:1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "membership_refused", "{v}");
+    println!("node {gone} removed after {} acknowledged writes", acks());
+
+    // Leadership moves to node 4, asked of a follower; then node 4 cannot
+    // remove itself.
+    let asked = *c
+        .up()
+        .iter()
+        .find(|id| **id != leader && **id != 4)
+        .unwrap_or(&leader);
+    let (ok, _, err) = cli(&c.agent(asked).base, &["cluster", "transfer-leader", "4"]);
+    assert!(ok, "transfer-leader: {err}");
+    assert_eq!(c.leader(None).await, 4);
+    let (ok, _, err) = cli(&c.agent(leader).base, &["cluster", "leave", "4"]);
+    assert!(!ok && err.contains("leads"), "{err}");
+    let at_transfer = acks();
+    println!("leadership on node 4 after {at_transfer} acknowledged writes");
+
+    // Writes go on after the transfer, then every acknowledged write is on
+    // every member.
+    let deadline = Instant::now() + FORM;
+    while acks() < at_transfer + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "writes stalled after the transfer"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    stop_tx.send_replace(true);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    println!("{} acknowledged writes", acked.len());
+    for id in c.up() {
+        wait_holds(
+            c.agent(id),
+            "churn",
+            &acked,
+            CATCH_UP,
+            &format!("node {id}"),
+        )
+        .await;
+    }
 }
