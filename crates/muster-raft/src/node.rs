@@ -465,6 +465,17 @@ impl Node {
         }
     }
 
+    /// Waits until this node can answer a linearizable read: the leader
+    /// confirmed with a quorum that it leads (read-index, asked of it from
+    /// a follower) and this node applied the index it named, which it
+    /// returns. `NotLeader` when no leader with a quorum answers in time.
+    pub async fn read_barrier(&self) -> Result<u64, ProposeError> {
+        match &self.inner.cluster {
+            Some(c) => c.read_index().await,
+            None => cluster::read_index_of(&self.inner.raft).await,
+        }
+    }
+
     /// Changes the cluster's membership on the leader (forwarded from a
     /// follower); waits (bounded) for a leader. Refused on a node that is
     /// not a member of a cluster of several.

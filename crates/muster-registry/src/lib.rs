@@ -1147,6 +1147,14 @@ impl Registry {
         })
     }
 
+    /// Waits until a read of `key` on this node is linearizable (`?consistent`):
+    /// the leader confirmed with a quorum and this node applied its index.
+    pub async fn consistent(&self, caller: &Caller, key: &ServiceKey) -> Result<()> {
+        self.authorize(caller, Access::Read(key))?;
+        self.inner.node.read_barrier().await?;
+        Ok(())
+    }
+
     /// Changes the cluster's membership (add, remove, move leadership) on
     /// the leader, forwarded from any node; answered once made.
     pub async fn change_members(&self, caller: &Caller, change: MemberChange) -> Result<()> {

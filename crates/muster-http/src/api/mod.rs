@@ -375,6 +375,19 @@ impl Params {
         Ok(key)
     }
 
+    /// `consistent`: present (bare, or `true`) asks for a linearizable
+    /// read; absent or `false` reads this node's applied state.
+    pub fn consistent(&self) -> Result<bool, ApiError> {
+        match self.get("consistent") {
+            None | Some("false") => Ok(false),
+            Some("" | "true") => Ok(true),
+            Some(v) => Err(ApiError::bad_param(
+                "consistent",
+                format!("consistent takes no value, or true or false; not {v:?}"),
+            )),
+        }
+    }
+
     /// A blocking-query request: `index` and `wait`, jittered. A `wait`
     /// is checked the same way whether or not `index` came with it: over
     /// [`limits::MAX_WAIT_MS`] is a 400, never silently shortened.

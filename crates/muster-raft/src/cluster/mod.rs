@@ -374,6 +374,55 @@ impl Shared {
         Ok(answer)
     }
 
+    /// The leader's read index for a linearizable read (read-index: the
+    /// leader confirms with a quorum that it still leads, and names its
+    /// commit index), asked of the leader when this node follows; answered
+    /// once this node applied that index, never earlier.
+    pub(crate) async fn read_index(&self) -> Result<u64, ProposeError> {
+        let index = self
+            .on_leader(|leader| async move {
+                match leader {
+                    None | Some((_, None)) => Attempt::Retry,
+                    Some((l, _)) if l == self.node_id => match self.read_index_here().await {
+                        Err(ProposeError::NotLeader { .. }) => Attempt::Retry,
+                        r => Attempt::Done(r),
+                    },
+                    Some((l, Some(addr))) => {
+                        let reply: Result<wire::ReadIndexReply, _> = self
+                            .http
+                            .call(&addr, &path(l, "read-index"), Bytes::new(), FORWARD_TIMEOUT)
+                            .await;
+                        match reply {
+                            Ok(wire::ReadIndexReply::Index(i)) => Attempt::Done(Ok(i)),
+                            Ok(wire::ReadIndexReply::NotLeader { .. }) => Attempt::Retry,
+                            // Asking again reads nothing twice.
+                            Err(e) => {
+                                tracing::debug!(leader = l, error = %e, "read index failed");
+                                Attempt::Retry
+                            }
+                        }
+                    }
+                }
+            })
+            .await?;
+        let applied = self
+            .raft
+            .wait(Some(APPLY_WAIT))
+            .applied_index_at_least(Some(index), "read index applied here")
+            .await;
+        match applied {
+            Ok(_) => Ok(index),
+            Err(_) => Err(ProposeError::NotLeader {
+                leader: self.leader().map(|(l, _)| l),
+            }),
+        }
+    }
+
+    /// The read index on this node, which must lead.
+    pub(crate) async fn read_index_here(&self) -> Result<u64, ProposeError> {
+        read_index_of(&self.raft).await
+    }
+
     /// The HTTP address of every member known so far.
     pub(crate) fn http_addrs(&self) -> BTreeMap<u64, String> {
         self.http_addrs
@@ -432,5 +481,23 @@ pub(crate) async fn learn_http_addrs(shared: Arc<Shared>, mut stop: watch::Recei
             r = metrics.changed(), if all_known => if r.is_err() { return },
             () = tokio::time::sleep(HELLO_RETRY), if !all_known => {}
         }
+    }
+}
+
+/// openraft's read-index on `raft`: `NotLeader` when it does not lead or
+/// cannot reach a quorum (a minority side answers no consistent read).
+pub(crate) async fn read_index_of(raft: &Raft) -> Result<u64, ProposeError> {
+    use openraft::error::{CheckIsLeaderError, RaftError as OpenraftError};
+    match raft.ensure_linearizable().await {
+        Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+        Err(OpenraftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(ProposeError::NotLeader {
+                leader: f.leader_id,
+            })
+        }
+        Err(OpenraftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+            Err(ProposeError::NotLeader { leader: None })
+        }
+        Err(OpenraftError::Fatal(e)) => Err(ProposeError::Fatal(e.to_string())),
     }
 }

@@ -46,6 +46,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/raft/{to}/report", post(report))
         .route("/raft/{to}/members", post(members))
         .route("/raft/{to}/elect", post(elect))
+        .route("/raft/{to}/read-index", post(read_index))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
@@ -201,6 +202,21 @@ async fn elect(State(s): State<Arc<Shared>>, Path(to): Path<u64>) -> Response {
     let reply = match s.raft.trigger().elect().await {
         Ok(()) => Shared::reply(Ok(())),
         Err(e) => Shared::reply(Err(crate::MemberError::Unavailable(e.to_string()))),
+    };
+    cbor(&reply)
+}
+
+/// The read index a follower asks of the leader for a consistent read.
+async fn read_index(State(s): State<Arc<Shared>>, Path(to): Path<u64>) -> Response {
+    if let Err(r) = check_to(&s, to) {
+        return r;
+    }
+    let reply = match s.read_index_here().await {
+        Ok(i) => wire::ReadIndexReply::Index(i),
+        Err(crate::ProposeError::NotLeader { leader }) => {
+            wire::ReadIndexReply::NotLeader { leader }
+        }
+        Err(_) => wire::ReadIndexReply::NotLeader { leader: None },
     };
     cbor(&reply)
 }

@@ -303,3 +303,12 @@ mod tests {
         assert_eq!(fwd.0, cmd);
     }
 }
+
+/// The leader's answer to a follower asking for the read index.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum ReadIndexReply {
+    /// Confirmed by a quorum: a linearizable read reflects this index.
+    Index(u64),
+    /// The receiver does not lead, or could not confirm it does.
+    NotLeader { leader: Option<u64> },
+}

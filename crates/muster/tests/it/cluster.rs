@@ -299,6 +299,25 @@ async fn three_nodes_form_in_any_order_and_a_follower_takes_writes() {
             .unwrap()
             .contains("via-follower")
     );
+    // A consistent read on the other follower, right after: read-index
+    // through the leader, so it holds the write without waiting.
+    let other = *c
+        .up()
+        .iter()
+        .find(|id| **id != leader && **id != follower)
+        .unwrap();
+    let v: Value = client
+        .get(
+            c.agent(other)
+                .url("/v1/services/payments/instances?consistent&health=any"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["instances"][0]["id"], "via-follower", "{v}");
     let want = vec!["via-follower".to_string()];
     for id in c.up() {
         wait_holds(
@@ -825,6 +844,21 @@ async fn leases_watches_and_blocking_queries_on_a_follower_survive_a_leader_chan
             .collect()
     };
     assert_eq!(strip(&got), strip(&changes));
+
+    // Alone (a minority of one), the follower still reads its applied
+    // state, but refuses a consistent read.
+    c.kill9(other);
+    let url = c
+        .agent(follower)
+        .url("/v1/services/leased/instances?health=any");
+    assert_eq!(http().get(&url).send().await.unwrap().status(), 200);
+    let r = http()
+        .get(format!("{url}&consistent"))
+        .timeout(FORM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
 }
 
 /// Polls `/v1/cluster` on `agent` until its voters are `want`.
