@@ -21,8 +21,10 @@
 //! one is won. Voters refuse votes for as long as they heard from a leader
 //! within the election timeout (openraft's leader lease), so this takes
 //! about that long (1.2 s); the target, up to date and asking first, wins
-//! it unless another follower's own timer fires in the same instant. Held
-//! writes then go to the new leader. On failure the old leader resumes.
+//! it unless another follower's own timer fires in the same instant (then
+//! the transfer to a named node fails with "ask again", and that node now
+//! follows another leader). Held writes then go to the new leader. If no
+//! election is won in time, the old leader resumes its heartbeats.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::PoisonError;
@@ -364,23 +366,30 @@ impl Shared {
         self.raft.runtime_config().heartbeat(false);
         let result = self.elect_until_led(target, &addr, deadline).await;
         self.raft.runtime_config().heartbeat(true);
-        result
+        match (result?, to) {
+            // Another follower's own timer won the race: say so, the
+            // caller may ask again (now of the new leader).
+            (leader, Some(t)) if leader != t => Err(MemberError::Unavailable(format!(
+                "leadership moved to node {leader}, not node {t}; ask again"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Asks `target` to call elections until a leader other than this node
-    /// is known, or `deadline`.
+    /// is known (returned), or `deadline`.
     async fn elect_until_led(
         &self,
         target: u64,
         addr: &str,
         deadline: Instant,
-    ) -> Result<(), MemberError> {
+    ) -> Result<u64, MemberError> {
         let mut metrics = self.raft.metrics();
         loop {
             let leader = metrics.borrow_and_update().current_leader;
-            if leader.is_some_and(|l| l != self.node_id) {
-                tracing::info!(leader = ?leader, target, "leadership moved");
-                return Ok(());
+            if let Some(l) = leader.filter(|l| *l != self.node_id) {
+                tracing::info!(leader = l, target, "leadership moved");
+                return Ok(l);
             }
             let sent: Result<MemberReply, _> = self
                 .http
