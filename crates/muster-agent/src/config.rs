@@ -31,6 +31,10 @@ pub struct Config {
     /// without a cluster listener.
     #[serde(with = "peers_string")]
     pub peers: BTreeMap<u64, String>,
+    /// Join a running cluster instead of forming one from `peers`: serve
+    /// cluster RPC at `cluster_addr` and wait to be added (`muster cluster
+    /// join <node_id> <cluster_addr>` against any member).
+    pub join: bool,
     /// Take a snapshot (and compact the log) after this many log entries.
     pub snapshot_logs: u64,
     /// Also take one after this many commands (registrations, removals,
@@ -88,6 +92,7 @@ impl Default for Config {
             node_id: r.node_id,
             cluster_addr: SocketAddr::from(([127, 0, 0, 1], 7701)),
             peers: BTreeMap::new(),
+            join: false,
             snapshot_logs: r.snapshot_logs,
             snapshot_commands: r.snapshot_commands,
             self_preservation_threshold: r.self_preservation_threshold,
@@ -110,6 +115,13 @@ impl Config {
     /// Checks every field; the message names the field and the fix.
     pub fn validate(&self) -> Result<(), String> {
         self.registry().validate()?;
+        if self.join && !self.peers.is_empty() {
+            return Err(
+                "join and peers exclude each other: peers forms a new cluster, \
+                 join waits to be added to a running one"
+                    .into(),
+            );
+        }
         if let Some(c) = self.cluster(self.http_addr) {
             c.validate(self.node_id)?;
         }
@@ -129,9 +141,17 @@ impl Config {
     /// The cluster's part, if this node is a member of a cluster of
     /// several; `http_addr` is the HTTP address it tells its peers.
     pub fn cluster(&self, http_addr: SocketAddr) -> Option<ClusterConfig> {
+        if self.join {
+            return Some(ClusterConfig {
+                peers: [(self.node_id, self.cluster_addr.to_string())].into(),
+                http_addr: http_addr.to_string(),
+                join: true,
+            });
+        }
         (!self.peers.is_empty()).then(|| ClusterConfig {
             peers: self.peers.clone(),
             http_addr: http_addr.to_string(),
+            join: false,
         })
     }
 

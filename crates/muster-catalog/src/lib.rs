@@ -228,6 +228,12 @@ pub enum Command {
         /// Their new state.
         state: Preservation,
     },
+    /// A node left the cluster for good: its id is never a member again.
+    /// Applying it twice changes nothing.
+    RetireNode {
+        /// The node id.
+        id: u64,
+    },
 }
 
 /// Why a command changed nothing.
@@ -295,6 +301,8 @@ pub enum Done {
     Preserved(u64),
     /// `CreateLease`: the lease's id.
     LeaseCreated(u64),
+    /// `RetireNode`: the node id.
+    NodeRetired(u64),
 }
 
 /// What the steps of one command did, gathered as they go.
@@ -405,6 +413,8 @@ pub struct Catalog {
     services: BTreeMap<ServiceKey, Service>,
     leases: BTreeMap<u64, Lease>,
     namespace_index: BTreeMap<String, u64>,
+    /// Node ids removed from the cluster, never to be reused.
+    retired_nodes: BTreeSet<u64>,
 }
 
 /// A catalog without its services, for encoders that write a catalog one
@@ -421,6 +431,8 @@ pub struct CatalogHead<'a> {
     pub namespace_index: Cow<'a, BTreeMap<String, u64>>,
     /// How many services follow the head.
     pub services: u64,
+    /// Node ids removed from the cluster, never to be reused.
+    pub retired_nodes: Cow<'a, BTreeSet<u64>>,
 }
 
 impl Catalog {
@@ -436,6 +448,7 @@ impl Catalog {
             leases: Cow::Borrowed(&self.leases),
             namespace_index: Cow::Borrowed(&self.namespace_index),
             services: self.services.len() as u64,
+            retired_nodes: Cow::Borrowed(&self.retired_nodes),
         }
     }
 
@@ -455,7 +468,13 @@ impl Catalog {
             services: services.into_iter().collect(),
             leases: head.leases.into_owned(),
             namespace_index: head.namespace_index.into_owned(),
+            retired_nodes: head.retired_nodes.into_owned(),
         }
+    }
+
+    /// Node ids removed from the cluster: never members again.
+    pub fn retired_nodes(&self) -> &BTreeSet<u64> {
+        &self.retired_nodes
     }
 
     /// Highest log index applied.
@@ -627,6 +646,9 @@ impl Catalog {
                     self.preserve_lease(index, *id, *state, &mut out);
                 }
             }
+            Command::RetireNode { id } => {
+                self.retired_nodes.insert(*id);
+            }
         }
         out.changed.sort();
         out.changed.dedup();
@@ -644,6 +666,7 @@ impl Catalog {
             | Command::ExpireLeases { .. } => Done::Removed(out.removed),
             Command::CreateLease { id, .. } => Done::LeaseCreated(*id),
             Command::PreserveLeases { .. } => Done::Preserved(out.preserved),
+            Command::RetireNode { id } => Done::NodeRetired(*id),
         };
         Ok(Outcome {
             done,

@@ -128,6 +128,46 @@ impl Api {
         json(resp).await
     }
 
+    /// `POST /v1/cluster/members`: adds node `id` (running with `--join`
+    /// at `cluster_addr`) as a voter, once it caught up as a learner.
+    pub async fn join_member(
+        &self,
+        id: u64,
+        cluster_addr: &str,
+    ) -> Result<muster_types::ClusterInfo> {
+        let body = muster_types::JoinRequest {
+            id,
+            cluster_addr: cluster_addr.to_string(),
+        };
+        let resp = self
+            .transport
+            .send(Req::new(Method::POST, "/v1/cluster/members").json(&body))
+            .await?;
+        json(resp).await
+    }
+
+    /// `DELETE /v1/cluster/members/{id}`: removes node `id`; its id is
+    /// never accepted again.
+    pub async fn remove_member(&self, id: u64) -> Result<muster_types::ClusterInfo> {
+        let path = format!("/v1/cluster/members/{id}");
+        let resp = self
+            .transport
+            .send(Req::new(Method::DELETE, "/v1/cluster/members/{id}").at(&path))
+            .await?;
+        json(resp).await
+    }
+
+    /// `POST /v1/cluster/transfer-leader`: moves leadership to `to`, or to
+    /// the most up-to-date other voter.
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<muster_types::ClusterInfo> {
+        let body = muster_types::TransferLeaderRequest { to };
+        let resp = self
+            .transport
+            .send(Req::new(Method::POST, "/v1/cluster/transfer-leader").json(&body))
+            .await?;
+        json(resp).await
+    }
+
     /// `POST /v1/leases`: a new lease with this TTL (1 s to 1 h).
     pub async fn create_lease(&self, ttl: Duration) -> Result<LeaseInfo> {
         let body = CreateLeaseRequest {

@@ -83,6 +83,14 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotLeader { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message)
             }
+            RegistryError::MembershipRefused(_) => {
+                ApiError::new(StatusCode::CONFLICT, "membership_refused", message)
+            }
+            RegistryError::MembershipUnavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "membership_unavailable",
+                message,
+            ),
             RegistryError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }

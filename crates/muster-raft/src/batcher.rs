@@ -124,6 +124,7 @@ pub(crate) fn approx_size(cmd: &Command) -> usize {
         Command::ExpireLeases { ids } | Command::PreserveLeases { ids, .. } => {
             FRAME + ids.len() * 21
         }
+        Command::RetireNode { .. } => FRAME,
     }
 }
 

@@ -721,6 +721,39 @@ mod tests {
         assert_eq!(read_catalog(&mut stored.as_slice()).unwrap(), c);
     }
 
+    /// Retired node ids: a command of their own in the log, and a field of
+    /// the snapshot's head written only when there are some (so the other
+    /// fixtures, without any, are unchanged).
+    #[test]
+    fn retired_nodes_are_stored_in_format_2() {
+        let entry = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(5, 1), 90),
+            payload: openraft::EntryPayload::Normal(crate::types::Request {
+                now_ms: 1_764_633_600_000,
+                commands: vec![Command::RetireNode { id: 3 }],
+            }),
+        };
+        golden("log-entry-retire-v2.bin", &encode_entry(&entry).unwrap());
+        let stored = std::fs::read(fixture("log-entry-retire-v2.bin")).unwrap();
+        assert_eq!(decode_entry(&stored).unwrap(), entry);
+
+        let mut c = scenario_catalog();
+        let next = c.applied_index() + 1;
+        for (i, id) in [3, 7, 3].into_iter().enumerate() {
+            c.apply(next + i as u64, 0, &Command::RetireNode { id })
+                .unwrap();
+        }
+        assert_eq!(
+            c.retired_nodes().iter().copied().collect::<Vec<_>>(),
+            [3, 7]
+        );
+        let mut data = Vec::new();
+        write_catalog(&c, &mut data).unwrap();
+        golden("snapshot-retired-v2.bin", &data);
+        let stored = std::fs::read(fixture("snapshot-retired-v2.bin")).unwrap();
+        assert_eq!(read_catalog(&mut stored.as_slice()).unwrap(), c);
+    }
+
     /// Version 1 (no checksum) is still read, as its fixtures were written.
     #[test]
     fn log_entry_format_1_is_still_read() {

@@ -83,6 +83,9 @@ pub(crate) enum CommandV1 {
         #[serde(with = "PreservationV1")]
         state: Preservation,
     },
+    RetireNode {
+        id: u64,
+    },
 }
 
 /// Written only when a lease or instance is preserved, so a catalog without
@@ -353,6 +356,11 @@ impl Serialize for HeadOut<'_> {
         st.serialize_field("leases", &LeasesOut(&self.0.leases))?;
         st.serialize_field("namespace_index", &*self.0.namespace_index)?;
         st.serialize_field("services", &self.0.services)?;
+        // Written only once a node was removed, so a catalog of a cluster
+        // that never removed one is stored exactly as before the field.
+        if !self.0.retired_nodes.is_empty() {
+            st.serialize_field("retired_nodes", &*self.0.retired_nodes)?;
+        }
         st.end()
     }
 }
@@ -364,6 +372,8 @@ pub(crate) struct HeadIn {
     leases: BTreeMap<u64, LeaseIn>,
     namespace_index: BTreeMap<String, u64>,
     services: u64,
+    #[serde(default)]
+    retired_nodes: BTreeSet<u64>,
 }
 
 impl HeadIn {
@@ -379,6 +389,7 @@ impl HeadIn {
             leases: Cow::Owned(self.leases.into_iter().map(|(id, l)| (id, l.0)).collect()),
             namespace_index: Cow::Owned(self.namespace_index),
             services: self.services,
+            retired_nodes: Cow::Owned(self.retired_nodes),
         }
     }
 }

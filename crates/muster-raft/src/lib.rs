@@ -47,6 +47,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cluster::ClusterConfig;
+pub use cluster::membership::{MemberChange, MemberError};
 pub use muster_store::StoreError;
 pub use node::Node;
 
@@ -117,6 +118,9 @@ pub struct NodeInfo {
     /// Every member (voters and learners), by id; empty on a node without
     /// cluster RPC.
     pub nodes: Vec<MemberInfo>,
+    /// Snapshots streamed from a leader and installed since this process
+    /// started (a follower that fell behind the leader's compacted log).
+    pub snapshots_installed: u64,
 }
 
 /// What a member is in the cluster.

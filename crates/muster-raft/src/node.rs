@@ -49,6 +49,8 @@ struct Inner {
     catalog: Arc<RwLock<Catalog>>,
     store: LogStore,
     committed: Arc<AtomicU64>,
+    /// Snapshot pacing counts, and how many snapshots were installed.
+    pace: Arc<crate::state_machine::SnapshotPace>,
     leader_rx: watch::Receiver<bool>,
     /// Proposals for the batcher.
     proposals: mpsc::Sender<Proposal>,
@@ -296,7 +298,14 @@ impl Node {
                 return Err(RaftError::Fatal(format!("starting raft: {e}")));
             }
         };
-        if fresh {
+        let joining = cluster.as_ref().is_some_and(|(c, _)| c.join);
+        if fresh && joining {
+            tracing::info!(
+                node_id = cfg.node_id,
+                "fresh data dir: waiting to be added to a cluster (muster cluster join)"
+            );
+        }
+        if fresh && !joining {
             let initialized = match &cluster {
                 None => {
                     tracing::info!(
@@ -325,7 +334,12 @@ impl Node {
         spawn_leader_watch(&raft, cfg.node_id, disk_last, leader_tx);
         let (proposals, proposals_rx) = mpsc::channel(batcher::QUEUE_CAPACITY);
         let (stop_batcher, stop_rx) = watch::channel(false);
-        let batcher = tokio::spawn(batcher::run(raft.clone(), pace, proposals_rx, stop_rx));
+        let batcher = tokio::spawn(batcher::run(
+            raft.clone(),
+            Arc::clone(&pace),
+            proposals_rx,
+            stop_rx,
+        ));
         let (stop_cluster, stop_cluster_rx) = watch::channel(false);
         let mut cluster_tasks = Vec::new();
         let shared = cluster.zip(http).map(|((c, listener), http)| {
@@ -338,6 +352,8 @@ impl Node {
                 leader_service: Default::default(),
                 http_addrs: std::sync::RwLock::new([(cfg.node_id, c.http_addr)].into()),
                 contacts,
+                catalog: Arc::clone(&catalog),
+                transfer_gate: tokio::sync::RwLock::new(()),
             });
             let mut stop = stop_cluster_rx.clone();
             let shutdown = async move {
@@ -363,6 +379,7 @@ impl Node {
                 catalog,
                 store,
                 committed,
+                pace,
                 leader_rx,
                 proposals,
                 stop_batcher,
@@ -448,6 +465,34 @@ impl Node {
         }
     }
 
+    /// Waits until this node can answer a linearizable read: the leader
+    /// confirmed with a quorum that it leads (read-index, asked of it from
+    /// a follower) and this node applied the index it named, which it
+    /// returns. `NotLeader` when no leader with a quorum answers in time.
+    pub async fn read_barrier(&self) -> Result<u64, ProposeError> {
+        match &self.inner.cluster {
+            Some(c) => c.read_index().await,
+            None => cluster::read_index_of(&self.inner.raft).await,
+        }
+    }
+
+    /// Changes the cluster's membership on the leader (forwarded from a
+    /// follower); waits (bounded) for a leader. Refused on a node that is
+    /// not a member of a cluster of several.
+    pub async fn change_members(
+        &self,
+        change: crate::MemberChange,
+    ) -> Result<(), crate::MemberError> {
+        match &self.inner.cluster {
+            Some(c) => c.change_members(change).await,
+            None => Err(crate::MemberError::Refused(
+                "this node is a cluster of one: membership changes need an agent \
+                 started with --peers or --join"
+                    .into(),
+            )),
+        }
+    }
+
     /// Records a TTL check report on the leader (it runs the checks):
     /// forwarded from a follower, answered once this node applied the
     /// status; waits (bounded) for a leader. Only on a clustered node.
@@ -525,6 +570,7 @@ impl Node {
                 .load(Ordering::Relaxed)
                 .max(applied_index),
             applied_index,
+            snapshots_installed: self.inner.pace.installed.load(Ordering::Relaxed),
         }
     }
 

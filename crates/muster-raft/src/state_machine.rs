@@ -48,6 +48,8 @@ pub(crate) struct SnapshotPace {
     instances: AtomicU64,
     /// Snapshot builds begun since start.
     builds: AtomicU64,
+    /// Snapshots received from a leader and installed since start.
+    pub(crate) installed: AtomicU64,
 }
 
 impl SnapshotPace {
@@ -426,6 +428,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await?;
         self.shared.save_snapshot(meta, data).await?;
         self.restore(meta, restored)?;
+        self.shared.pace.installed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot = %meta, "snapshot installed");
         Ok(())
     }

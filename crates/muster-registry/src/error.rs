@@ -69,6 +69,13 @@ pub enum RegistryError {
     /// The registry is shutting down.
     #[error("the registry is shutting down")]
     ShuttingDown,
+    /// A membership change that cannot be made as asked.
+    #[error("{0}")]
+    MembershipRefused(String),
+    /// A membership change that could not be completed (a node stopping,
+    /// a transfer that did not finish in time).
+    #[error("{0}")]
+    MembershipUnavailable(String),
     /// The write could not be made durable; the node must be restarted.
     #[error("the write could not be made durable: {0}")]
     Storage(String),

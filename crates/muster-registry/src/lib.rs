@@ -51,7 +51,7 @@ pub use leases::{LeaseTable, Sweep};
 pub use muster_catalog::{
     HISTORY_PER_SERVICE, HealthFilter, Query, ServiceKey, VersionMatch, model,
 };
-pub use muster_raft::{ClusterConfig, MemberInfo, RaftError, Role};
+pub use muster_raft::{ClusterConfig, MemberChange, MemberError, MemberInfo, RaftError, Role};
 pub use watch::{Watch, WatchBatch, WatchEvent};
 
 use crate::caller::Access;
@@ -1147,6 +1147,29 @@ impl Registry {
         })
     }
 
+    /// Waits until a read of `key` on this node is linearizable (`?consistent`):
+    /// the leader confirmed with a quorum and this node applied its index.
+    pub async fn consistent(&self, caller: &Caller, key: &ServiceKey) -> Result<()> {
+        self.authorize(caller, Access::Read(key))?;
+        self.inner.node.read_barrier().await?;
+        Ok(())
+    }
+
+    /// Changes the cluster's membership (add, remove, move leadership) on
+    /// the leader, forwarded from any node; answered once made.
+    pub async fn change_members(&self, caller: &Caller, change: MemberChange) -> Result<()> {
+        self.authorize(caller, Access::Operator)?;
+        self.inner
+            .node
+            .change_members(change)
+            .await
+            .map_err(|e| match e {
+                MemberError::Refused(m) => RegistryError::MembershipRefused(m),
+                MemberError::NotLeader { leader } => RegistryError::NotLeader { leader },
+                MemberError::Unavailable(m) => RegistryError::MembershipUnavailable(m),
+            })
+    }
+
     /// Sets the registry's gauges (instances, leases, applied index,
     /// self-preservation) to their current values; a metrics front-end calls
     /// it before each scrape.
@@ -1161,6 +1184,8 @@ impl Registry {
         });
         let preserving = self.inner.leases.preserving();
         metrics::gauge!("muster_self_preservation").set(if preserving { 1.0 } else { 0.0 });
+        metrics::counter!("muster_raft_snapshots_installed_total")
+            .absolute(self.inner.node.info().snapshots_installed);
     }
 
     /// Introspection for tests and diagnostics: how many watchers and

@@ -37,7 +37,10 @@ impl ApplyObserver for Observer {
         // matters where checks run (reconcile_if_needed looks).
         let may_have_checks = match &out.done {
             Done::Instance(i) => !i.checks.is_empty(),
-            Done::Removed(_) | Done::LeaseCreated(_) | Done::Preserved(_) => false,
+            Done::Removed(_)
+            | Done::LeaseCreated(_)
+            | Done::Preserved(_)
+            | Done::NodeRetired(_) => false,
         };
         for key in &out.changed {
             self.hub.notify(key, index);

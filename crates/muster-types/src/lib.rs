@@ -485,6 +485,27 @@ pub struct WriteResponse {
     pub removed: u64,
 }
 
+/// Body of `POST /v1/cluster/members`: the node to add.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The new node's id: never one removed from this cluster before.
+    #[schema(example = 4)]
+    pub id: u64,
+    /// Its cluster RPC address, `host:port` (its `--cluster-addr`).
+    #[schema(example = "10.0.0.4:7701")]
+    pub cluster_addr: String,
+}
+
+/// Body of `POST /v1/cluster/transfer-leader`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeaderRequest {
+    /// The voter to lead; absent: the most up-to-date other voter.
+    #[serde(default)]
+    pub to: Option<u64>,
+}
+
 /// Answer of `GET /v1/cluster`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterInfo {

@@ -33,6 +33,9 @@ fn load_config(args: &AgentArgs) -> anyhow::Result<Config> {
         cfg.peers = muster_agent::config::parse_peers(p)
             .map_err(|e| anyhow::anyhow!("invalid --peers: {e}"))?;
     }
+    if args.join {
+        cfg.join = true;
+    }
     if let Some(t) = args.self_preservation_threshold {
         cfg.self_preservation_threshold = t;
     }

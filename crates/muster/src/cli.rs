@@ -109,6 +109,32 @@ pub enum ClusterCommand {
     /// Every member: id, role, cluster and HTTP addresses, match index and
     /// last contact (known on the leader; ask it for the whole picture).
     Members,
+    /// Adds node ID, started with `--join --node-id ID --cluster-addr ADDR`: it joins as a
+    /// learner and becomes a voter once it holds the log. A removed id is refused for good.
+    ///
+    /// Example: `muster cluster join 4 10.0.0.4:7701`
+    Join {
+        /// The new node's id (never one removed before).
+        id: u64,
+        /// Its cluster RPC address (its --cluster-addr).
+        cluster_addr: String,
+    },
+    /// Removes node ID (then stop it); its id is never accepted again. The leader cannot
+    /// remove itself: transfer leadership first.
+    ///
+    /// Example: `muster cluster leave 3`
+    Leave {
+        /// The node id.
+        id: u64,
+    },
+    /// Moves leadership to voter ID, or to the most up-to-date other voter; writes pause for
+    /// about the election timeout (1-2 s).
+    ///
+    /// Example: `muster cluster transfer-leader 2`
+    TransferLeader {
+        /// The voter to lead.
+        id: Option<u64>,
+    },
 }
 
 /// Flags of `muster agent`.
@@ -129,7 +155,7 @@ pub struct AgentArgs {
     /// This node's id [default: 1].
     #[arg(long, env = "MUSTER_NODE_ID")]
     pub node_id: Option<u64>,
-    /// Address of the cluster RPC listener, bound only with --peers [default: 127.0.0.1:7701].
+    /// Address of the cluster RPC listener, bound only with --peers or --join [default: 127.0.0.1:7701].
     #[arg(long, env = "MUSTER_CLUSTER_ADDR")]
     pub cluster_addr: Option<std::net::SocketAddr>,
     /// The cluster's voters, this node included: `1=10.0.0.1:7701,2=10.0.0.2:7701,3=10.0.0.3:7701`.
@@ -137,6 +163,10 @@ pub struct AgentArgs {
     /// Without it, a cluster of one.
     #[arg(long, env = "MUSTER_PEERS")]
     pub peers: Option<String>,
+    /// Join a running cluster instead of --peers: serve cluster RPC at --cluster-addr and wait
+    /// to be added with `muster cluster join <node-id> <cluster-addr>` against any member.
+    #[arg(long, env = "MUSTER_JOIN", conflicts_with = "peers")]
+    pub join: bool,
     /// Share of leases that may fall silent at once before expiry pauses [default: 0.85].
     #[arg(long, env = "MUSTER_SELF_PRESERVATION_THRESHOLD")]
     pub self_preservation_threshold: Option<f64>,

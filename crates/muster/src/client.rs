@@ -149,10 +149,15 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
                 output::instances(&r.instances);
             }
         }
-        Command::Cluster {
-            command: crate::cli::ClusterCommand::Members,
-        } => {
-            let c = api.api().cluster().await.map_err(|e| api.explain(e))?;
+        Command::Cluster { command } => {
+            use crate::cli::ClusterCommand as C;
+            let c = match command {
+                C::Members => api.api().cluster().await,
+                C::Join { id, cluster_addr } => api.api().join_member(id, &cluster_addr).await,
+                C::Leave { id } => api.api().remove_member(id).await,
+                C::TransferLeader { id } => api.api().transfer_leader(id).await,
+            }
+            .map_err(|e| api.explain(e))?;
             if g.json {
                 output::json(&c);
             } else {

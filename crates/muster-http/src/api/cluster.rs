@@ -2,12 +2,15 @@
 
 use axum::extract::State;
 use axum::response::IntoResponse;
-use muster_registry::Role;
-use muster_types::{ClusterInfo, ClusterNode, ErrorBody, NodeRole};
+use muster_registry::{MemberChange, Role};
+use muster_types::{
+    ClusterInfo, ClusterNode, ErrorBody, JoinRequest, NodeRole, TransferLeaderRequest,
+};
 
-use super::Call;
+use super::{ApiPath, Call, JsonBody};
 use crate::HttpStateRef;
 use crate::error::ApiError;
+use crate::openapi::{BodyErrors, WriteErrors};
 
 /// Node id, leader, members and indexes, and every member of the cluster
 /// with its role, addresses, last contact and match index.
@@ -17,7 +20,77 @@ pub async fn cluster(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
 ) -> Result<axum::Json<ClusterInfo>, ApiError> {
-    let i = state.registry.cluster(&caller)?;
+    info(&state, &caller)
+}
+
+/// Adds a node, from any member (forwarded to the leader): it joins as a
+/// learner, is promoted to voter once it holds the log, and the answer
+/// comes once it votes. The node must run with `--join` at `cluster_addr`.
+/// Adding a member again at the same address changes nothing; an id that
+/// was removed is refused, for good.
+#[utoipa::path(post, path = "/v1/cluster/members", tag = "operations",
+    request_body = JoinRequest,
+    responses((status = 200, description = "The node is a voter; this node's view of the cluster", body = ClusterInfo),
+              (status = 400, description = "Invalid input", body = ErrorBody),
+              (status = 409, description = "membership_refused: a removed id, an id or address in use, another change under way, or a node that did not catch up", body = ErrorBody),
+              BodyErrors, WriteErrors))]
+pub async fn join(
+    State(state): State<HttpStateRef>,
+    Call(caller): Call,
+    JsonBody(body): JsonBody<JoinRequest>,
+) -> Result<axum::Json<ClusterInfo>, ApiError> {
+    let change = MemberChange::Add {
+        id: body.id,
+        cluster_addr: body.cluster_addr,
+    };
+    state.registry.change_members(&caller, change).await?;
+    info(&state, &caller)
+}
+
+/// Removes a node (voter or learner), from any member (forwarded to the
+/// leader); its id is retired and never accepted again. The leader cannot
+/// remove itself: move leadership first. Removing a removed node again
+/// changes nothing.
+#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "operations",
+    params(("id" = u64, Path, description = "Node id")),
+    responses((status = 200, description = "Removed; this node's view of the cluster", body = ClusterInfo),
+              (status = 400, description = "Invalid input", body = ErrorBody),
+              (status = 409, description = "membership_refused: not a member, or the leader itself", body = ErrorBody),
+              WriteErrors))]
+pub async fn leave(
+    State(state): State<HttpStateRef>,
+    Call(caller): Call,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<axum::Json<ClusterInfo>, ApiError> {
+    let change = MemberChange::Remove { id };
+    state.registry.change_members(&caller, change).await?;
+    info(&state, &caller)
+}
+
+/// Moves leadership to `to` (or the most up-to-date other voter), from any
+/// member. Writes are held for the ~1-2 s it takes (until the voters'
+/// leader lease runs out) and then go to the new leader.
+#[utoipa::path(post, path = "/v1/cluster/transfer-leader", tag = "operations",
+    request_body = TransferLeaderRequest,
+    responses((status = 200, description = "Leadership moved; this node's view of the cluster", body = ClusterInfo),
+              (status = 400, description = "Invalid input", body = ErrorBody),
+              (status = 409, description = "membership_refused: the target is not a voter, or did not catch up", body = ErrorBody),
+              BodyErrors, WriteErrors))]
+pub async fn transfer_leader(
+    State(state): State<HttpStateRef>,
+    Call(caller): Call,
+    JsonBody(body): JsonBody<TransferLeaderRequest>,
+) -> Result<axum::Json<ClusterInfo>, ApiError> {
+    let change = MemberChange::TransferLeader { to: body.to };
+    state.registry.change_members(&caller, change).await?;
+    info(&state, &caller)
+}
+
+fn info(
+    state: &HttpStateRef,
+    caller: &muster_registry::Caller,
+) -> Result<axum::Json<ClusterInfo>, ApiError> {
+    let i = state.registry.cluster(caller)?;
     Ok(axum::Json(ClusterInfo {
         node_id: i.node_id,
         leader: i.leader,

@@ -184,9 +184,11 @@ pub fn parse_query(params: &Params) -> Result<Query, ApiError> {
            ("zone" = Option<String>, Query, description = "Zone"),
            ("health" = Option<String>, Query, description = "`passing` (default) or `any`"),
            ("index" = Option<u64>, Query, description = "Block until the service index exceeds this"),
-           ("wait" = Option<String>, Query, description = "Longest block with `index`, e.g. `30s` (default 5m); over 10m is a 400")),
+           ("wait" = Option<String>, Query, description = "Longest block with `index`, e.g. `30s` (default 5m); over 10m is a 400"),
+           ("consistent" = Option<bool>, Query, description = "Linearizable read (bare `?consistent` or `true`): the leader confirms with a quorum that it leads (read-index), asked of it by a follower, and the answer reflects at least its commit index; 503 `not_leader` when no leader with a quorum answers within 5 s")),
     responses((status = 200, description = "Matching instances; header X-Muster-Index", body = InstancesResponse, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
-              (status = 400, description = "Invalid parameter", body = ErrorBody)))]
+              (status = 400, description = "Invalid parameter", body = ErrorBody),
+              (status = 503, description = "not_leader: a consistent read found no leader with a quorum in time", body = ErrorBody)))]
 pub async fn discover(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -202,10 +204,14 @@ pub async fn discover(
         "health",
         "index",
         "wait",
+        "consistent",
     ])?;
     let key = ServiceKey::new(params.namespace()?, service);
     validate_service_name(&key.service)?;
     let query = parse_query(&params)?;
+    if params.consistent()? {
+        state.registry.consistent(&caller, &key).await?;
+    }
     let index = match params.blocking()? {
         Some((index, wait)) => {
             state

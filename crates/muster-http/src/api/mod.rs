@@ -104,6 +104,13 @@ pub fn router(state: HttpStateRef) -> Router {
         get(watch::watch).post(watch_many::watch_many)
     );
     let r = route!(r, "/v1/cluster", get(cluster::cluster));
+    let r = route!(r, "/v1/cluster/members", post(cluster::join));
+    let r = route!(r, "/v1/cluster/members/{id}", delete(cluster::leave));
+    let r = route!(
+        r,
+        "/v1/cluster/transfer-leader",
+        post(cluster::transfer_leader)
+    );
     let r = route!(r, "/v1/openapi.json", get(crate::openapi::serve));
     let r = route!(r, "/metrics", get(crate::metrics::render));
     let r = route!(r, "/healthz", get(cluster::healthz));
@@ -366,6 +373,19 @@ impl Params {
         muster_types::validate_service_name(&key.service)?;
         muster_types::validate_instance_id(id)?;
         Ok(key)
+    }
+
+    /// `consistent`: present (bare, or `true`) asks for a linearizable
+    /// read; absent or `false` reads this node's applied state.
+    pub fn consistent(&self) -> Result<bool, ApiError> {
+        match self.get("consistent") {
+            None | Some("false") => Ok(false),
+            Some("" | "true") => Ok(true),
+            Some(v) => Err(ApiError::bad_param(
+                "consistent",
+                format!("consistent takes no value, or true or false; not {v:?}"),
+            )),
+        }
     }
 
     /// A blocking-query request: `index` and `wait`, jittered. A `wait`

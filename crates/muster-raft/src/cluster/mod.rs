@@ -38,6 +38,7 @@
 //! never applied twice by a retry.
 
 pub(crate) mod client;
+pub(crate) mod membership;
 pub(crate) mod server;
 pub(crate) mod wire;
 
@@ -73,8 +74,12 @@ const HELLO_RETRY: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// The voters of the initial cluster, this node included: node id →
-    /// cluster RPC address (`host:port`). The same on every node.
+    /// cluster RPC address (`host:port`). The same on every node. With
+    /// `join`, only this node.
     pub peers: BTreeMap<u64, String>,
+    /// This node joins a running cluster (added with `muster cluster
+    /// join`): a fresh data directory does not initialise a cluster.
+    pub join: bool,
     /// This node's HTTP API address, as clients and peers reach it.
     pub http_addr: String,
 }
@@ -147,6 +152,11 @@ pub(crate) struct Shared {
     /// Every member's HTTP address that is known (learned by `hello`).
     pub(crate) http_addrs: RwLock<BTreeMap<u64, String>>,
     pub(crate) contacts: Contacts,
+    /// The catalog this node applies (its retired node ids).
+    pub(crate) catalog: Arc<RwLock<muster_catalog::Catalog>>,
+    /// Held shared by every local proposal, and exclusively while
+    /// leadership moves away (see [`membership`]).
+    pub(crate) transfer_gate: tokio::sync::RwLock<()>,
 }
 
 /// Why one attempt on the leader did not give an answer.
@@ -161,6 +171,7 @@ enum Attempt<T> {
 impl Shared {
     /// Proposes through this node's batcher (it must lead).
     pub(crate) async fn propose_local(&self, cmd: Command) -> Result<Applied, ProposeError> {
+        let _gate = self.transfer_gate.read().await;
         let (proposal, reply) = Proposal::new(cmd);
         self.proposals
             .send(proposal)
@@ -363,6 +374,55 @@ impl Shared {
         Ok(answer)
     }
 
+    /// The leader's read index for a linearizable read (read-index: the
+    /// leader confirms with a quorum that it still leads, and names its
+    /// commit index), asked of the leader when this node follows; answered
+    /// once this node applied that index, never earlier.
+    pub(crate) async fn read_index(&self) -> Result<u64, ProposeError> {
+        let index = self
+            .on_leader(|leader| async move {
+                match leader {
+                    None | Some((_, None)) => Attempt::Retry,
+                    Some((l, _)) if l == self.node_id => match self.read_index_here().await {
+                        Err(ProposeError::NotLeader { .. }) => Attempt::Retry,
+                        r => Attempt::Done(r),
+                    },
+                    Some((l, Some(addr))) => {
+                        let reply: Result<wire::ReadIndexReply, _> = self
+                            .http
+                            .call(&addr, &path(l, "read-index"), Bytes::new(), FORWARD_TIMEOUT)
+                            .await;
+                        match reply {
+                            Ok(wire::ReadIndexReply::Index(i)) => Attempt::Done(Ok(i)),
+                            Ok(wire::ReadIndexReply::NotLeader { .. }) => Attempt::Retry,
+                            // Asking again reads nothing twice.
+                            Err(e) => {
+                                tracing::debug!(leader = l, error = %e, "read index failed");
+                                Attempt::Retry
+                            }
+                        }
+                    }
+                }
+            })
+            .await?;
+        let applied = self
+            .raft
+            .wait(Some(APPLY_WAIT))
+            .applied_index_at_least(Some(index), "read index applied here")
+            .await;
+        match applied {
+            Ok(_) => Ok(index),
+            Err(_) => Err(ProposeError::NotLeader {
+                leader: self.leader().map(|(l, _)| l),
+            }),
+        }
+    }
+
+    /// The read index on this node, which must lead.
+    pub(crate) async fn read_index_here(&self) -> Result<u64, ProposeError> {
+        read_index_of(&self.raft).await
+    }
+
     /// The HTTP address of every member known so far.
     pub(crate) fn http_addrs(&self) -> BTreeMap<u64, String> {
         self.http_addrs
@@ -421,5 +481,23 @@ pub(crate) async fn learn_http_addrs(shared: Arc<Shared>, mut stop: watch::Recei
             r = metrics.changed(), if all_known => if r.is_err() { return },
             () = tokio::time::sleep(HELLO_RETRY), if !all_known => {}
         }
+    }
+}
+
+/// openraft's read-index on `raft`: `NotLeader` when it does not lead or
+/// cannot reach a quorum (a minority side answers no consistent read).
+pub(crate) async fn read_index_of(raft: &Raft) -> Result<u64, ProposeError> {
+    use openraft::error::{CheckIsLeaderError, RaftError as OpenraftError};
+    match raft.ensure_linearizable().await {
+        Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+        Err(OpenraftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(ProposeError::NotLeader {
+                leader: f.leader_id,
+            })
+        }
+        Err(OpenraftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+            Err(ProposeError::NotLeader { leader: None })
+        }
+        Err(OpenraftError::Fatal(e)) => Err(ProposeError::Fatal(e.to_string())),
     }
 }

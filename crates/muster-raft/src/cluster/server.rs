@@ -44,6 +44,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/raft/{to}/forward", post(forward))
         .route("/raft/{to}/renew", post(renew))
         .route("/raft/{to}/report", post(report))
+        .route("/raft/{to}/members", post(members))
+        .route("/raft/{to}/elect", post(elect))
+        .route("/raft/{to}/read-index", post(read_index))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
@@ -171,4 +174,49 @@ async fn report(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) 
         _ => crate::ReportAnswer::NotLeader,
     };
     cbor(&answer)
+}
+
+/// A membership change a follower forwards: made here if this node leads.
+async fn members(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) -> Response {
+    if let Err(r) = check_to(&s, to) {
+        return r;
+    }
+    let change: crate::MemberChange = match wire::decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let leader = s.raft.metrics().borrow().current_leader;
+    let reply = if leader == Some(s.node_id) {
+        Shared::reply(s.change_here(change).await)
+    } else {
+        Shared::reply(Err(crate::MemberError::NotLeader { leader }))
+    };
+    cbor(&reply)
+}
+
+/// The leader moving leadership here asks this node to call an election.
+async fn elect(State(s): State<Arc<Shared>>, Path(to): Path<u64>) -> Response {
+    if let Err(r) = check_to(&s, to) {
+        return r;
+    }
+    let reply = match s.raft.trigger().elect().await {
+        Ok(()) => Shared::reply(Ok(())),
+        Err(e) => Shared::reply(Err(crate::MemberError::Unavailable(e.to_string()))),
+    };
+    cbor(&reply)
+}
+
+/// The read index a follower asks of the leader for a consistent read.
+async fn read_index(State(s): State<Arc<Shared>>, Path(to): Path<u64>) -> Response {
+    if let Err(r) = check_to(&s, to) {
+        return r;
+    }
+    let reply = match s.read_index_here().await {
+        Ok(i) => wire::ReadIndexReply::Index(i),
+        Err(crate::ProposeError::NotLeader { leader }) => {
+            wire::ReadIndexReply::NotLeader { leader }
+        }
+        Err(_) => wire::ReadIndexReply::NotLeader { leader: None },
+    };
+    cbor(&reply)
 }

@@ -159,6 +159,7 @@ enum DoneWire {
     Removed(u64),
     Preserved(u64),
     LeaseCreated(u64),
+    NodeRetired(u64),
 }
 
 /// [`ApplyError`] on the wire.
@@ -301,4 +302,13 @@ mod tests {
         let fwd = decode::<ForwardRequest>(&encode(&ForwardRequest(cmd.clone())).unwrap()).unwrap();
         assert_eq!(fwd.0, cmd);
     }
+}
+
+/// The leader's answer to a follower asking for the read index.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum ReadIndexReply {
+    /// Confirmed by a quorum: a linearizable read reflects this index.
+    Index(u64),
+    /// The receiver does not lead, or could not confirm it does.
+    NotLeader { leader: Option<u64> },
 }

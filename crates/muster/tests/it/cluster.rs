@@ -63,10 +63,15 @@ fn shuffled(mut ids: Vec<u64>, seed: u64) -> Vec<u64> {
     ids
 }
 
-/// Three nodes' settings: ids 1..=3, their data dirs and cluster ports.
+/// N nodes' settings: ids 1..=N, their data dirs and cluster ports.
 struct Cluster {
     dirs: Vec<tempfile::TempDir>,
     ports: Vec<u16>,
+    /// Arguments every agent also gets (e.g. a `--config` file).
+    args: Vec<String>,
+    /// Nodes 1..=initial form the cluster from `--peers`; the others
+    /// join it later.
+    initial: usize,
     /// Indexed by node id - 1; `None` while a node is down.
     agents: Vec<Option<Agent>>,
 }
@@ -76,13 +81,14 @@ impl Cluster {
         Cluster {
             dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
             ports: free_ports(n),
+            args: Vec::new(),
+            initial: n,
             agents: (0..n).map(|_| None).collect(),
         }
     }
 
     fn peers(&self) -> String {
-        let peers: Vec<String> = self
-            .ports
+        let peers: Vec<String> = self.ports[..self.initial]
             .iter()
             .enumerate()
             .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
@@ -93,21 +99,21 @@ impl Cluster {
     fn start(&mut self, id: u64) {
         let i = (id - 1) as usize;
         let (id_s, peers) = (id.to_string(), self.peers());
-        let cluster_addr = format!("127.0.0.1:{}", self.ports[i]);
+        let cluster_addr = self.cluster_addr(id);
         let data: &Path = self.dirs[i].path();
-        let agent = Agent::spawn_with(
-            data,
-            &[
-                "--node-id",
-                &id_s,
-                "--peers",
-                &peers,
-                "--cluster-addr",
-                &cluster_addr,
-            ],
-            &[],
-        );
+        let mut args = vec!["--node-id", &id_s, "--cluster-addr", &cluster_addr];
+        if i < self.initial {
+            args.extend(["--peers", &peers]);
+        } else {
+            args.push("--join");
+        }
+        args.extend(self.args.iter().map(String::as_str));
+        let agent = Agent::spawn_with(data, &args, &[]);
         self.agents[i] = Some(agent);
+    }
+
+    fn cluster_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.ports[(id - 1) as usize])
     }
 
     fn agent(&self, id: u64) -> &Agent {
@@ -117,6 +123,14 @@ impl Cluster {
     fn up(&self) -> Vec<u64> {
         (1..=self.agents.len() as u64)
             .filter(|id| self.agents[(*id - 1) as usize].is_some())
+            .collect()
+    }
+
+    /// The HTTP base URLs of the running nodes.
+    fn bases(&self) -> Vec<String> {
+        self.up()
+            .iter()
+            .map(|id| self.agent(*id).base.clone())
             .collect()
     }
 
@@ -285,6 +299,25 @@ async fn three_nodes_form_in_any_order_and_a_follower_takes_writes() {
             .unwrap()
             .contains("via-follower")
     );
+    // A consistent read on the other follower, right after: read-index
+    // through the leader, so it holds the write without waiting.
+    let other = *c
+        .up()
+        .iter()
+        .find(|id| **id != leader && **id != follower)
+        .unwrap();
+    let v: Value = client
+        .get(
+            c.agent(other)
+                .url("/v1/services/payments/instances?consistent&health=any"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["instances"][0]["id"], "via-follower", "{v}");
     let want = vec!["via-follower".to_string()];
     for id in c.up() {
         wait_holds(
@@ -444,4 +477,531 @@ async fn kill_9_of_the_leader_under_writes_loses_no_acknowledged_write() {
     .await;
     // And takes writes again, as a follower.
     assert!(register(&http(), &c.agent(leader).base, "storm", "after-restart").await);
+}
+
+/// Writes `n` instances `{prefix}-{i}` of `svc` from four clients, each
+/// through the nodes of `bases` in turn; every write must be acknowledged
+/// (the cluster has a quorum). Returns their ids.
+async fn write_all(bases: &[String], svc: &'static str, prefix: &str, n: usize) -> Vec<String> {
+    let mut tasks = Vec::new();
+    for w in 0..4usize {
+        let (bases, prefix) = (bases.to_vec(), prefix.to_string());
+        tasks.push(tokio::spawn(async move {
+            let client = http();
+            let mut acked = Vec::new();
+            for i in (w..n).step_by(4) {
+                let id = format!("{prefix}-{i}");
+                let base = &bases[i % bases.len()];
+                assert!(
+                    register(&client, base, svc, &id).await,
+                    "write {id} through {base} was not acknowledged"
+                );
+                acked.push(id);
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    acked
+}
+
+/// A counter or gauge from `agent`'s `/metrics`.
+async fn metric(agent: &Agent, name: &str) -> f64 {
+    let text = http()
+        .get(agent.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// 5 nodes compacting their log every 20 entries: with the leader and one
+/// follower killed (`kill -9`), the other three elect a leader and
+/// acknowledge every write; restarted, the two are far behind the
+/// survivors' compacted log and catch up from a streamed snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_serve_writes_with_two_killed_and_they_catch_up_from_a_snapshot() {
+    let seed = seed();
+    let order = shuffled(vec![1, 2, 3, 4, 5], seed);
+    println!("start order {order:?} (seed {seed}; MUSTER_TEST_SEED={seed} replays it)");
+    let mut c = Cluster::new(5);
+    let config = c.dirs[0].path().join("muster.toml");
+    std::fs::write(&config, "snapshot_logs = 20\nsnapshot_commands = 20\n").unwrap();
+    c.args = vec!["--config".into(), config.display().to_string()];
+    for id in &order {
+        c.start(*id);
+    }
+    let leader = c.leader(None).await;
+    let mut acked = write_all(&c.bases(), "five", "before", 40).await;
+
+    let follower = *c.up().iter().find(|id| **id != leader).unwrap();
+    println!("killing leader {leader} and follower {follower}");
+    c.kill9(leader);
+    c.kill9(follower);
+    let new_leader = c.leader(Some(leader)).await;
+    println!("new leader {new_leader}");
+    // Far more entries than the survivors keep after a snapshot.
+    acked.extend(write_all(&c.bases(), "five", "after", 400).await);
+    for id in c.up() {
+        wait_holds(
+            c.agent(id),
+            "five",
+            &acked,
+            CATCH_UP,
+            &format!("survivor {id}"),
+        )
+        .await;
+    }
+
+    for id in [leader, follower] {
+        c.start(id);
+    }
+    for id in [leader, follower] {
+        wait_holds(
+            c.agent(id),
+            "five",
+            &acked,
+            CATCH_UP,
+            &format!("restarted {id}"),
+        )
+        .await;
+        let installed = metric(c.agent(id), "muster_raft_snapshots_installed_total").await;
+        assert!(
+            installed >= 1.0,
+            "restarted node {id} caught up without installing a snapshot"
+        );
+    }
+    // The survivors never needed one.
+    assert_eq!(
+        metric(c.agent(new_leader), "muster_raft_snapshots_installed_total").await,
+        0.0
+    );
+}
+
+/// One Server-Sent Event: its type, `id:` (the index) and the instance it
+/// names (`instance.id` of an upsert, `id` of a delete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Event {
+    event: String,
+    index: u64,
+    instance: Option<String>,
+}
+
+/// A minimal reader of `GET /v1/watch` on one node.
+struct Watch {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Watch {
+    async fn open(agent: &Agent, service: &str, last_id: Option<u64>) -> Watch {
+        let mut req = http().get(agent.url(&format!("/v1/watch?service={service}")));
+        if let Some(id) = last_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        Watch {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event, or `None` if none came by `deadline`.
+    async fn next_by(&mut self, deadline: Instant) -> Option<Event> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let frame: String = self.buf.drain(..end + 2).collect();
+                let (mut event, mut index, mut data) = (String::new(), 0, String::new());
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        index = v.trim().parse().unwrap();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if event.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                let data: Value = serde_json::from_str(&data).unwrap();
+                let instance = data["instance"]["id"]
+                    .as_str()
+                    .or(data["id"].as_str())
+                    .map(str::to_string);
+                return Some(Event {
+                    event,
+                    index,
+                    instance,
+                });
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
+                .await
+                .ok()?;
+            let chunk = chunk.expect("the watch failed").expect("the watch ended");
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// Events until one matches `want`, that one included; panics at
+    /// `deadline`.
+    async fn until(&mut self, deadline: Instant, want: impl Fn(&Event) -> bool) -> Vec<Event> {
+        let mut seen = Vec::new();
+        loop {
+            let Some(e) = self.next_by(deadline).await else {
+                panic!("the awaited event did not come; saw {seen:?}");
+            };
+            let done = want(&e);
+            seen.push(e);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+/// The PUT of an instance with its own lease of `ttl`.
+async fn register_leased(base: &str, svc: &str, id: &str, ttl: &str) {
+    let r = http()
+        .put(format!("{base}/v1/services/{svc}/instances/{id}"))
+        .json(&json!({"address": "10.0.0.1", "port": 8080, "ttl": ttl}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+/// A client heartbeating `id` to `base` every `every` until aborted; a
+/// heartbeat that fails (an election) is tried again at the next beat.
+fn heartbeat(
+    base: String,
+    svc: &'static str,
+    id: &'static str,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = http();
+        let url = format!("{base}/v1/services/{svc}/instances/{id}/heartbeat");
+        loop {
+            let _ = client.put(&url).timeout(every * 4).send().await;
+            // The client's own cadence, not a wait for state.
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
+/// On a follower that stays up, across the leader's `kill -9`: the
+/// instance whose client keeps heartbeating to it survives; the one whose
+/// client died with the leader expires within its TTL plus the election;
+/// a watch opened before the kill sees every change after it, in index
+/// order, and a watch resumed on another node from the last index seen
+/// before the kill gets the same changes; a blocking query opened before
+/// the kill answers the first write after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_watches_and_blocking_queries_on_a_follower_survive_a_leader_change() {
+    const TTL: Duration = Duration::from_secs(3);
+    let mut c = Cluster::new(3);
+    for id in shuffled(vec![1, 2, 3], seed()) {
+        c.start(id);
+    }
+    let leader = c.leader(None).await;
+    let up = c.up();
+    let others: Vec<u64> = up.iter().copied().filter(|id| *id != leader).collect();
+    let (follower, other) = (others[0], others[1]);
+    let fbase = c.agent(follower).base.clone();
+
+    let mut watch = Watch::open(c.agent(follower), "leased", None).await;
+    let start = Instant::now() + FORM;
+    let snapshot = watch.until(start, |e| e.event == "snapshot").await;
+    println!("watch on follower {follower} from {snapshot:?}");
+    register_leased(&fbase, "leased", "kept", "3s").await;
+    register_leased(&fbase, "leased", "orphan", "3s").await;
+    let kept = heartbeat(fbase.clone(), "leased", "kept", Duration::from_millis(500));
+    let orphan = heartbeat(
+        fbase.clone(),
+        "leased",
+        "orphan",
+        Duration::from_millis(500),
+    );
+    let before = watch
+        .until(start, |e| e.instance.as_deref() == Some("orphan"))
+        .await;
+    let last_before = before.last().unwrap().index;
+
+    // A blocking query on the follower, at the index it answers now.
+    let r = http()
+        .get(c.agent(follower).url("/v1/services/later/instances"))
+        .send()
+        .await
+        .unwrap();
+    let index: u64 = r.headers()["x-muster-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let blocking = tokio::spawn(
+        http()
+            .get(c.agent(follower).url(&format!(
+                "/v1/services/later/instances?index={index}&wait=60s"
+            )))
+            .send(),
+    );
+
+    // The leader dies, and with it the orphan's client.
+    orphan.abort();
+    c.kill9(leader);
+    let killed = Instant::now();
+    let new_leader = c.leader(Some(leader)).await;
+    let election = killed.elapsed();
+    println!("new leader {new_leader} after {election:?}");
+
+    // Changes after the kill, through both survivors.
+    register_leased(&fbase, "later", "l1", "30s").await;
+    for (i, id) in ["a1", "a2", "a3", "a4"].iter().enumerate() {
+        let base = &c.agent(if i % 2 == 0 { follower } else { other }).base;
+        assert!(register(&http(), base, "leased", id).await, "write {id}");
+    }
+    let r = blocking.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["instances"][0]["id"], "l1", "{v}");
+
+    // The orphan expires: not before a full TTL from the new leader's
+    // start, and within TTL + the election (+1 s for a loaded machine).
+    let after = watch
+        .until(killed + TTL + FORM, |e| {
+            e.event == "delete" && e.instance.as_deref() == Some("orphan")
+        })
+        .await;
+    let expired = killed.elapsed();
+    println!("orphan expired {expired:?} after the kill");
+    assert!(expired >= TTL, "expired after {expired:?}, within its TTL");
+    assert!(
+        expired <= TTL + election + Duration::from_secs(1),
+        "expired {expired:?} after the kill (TTL {TTL:?}, election {election:?})"
+    );
+    // Every write after the kill reached the watch, in index order, and
+    // the kept instance was never deleted.
+    let mut changes = after.clone();
+    for id in ["a1", "a2", "a3", "a4"] {
+        if !changes.iter().any(|e| e.instance.as_deref() == Some(id)) {
+            changes.extend(
+                watch
+                    .until(Instant::now() + CATCH_UP, |e| {
+                        e.instance.as_deref() == Some(id)
+                    })
+                    .await,
+            );
+        }
+    }
+    assert!(
+        changes.windows(2).all(|w| w[0].index < w[1].index),
+        "{changes:?}"
+    );
+    // Another full TTL with the kept instance's client still beating: no
+    // deletion of it comes.
+    let quiet_until = Instant::now() + TTL;
+    while let Some(e) = watch.next_by(quiet_until).await {
+        assert_ne!(e.instance.as_deref(), Some("kept"), "{e:?}");
+        changes.push(e);
+    }
+    assert!(
+        !changes
+            .iter()
+            .any(|e| e.instance.as_deref() == Some("kept")),
+        "{changes:?}"
+    );
+    for id in [follower, other] {
+        let have = ids(c.agent(id), "leased").await.unwrap();
+        assert!(
+            have.contains("kept") && !have.contains("orphan"),
+            "node {id}: {have:?}"
+        );
+    }
+    kept.abort();
+
+    // A watcher that resumes on the other survivor from the last index it
+    // saw before the kill gets exactly the changes the follower's watch
+    // got after it.
+    let mut resumed = Watch::open(c.agent(other), "leased", Some(last_before)).await;
+    let last = changes.last().unwrap().index;
+    let got = resumed
+        .until(Instant::now() + CATCH_UP, |e| e.index >= last)
+        .await;
+    let strip = |v: &[Event]| -> Vec<(String, Option<String>)> {
+        v.iter()
+            .filter(|e| e.event == "upsert" || e.event == "delete")
+            .map(|e| (e.event.clone(), e.instance.clone()))
+            .collect()
+    };
+    assert_eq!(strip(&got), strip(&changes));
+
+    // Alone (a minority of one), the follower still reads its applied
+    // state, but refuses a consistent read.
+    c.kill9(other);
+    let url = c
+        .agent(follower)
+        .url("/v1/services/leased/instances?health=any");
+    assert_eq!(http().get(&url).send().await.unwrap().status(), 200);
+    let r = http()
+        .get(format!("{url}&consistent"))
+        .timeout(FORM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
+}
+
+/// Polls `/v1/cluster` on `agent` until its voters are `want`.
+async fn wait_voters(agent: &Agent, want: &[u64]) {
+    let deadline = Instant::now() + FORM;
+    loop {
+        let v = cluster_info(agent).await;
+        let voters: Option<Vec<u64>> = v.as_ref().and_then(|v| {
+            v["members"]
+                .as_array()
+                .map(|m| m.iter().filter_map(Value::as_u64).collect())
+        });
+        if voters.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "voters {voters:?}, not {want:?}, after {FORM:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Under writes from four clients: a 4th node started with `--join` is
+/// added through a follower and becomes a voter; a follower is removed
+/// (through the new node) and its id is refused for good; leadership moves
+/// to the new node on request, and the leader cannot remove itself. No
+/// acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write() {
+    let mut c = Cluster::new(4);
+    c.initial = 3;
+    for id in shuffled(vec![1, 2, 3], seed()) {
+        c.start(id);
+    }
+    let leader = c.leader(None).await;
+
+    let bases = c.bases();
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let (bases, acked, stop) = (bases.clone(), acked.clone(), stop_rx.clone());
+        writers.push(tokio::spawn(async move {
+            let client = http();
+            // Bounded: at most 5,000 writes per client.
+            for n in 0..5_000usize {
+                if *stop.borrow() {
+                    return;
+                }
+                let id = format!("w{w}-{n}");
+                if register(&client, &bases[(w + n) % bases.len()], "churn", &id).await {
+                    acked.lock().unwrap().push(id);
+                }
+            }
+        }));
+    }
+    let acks = || acked.lock().unwrap().len();
+
+    // Join node 4 through a follower.
+    c.start(4);
+    let follower = *c
+        .up()
+        .iter()
+        .find(|id| **id != leader && **id != 4)
+        .unwrap();
+    let (ok, out, err) = cli(
+        &c.agent(follower).base,
+        &["cluster", "join", "4", &c.cluster_addr(4)],
+    );
+    assert!(ok, "join: {err}");
+    assert!(out.lines().any(|l| l.starts_with("4 ")), "{out}");
+    wait_voters(c.agent(leader), &[1, 2, 3, 4]).await;
+    println!("node 4 joined after {} acknowledged writes", acks());
+
+    // Remove a follower other than node 4, asked of node 4.
+    let gone = *c
+        .up()
+        .iter()
+        .find(|id| **id != leader && **id != 4)
+        .unwrap();
+    let (ok, _, err) = cli(&c.agent(4).base, &["cluster", "leave", &gone.to_string()]);
+    assert!(ok, "leave {gone}: {err}");
+    let mut voters: Vec<u64> = vec![1, 2, 3, 4];
+    voters.retain(|id| *id != gone);
+    wait_voters(c.agent(leader), &voters).await;
+    c.kill9(gone);
+    // Its id is never reused, whatever the address.
+    let (ok, _, err) = cli(
+        &c.agent(leader).base,
+        &["cluster", "join", &gone.to_string(), &c.cluster_addr(gone)],
+    );
+    assert!(!ok && err.contains("never reused"), "{err}");
+    let r = http()
+        .post(c.agent(4).url("/v1/cluster/members"))
+        .json(&json!({"id": gone, "cluster_addr": "127.0.0.1:1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "membership_refused", "{v}");
+    println!("node {gone} removed after {} acknowledged writes", acks());
+
+    // Leadership moves to node 4, asked of a follower; then node 4 cannot
+    // remove itself.
+    let asked = *c
+        .up()
+        .iter()
+        .find(|id| **id != leader && **id != 4)
+        .unwrap_or(&leader);
+    let (ok, _, err) = cli(&c.agent(asked).base, &["cluster", "transfer-leader", "4"]);
+    assert!(ok, "transfer-leader: {err}");
+    assert_eq!(c.leader(None).await, 4);
+    let (ok, _, err) = cli(&c.agent(leader).base, &["cluster", "leave", "4"]);
+    assert!(!ok && err.contains("leads"), "{err}");
+    let at_transfer = acks();
+    println!("leadership on node 4 after {at_transfer} acknowledged writes");
+
+    // Writes go on after the transfer, then every acknowledged write is on
+    // every member.
+    let deadline = Instant::now() + FORM;
+    while acks() < at_transfer + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "writes stalled after the transfer"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    stop_tx.send_replace(true);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    println!("{} acknowledged writes", acked.len());
+    for id in c.up() {
+        wait_holds(
+            c.agent(id),
+            "churn",
+            &acked,
+            CATCH_UP,
+            &format!("node {id}"),
+        )
+        .await;
+    }
 }
