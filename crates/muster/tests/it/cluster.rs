@@ -228,6 +228,82 @@ async fn wait_holds(agent: &Agent, svc: &str, want: &[String], within: Duration,
     }
 }
 
+/// Four clients writing `service` through every node in turn (bounded: at
+/// most 5,000 writes each); a write that fails (its node died, an election)
+/// moves on to the next node. Every acknowledged id is kept, and the count
+/// is published so a test waits on it instead of polling.
+struct Writers {
+    acked: Arc<Mutex<Vec<String>>>,
+    count: tokio::sync::watch::Receiver<usize>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(bases: Vec<String>, service: &'static str) -> Writers {
+        let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (count_tx, count) = tokio::sync::watch::channel(0usize);
+        let count_tx = Arc::new(count_tx);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let tasks = (0..4usize)
+            .map(|w| {
+                let (bases, acked, stop) = (bases.clone(), acked.clone(), stop_rx.clone());
+                let count_tx = count_tx.clone();
+                tokio::spawn(async move {
+                    let client = http();
+                    for n in 0..5_000usize {
+                        if *stop.borrow() {
+                            return;
+                        }
+                        let id = format!("w{w}-{n}");
+                        if register(&client, &bases[(w + n) % bases.len()], service, &id).await {
+                            let total = {
+                                let mut a = acked.lock().unwrap();
+                                a.push(id);
+                                a.len()
+                            };
+                            count_tx.send_replace(total);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Writers {
+            acked,
+            count,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Writes acknowledged so far.
+    fn count(&self) -> usize {
+        *self.count.borrow()
+    }
+
+    /// Waits (up to [`FORM`]) until `target` writes were acknowledged.
+    async fn wait_for(&self, target: usize, what: &str) {
+        let mut rx = self.count.clone();
+        let reached = tokio::time::timeout(FORM, rx.wait_for(|n| *n >= target)).await;
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "{what}: {} of {target} acks",
+            self.count()
+        );
+    }
+
+    /// Stops the writers and gives every acknowledged id.
+    async fn stop(self) -> Vec<String> {
+        self.stop.send_replace(true);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        println!("{} acknowledged writes", acked.len());
+        acked
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_in_any_order_and_a_follower_takes_writes() {
     let seed = seed();
@@ -404,56 +480,21 @@ async fn kill_9_of_the_leader_under_writes_loses_no_acknowledged_write() {
     }
     let leader = c.leader(None).await;
 
-    // Four clients, each writing through every node in turn; a write that
-    // fails (its node died, an election) moves on to the next node.
     let bases: Vec<String> = c.up().iter().map(|id| c.agent(*id).base.clone()).collect();
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut writers = Vec::new();
-    for w in 0..4usize {
-        let (bases, acked, stop) = (bases.clone(), acked.clone(), stop_rx.clone());
-        writers.push(tokio::spawn(async move {
-            let client = http();
-            // Bounded: at most 5,000 writes per client.
-            for n in 0..5_000usize {
-                if *stop.borrow() {
-                    return;
-                }
-                let id = format!("w{w}-{n}");
-                let base = &bases[(w + n) % bases.len()];
-                if register(&client, base, "storm", &id).await {
-                    acked.lock().unwrap().push(id);
-                }
-            }
-        }));
-    }
-    let count = |acked: &Arc<Mutex<Vec<String>>>| acked.lock().unwrap().len();
-    let wait_count = |target: usize, what: &'static str| {
-        let acked = acked.clone();
-        async move {
-            let deadline = Instant::now() + FORM;
-            while count(&acked) < target {
-                assert!(Instant::now() < deadline, "{what}: {} acks", count(&acked));
-                tokio::time::sleep(POLL).await;
-            }
-        }
-    };
-    wait_count(200, "writes before the kill").await;
+    let writers = Writers::start(bases, "storm");
+    writers.wait_for(200, "writes before the kill").await;
     println!(
         "killing leader {leader} after {} acknowledged writes",
-        count(&acked)
+        writers.count()
     );
     c.kill9(leader);
-    let at_kill = count(&acked);
+    let at_kill = writers.count();
     let new_leader = c.leader(Some(leader)).await;
     println!("new leader {new_leader}");
-    wait_count(at_kill + 200, "writes after the kill").await;
-    stop_tx.send_replace(true);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
-    println!("{} acknowledged writes", acked.len());
+    writers
+        .wait_for(at_kill + 200, "writes after the kill")
+        .await;
+    let acked = writers.stop().await;
     for id in c.up() {
         wait_holds(
             c.agent(id),
@@ -896,27 +937,8 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
     }
     let leader = c.leader(None).await;
 
-    let bases = c.bases();
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut writers = Vec::new();
-    for w in 0..4usize {
-        let (bases, acked, stop) = (bases.clone(), acked.clone(), stop_rx.clone());
-        writers.push(tokio::spawn(async move {
-            let client = http();
-            // Bounded: at most 5,000 writes per client.
-            for n in 0..5_000usize {
-                if *stop.borrow() {
-                    return;
-                }
-                let id = format!("w{w}-{n}");
-                if register(&client, &bases[(w + n) % bases.len()], "churn", &id).await {
-                    acked.lock().unwrap().push(id);
-                }
-            }
-        }));
-    }
-    let acks = || acked.lock().unwrap().len();
+    let writers = Writers::start(c.bases(), "churn");
+    let acks = || writers.count();
 
     // Join node 4 through a follower.
     c.start(4);
@@ -980,20 +1002,10 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
 
     // Writes go on after the transfer, then every acknowledged write is on
     // every member.
-    let deadline = Instant::now() + FORM;
-    while acks() < at_transfer + 100 {
-        assert!(
-            Instant::now() < deadline,
-            "writes stalled after the transfer"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-    stop_tx.send_replace(true);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
-    println!("{} acknowledged writes", acked.len());
+    writers
+        .wait_for(at_transfer + 100, "writes after the transfer")
+        .await;
+    let acked = writers.stop().await;
     for id in c.up() {
         wait_holds(
             c.agent(id),
