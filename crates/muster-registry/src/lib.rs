@@ -1155,6 +1155,14 @@ impl Registry {
         Ok(())
     }
 
+    /// [`Registry::consistent`] for the list of a namespace's services.
+    pub async fn consistent_services(&self, caller: &Caller, namespace: &str) -> Result<()> {
+        self.authorize(caller, Access::List(namespace))?;
+        muster_types::validate_namespace(namespace)?;
+        self.inner.node.read_barrier().await?;
+        Ok(())
+    }
+
     /// Changes the cluster's membership (add, remove, move leadership) on
     /// the leader, forwarded from any node; answered once made.
     pub async fn change_members(&self, caller: &Caller, change: MemberChange) -> Result<()> {

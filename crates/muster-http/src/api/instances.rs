@@ -11,7 +11,9 @@ use muster_types::{
     validate_service_name,
 };
 
-use super::{ApiPath, Call, JsonBody, Params, indexed, json_response, json_with_index};
+use super::{
+    ApiPath, CONSISTENT_DOC, Call, JsonBody, Params, indexed, json_response, json_with_index,
+};
 use crate::HttpStateRef;
 use crate::cache::Answer;
 use crate::error::ApiError;
@@ -50,17 +52,22 @@ pub async fn register(
 #[utoipa::path(get, path = "/v1/services/{service}/instances/{id}", tag = "instances",
     params(("service" = String, Path, description = "Service name"),
            ("id" = String, Path, description = "Instance id"),
-           ("namespace" = Option<String>, Query, description = "Namespace")),
+           ("namespace" = Option<String>, Query, description = "Namespace"),
+           ("consistent" = Option<bool>, Query, description = CONSISTENT_DOC)),
     responses((status = 200, description = "The instance", body = Instance, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
               (status = 400, description = "Invalid service name, id, namespace or parameter", body = ErrorBody),
-              (status = 404, description = "No such instance", body = ErrorBody)))]
+              (status = 404, description = "No such instance", body = ErrorBody),
+              (status = 503, description = "not_leader: a consistent read found no leader with a quorum in time", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
     ApiPath((service, id)): ApiPath<(String, String)>,
     params: Params,
 ) -> Result<Response, ApiError> {
-    let key = params.instance_key(service, &id)?;
+    let key = params.instance_key_with(service, &id, &["namespace", "consistent"])?;
+    if params.consistent()? {
+        state.registry.consistent(&caller, &key).await?;
+    }
     let found = state.registry.instance(&caller, &key, &id)?;
     Ok(indexed(found.index, &wire::instance_state(&found.value)))
 }
@@ -185,7 +192,7 @@ pub fn parse_query(params: &Params) -> Result<Query, ApiError> {
            ("health" = Option<String>, Query, description = "`passing` (default) or `any`"),
            ("index" = Option<u64>, Query, description = "Block until the service index exceeds this"),
            ("wait" = Option<String>, Query, description = "Longest block with `index`, e.g. `30s` (default 5m); over 10m is a 400"),
-           ("consistent" = Option<bool>, Query, description = "Linearizable read (bare `?consistent` or `true`): the leader confirms with a quorum that it leads (read-index), asked of it by a follower, and the answer reflects at least its commit index; 503 `not_leader` when no leader with a quorum answers within 5 s")),
+           ("consistent" = Option<bool>, Query, description = CONSISTENT_DOC)),
     responses((status = 200, description = "Matching instances; header X-Muster-Index", body = InstancesResponse, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
               (status = 400, description = "Invalid parameter", body = ErrorBody),
               (status = 503, description = "not_leader: a consistent read found no leader with a quorum in time", body = ErrorBody)))]

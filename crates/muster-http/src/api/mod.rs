@@ -33,6 +33,9 @@ use crate::HttpStateRef;
 use crate::error::ApiError;
 use crate::metrics::{self, TrackLayer};
 
+/// The OpenAPI description of `?consistent`, shared by every read that takes it.
+pub(crate) const CONSISTENT_DOC: &str = "Linearizable read (bare `?consistent` or `true`): the leader confirms with a quorum that it leads (read-index), asked of it by a follower, and the answer reflects at least its commit index; 503 `not_leader` when no leader with a quorum answers within 5 s";
+
 /// Adds a route whose handlers count and time their requests under the
 /// route's template (`metrics::TrackLayer`), answering other methods with
 /// 405 (and `Allow`), tracked the same way:
@@ -368,7 +371,18 @@ impl Params {
     /// The key of an instance route: only `namespace` accepted, and the
     /// namespace, service name and instance id validated.
     pub fn instance_key(&self, service: String, id: &str) -> Result<ServiceKey, ApiError> {
-        self.only(&["namespace"])?;
+        self.instance_key_with(service, id, &["namespace"])
+    }
+
+    /// [`Params::instance_key`] for a route that also takes `allowed`
+    /// parameters (which must include `namespace`).
+    pub fn instance_key_with(
+        &self,
+        service: String,
+        id: &str,
+        allowed: &[&str],
+    ) -> Result<ServiceKey, ApiError> {
+        self.only(allowed)?;
         let key = ServiceKey::new(self.namespace()?, service);
         muster_types::validate_service_name(&key.service)?;
         muster_types::validate_instance_id(id)?;

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::response::Response;
 use muster_types::{ErrorBody, ServicesResponse};
 
-use super::{Call, Params, indexed};
+use super::{CONSISTENT_DOC, Call, Params, indexed};
 use crate::HttpStateRef;
 use crate::error::ApiError;
 
@@ -13,16 +13,24 @@ use crate::error::ApiError;
 #[utoipa::path(get, path = "/v1/services", tag = "services",
     params(("namespace" = Option<String>, Query, description = "Namespace"),
            ("index" = Option<u64>, Query, description = "Block until the namespace index exceeds this"),
-           ("wait" = Option<String>, Query, description = "Longest block with `index`, e.g. `30s` (default 5m); over 10m is a 400")),
+           ("wait" = Option<String>, Query, description = "Longest block with `index`, e.g. `30s` (default 5m); over 10m is a 400"),
+           ("consistent" = Option<bool>, Query, description = CONSISTENT_DOC)),
     responses((status = 200, description = "Services; header X-Muster-Index", body = ServicesResponse, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
-              (status = 400, description = "Invalid parameter", body = ErrorBody)))]
+              (status = 400, description = "Invalid parameter", body = ErrorBody),
+              (status = 503, description = "not_leader: a consistent read found no leader with a quorum in time", body = ErrorBody)))]
 pub async fn list(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
     params: Params,
 ) -> Result<Response, ApiError> {
-    params.only(&["namespace", "index", "wait"])?;
+    params.only(&["namespace", "index", "wait", "consistent"])?;
     let namespace = params.namespace()?.to_string();
+    if params.consistent()? {
+        state
+            .registry
+            .consistent_services(&caller, &namespace)
+            .await?;
+    }
     if let Some((index, wait)) = params.blocking()? {
         state
             .registry

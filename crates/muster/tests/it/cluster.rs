@@ -394,6 +394,20 @@ async fn three_nodes_form_in_any_order_and_a_follower_takes_writes() {
         .await
         .unwrap();
     assert_eq!(v["instances"][0]["id"], "via-follower", "{v}");
+    // The other reads take `?consistent` too.
+    let get = |path: &str| client.get(c.agent(other).url(path)).send();
+    let one = get("/v1/services/payments/instances/via-follower?consistent")
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200, "{}", one.text().await.unwrap());
+    let list: Value = get("/v1/services?consistent=true")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["services"][0]["name"], "payments", "{list}");
+    assert_eq!(list["services"][0]["instances"], 1, "{list}");
     let want = vec!["via-follower".to_string()];
     for id in c.up() {
         wait_holds(
@@ -893,13 +907,22 @@ async fn leases_watches_and_blocking_queries_on_a_follower_survive_a_leader_chan
         .agent(follower)
         .url("/v1/services/leased/instances?health=any");
     assert_eq!(http().get(&url).send().await.unwrap().status(), 200);
-    let r = http()
-        .get(format!("{url}&consistent"))
-        .timeout(FORM)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
+    // Every read that takes `?consistent` refuses it (asked at once: each
+    // waits for a leader before it gives up).
+    let refused = |url: String| async move {
+        let r = http().get(url).timeout(FORM).send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    };
+    let agent = c.agent(follower);
+    let answers = tokio::join!(
+        refused(format!("{url}&consistent")),
+        refused(agent.url("/v1/services?consistent")),
+        refused(agent.url("/v1/services/leased/instances/kept?consistent")),
+    );
+    for (status, body) in [answers.0, answers.1, answers.2] {
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("not_leader"), "{body}");
+    }
 }
 
 /// Polls `/v1/cluster` on `agent` until its voters are `want`.
