@@ -978,6 +978,21 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
     assert!(out.lines().any(|l| l.starts_with("4 ")), "{out}");
     wait_voters(c.agent(leader), &[1, 2, 3, 4]).await;
     println!("node 4 joined after {} acknowledged writes", acks());
+    // Asking again is safe (a retried join); the same id elsewhere, or
+    // another id at its address, is refused and changes nothing.
+    let (ok, _, err) = cli(
+        &c.agent(leader).base,
+        &["cluster", "join", "4", &c.cluster_addr(4)],
+    );
+    assert!(ok, "join again: {err}");
+    let (ok, _, err) = cli(&c.agent(4).base, &["cluster", "join", "4", "127.0.0.1:1"]);
+    assert!(!ok && err.contains("already a member"), "{err}");
+    let (ok, _, err) = cli(
+        &c.agent(follower).base,
+        &["cluster", "join", "9", &c.cluster_addr(4)],
+    );
+    assert!(!ok && err.contains("node 4 is already at"), "{err}");
+    wait_voters(c.agent(leader), &[1, 2, 3, 4]).await;
 
     // Remove a follower other than node 4, asked of node 4.
     let gone = *c
@@ -1020,8 +1035,14 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
     assert_eq!(c.leader(None).await, 4);
     let (ok, _, err) = cli(&c.agent(leader).base, &["cluster", "leave", "4"]);
     assert!(!ok && err.contains("leads"), "{err}");
+    println!("leadership on node 4 after {} acknowledged writes", acks());
+    // Without a target, leadership moves to another voter.
+    let (ok, _, err) = cli(&c.agent(4).base, &["cluster", "transfer-leader"]);
+    assert!(ok, "transfer-leader without a target: {err}");
+    let moved = c.leader(Some(4)).await;
+    assert!(voters.contains(&moved), "{moved} is not one of {voters:?}");
     let at_transfer = acks();
-    println!("leadership on node 4 after {at_transfer} acknowledged writes");
+    println!("leadership on node {moved} after {at_transfer} acknowledged writes");
 
     // Writes go on after the transfer, then every acknowledged write is on
     // every member.
