@@ -760,7 +760,8 @@ fn heartbeat(
 /// a watch opened before the kill sees every change after it, in index
 /// order, and a watch resumed on another node from the last index seen
 /// before the kill gets the same changes; a blocking query opened before
-/// the kill answers the first write after it.
+/// the kill answers the first write after it; health checks run on the
+/// new leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_watches_and_blocking_queries_on_a_follower_survive_a_leader_change() {
     const TTL: Duration = Duration::from_secs(3);
@@ -792,6 +793,25 @@ async fn leases_watches_and_blocking_queries_on_a_follower_survive_a_leader_chan
         .await;
     let last_before = before.last().unwrap().index;
 
+    // An instance with a TCP check the leader runs every second, against a
+    // port that accepts (the kernel's backlog) until it is closed.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe_addr = probe.local_addr().unwrap().to_string();
+    let r = http()
+        .put(format!("{fbase}/v1/services/probed/instances/p1"))
+        .json(&json!({"address": "127.0.0.1", "port": 1,
+            "checks": [{"tcp": probe_addr, "interval": "1s"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let mut probed = Watch::open(c.agent(other), "probed", None).await;
+    probed
+        .until(Instant::now() + FORM, |e| {
+            e.event == "upsert" && e.instance.as_deref() == Some("p1")
+        })
+        .await;
+
     // A blocking query on the follower, at the index it answers now.
     let r = http()
         .get(c.agent(follower).url("/v1/services/later/instances"))
@@ -818,6 +838,21 @@ async fn leases_watches_and_blocking_queries_on_a_follower_survive_a_leader_chan
     let new_leader = c.leader(Some(leader)).await;
     let election = killed.elapsed();
     println!("new leader {new_leader} after {election:?}");
+
+    // Checks run on the new leader: the port closes, and within an
+    // interval (plus the run's timeout) the instance leaves the passing
+    // answers.
+    drop(probe);
+    let closed = Instant::now();
+    probed
+        .until(closed + FORM, |e| {
+            e.event == "delete" && e.instance.as_deref() == Some("p1")
+        })
+        .await;
+    println!(
+        "the new leader's check found the port closed after {:?}",
+        closed.elapsed()
+    );
 
     // Changes after the kill, through both survivors.
     register_leased(&fbase, "later", "l1", "30s").await;
