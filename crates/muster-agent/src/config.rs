@@ -75,6 +75,14 @@ pub struct Config {
     /// Most queries one multiplexed watch (`POST /v1/watch`) may carry;
     /// clients with more lookups open several streams.
     pub watch_max_queries: usize,
+    /// Serve the HTTP API over TLS with this certificate chain (PEM, leaf
+    /// first); needs `tls_key`. Reloaded on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Require a client certificate issued by this CA (PEM) on every HTTP
+    /// connection (mTLS); needs `tls_cert`.
+    pub tls_client_ca: Option<PathBuf>,
     /// Start from the snapshot alone when the log no longer reaches it,
     /// accepting the loss of the writes acknowledged after it. A one-off
     /// decision of an operator: a flag only, never read from a file.
@@ -106,6 +114,9 @@ impl Default for Config {
             http_header_timeout: l.header_timeout,
             http_body_timeout: l.body_timeout,
             watch_max_queries: l.max_watch_queries,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             force_recover_from_snapshot: false,
         }
     }
@@ -125,7 +136,27 @@ impl Config {
         if let Some(c) = self.cluster(self.http_addr) {
             c.validate(self.node_id)?;
         }
+        self.tls_files()?;
         self.http_limits().validate()
+    }
+
+    /// The HTTP listener's TLS files, if TLS is on (not read yet).
+    pub fn tls_files(&self) -> Result<Option<muster_http::tls::TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(muster_http::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })),
+            (None, None) if self.tls_client_ca.is_some() => Err(
+                "tls_client_ca needs tls_cert and tls_key: client certificates are only \
+                 asked for over TLS"
+                    .into(),
+            ),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("tls_cert needs tls_key (the certificate's private key)".into()),
+            (None, Some(_)) => Err("tls_key needs tls_cert (the certificate it belongs to)".into()),
+        }
     }
 
     /// The HTTP listener's limits.

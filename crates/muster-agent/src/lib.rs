@@ -97,6 +97,8 @@ async fn storage_restart(registry: Registry, data_dir: std::path::PathBuf) -> St
 pub struct Started {
     /// Address of the HTTP API.
     pub addr: SocketAddr,
+    /// Whether it is served over TLS (`https://`).
+    pub tls: bool,
     /// The registry, for tests and embedding.
     pub registry: Registry,
 }
@@ -111,6 +113,12 @@ pub async fn run(
     on_ready: impl FnOnce(&Started) + Send,
 ) -> Result<(), AgentError> {
     config.validate().map_err(AgentError::Config)?;
+    let tls = match config.tls_files().map_err(AgentError::Config)? {
+        Some(files) => Some(
+            muster_http::tls::Tls::load(files).map_err(|e| AgentError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
     let addr = http.local_addr()?;
     // The metrics recorder first, so that every metric the registry makes
     // is recorded.
@@ -125,8 +133,10 @@ pub async fn run(
     };
     on_ready(&Started {
         addr,
+        tls: tls.is_some(),
         registry: registry.clone(),
     });
+    let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_sighup(tls)));
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "muster is serving");
     let (restart_tx, restart_rx) = tokio::sync::oneshot::channel();
     let watcher = tokio::spawn({
@@ -142,8 +152,11 @@ pub async fn run(
             Ok(why) = restart_rx => { let _ = restart_tx2.send(why); }
         }
     };
-    let served = muster_http::serve(http, registry.clone(), config.http_limits(), stop).await;
+    let served = muster_http::serve(http, registry.clone(), config.http_limits(), tls, stop).await;
     watcher.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
     let restart = restart_rx2.try_recv().ok();
     let stopped = registry.shutdown().await;
     if let Some(why) = restart {
@@ -152,4 +165,35 @@ pub async fn run(
     stopped?;
     tracing::info!("muster stopped");
     served.map_err(AgentError::Io)
+}
+
+/// Reads the TLS files again on every SIGHUP; a file that does not load
+/// leaves the configuration in use and is logged.
+async fn reload_on_sighup(tls: std::sync::Arc<muster_http::tls::Tls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: TLS files are not reloaded");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            let files = tls.files();
+            match tls.reload() {
+                Ok(()) => {
+                    metrics::counter!("muster_tls_reloads_total", "result" => "ok").increment(1);
+                    tracing::info!(cert = %files.cert.display(), "SIGHUP: TLS files reloaded");
+                }
+                Err(e) => {
+                    metrics::counter!("muster_tls_reloads_total", "result" => "error").increment(1);
+                    tracing::error!(error = %e, "SIGHUP: TLS files not reloaded; the previous ones stay in use");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }

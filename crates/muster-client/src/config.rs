@@ -1,5 +1,6 @@
 //! [`ClientBuilder`] and the settings it validates once.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +80,18 @@ pub(crate) struct Settings {
     pub max_staleness: Duration,
     pub lookup_idle: Duration,
     pub queries_per_stream: usize,
+    pub tls: TlsSettings,
+}
+
+/// The PEM files of [`ClientBuilder::tls_ca_file`] and
+/// [`ClientBuilder::tls_client_cert`], read when the client is built.
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) struct TlsSettings {
+    /// CA certificates to trust instead of the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client certificate chain and its key, concatenated.
+    pub identity_pem: Option<Vec<u8>>,
 }
 
 /// Builds a [`Client`]; start with [`Client::builder`].
@@ -104,6 +117,8 @@ pub struct ClientBuilder {
     max_staleness: Duration,
     lookup_idle: Duration,
     queries_per_stream: usize,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// Default of [`ClientBuilder::lookup_idle_timeout`].
@@ -123,6 +138,8 @@ impl Default for ClientBuilder {
             max_staleness: Duration::from_secs(300),
             lookup_idle: DEFAULT_LOOKUP_IDLE,
             queries_per_stream: DEFAULT_QUERIES_PER_STREAM,
+            ca_file: None,
+            client_cert: None,
         }
     }
 }
@@ -193,6 +210,25 @@ impl ClientBuilder {
         self
     }
 
+    /// Trust only the CA certificates in this PEM file for `https://`
+    /// registry addresses, instead of the system's roots (as `curl
+    /// --cacert`): a registry with a certificate from a private CA, such as
+    /// one made by `muster tls ca create`. Read when the client is built.
+    /// Needs the `tls` feature.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Present this client certificate (PEM chain, leaf first) and its
+    /// private key (PEM) to registries that require one (`tls_client_ca`
+    /// on the agent). Read when the client is built. Needs the `tls`
+    /// feature.
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
     /// Validates the settings and builds the client. Makes no network call.
     pub fn build(self) -> Result<Client> {
         let settings = self.validate()?;
@@ -200,6 +236,7 @@ impl ClientBuilder {
     }
 
     fn validate(self) -> Result<Settings> {
+        let tls = self.tls()?;
         let mut addrs = Vec::new();
         let given = if self.addrs.is_empty() {
             vec!["http://127.0.0.1:7700".to_string()]
@@ -252,6 +289,7 @@ impl ClientBuilder {
             return Err(Error::Config("timeouts must be positive".into()));
         }
         Ok(Settings {
+            tls,
             addrs,
             namespace: self.namespace,
             timeouts: self.timeouts,
@@ -260,6 +298,45 @@ impl ClientBuilder {
             max_staleness: self.max_staleness,
             lookup_idle: self.lookup_idle,
             queries_per_stream: self.queries_per_stream,
+        })
+    }
+
+    /// Reads the TLS files, if any.
+    fn tls(&self) -> Result<TlsSettings> {
+        if (self.ca_file.is_some() || self.client_cert.is_some()) && !cfg!(feature = "tls") {
+            return Err(Error::Config(
+                "a CA file or client certificate needs muster-client's `tls` feature".into(),
+            ));
+        }
+        let read = |what: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", path.display())))
+        };
+        let ca_pem = match &self.ca_file {
+            Some(path) => {
+                let pem = read("CA file", path)?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(Error::Config(format!(
+                        "CA file {} holds no PEM certificate",
+                        path.display()
+                    )));
+                }
+                Some(pem)
+            }
+            None => None,
+        };
+        let identity_pem = match &self.client_cert {
+            Some((cert, key)) => {
+                let mut pem = read("client certificate", cert)?;
+                pem.push(b'\n');
+                pem.extend(read("client key", key)?);
+                Some(pem)
+            }
+            None => None,
+        };
+        Ok(TlsSettings {
+            ca_pem,
+            identity_pem,
         })
     }
 }

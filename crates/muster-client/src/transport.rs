@@ -68,6 +68,37 @@ impl<'a> Req<'a> {
     }
 }
 
+/// Adds the CA and client certificate of the settings (validated: only
+/// set with the `tls` feature).
+#[cfg(feature = "tls")]
+fn with_tls(
+    mut builder: reqwest::ClientBuilder,
+    tls: &crate::config::TlsSettings,
+) -> Result<reqwest::ClientBuilder> {
+    if let Some(pem) = &tls.ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| Error::Config(format!("the CA file is not valid PEM: {e}")))?;
+        builder = builder.tls_certs_only(certs);
+    }
+    if let Some(pem) = &tls.identity_pem {
+        let identity = reqwest::Identity::from_pem(pem).map_err(|e| {
+            Error::Config(format!(
+                "the client certificate and key are not a valid PEM pair: {e}"
+            ))
+        })?;
+        builder = builder.identity(identity);
+    }
+    Ok(builder)
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_tls(
+    builder: reqwest::ClientBuilder,
+    _tls: &crate::config::TlsSettings,
+) -> Result<reqwest::ClientBuilder> {
+    Ok(builder)
+}
+
 /// The registry addresses and the HTTP clients that reach them.
 pub(crate) struct Transport {
     /// Requests: registrations, lease renewals, plain reads.
@@ -85,7 +116,7 @@ impl Transport {
         #[cfg(feature = "tls")]
         let _ = rustls::crypto::ring::default_provider().install_default();
         let build = || {
-            reqwest::Client::builder()
+            let builder = reqwest::Client::builder()
                 // Registry traffic is local infrastructure: never through a proxy.
                 .no_proxy()
                 .connect_timeout(settings.timeouts.connect)
@@ -93,7 +124,8 @@ impl Transport {
                 // The agent closes connections idle for its header timeout (30 s
                 // by default); giving them up sooner on this side means a request
                 // never races that close on a connection about to go.
-                .pool_idle_timeout(std::time::Duration::from_secs(20))
+                .pool_idle_timeout(std::time::Duration::from_secs(20));
+            with_tls(builder, &settings.tls)?
                 .build()
                 .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
         };

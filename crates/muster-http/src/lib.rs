@@ -21,6 +21,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod serve;
+pub mod tls;
 mod wire;
 
 use std::future::Future;
@@ -86,10 +87,11 @@ pub async fn serve(
     listener: TcpListener,
     registry: Registry,
     limits: serve::Limits,
+    tls: Option<Arc<tls::Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router_with(registry.clone(), &limits);
-    serve::run(listener, app, limits, async move {
+    serve::run(listener, app, limits, tls, async move {
         shutdown.await;
         registry.begin_shutdown();
     })

@@ -29,6 +29,7 @@ use tower::ServiceExt;
 
 use crate::edge::Edge;
 use crate::error::ApiError;
+use crate::tls::Tls;
 
 /// Connections accepted past the cap, for health probes only.
 const OVERFLOW_CONNECTIONS: usize = 64;
@@ -91,10 +92,14 @@ pub(crate) struct BodyTimeout(pub(crate) Duration);
 
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves,
 /// then stops accepting and waits for the open connections to finish.
+///
+/// With `tls`, every connection is a TLS one (there is no cleartext
+/// fallback); its handshake must end within the header timeout.
 pub async fn run(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let full = Edge::new(app.clone().layer(middleware::from_fn(health_only)));
@@ -153,6 +158,7 @@ pub async fn run(
             .keep_alive(keep_alive);
         let watcher = graceful.watcher();
         let open = OpenConnection::new();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
             let _open = open;
             // hyper reads the first bytes to tell HTTP/1 from HTTP/2 with no
@@ -163,8 +169,34 @@ pub async fn run(
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
+            let ended = match acceptor {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                metrics::counter!("muster_http_tls_handshake_failures_total")
+                                    .increment(1);
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                metrics::counter!("muster_http_tls_handshake_failures_total")
+                                    .increment(1);
+                                return;
+                            }
+                        };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);

@@ -39,6 +39,15 @@ fn load_config(args: &AgentArgs) -> anyhow::Result<Config> {
     if let Some(t) = args.self_preservation_threshold {
         cfg.self_preservation_threshold = t;
     }
+    if let Some(p) = &args.tls_cert {
+        cfg.tls_cert = Some(p.clone());
+    }
+    if let Some(p) = &args.tls_key {
+        cfg.tls_key = Some(p.clone());
+    }
+    if let Some(p) = &args.tls_client_ca {
+        cfg.tls_client_ca = Some(p.clone());
+    }
     if args.enable_command_checks {
         cfg.enable_command_checks = true;
     }
@@ -134,7 +143,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
     muster_agent::run(listener, cfg, shutdown_signal(), |started| {
         // One parseable line on stdout so scripts and tests know where we listen.
-        println!("muster listening on http://{}", started.addr);
+        let scheme = if started.tls { "https" } else { "http" };
+        println!("muster listening on {scheme}://{}", started.addr);
     })
     .await
     .map_err(anyhow::Error::from)

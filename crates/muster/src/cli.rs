@@ -43,6 +43,26 @@ pub struct Global {
     /// Print JSON instead of tables (for scripts).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Trust only this CA (PEM) for an https:// --addr, e.g. the one made by
+    /// `muster tls ca create`.
+    #[arg(long, global = true, env = "MUSTER_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for a registry that requires one; with --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "MUSTER_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "MUSTER_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +121,91 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Development certificates: a CA, then server and client certificates it signs
+    /// (files in the current directory, or --dir). Works offline; no registry is asked.
+    ///
+    /// Example: `muster tls ca create && muster tls cert create --server`, then
+    /// `muster agent --tls-cert muster-server.pem --tls-key muster-server-key.pem` and
+    /// `muster --addr https://127.0.0.1:7700 --cacert muster-ca.pem services`.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+}
+
+/// `muster tls` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// The certificate authority: `muster tls ca create`.
+    Ca {
+        #[command(subcommand)]
+        command: TlsCaCommand,
+    },
+    /// Certificates signed by the CA: `muster tls cert create --server|--client`.
+    Cert {
+        #[command(subcommand)]
+        command: TlsCertCommand,
+    },
+}
+
+/// `muster tls ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TlsCaCommand {
+    /// Creates a CA: muster-ca.pem (give it to clients and agents) and muster-ca-key.pem
+    /// (keep it private; it signs certificates). Refuses to overwrite either.
+    Create(TlsCaArgs),
+}
+
+/// `muster tls cert` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TlsCertCommand {
+    /// Creates a certificate and key signed by the CA: muster-server.pem and
+    /// muster-server-key.pem (or muster-client*.pem, or NAME.pem with --name).
+    Create(TlsCertArgs),
+}
+
+/// Flags of `muster tls ca create`.
+#[derive(Debug, Args)]
+pub struct TlsCaArgs {
+    /// Directory to write the files to.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Days the CA is valid.
+    #[arg(long, default_value_t = 1825)]
+    pub days: u32,
+}
+
+/// Flags of `muster tls cert create`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["server", "client"])))]
+pub struct TlsCertArgs {
+    /// A server certificate, for `muster agent --tls-cert` (and the cluster port).
+    #[arg(long)]
+    pub server: bool,
+    /// A client certificate, for `--client-cert` when the agent requires one.
+    #[arg(long)]
+    pub client: bool,
+    /// Base name of the files [default: muster-server or muster-client].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// DNS names the server answers to (repeatable) [default: localhost].
+    #[arg(long = "dns")]
+    pub dns: Vec<String>,
+    /// IP addresses the server answers on (repeatable) [default: 127.0.0.1 and ::1].
+    #[arg(long = "ip")]
+    pub ip: Vec<std::net::IpAddr>,
+    /// The CA certificate.
+    #[arg(long, default_value = "muster-ca.pem")]
+    pub ca: PathBuf,
+    /// The CA's private key.
+    #[arg(long, default_value = "muster-ca-key.pem")]
+    pub ca_key: PathBuf,
+    /// Directory to write the files to.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Days the certificate is valid.
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
 }
 
 /// `muster cluster` subcommands.
@@ -173,6 +278,16 @@ pub struct AgentArgs {
     /// Allow health checks that run commands on this host (`args` checks).
     #[arg(long, env = "MUSTER_ENABLE_COMMAND_CHECKS")]
     pub enable_command_checks: bool,
+    /// Serve the HTTP API over TLS with this certificate chain (PEM); with --tls-key.
+    /// Reloaded on SIGHUP.
+    #[arg(long, env = "MUSTER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "MUSTER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (PEM) on every HTTP connection.
+    #[arg(long, env = "MUSTER_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Start even though the log no longer reaches the snapshot (deleted,
     /// emptied or older), accepting the loss of every write acknowledged
     /// after the snapshot. Only when muster refused to start and said so.

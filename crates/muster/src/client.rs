@@ -22,7 +22,14 @@ impl Api {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!("--addr {base:?} must start with http:// or https://");
         }
-        let client = Client::builder()
+        let mut builder = Client::builder();
+        if let Some(ca) = &g.cacert {
+            builder = builder.tls_ca_file(ca);
+        }
+        if let (Some(cert), Some(key)) = (&g.client_cert, &g.client_key) {
+            builder = builder.tls_client_cert(cert, key);
+        }
+        let client = builder
             .addrs([base.clone()])
             .namespace(g.namespace.clone())
             .timeouts(Timeouts {
@@ -45,6 +52,11 @@ impl Api {
     /// Makes a client error readable, with a hint when nothing answered.
     fn explain(&self, e: Error) -> anyhow::Error {
         match e {
+            Error::Unreachable { .. } if e.to_string().contains("certificate") => anyhow!(
+                "{e}. The registry's certificate is not trusted: give its CA with --cacert \
+                 (or MUSTER_CACERT); a registry that requires client certificates also needs \
+                 --client-cert and --client-key"
+            ),
             Error::Unreachable { .. } => {
                 anyhow!("{e}. Is `muster agent` running there? (set --addr or MUSTER_ADDR)")
             }
@@ -77,7 +89,7 @@ fn query(service: &str, pairs: Vec<(&'static str, String)>) -> anyhow::Result<Qu
 pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
     let api = Api::new(&g)?;
     match cmd {
-        Command::Agent(_) => unreachable!("handled in main"),
+        Command::Agent(_) | Command::Tls { .. } => unreachable!("handled in main"),
         Command::Register(a) => {
             let body = RegisterRequest {
                 address: a.address,

@@ -8,3 +8,4 @@ mod cluster;
 mod durability;
 mod full_disk;
 mod harness;
+mod tls;
