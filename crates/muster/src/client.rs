@@ -77,7 +77,7 @@ fn query(service: &str, pairs: Vec<(&'static str, String)>) -> anyhow::Result<Qu
 pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
     let api = Api::new(&g)?;
     match cmd {
-        Command::Agent(_) => unreachable!("handled in main"),
+        Command::Agent(_) | Command::Snapshot { .. } => unreachable!("handled in main"),
         Command::Register(a) => {
             let body = RegisterRequest {
                 address: a.address,

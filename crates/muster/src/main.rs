@@ -8,6 +8,7 @@ mod agent;
 mod cli;
 mod client;
 mod output;
+mod snapshot;
 
 use clap::Parser;
 
@@ -35,6 +36,7 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             cli::Command::Agent(args) => agent::run(args).await,
+            cli::Command::Snapshot { command } => snapshot::run(&cli.global, command).await,
             other => client::run(cli.global, other).await,
         }
     });
