@@ -440,6 +440,34 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_taken_while_a_restore_is_staged_carries_it() {
+        let mut c = catalog();
+        let backup = catalog();
+        c.apply(10, 1_000, &Command::RestoreBegin { id: 4 })
+            .unwrap();
+        let stage = Command::RestoreStage {
+            id: 4,
+            leases: backup.leases().cloned().collect(),
+            instances: backup
+                .service_entries()
+                .flat_map(|(_, s)| s.instances.values().cloned())
+                .collect(),
+        };
+        c.apply(11, 1_000, &stage).unwrap();
+        let mut data = Vec::new();
+        write_catalog(&c, &mut data).unwrap();
+        let mut read = read_catalog(&mut data.as_slice()).unwrap();
+        assert_eq!(read, c);
+        // And the node that loads it commits the same restore.
+        let commit = Command::RestoreCommit { id: 4 };
+        assert_eq!(
+            read.apply(12, 1_000, &commit).unwrap(),
+            c.apply(12, 1_000, &commit).unwrap()
+        );
+        assert_eq!(read, c);
+    }
+
+    #[test]
     fn a_catalog_written_in_frames_reads_back_equal() {
         let c = catalog();
         let mut data = Vec::new();
