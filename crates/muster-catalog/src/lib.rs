@@ -234,6 +234,61 @@ pub enum Command {
         /// The node id.
         id: u64,
     },
+    /// Starts staging restore `id` (a backup replacing the whole catalog,
+    /// sent through the log in chunks). A restore staged before is
+    /// discarded. Nothing readers see changes until [`Command::RestoreCommit`].
+    RestoreBegin {
+        /// Restore id, chosen by the node driving the restore.
+        id: u64,
+    },
+    /// One chunk of restore `id`: leases and instances added to the staged
+    /// state.
+    RestoreStage {
+        /// Restore id.
+        id: u64,
+        /// Leases, with their members.
+        leases: Vec<Lease>,
+        /// Instances.
+        instances: Vec<Arc<Instance>>,
+    },
+    /// Replaces the catalog with the staged state of restore `id`, at
+    /// once: every instance and lease of the old catalog goes, every staged
+    /// one comes, each instance's indexes become this entry's, and each
+    /// service records the difference (deletes, upserts) in its history.
+    RestoreCommit {
+        /// Restore id.
+        id: u64,
+    },
+    /// Discards the staged state of restore `id`.
+    RestoreAbort {
+        /// Restore id.
+        id: u64,
+    },
+}
+
+/// A staged restore left untouched this long (by the entries' clock) is
+/// discarded by the next command applied: the node driving it is gone.
+pub const RESTORE_STAGE_TIMEOUT_MS: u64 = 120_000;
+
+/// The state of a restore being staged through the log: kept beside the
+/// catalog (and in its snapshots), invisible to readers until committed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Staged {
+    /// Restore id.
+    pub id: u64,
+    /// Time of the last command of this restore (the entry's `now_ms`).
+    pub touched_ms: u64,
+    /// Staged leases by id.
+    pub leases: BTreeMap<u64, Lease>,
+    /// Staged instances by service.
+    pub instances: BTreeMap<ServiceKey, Instances>,
+}
+
+impl Staged {
+    /// Number of staged instances.
+    pub fn instance_count(&self) -> usize {
+        self.instances.values().map(Instances::len).sum()
+    }
 }
 
 /// Why a command changed nothing.
@@ -261,6 +316,10 @@ pub enum ApplyError {
         /// Check id.
         check: String,
     },
+    /// No restore with this id is staged (never begun, replaced by another,
+    /// abandoned, or already committed).
+    #[error("restore {0} is not staged (replaced by another, abandoned or already done)")]
+    NoRestore(u64),
     /// The instance would have more checks, tags or metadata entries than
     /// allowed. Checked at apply as well as at the edge, so that concurrent
     /// writes (two checks added at once) cannot exceed a limit.
@@ -303,6 +362,9 @@ pub enum Done {
     LeaseCreated(u64),
     /// `RetireNode`: the node id.
     NodeRetired(u64),
+    /// `RestoreStage`: instances staged so far; `RestoreCommit`: instances
+    /// restored; `RestoreBegin`, `RestoreAbort`: 0.
+    Restore(u64),
 }
 
 /// What the steps of one command did, gathered as they go.
@@ -415,6 +477,8 @@ pub struct Catalog {
     namespace_index: BTreeMap<String, u64>,
     /// Node ids removed from the cluster, never to be reused.
     retired_nodes: BTreeSet<u64>,
+    /// A restore being staged, if any.
+    staged: Option<Box<Staged>>,
 }
 
 /// A catalog without its services, for encoders that write a catalog one
@@ -433,6 +497,8 @@ pub struct CatalogHead<'a> {
     pub services: u64,
     /// Node ids removed from the cluster, never to be reused.
     pub retired_nodes: Cow<'a, BTreeSet<u64>>,
+    /// A restore being staged, if any.
+    pub staged: Option<Cow<'a, Staged>>,
 }
 
 impl Catalog {
@@ -449,6 +515,7 @@ impl Catalog {
             namespace_index: Cow::Borrowed(&self.namespace_index),
             services: self.services.len() as u64,
             retired_nodes: Cow::Borrowed(&self.retired_nodes),
+            staged: self.staged.as_deref().map(Cow::Borrowed),
         }
     }
 
@@ -469,7 +536,13 @@ impl Catalog {
             leases: head.leases.into_owned(),
             namespace_index: head.namespace_index.into_owned(),
             retired_nodes: head.retired_nodes.into_owned(),
+            staged: head.staged.map(|s| Box::new(s.into_owned())),
         }
+    }
+
+    /// The restore being staged, if any.
+    pub fn staged(&self) -> Option<&Staged> {
+        self.staged.as_deref()
     }
 
     /// Node ids removed from the cluster: never members again.
@@ -493,6 +566,13 @@ impl Catalog {
     /// command that fails changes nothing but the applied index.
     pub fn apply(&mut self, index: u64, now_ms: u64, cmd: &Command) -> ApplyResult {
         self.advance(index);
+        if self
+            .staged
+            .as_ref()
+            .is_some_and(|s| now_ms > s.touched_ms.saturating_add(RESTORE_STAGE_TIMEOUT_MS))
+        {
+            self.staged = None;
+        }
         let mut out = Effects::default();
         match cmd {
             Command::Register {
@@ -649,6 +729,42 @@ impl Catalog {
             Command::RetireNode { id } => {
                 self.retired_nodes.insert(*id);
             }
+            Command::RestoreBegin { id } => {
+                self.staged = Some(Box::new(Staged {
+                    id: *id,
+                    touched_ms: now_ms,
+                    ..Staged::default()
+                }));
+            }
+            Command::RestoreStage {
+                id,
+                leases,
+                instances,
+            } => {
+                let staged = self.staged_mut(*id)?;
+                staged.touched_ms = now_ms;
+                for lease in leases {
+                    staged.leases.insert(lease.id, lease.clone());
+                }
+                for inst in instances {
+                    let key = ServiceKey::interned(&inst.namespace, &inst.service);
+                    staged
+                        .instances
+                        .entry(key)
+                        .or_default()
+                        .insert(inst.clone());
+                }
+                out.removed = staged.instance_count() as u64;
+            }
+            Command::RestoreCommit { id } => {
+                self.staged_mut(*id)?;
+                let staged = self.staged.take().expect("checked above");
+                out.removed = self.commit_restore(index, *staged, &mut out);
+            }
+            Command::RestoreAbort { id } => {
+                self.staged_mut(*id)?;
+                self.staged = None;
+            }
         }
         out.changed.sort();
         out.changed.dedup();
@@ -667,6 +783,10 @@ impl Catalog {
             Command::CreateLease { id, .. } => Done::LeaseCreated(*id),
             Command::PreserveLeases { .. } => Done::Preserved(out.preserved),
             Command::RetireNode { id } => Done::NodeRetired(*id),
+            Command::RestoreBegin { .. }
+            | Command::RestoreStage { .. }
+            | Command::RestoreCommit { .. }
+            | Command::RestoreAbort { .. } => Done::Restore(out.removed),
         };
         Ok(Outcome {
             done,
@@ -877,6 +997,82 @@ impl Catalog {
                 out.leases_removed.push(lease);
             }
         }
+    }
+
+    fn staged_mut(&mut self, id: u64) -> Result<&mut Staged, ApplyError> {
+        match self.staged.as_deref_mut() {
+            Some(s) if s.id == id => Ok(s),
+            _ => Err(ApplyError::NoRestore(id)),
+        }
+    }
+
+    /// Swaps the staged state in at `index`: every instance and lease
+    /// replaced, the difference recorded in each service's history, so
+    /// watchers get deletes and upserts (or a snapshot when they are too
+    /// far behind). Returns the number of instances restored.
+    fn commit_restore(&mut self, index: u64, staged: Staged, out: &mut Effects) -> u64 {
+        let Staged {
+            leases, instances, ..
+        } = staged;
+        let mut restored = 0u64;
+        let mut keys: BTreeSet<ServiceKey> = self
+            .services
+            .iter()
+            .filter(|(_, s)| !s.instances.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.extend(instances.keys().cloned());
+        let mut instances = instances;
+        for key in keys {
+            let new = instances.remove(&key).unwrap_or_default();
+            let svc = self.services.entry(key.clone()).or_default();
+            let gone: Vec<CompactString> = svc
+                .instances
+                .keys()
+                .filter(|id| !new.contains_key(id))
+                .cloned()
+                .collect();
+            for id in gone {
+                svc.instances.remove(&id);
+                svc.record(index, Change::Delete(id));
+            }
+            for inst in new.values() {
+                let mut fresh = Instance::clone(inst);
+                // A fresh lease: nothing is preserved, as after a leader
+                // change; the indexes are this log's, not the backup's.
+                fresh.preserved = Preservation::None;
+                fresh.health = health_of(
+                    &fresh.checks,
+                    fresh.maintenance.as_deref(),
+                    Preservation::None,
+                );
+                fresh.create_index = index;
+                fresh.modify_index = index;
+                let fresh = Arc::new(fresh);
+                svc.instances.insert(fresh.clone());
+                svc.record(index, Change::Upsert(fresh));
+                restored += 1;
+            }
+            svc.index = index;
+            self.namespace_index
+                .insert(key.namespace.to_string(), index);
+            out.changed.push(key);
+        }
+        for id in self.leases.keys() {
+            if !leases.contains_key(id) {
+                out.leases_removed.push(*id);
+            }
+        }
+        self.leases = leases
+            .into_iter()
+            .map(|(id, mut lease)| {
+                lease.index = index;
+                lease.preserved = Preservation::None;
+                out.leases_created.push((id, lease.ttl_ms));
+                (id, lease)
+            })
+            .collect();
+        restored
     }
 
     fn remove_instance(&mut self, index: u64, key: &ServiceKey, id: &str, out: &mut Effects) {

@@ -862,3 +862,77 @@ fn limits_hold_at_apply_and_a_refused_command_changes_nothing() {
         limits::MAX_CHECKS
     );
 }
+
+/// A backup's content as restore chunks: its leases and instances.
+fn chunk_of(c: &Catalog, id: u64) -> Command {
+    Command::RestoreStage {
+        id,
+        leases: c.leases().cloned().collect(),
+        instances: c
+            .service_entries()
+            .flat_map(|(_, s)| s.instances.values().cloned())
+            .collect(),
+    }
+}
+
+#[test]
+fn a_staged_restore_is_invisible_until_committed_then_swapped_in_whole() {
+    let mut backup = Catalog::new();
+    backup
+        .apply(1, 0, &reg("pay", data("a"), LeaseRef::None))
+        .unwrap();
+    let own = LeaseRef::Own {
+        id: 7,
+        ttl_ms: 5000,
+    };
+    backup.apply(2, 0, &reg("cart", data("b"), own)).unwrap();
+
+    let mut c = Catalog::new();
+    c.apply(1, 0, &reg("pay", data("old"), LeaseRef::None))
+        .unwrap();
+    c.apply(2, 0, &reg("auth", data("x"), LeaseRef::None))
+        .unwrap();
+    c.apply(3, 10, &Command::RestoreBegin { id: 1 }).unwrap();
+    c.apply(4, 10, &chunk_of(&backup, 1)).unwrap();
+    // Staged, not visible: readers still see the old state.
+    assert_eq!(
+        (all(&c, "pay"), all(&c, "cart")),
+        (vec!["old".to_string()], vec![])
+    );
+    assert_eq!(c.staged().unwrap().instance_count(), 2);
+
+    let out = c.apply(5, 10, &Command::RestoreCommit { id: 1 }).unwrap();
+    assert_eq!(out.done, Done::Restore(2));
+    assert_eq!(all(&c, "pay"), vec!["a"]);
+    assert_eq!(all(&c, "cart"), vec!["b"]);
+    assert!(all(&c, "auth").is_empty());
+    assert!(c.staged().is_none());
+    assert_eq!(out.changed, vec![key("auth"), key("cart"), key("pay")]);
+    assert_eq!(out.leases_created, vec![(7, 5000)]);
+    // Indexes are this log's; watchers get the difference at the commit.
+    let b = c.instance(&key("cart"), "b").unwrap();
+    assert_eq!((b.create_index, b.modify_index), (5, 5));
+    let changes = c.changes_since(&key("pay"), 4).unwrap();
+    assert!(matches!(&changes[0].change, Change::Delete(id) if id == "old"));
+    assert!(matches!(&changes[1].change, Change::Upsert(i) if i.id == "a"));
+    assert!(changes.iter().all(|ch| ch.index == 5));
+    assert_eq!(c.lease(7).unwrap().instances.len(), 1);
+
+    // Committed once; a stale id, an abort and an abandoned restore.
+    assert_eq!(
+        c.apply(6, 10, &Command::RestoreCommit { id: 1 }),
+        Err(ApplyError::NoRestore(1))
+    );
+    c.apply(7, 10, &Command::RestoreBegin { id: 2 }).unwrap();
+    c.apply(8, 10, &Command::RestoreAbort { id: 2 }).unwrap();
+    assert!(c.staged().is_none());
+    c.apply(9, 10, &Command::RestoreBegin { id: 3 }).unwrap();
+    c.apply(
+        10,
+        10 + RESTORE_STAGE_TIMEOUT_MS + 1,
+        &Command::RetireNode { id: 9 },
+    )
+    .unwrap();
+    assert!(c.staged().is_none(), "an abandoned restore is discarded");
+    assert_eq!(all(&c, "pay"), vec!["a"]);
+}

@@ -94,6 +94,15 @@ impl From<RegistryError> for ApiError {
             RegistryError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
+            RegistryError::InvalidBackup(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_backup", message)
+            }
+            RegistryError::RestoreConflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "restore_conflict", message)
+            }
+            RegistryError::RestoreIo(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "restore_upload_failed", message)
+            }
             RegistryError::Storage(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }

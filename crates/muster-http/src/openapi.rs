@@ -25,6 +25,7 @@ use crate::api;
         api::watch::watch, api::watch_many::watch_many,
         api::cluster::cluster, api::cluster::join, api::cluster::leave,
         api::cluster::transfer_leader, api::cluster::healthz,
+        api::snapshot::save, api::snapshot::restore,
         crate::metrics::render, serve,
     ),
     modifiers(&ParameterRules),

@@ -121,6 +121,13 @@ pub(crate) fn approx_size(cmd: &Command) -> usize {
             id,
             check,
         } => FRAME + namespace.len() + service.len() + id.len() + check.len(),
+        Command::RestoreBegin { .. }
+        | Command::RestoreCommit { .. }
+        | Command::RestoreAbort { .. } => FRAME,
+        // A chunk is sized by its sender ([`crate::backup`]); roughly.
+        Command::RestoreStage {
+            leases, instances, ..
+        } => FRAME + leases.len() * 128 + instances.len() * 320,
         Command::ExpireLeases { ids } | Command::PreserveLeases { ids, .. } => {
             FRAME + ids.len() * 21
         }

@@ -16,7 +16,7 @@
 
 use std::io::{Read, Write};
 
-use muster_catalog::Catalog;
+use muster_catalog::{Catalog, CatalogHead};
 
 use crate::format_v1::{HeadIn, HeadOut, ServiceEntryIn, service_out};
 use serde::Serialize;
@@ -168,6 +168,60 @@ fn write_frame<T: Serialize>(
 /// through one reused buffer. Anything but exactly the frames the head
 /// announces is an error.
 pub(crate) fn read_catalog(input: &mut impl Read) -> Result<Catalog, CodecError> {
+    let checked = read_prelude(input)?;
+    let mut frame = Vec::new();
+    let crc = read_frame(input, &mut frame, checked)?;
+    check_frame(&frame, crc, 0)?;
+    let head: HeadIn = serde_json::from_slice(&frame)?;
+    let count = head.services();
+    let services = if count < PARALLEL_FROM_SERVICES {
+        let mut services = Vec::new();
+        for n in 1..=count {
+            let crc = read_frame(input, &mut frame, checked)?;
+            services.push(decode_service(&frame, crc, n)?);
+        }
+        services
+    } else {
+        read_services_in_parallel(input, checked, count)?
+    };
+    read_end(input, count)?;
+    Ok(Catalog::from_parts(head.into_head(), services))
+}
+
+/// Reads snapshot data as [`read_catalog`] does, but hands over the head,
+/// then each service in order, without building the catalog (a restore
+/// streams them to the log).
+pub(crate) fn read_catalog_parts(
+    input: &mut impl Read,
+    mut on_head: impl FnMut(CatalogHead<'static>) -> Result<(), CodecError>,
+    mut on_service: impl FnMut(Service) -> Result<(), CodecError>,
+) -> Result<(), CodecError> {
+    let checked = read_prelude(input)?;
+    let mut frame = Vec::new();
+    let crc = read_frame(input, &mut frame, checked)?;
+    check_frame(&frame, crc, 0)?;
+    let head: HeadIn = serde_json::from_slice(&frame)?;
+    let count = head.services();
+    on_head(head.into_head())?;
+    for n in 1..=count {
+        let crc = read_frame(input, &mut frame, checked)?;
+        on_service(decode_service(&frame, crc, n)?)?;
+    }
+    read_end(input, count)
+}
+
+fn read_end(input: &mut impl Read, count: u64) -> Result<(), CodecError> {
+    let mut byte = [0u8; 1];
+    if input.read(&mut byte)? != 0 {
+        return Err(CodecError(format!(
+            "snapshot data goes on after its {count} services"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the magic and the format version; whether frames carry checksums.
+fn read_prelude(input: &mut impl Read) -> Result<bool, CodecError> {
     let mut magic = [0u8; 4];
     input.read_exact(&mut magic)?;
     if &magic == PRE_RELEASE_MAGIC {
@@ -194,27 +248,7 @@ pub(crate) fn read_catalog(input: &mut impl Read) -> Result<Catalog, CodecError>
             )));
         }
     };
-    let mut frame = Vec::new();
-    let crc = read_frame(input, &mut frame, checked)?;
-    check_frame(&frame, crc, 0)?;
-    let head: HeadIn = serde_json::from_slice(&frame)?;
-    let count = head.services();
-    let services = if count < PARALLEL_FROM_SERVICES {
-        let mut services = Vec::new();
-        for n in 1..=count {
-            let crc = read_frame(input, &mut frame, checked)?;
-            services.push(decode_service(&frame, crc, n)?);
-        }
-        services
-    } else {
-        read_services_in_parallel(input, checked, count)?
-    };
-    if input.read(&mut magic)? != 0 {
-        return Err(CodecError(format!(
-            "snapshot data goes on after its {count} services"
-        )));
-    }
-    Ok(Catalog::from_parts(head.into_head(), services))
+    Ok(checked)
 }
 
 /// Snapshots of at least this many services are decoded on several
@@ -403,6 +437,34 @@ mod tests {
         )
         .unwrap();
         c
+    }
+
+    #[test]
+    fn a_snapshot_taken_while_a_restore_is_staged_carries_it() {
+        let mut c = catalog();
+        let backup = catalog();
+        c.apply(10, 1_000, &Command::RestoreBegin { id: 4 })
+            .unwrap();
+        let stage = Command::RestoreStage {
+            id: 4,
+            leases: backup.leases().cloned().collect(),
+            instances: backup
+                .service_entries()
+                .flat_map(|(_, s)| s.instances.values().cloned())
+                .collect(),
+        };
+        c.apply(11, 1_000, &stage).unwrap();
+        let mut data = Vec::new();
+        write_catalog(&c, &mut data).unwrap();
+        let mut read = read_catalog(&mut data.as_slice()).unwrap();
+        assert_eq!(read, c);
+        // And the node that loads it commits the same restore.
+        let commit = Command::RestoreCommit { id: 4 };
+        assert_eq!(
+            read.apply(12, 1_000, &commit).unwrap(),
+            c.apply(12, 1_000, &commit).unwrap()
+        );
+        assert_eq!(read, c);
     }
 
     #[test]

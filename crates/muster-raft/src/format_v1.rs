@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use muster_catalog::{
     CatalogHead, Change, Check, Command, IndexedChange, Instance, InstanceData, Instances, Lease,
-    LeaseMembers, LeaseRef, Preservation, Service, ServiceKey,
+    LeaseMembers, LeaseRef, Preservation, Service, ServiceKey, Staged,
 };
 use muster_types::{CheckKind, CompactString, Health, Meta, SharedStr, Tags};
 use serde::de::{MapAccess, Visitor};
@@ -86,6 +86,59 @@ pub(crate) enum CommandV1 {
     RetireNode {
         id: u64,
     },
+    RestoreBegin {
+        id: u64,
+    },
+    RestoreStage {
+        id: u64,
+        #[serde(with = "lease_list_v1")]
+        leases: Vec<Lease>,
+        #[serde(with = "instance_list_v1")]
+        instances: Vec<Arc<Instance>>,
+    },
+    RestoreCommit {
+        id: u64,
+    },
+    RestoreAbort {
+        id: u64,
+    },
+}
+
+/// A list of leases, each as [`LeaseV1`] (a chunk of a restore).
+mod lease_list_v1 {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(leases: &[Lease], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(leases.iter().map(LeaseRefOut))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Lease>, D::Error> {
+        Ok(Vec::<LeaseIn>::deserialize(d)?
+            .into_iter()
+            .map(|l| l.0)
+            .collect())
+    }
+}
+
+/// A list of instances, each as [`InstanceV1`] (a chunk of a restore).
+mod instance_list_v1 {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(
+        instances: &[Arc<Instance>],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(instances.iter().map(|i| InstanceRef(i)))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<Arc<Instance>>, D::Error> {
+        Ok(Vec::<InstanceIn>::deserialize(d)?
+            .into_iter()
+            .map(|i| Arc::new(i.0))
+            .collect())
+    }
 }
 
 /// Written only when a lease or instance is preserved, so a catalog without
@@ -361,6 +414,10 @@ impl Serialize for HeadOut<'_> {
         if !self.0.retired_nodes.is_empty() {
             st.serialize_field("retired_nodes", &*self.0.retired_nodes)?;
         }
+        // Written only while a restore is staged, likewise.
+        if let Some(staged) = &self.0.staged {
+            st.serialize_field("restore", &StagedOut(staged))?;
+        }
         st.end()
     }
 }
@@ -374,6 +431,55 @@ pub(crate) struct HeadIn {
     services: u64,
     #[serde(default)]
     retired_nodes: BTreeSet<u64>,
+    #[serde(default)]
+    restore: Option<StagedIn>,
+}
+
+/// A staged restore in the head frame: its id, last touch, leases and
+/// instances (a snapshot taken mid-restore carries it, so a node that
+/// installs that snapshot can still commit the restore).
+struct StagedOut<'a>(&'a Staged);
+
+impl Serialize for StagedOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Staged", 4)?;
+        st.serialize_field("id", &self.0.id)?;
+        st.serialize_field("touched_ms", &self.0.touched_ms)?;
+        st.serialize_field("leases", &LeasesOut(&self.0.leases))?;
+        let instances: Vec<InstanceRef<'_>> = self
+            .0
+            .instances
+            .values()
+            .flat_map(|i| i.values())
+            .map(|i| InstanceRef(i))
+            .collect();
+        st.serialize_field("instances", &instances)?;
+        st.end()
+    }
+}
+
+#[derive(Deserialize)]
+struct StagedIn {
+    id: u64,
+    touched_ms: u64,
+    leases: BTreeMap<u64, LeaseIn>,
+    instances: Vec<InstanceIn>,
+}
+
+impl StagedIn {
+    fn into_staged(self) -> Staged {
+        let mut instances: BTreeMap<ServiceKey, Instances> = BTreeMap::new();
+        for i in self.instances {
+            let key = ServiceKey::interned(&i.0.namespace, &i.0.service);
+            instances.entry(key).or_default().insert(Arc::new(i.0));
+        }
+        Staged {
+            id: self.id,
+            touched_ms: self.touched_ms,
+            leases: self.leases.into_iter().map(|(id, l)| (id, l.0)).collect(),
+            instances,
+        }
+    }
 }
 
 impl HeadIn {
@@ -390,6 +496,7 @@ impl HeadIn {
             namespace_index: Cow::Owned(self.namespace_index),
             services: self.services,
             retired_nodes: Cow::Owned(self.retired_nodes),
+            staged: self.restore.map(|s| Cow::Owned(s.into_staged())),
         }
     }
 }

@@ -28,6 +28,7 @@
 // traits require; the helpers that produce it return it as is.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 mod batcher;
 pub mod cluster;
 mod codec;
@@ -46,6 +47,7 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use backup::{BackupStream, RestoreError, RestoreReport};
 pub use cluster::ClusterConfig;
 pub use cluster::membership::{MemberChange, MemberError};
 pub use muster_store::StoreError;

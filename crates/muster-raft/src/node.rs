@@ -45,6 +45,8 @@ pub struct Node {
 
 struct Inner {
     node_id: u64,
+    /// The data directory (restores spool their upload there).
+    data_dir: std::path::PathBuf,
     raft: Raft,
     catalog: Arc<RwLock<Catalog>>,
     store: LogStore,
@@ -375,6 +377,7 @@ impl Node {
         Ok(Node {
             inner: Arc::new(Inner {
                 node_id: cfg.node_id,
+                data_dir: cfg.data_dir.clone(),
                 raft,
                 catalog,
                 store,
@@ -538,6 +541,16 @@ impl Node {
     /// never across an await.
     pub fn catalog(&self) -> &Arc<RwLock<Catalog>> {
         &self.inner.catalog
+    }
+
+    /// The data directory.
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        &self.inner.data_dir
+    }
+
+    /// The current term, as this node knows it.
+    pub(crate) fn current_term(&self) -> u64 {
+        self.inner.raft.metrics().borrow().current_term
     }
 
     /// This node's id.

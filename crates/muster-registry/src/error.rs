@@ -76,6 +76,16 @@ pub enum RegistryError {
     /// a transfer that did not finish in time).
     #[error("{0}")]
     MembershipUnavailable(String),
+    /// A backup that is not whole or was changed: refused before anything
+    /// changed.
+    #[error("{0}")]
+    InvalidBackup(String),
+    /// Another restore replaced this one while it was staged.
+    #[error("{0}")]
+    RestoreConflict(String),
+    /// The upload of a restore could not be read or spooled.
+    #[error("restore upload failed: {0}")]
+    RestoreIo(String),
     /// The write could not be made durable; the node must be restarted.
     #[error("the write could not be made durable: {0}")]
     Storage(String),
@@ -106,6 +116,9 @@ impl From<ApplyError> for RegistryError {
                 RegistryError::InstanceNotFound { service, id }
             }
             ApplyError::UnknownCheck { id, check } => RegistryError::CheckNotFound { id, check },
+            ApplyError::NoRestore(id) => RegistryError::RestoreConflict(format!(
+                "restore {id} is not staged (replaced by another or abandoned)"
+            )),
             ApplyError::OverLimit { field, max, .. } => RegistryError::Invalid(
                 FieldError::invalid(field.clone(), format!("at most {max} {field} per instance")),
             ),

@@ -51,7 +51,10 @@ pub use leases::{LeaseTable, Sweep};
 pub use muster_catalog::{
     HISTORY_PER_SERVICE, HealthFilter, Query, ServiceKey, VersionMatch, model,
 };
-pub use muster_raft::{ClusterConfig, MemberChange, MemberError, MemberInfo, RaftError, Role};
+pub use muster_raft::{
+    BackupStream, ClusterConfig, MemberChange, MemberError, MemberInfo, RaftError, RestoreReport,
+    Role,
+};
 pub use watch::{Watch, WatchBatch, WatchEvent};
 
 use crate::caller::Access;
@@ -1176,6 +1179,32 @@ impl Registry {
                 MemberError::NotLeader { leader } => RegistryError::NotLeader { leader },
                 MemberError::Unavailable(m) => RegistryError::MembershipUnavailable(m),
             })
+    }
+
+    /// A consistent backup of the whole registry, streamed: every write
+    /// acknowledged before the call is in it (read through the leader's
+    /// read-index), and it reflects exactly the index in its header.
+    pub async fn snapshot_save(&self, caller: &Caller) -> Result<BackupStream> {
+        self.authorize(caller, Access::Operator)?;
+        Ok(self.inner.node.backup().await?)
+    }
+
+    /// Replaces the whole registry's state, on every node, with a backup
+    /// read from `input`: checked whole first (a corrupt or truncated file
+    /// changes nothing), then staged through the log in chunks and swapped
+    /// in at once. Restored leases start a fresh full TTL.
+    pub async fn snapshot_restore(
+        &self,
+        caller: &Caller,
+        input: impl tokio::io::AsyncRead + Unpin + Send,
+    ) -> Result<RestoreReport> {
+        self.authorize(caller, Access::Operator)?;
+        self.inner.node.restore(input).await.map_err(|e| match e {
+            muster_raft::RestoreError::Invalid(m) => RegistryError::InvalidBackup(m),
+            muster_raft::RestoreError::Conflict(m) => RegistryError::RestoreConflict(m),
+            muster_raft::RestoreError::Io(m) => RegistryError::RestoreIo(m),
+            muster_raft::RestoreError::Propose(e) => e.into(),
+        })
     }
 
     /// Sets the registry's gauges (instances, leases, applied index,

@@ -37,6 +37,8 @@ impl ApplyObserver for Observer {
         // matters where checks run (reconcile_if_needed looks).
         let may_have_checks = match &out.done {
             Done::Instance(i) => !i.checks.is_empty(),
+            // A restore replaced instances: their checks start over.
+            Done::Restore(_) => true,
             Done::Removed(_)
             | Done::LeaseCreated(_)
             | Done::Preserved(_)

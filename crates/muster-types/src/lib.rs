@@ -10,6 +10,7 @@
 //! - [`limits`] holds every size and count limit in one place.
 #![forbid(unsafe_code)]
 
+pub mod backup;
 mod compact;
 mod duration;
 mod validate;
@@ -504,6 +505,20 @@ pub struct TransferLeaderRequest {
     /// The voter to lead; absent: the most up-to-date other voter.
     #[serde(default)]
     pub to: Option<u64>,
+}
+
+/// Answer of `POST /v1/snapshot/restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RestoreResult {
+    /// The log index at which the restored state took effect on every
+    /// node (reads and watches at this index or later see it whole).
+    pub index: u64,
+    /// Instances restored.
+    pub instances: u64,
+    /// Leases restored (each with a fresh full TTL).
+    pub leases: u64,
+    /// The header of the backup restored.
+    pub backup: backup::BackupHeader,
 }
 
 /// Answer of `GET /v1/cluster`.

@@ -131,6 +131,51 @@ pub enum Command {
         #[command(subcommand)]
         command: TlsCommand,
     },
+    /// Back up the whole registry to a file, look into a backup, restore one.
+    ///
+    /// Example: `muster snapshot save backup.msnap`, then
+    /// `muster snapshot restore backup.msnap` (into a running cluster, or a fresh one
+    /// started for it)
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+/// `muster snapshot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Saves a consistent point-in-time backup of the registry at --addr (any node) to FILE:
+    /// written to a temporary file, checked, then renamed, so FILE is never left half
+    /// written.
+    ///
+    /// Example: `muster snapshot save backup.msnap`
+    Save {
+        /// The backup file to write.
+        file: PathBuf,
+        /// Show progress on stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Shows what a backup holds (index, term, time, counts) and checks its checksum.
+    ///
+    /// Example: `muster snapshot inspect backup.msnap`
+    Inspect {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// Replaces the state of the whole cluster at --addr (any node) with a backup, through
+    /// the log: every node ends with the same state. A corrupt or truncated file is refused
+    /// and changes nothing. Restored leases start a fresh TTL.
+    ///
+    /// Example: `muster snapshot restore backup.msnap`
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Show progress on stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
+    },
 }
 
 /// `muster tls` subcommands.

@@ -89,7 +89,9 @@ fn query(service: &str, pairs: Vec<(&'static str, String)>) -> anyhow::Result<Qu
 pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
     let api = Api::new(&g)?;
     match cmd {
-        Command::Agent(_) | Command::Tls { .. } => unreachable!("handled in main"),
+        Command::Agent(_) | Command::Tls { .. } | Command::Snapshot { .. } => {
+            unreachable!("handled in main")
+        }
         Command::Register(a) => {
             let body = RegisterRequest {
                 address: a.address,

@@ -8,6 +8,7 @@ mod agent;
 mod cli;
 mod client;
 mod output;
+mod snapshot;
 mod tls;
 
 use clap::Parser;
@@ -37,6 +38,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             cli::Command::Agent(args) => agent::run(args).await,
             cli::Command::Tls { command } => tls::run(command),
+            cli::Command::Snapshot { command } => snapshot::run(&cli.global, command).await,
             other => client::run(cli.global, other).await,
         }
     });

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod instances;
 pub mod leases;
 pub mod services;
+pub mod snapshot;
 pub mod watch;
 pub mod watch_many;
 
@@ -114,6 +115,8 @@ pub fn router(state: HttpStateRef) -> Router {
         "/v1/cluster/transfer-leader",
         post(cluster::transfer_leader)
     );
+    let r = route!(r, "/v1/snapshot", get(snapshot::save));
+    let r = route!(r, "/v1/snapshot/restore", post(snapshot::restore));
     let r = route!(r, "/v1/openapi.json", get(crate::openapi::serve));
     let r = route!(r, "/metrics", get(crate::metrics::render));
     let r = route!(r, "/healthz", get(cluster::healthz));

@@ -160,6 +160,7 @@ enum DoneWire {
     Preserved(u64),
     LeaseCreated(u64),
     NodeRetired(u64),
+    Restore(u64),
 }
 
 /// [`ApplyError`] on the wire.
@@ -168,6 +169,7 @@ enum DoneWire {
 enum ApplyErrorWire {
     UnknownLease(u64),
     LeaseExists(u64),
+    NoRestore(u64),
     UnknownInstance {
         service: String,
         id: String,

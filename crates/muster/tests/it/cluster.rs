@@ -276,6 +276,11 @@ impl Writers {
         }
     }
 
+    /// The ids acknowledged so far.
+    fn acked_now(&self) -> Vec<String> {
+        self.acked.lock().unwrap().clone()
+    }
+
     /// Writes acknowledged so far.
     fn count(&self) -> usize {
         *self.count.borrow()
@@ -1095,4 +1100,171 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
         )
         .await;
     }
+}
+
+/// `muster snapshot inspect --json FILE`: the backup's header.
+fn inspect(base: &str, file: &Path) -> Value {
+    let (ok, out, err) = cli(
+        base,
+        &["--json", "snapshot", "inspect", file.to_str().unwrap()],
+    );
+    assert!(ok, "inspect failed: {err}");
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// Polls until `agent`'s ids of `svc` are exactly `want`.
+async fn wait_exactly(agent: &Agent, svc: &str, want: &HashSet<String>, who: &str) {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let have = ids(agent, svc).await.unwrap_or_default();
+        if &have == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} holds {} ids of {svc}, not the {} restored (extra e.g. {:?})",
+            have.len(),
+            want.len(),
+            have.difference(want).take(3).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_saved_under_writes_restores_into_a_fresh_node_and_a_running_cluster() {
+    let mut c = Cluster::new(3);
+    for id in shuffled(vec![1, 2, 3], seed()) {
+        c.start(id);
+    }
+    let leader = c.leader(None).await;
+    let follower = c.up().into_iter().find(|id| *id != leader).unwrap();
+    let writers = Writers::start(c.bases(), "storm");
+    writers.wait_for(150, "writes before the save").await;
+
+    // Saved from a follower while four clients write.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.msnap");
+    let before_save = writers.acked_now();
+    let (ok, out, err) = cli(
+        &c.agent(follower).base,
+        &["snapshot", "save", file.to_str().unwrap()],
+    );
+    assert!(ok, "save failed: {out} {err}");
+    assert!(
+        err.is_empty(),
+        "no progress noise when stderr is not a terminal: {err}"
+    );
+    writers
+        .wait_for(before_save.len() + 50, "writes after the save")
+        .await;
+    writers.stop().await;
+    let header = inspect(&c.agent(follower).base, &file);
+    let (index, instances) = (
+        header["index"].as_u64().unwrap(),
+        header["instances"].as_u64().unwrap(),
+    );
+    println!("backup at index {index}: {instances} instances");
+    assert!(instances as usize >= before_save.len());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "only the backup, no temporary file");
+
+    // Restored into a fresh node: every write acknowledged before the save.
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let fresh = Agent::spawn(fresh_dir.path());
+    let (ok, out, err) = cli(
+        &fresh.base,
+        &["snapshot", "restore", file.to_str().unwrap()],
+    );
+    assert!(ok, "restore failed: {out} {err}");
+    wait_holds(&fresh, "storm", &before_save, CATCH_UP, "the fresh node").await;
+    let restored = ids(&fresh, "storm").await.unwrap();
+    assert_eq!(
+        restored.len() as u64,
+        instances,
+        "exactly the backup's instances"
+    );
+    let one = fresh
+        .get_json(&format!("/v1/services/storm/instances/{}", before_save[0]))
+        .await;
+    assert_eq!(
+        (one["address"].as_str(), one["port"].as_u64()),
+        (Some("10.0.0.1"), Some(8080))
+    );
+
+    // A flipped byte and a truncated file are refused and change nothing.
+    let bytes = std::fs::read(&file).unwrap();
+    let mut flipped = bytes.clone();
+    let at = bytes.len() / 2;
+    flipped[at] ^= 0x01;
+    let bad = dir.path().join("flipped.msnap");
+    std::fs::write(&bad, &flipped).unwrap();
+    let short = dir.path().join("short.msnap");
+    std::fs::write(&short, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    assert!(register(&http(), &fresh.base, "storm", "after-restore").await);
+    let index_before = fresh.get_json("/v1/cluster").await["applied_index"]
+        .as_u64()
+        .unwrap();
+    for (path, why) in [(&bad, "checksum does not match"), (&short, "truncated")] {
+        let (ok, _, err) = cli(
+            &fresh.base,
+            &["snapshot", "restore", path.to_str().unwrap()],
+        );
+        assert!(!ok && err.contains(why), "{}: {err}", path.display());
+        // The server checks too, whatever the client did.
+        let r = http()
+            .post(fresh.url("/v1/snapshot/restore"))
+            .body(std::fs::read(path).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_backup", "{body}");
+    }
+    let mut with_extra = restored.clone();
+    with_extra.insert("after-restore".into());
+    assert_eq!(ids(&fresh, "storm").await.unwrap(), with_extra);
+    let index_after = fresh.get_json("/v1/cluster").await["applied_index"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        index_before, index_after,
+        "a refused restore writes nothing"
+    );
+
+    // Restored into the running cluster through a follower (forwarded to
+    // the leader), with a watch open across it on another node.
+    let bases = c.bases();
+    let extra = write_all(&bases, "storm", "extra", 8).await;
+    let watcher = c.up().into_iter().find(|id| *id != follower).unwrap();
+    let mut watch = Watch::open(c.agent(watcher), "storm", None).await;
+    let deadline = Instant::now() + CATCH_UP;
+    watch.until(deadline, |e| e.event == "snapshot").await;
+    let (ok, out, err) = cli(
+        &c.agent(follower).base,
+        &["snapshot", "restore", file.to_str().unwrap()],
+    );
+    assert!(ok, "restore through a follower failed: {out} {err}");
+    for id in c.up() {
+        wait_exactly(c.agent(id), "storm", &restored, &format!("node {id}")).await;
+    }
+    // The watcher gets the difference, at one index: the extras deleted.
+    let mut deleted = HashSet::new();
+    let mut at = BTreeSet::new();
+    while deleted.len() < extra.len() {
+        let e = watch
+            .until(deadline, |e| e.event == "delete")
+            .await
+            .pop()
+            .unwrap();
+        at.insert(e.index);
+        deleted.insert(e.instance.unwrap());
+    }
+    assert_eq!(deleted, extra.into_iter().collect::<HashSet<_>>());
+    assert_eq!(
+        at.len(),
+        1,
+        "every change of the restore at one index: {at:?}"
+    );
 }

@@ -131,6 +131,24 @@ async fn https_needs_a_client_that_trusts_the_ca() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("w1"), "{out}");
+    // The snapshot commands take the same option.
+    let backup = certs.path().join("backup.msnap");
+    let (ok, _, err) = cli(
+        &agent.base,
+        &[
+            "--cacert",
+            &path(certs.path(), "muster-ca.pem"),
+            "snapshot",
+            "save",
+            backup.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(
+        &agent.base,
+        &["snapshot", "inspect", backup.to_str().unwrap()],
+    );
+    assert!(ok && out.contains("1 instances"), "{out}{err}");
     let (ok, _, err) = cli(&agent.base, &["services"]);
     assert!(!ok, "an untrusted registry was accepted");
     assert!(
