@@ -99,11 +99,15 @@ fn raft_config(cfg: &RaftConfig, clustered: bool) -> Result<Config, RaftError> {
         // Between nodes, an append-entries must arrive and be fsynced
         // within one heartbeat interval (openraft's timeout for it), and a
         // follower must not start an election because a busy machine was
-        // slow for a moment: a failed leader is replaced within ~1-2 s.
+        // slow for a moment. A follower that knew a leader stands only
+        // after openraft's leader lease (`election_timeout_max`) plus its
+        // own election timeout without a heartbeat: 1.2-1.6 s here (etcd
+        // stands after 1 s by default), so a failed leader is replaced in
+        // about 1.5 s. 600-1200 ms made that 1.8-2.4 s (BENCHMARKS.md).
         Config {
             heartbeat_interval: 100,
-            election_timeout_min: 600,
-            election_timeout_max: 1200,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
             // A chunk, and after the last one the install (decoding the
             // whole catalog), must finish within this.
             install_snapshot_timeout: 30_000,

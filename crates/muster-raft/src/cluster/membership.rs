@@ -20,7 +20,7 @@
 //! its heartbeats, and asks the target to call an election (`elect`) until
 //! one is won. Voters refuse votes for as long as they heard from a leader
 //! within the election timeout (openraft's leader lease), so this takes
-//! about that long (1.2 s); the target, up to date and asking first, wins
+//! about that long (0.8 s); the target, up to date and asking first, wins
 //! it unless another follower's own timer fires in the same instant (then
 //! the transfer to a named node fails with "ask again", and that node now
 //! follows another leader). Held writes then go to the new leader. If no
