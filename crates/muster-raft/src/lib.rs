@@ -123,6 +123,10 @@ pub struct NodeInfo {
     /// Snapshots streamed from a leader and installed since this process
     /// started (a follower that fell behind the leader's compacted log).
     pub snapshots_installed: u64,
+    /// Lease renewals this node forwarded to the leader since it started,
+    /// and the calls that carried them (renewals arriving together share
+    /// a call).
+    pub forwarded_renewals: (u64, u64),
 }
 
 /// What a member is in the cluster.

@@ -354,12 +354,13 @@ impl Node {
                 raft: raft.clone(),
                 proposals: proposals.clone(),
                 http_addr: c.http_addr.clone(),
-                http,
+                http: http.clone(),
                 leader_service: Default::default(),
                 http_addrs: std::sync::RwLock::new([(cfg.node_id, c.http_addr)].into()),
                 contacts,
                 catalog: Arc::clone(&catalog),
                 transfer_gate: tokio::sync::RwLock::new(()),
+                renewals: crate::cluster::coalesce::Renewals::start(http.clone()),
             });
             let mut stop = stop_cluster_rx.clone();
             let shutdown = async move {
@@ -588,6 +589,13 @@ impl Node {
                 .max(applied_index),
             applied_index,
             snapshots_installed: self.inner.pace.installed.load(Ordering::Relaxed),
+            forwarded_renewals: self.inner.cluster.as_ref().map_or((0, 0), |c| {
+                let s = &c.renewals.stats;
+                (
+                    s.renewals.load(Ordering::Relaxed),
+                    s.calls.load(Ordering::Relaxed),
+                )
+            }),
         }
     }
 

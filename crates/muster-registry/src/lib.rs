@@ -1221,8 +1221,12 @@ impl Registry {
         });
         let preserving = self.inner.leases.preserving();
         metrics::gauge!("muster_self_preservation").set(if preserving { 1.0 } else { 0.0 });
+        let info = self.inner.node.info();
         metrics::counter!("muster_raft_snapshots_installed_total")
-            .absolute(self.inner.node.info().snapshots_installed);
+            .absolute(info.snapshots_installed);
+        let (renewals, calls) = info.forwarded_renewals;
+        metrics::counter!("muster_raft_forwarded_renewals_total").absolute(renewals);
+        metrics::counter!("muster_raft_forwarded_renewal_calls_total").absolute(calls);
     }
 
     /// Introspection for tests and diagnostics: how many watchers and

@@ -38,6 +38,7 @@
 //! never applied twice by a retry.
 
 pub(crate) mod client;
+pub(crate) mod coalesce;
 pub(crate) mod membership;
 pub(crate) mod server;
 pub(crate) mod wire;
@@ -61,7 +62,7 @@ use crate::{Applied, CheckReport, LeaderService, ProposeError, Renewal, ReportAn
 /// leader) before it fails with `NotLeader`.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// How long one forwarded call may take on the leader (its fsync included).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a follower waits to apply a write the leader acknowledged
 /// before it answers anyway (the write is durable on a quorum).
 const APPLY_WAIT: Duration = Duration::from_secs(5);
@@ -157,6 +158,8 @@ pub(crate) struct Shared {
     /// Held shared by every local proposal, and exclusively while
     /// leadership moves away (see [`membership`]).
     pub(crate) transfer_gate: tokio::sync::RwLock<()>,
+    /// Renewals forwarded to the leader, coalesced into few calls.
+    pub(crate) renewals: coalesce::Renewals,
 }
 
 /// Why one attempt on the leader did not give an answer.
@@ -293,10 +296,7 @@ impl Shared {
 
     /// Renews leases on the leader (they live in its memory).
     pub(crate) async fn renew(&self, ids: &[u64]) -> Result<Vec<Renewal>, ProposeError> {
-        let body =
-            wire::encode(&wire::RenewRequest { ids: ids.to_vec() }).map_err(ProposeError::Fatal)?;
         self.on_leader(|leader| {
-            let body: Bytes = body.clone();
             async move {
                 match leader {
                     None | Some((_, None)) => Attempt::Retry,
@@ -311,21 +311,12 @@ impl Shared {
                         }
                         None => Attempt::Retry,
                     },
-                    Some((l, Some(addr))) => {
-                        let reply: Result<wire::RenewReply, _> = self
-                            .http
-                            .call(&addr, &path(l, "renew"), body, FORWARD_TIMEOUT)
-                            .await;
-                        match reply {
-                            Ok(wire::RenewReply::Renewed(out)) => Attempt::Done(Ok(out)),
-                            Ok(wire::RenewReply::NotLeader { .. }) => Attempt::Retry,
-                            // A renewal is idempotent: any failure is retried.
-                            Err(e) => {
-                                tracing::debug!(leader = l, error = %e, "forwarded renewal failed");
-                                Attempt::Retry
-                            }
-                        }
-                    }
+                    // Coalesced with the renewals forwarded meanwhile; a
+                    // renewal is idempotent, so any failure is retried.
+                    Some((l, Some(addr))) => match self.renewals.renew(l, &addr, ids).await {
+                        Some(out) => Attempt::Done(Ok(out)),
+                        None => Attempt::Retry,
+                    },
                 }
             }
         })

@@ -444,6 +444,36 @@ async fn three_nodes_form_in_any_order_and_a_follower_takes_writes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Heartbeats arriving together at a follower share calls to the
+    // leader: 200 at once, every one renewed, in fewer calls.
+    let url = c
+        .agent(follower)
+        .url("/v1/services/payments/instances/leased/heartbeat");
+    let beats = (0..200).map(|_| client.put(&url).send());
+    for r in futures::future::join_all(beats).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let metrics = client
+        .get(c.agent(follower).url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let renewals = sample("muster_raft_forwarded_renewals_total ");
+    let calls = sample("muster_raft_forwarded_renewal_calls_total ");
+    println!("{renewals} renewals forwarded in {calls} calls");
+    assert!(
+        renewals >= 201 && calls < renewals,
+        "{renewals} in {calls} calls"
+    );
 
     // A TTL report to a follower is made on the leader (which runs the
     // checks) and answered once the follower applied the status: it reads
