@@ -52,7 +52,8 @@ use openraft::BasicNode;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use self::client::{CallError, Http, path};
+use self::client::{CallError, Http};
+pub use self::client::{FaultHook, LinkFault, LinkFaults};
 use crate::batcher::Proposal;
 use crate::types::Raft;
 use crate::{Applied, CheckReport, LeaderService, ProposeError, Renewal, ReportAnswer};
@@ -82,6 +83,9 @@ pub struct ClusterConfig {
     pub join: bool,
     /// This node's HTTP API address, as clients and peers reach it.
     pub http_addr: String,
+    /// A fault-injection hook every call this node sends consults first
+    /// (see [`LinkFaults`]); `None` outside chaos tests.
+    pub link_faults: Option<FaultHook>,
 }
 
 impl ClusterConfig {
@@ -258,7 +262,7 @@ impl Shared {
         };
         let reply: Result<wire::ForwardReply, _> = self
             .http
-            .call(addr, &path(leader, "forward"), body, FORWARD_TIMEOUT)
+            .call(leader, addr, "forward", body, FORWARD_TIMEOUT)
             .await;
         match reply {
             Ok(wire::ForwardReply::Applied { index, result }) => {
@@ -314,7 +318,7 @@ impl Shared {
                     Some((l, Some(addr))) => {
                         let reply: Result<wire::RenewReply, _> = self
                             .http
-                            .call(&addr, &path(l, "renew"), body, FORWARD_TIMEOUT)
+                            .call(l, &addr, "renew", body, FORWARD_TIMEOUT)
                             .await;
                         match reply {
                             Ok(wire::RenewReply::Renewed(out)) => Attempt::Done(Ok(out)),
@@ -350,7 +354,7 @@ impl Shared {
                         Some((l, Some(addr))) => {
                             match self
                                 .http
-                                .call(&addr, &path(l, "report"), body, FORWARD_TIMEOUT)
+                                .call(l, &addr, "report", body, FORWARD_TIMEOUT)
                                 .await
                             {
                                 Ok(answer) => answer,
@@ -390,7 +394,7 @@ impl Shared {
                     Some((l, Some(addr))) => {
                         let reply: Result<wire::ReadIndexReply, _> = self
                             .http
-                            .call(&addr, &path(l, "read-index"), Bytes::new(), FORWARD_TIMEOUT)
+                            .call(l, &addr, "read-index", Bytes::new(), FORWARD_TIMEOUT)
                             .await;
                         match reply {
                             Ok(wire::ReadIndexReply::Index(i)) => Attempt::Done(Ok(i)),
@@ -453,7 +457,7 @@ pub(crate) async fn learn_http_addrs(shared: Arc<Shared>, mut stop: watch::Recei
         for (id, addr) in &missing {
             let hello: Result<wire::Hello, _> = shared
                 .http
-                .get(addr, "/raft/hello", Duration::from_secs(2))
+                .get(*id, addr, "hello", Duration::from_secs(2))
                 .await;
             match hello {
                 Ok(h) if h.node_id == *id => {
