@@ -422,8 +422,9 @@ async fn futures_any<T: Send + Sync + 'static>(watches: &mut [watch::Receiver<T>
 
 // ----- the schedule ---------------------------------------------------------
 
-/// One step of a schedule; each lasts `hold` and ends with every link
-/// healed.
+/// One step of a schedule; each lasts `hold`. A partition ends with its
+/// step; a delay, lost answers or a flaky network that `lingers` last on
+/// under the next steps, until a quiet step or the end of the run.
 #[derive(Debug, Clone)]
 enum Step {
     /// Cut every link between `minority` and the other nodes, both ways.
@@ -436,14 +437,24 @@ enum Step {
         to: u64,
         max: Duration,
         hold: Duration,
+        lingers: bool,
     },
     /// Calls from `from` to `to` are handled, their answers lost.
-    LoseAnswers { from: u64, to: u64, hold: Duration },
+    LoseAnswers {
+        from: u64,
+        to: u64,
+        hold: Duration,
+        lingers: bool,
+    },
     /// A share of every call on every link dropped or answer-lost.
-    Flaky { percent: u64, hold: Duration },
+    Flaky {
+        percent: u64,
+        hold: Duration,
+        lingers: bool,
+    },
     /// Stop `node`, and start it again on its data after `hold`.
     Restart { node: u64, hold: Duration },
-    /// Nothing wrong.
+    /// Every link healed.
     Quiet { hold: Duration },
 }
 
@@ -495,6 +506,7 @@ fn schedule(seed: u64) -> (u64, Vec<Step>) {
                     to,
                     max: ms(&mut rng, 20, 400),
                     hold: ms(&mut rng, 500, 1200),
+                    lingers: rng.random_bool(0.4),
                 }
             }
             57..69 => {
@@ -503,11 +515,13 @@ fn schedule(seed: u64) -> (u64, Vec<Step>) {
                     from,
                     to,
                     hold: ms(&mut rng, 500, 1200),
+                    lingers: rng.random_bool(0.4),
                 }
             }
             69..79 => Step::Flaky {
                 percent: rng.random_range(5..=30),
                 hold: ms(&mut rng, 500, 1200),
+                lingers: rng.random_bool(0.4),
             },
             79..92 => Step::Restart {
                 node: *ids.choose(&mut rng).expect("a node"),
@@ -702,7 +716,7 @@ async fn run(seed: u64, n: u64, steps: &[Step]) -> Result<Outcome, String> {
             }
             Step::Flaky { percent, .. } => lock(&cluster.faults.0).flaky_percent = *percent,
             Step::Restart { node, .. } => cluster.stop(*node).await?,
-            Step::Quiet { .. } => {}
+            Step::Quiet { .. } => cluster.faults.heal(),
         }
         let start = Instant::now();
         if !minority.is_empty() {
@@ -723,7 +737,31 @@ async fn run(seed: u64, n: u64, steps: &[Step]) -> Result<Outcome, String> {
         // The schedule's pacing: the fault holds this long.
         tokio::time::sleep(hold).await;
         let end = Instant::now();
-        cluster.faults.heal();
+        {
+            let mut l = lock(&cluster.faults.0);
+            l.cut.clear();
+            match step {
+                Step::Delay {
+                    from,
+                    to,
+                    lingers: false,
+                    ..
+                } => {
+                    l.delay.remove(&(*from, *to));
+                    l.delay.remove(&(*to, *from));
+                }
+                Step::LoseAnswers {
+                    from,
+                    to,
+                    lingers: false,
+                    ..
+                } => {
+                    l.lose_answers.remove(&(*from, *to));
+                }
+                Step::Flaky { lingers: false, .. } => l.flaky_percent = 0,
+                _ => {}
+            }
+        }
         for node in minority {
             windows.push(Window { node, start, end });
         }
