@@ -244,6 +244,9 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 impl Cluster {
     async fn start(n: u64, seed: u64) -> Result<Cluster, String> {
+        // The cluster's HTTP client needs a TLS crypto provider in the
+        // process (the agent installs it at start-up; so does this test).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
         let faults = Arc::new(Faults::default());
         lock(&faults.0).rng = seed | 1;
