@@ -177,12 +177,14 @@ impl Config {
                 peers: [(self.node_id, self.cluster_addr.to_string())].into(),
                 http_addr: http_addr.to_string(),
                 join: true,
+                link_faults: None,
             });
         }
         (!self.peers.is_empty()).then(|| ClusterConfig {
             peers: self.peers.clone(),
             http_addr: http_addr.to_string(),
             join: false,
+            link_faults: None,
         })
     }
 

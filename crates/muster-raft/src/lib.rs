@@ -129,6 +129,16 @@ pub struct NodeInfo {
     pub forwarded_renewals: (u64, u64),
 }
 
+/// Whom a node follows, as its raft state says: the term it is in and the
+/// leader it accepted in that term (itself, when it leads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Leadership {
+    /// The node's current term.
+    pub term: u64,
+    /// The leader of that term, once this node knows it.
+    pub leader: Option<u64>,
+}
+
 /// What a member is in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

@@ -22,8 +22,8 @@ use crate::snapshot_file::SnapshotDir;
 use crate::state_machine::StateMachine;
 use crate::types::Raft;
 use crate::{
-    Applied, ApplyObserver, Failure, LeaderService, MemberInfo, NodeInfo, ProposeError, RaftConfig,
-    RaftError, Renewal, Role,
+    Applied, ApplyObserver, Failure, LeaderService, Leadership, MemberInfo, NodeInfo, ProposeError,
+    RaftConfig, RaftError, Renewal, Role,
 };
 
 /// The file name of the store inside the data directory.
@@ -54,6 +54,7 @@ struct Inner {
     /// Snapshot pacing counts, and how many snapshots were installed.
     pace: Arc<crate::state_machine::SnapshotPace>,
     leader_rx: watch::Receiver<bool>,
+    leadership_rx: watch::Receiver<Leadership>,
     /// Proposals for the batcher.
     proposals: mpsc::Sender<Proposal>,
     /// Tells the batcher to stop.
@@ -201,16 +202,35 @@ fn members(m: &RaftMetrics<u64, BasicNode>, c: &Shared) -> Vec<MemberInfo> {
         .collect()
 }
 
-/// Keeps `tx` equal to "this node is a ready leader" until raft stops.
-fn spawn_leader_watch(raft: &Raft, node_id: u64, disk_last: u64, tx: watch::Sender<bool>) {
+/// Keeps `tx` equal to "this node is a ready leader", and `leadership`
+/// to its term and leader, until raft stops.
+fn spawn_leader_watch(
+    raft: &Raft,
+    node_id: u64,
+    disk_last: u64,
+    tx: watch::Sender<bool>,
+    leadership: watch::Sender<Leadership>,
+) {
     let mut metrics = raft.metrics();
     tokio::spawn(async move {
         loop {
             // The borrow ends before the await below.
-            let leader = is_ready_leader(&metrics.borrow_and_update(), node_id, disk_last);
+            let (leader, now) = {
+                let m = metrics.borrow_and_update();
+                let now = Leadership {
+                    term: m.current_term,
+                    leader: m.current_leader,
+                };
+                (is_ready_leader(&m, node_id, disk_last), now)
+            };
             tx.send_if_modified(|v| {
                 let changed = *v != leader;
                 *v = leader;
+                changed
+            });
+            leadership.send_if_modified(|v| {
+                let changed = *v != now;
+                *v = now;
                 changed
             });
             if metrics.changed().await.is_err() {
@@ -288,7 +308,9 @@ impl Node {
         let log = RaftLog::new(store.clone(), Arc::clone(&committed));
 
         let http = match &cluster {
-            Some(_) => Some(Http::new().map_err(RaftError::Config)?),
+            Some((c, _)) => {
+                Some(Http::new(cfg.node_id, c.link_faults.clone()).map_err(RaftError::Config)?)
+            }
             None => None,
         };
         let contacts = Contacts::default();
@@ -337,7 +359,8 @@ impl Node {
         }
 
         let (leader_tx, leader_rx) = watch::channel(false);
-        spawn_leader_watch(&raft, cfg.node_id, disk_last, leader_tx);
+        let (leadership_tx, leadership_rx) = watch::channel(Leadership::default());
+        spawn_leader_watch(&raft, cfg.node_id, disk_last, leader_tx, leadership_tx);
         let (proposals, proposals_rx) = mpsc::channel(batcher::QUEUE_CAPACITY);
         let (stop_batcher, stop_rx) = watch::channel(false);
         let batcher = tokio::spawn(batcher::run(
@@ -389,6 +412,7 @@ impl Node {
                 committed,
                 pace,
                 leader_rx,
+                leadership_rx,
                 proposals,
                 stop_batcher,
                 batcher: std::sync::Mutex::new(Some(batcher)),
@@ -603,6 +627,13 @@ impl Node {
     /// term (so its catalog is complete); `false` otherwise and after stop.
     pub fn leader_watch(&self) -> watch::Receiver<bool> {
         self.inner.leader_rx.clone()
+    }
+
+    /// This node's term and the leader it knows in it, as they change
+    /// (a watch: a reader sees the latest, not every step). Closed once
+    /// raft stops.
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.inner.leadership_rx.clone()
     }
 
     /// Waits, without asking for one, until a snapshot covering log index

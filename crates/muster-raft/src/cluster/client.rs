@@ -10,7 +10,16 @@
 //! [`PeerClient::backoff`]), a request that timed out is a `Timeout`, any
 //! other failure on the way a [`NetworkError`] (retried on the next
 //! heartbeat), and an error the peer's raft answered a [`RemoteError`].
+//!
+//! Every call a node sends, raft's and the follower's calls to the leader
+//! alike, first asks the [`LinkFaults`] hook of its [`ClusterConfig`], if
+//! it has one, what to do with it: deliver, drop, drop the answer, or
+//! delay. It is the chaos-testing seam (the partition tests cut links with
+//! it); without a hook a call costs one `Option` check more.
+//!
+//! [`ClusterConfig`]: super::ClusterConfig
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,16 +40,69 @@ use crate::types::TypeConfig;
 /// How long a connection attempt to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// What becomes of one call a node sends to a peer (see [`LinkFaults`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LinkFault {
+    /// Sent and answered as usual.
+    #[default]
+    Deliver,
+    /// Never sent: the caller sees the peer unreachable, at once (as a
+    /// refused connection), and knows the peer did not handle it.
+    Drop,
+    /// Sent and handled by the peer, but its answer is lost: the caller
+    /// sees a broken connection and cannot know whether it was handled.
+    DropResponse,
+    /// Sent after this delay, then answered as usual (a delay past the
+    /// call's timeout is a timeout).
+    Delay(Duration),
+}
+
+/// A hook consulted before every call a node sends to a peer, per directed
+/// link: raft's append-entries, votes and snapshot chunks, and a
+/// follower's calls to the leader (forwarded writes, renewals, TTL
+/// reports, read-index, membership changes, `hello`). A fault-injection
+/// seam for chaos tests: dropping every call both ways between two sets
+/// of nodes partitions the cluster. It sees each call once, so it should
+/// decide quickly and never block.
+pub trait LinkFaults: Send + Sync + 'static {
+    /// What to do with the call `rpc` (the route's last segment, e.g.
+    /// `append`, `vote`, `forward`, `read-index`, `hello`) that node
+    /// `from` is sending to node `to`.
+    fn on_send(&self, from: u64, to: u64, rpc: &str) -> LinkFault;
+}
+
+/// A [`LinkFaults`] hook as [`ClusterConfig`](super::ClusterConfig) holds
+/// it: cheap to clone; equal only to clones of itself.
+#[derive(Clone)]
+pub struct FaultHook(Arc<dyn LinkFaults>);
+
+impl FaultHook {
+    /// Wraps `faults` for a [`ClusterConfig`](super::ClusterConfig).
+    pub fn new(faults: Arc<dyn LinkFaults>) -> FaultHook {
+        FaultHook(faults)
+    }
+}
+
+impl std::fmt::Debug for FaultHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultHook(..)")
+    }
+}
+
+impl PartialEq for FaultHook {
+    fn eq(&self, other: &FaultHook) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.0), Arc::as_ptr(&other.0))
+    }
+}
+
+impl Eq for FaultHook {}
+
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CallError {
     /// The peer could not be connected to: the request was not sent.
-    #[error("cannot connect to {addr}: {source}")]
-    Unreachable {
-        addr: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error("cannot connect to {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
     /// No answer in time; the request may or may not have been handled.
     #[error("{addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
@@ -54,10 +116,13 @@ pub(crate) enum CallError {
 #[derive(Clone, Debug)]
 pub(crate) struct Http {
     client: reqwest::Client,
+    /// The node sending (for the fault hook).
+    from: u64,
+    faults: Option<FaultHook>,
 }
 
 impl Http {
-    pub(crate) fn new() -> Result<Http, String> {
+    pub(crate) fn new(from: u64, faults: Option<FaultHook>) -> Result<Http, String> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .http2_prior_knowledge()
@@ -71,18 +136,57 @@ impl Http {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("building the cluster RPC client: {e}"))?;
-        Ok(Http { client })
+        Ok(Http {
+            client,
+            from,
+            faults,
+        })
     }
 
-    /// POSTs `body` to `http://{addr}{path}` and decodes the CBOR answer.
+    /// What the fault hook makes of the call `rpc` to node `to`: `Err`
+    /// when it is dropped, after any delay it imposes; `Ok(true)` when its
+    /// answer is to be dropped.
+    async fn fault(&self, to: u64, addr: &str, rpc: &str) -> Result<bool, CallError> {
+        let Some(hook) = &self.faults else {
+            return Ok(false);
+        };
+        match hook.0.on_send(self.from, to, rpc) {
+            LinkFault::Deliver => Ok(false),
+            LinkFault::Drop => Err(CallError::Unreachable {
+                addr: addr.to_string(),
+                reason: format!("the link from node {} to node {to} is cut", self.from),
+            }),
+            LinkFault::DropResponse => Ok(true),
+            LinkFault::Delay(d) => {
+                tokio::time::sleep(d).await;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The error a dropped answer gives.
+    fn lost_answer(&self, to: u64, addr: &str) -> CallError {
+        CallError::Network {
+            addr: addr.to_string(),
+            reason: format!(
+                "the answer from node {to} to node {} was dropped",
+                self.from
+            ),
+        }
+    }
+
+    /// POSTs `body` to node `to`'s route `rpc` at `addr` and decodes the
+    /// CBOR answer.
     pub(crate) async fn call<T: DeserializeOwned>(
         &self,
+        to: u64,
         addr: &str,
-        path: &str,
+        rpc: &str,
         body: Bytes,
         timeout: Duration,
     ) -> Result<T, CallError> {
-        let url = format!("http://{addr}{path}");
+        let drop_answer = self.fault(to, addr, rpc).await?;
+        let url = format!("http://{addr}{}", path(to, rpc));
         let sent = self
             .client
             .post(url)
@@ -94,6 +198,9 @@ impl Http {
         let resp = sent.map_err(|e| classify(addr, timeout, e))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| classify(addr, timeout, e))?;
+        if drop_answer {
+            return Err(self.lost_answer(to, addr));
+        }
         if !status.is_success() {
             return Err(CallError::Network {
                 addr: addr.to_string(),
@@ -106,22 +213,28 @@ impl Http {
         })
     }
 
-    /// GETs `http://{addr}{path}` and decodes the CBOR answer.
+    /// GETs `http://{addr}/raft/{rpc}` of node `to` (a route every node
+    /// answers whatever its id) and decodes the CBOR answer.
     pub(crate) async fn get<T: DeserializeOwned>(
         &self,
+        to: u64,
         addr: &str,
-        path: &str,
+        rpc: &str,
         timeout: Duration,
     ) -> Result<T, CallError> {
+        let drop_answer = self.fault(to, addr, rpc).await?;
         let resp = self
             .client
-            .get(format!("http://{addr}{path}"))
+            .get(format!("http://{addr}/raft/{rpc}"))
             .timeout(timeout)
             .send()
             .await
             .map_err(|e| classify(addr, timeout, e))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| classify(addr, timeout, e))?;
+        if drop_answer {
+            return Err(self.lost_answer(to, addr));
+        }
         if !status.is_success() {
             return Err(CallError::Network {
                 addr: addr.to_string(),
@@ -139,7 +252,7 @@ fn classify(addr: &str, timeout: Duration, e: reqwest::Error) -> CallError {
     if e.is_connect() {
         CallError::Unreachable {
             addr: addr.to_string(),
-            source: e,
+            reason: error_chain(&e),
         }
     } else if e.is_timeout() {
         CallError::Timeout {
@@ -168,7 +281,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// The path of an RPC to node `to`: the receiver refuses one meant for
 /// another node (a peer restarted under another id at the same address).
-pub(crate) fn path(to: u64, rpc: &str) -> String {
+fn path(to: u64, rpc: &str) -> String {
     format!("/raft/{to}/{rpc}")
 }
 
@@ -228,7 +341,7 @@ impl PeerClient {
         let body = body.map_err(|e| RPCError::Network(NetworkError::new(&Io(e))))?;
         let timeout = option.hard_ttl();
         let answer: Result<Resp, E> = http
-            .call(&self.node.addr, &path(self.target, name), body, timeout)
+            .call(self.target, &self.node.addr, name, body, timeout)
             .await
             .map_err(|e| match e {
                 CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::FORWARD_TIMEOUT;
-use super::client::{Http, path};
+use super::client::Http;
 use super::wire;
 use crate::Renewal;
 
@@ -124,7 +124,7 @@ async fn send(http: &Http, leader: u64, addr: &str, jobs: Vec<Job>, stats: &Rene
     let answers = match wire::encode(&wire::RenewRequest { ids: ids.clone() }) {
         Ok(body) => {
             let reply: Result<wire::RenewReply, _> = http
-                .call(addr, &path(leader, "renew"), body, FORWARD_TIMEOUT)
+                .call(leader, addr, "renew", body, FORWARD_TIMEOUT)
                 .await;
             match reply {
                 Ok(wire::RenewReply::Renewed(out)) if out.len() == ids.len() => Some(out),

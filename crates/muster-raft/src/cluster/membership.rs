@@ -36,7 +36,7 @@ use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::client::{CallError, path};
+use super::client::CallError;
 use super::{Attempt, Shared, wire};
 use crate::ProposeError;
 
@@ -146,7 +146,7 @@ impl Shared {
                         Some((l, Some(addr))) => {
                             let left = deadline.saturating_duration_since(Instant::now());
                             let reply: Result<MemberReply, _> =
-                                self.http.call(&addr, &path(l, "members"), body, left).await;
+                                self.http.call(l, &addr, "members", body, left).await;
                             match reply {
                                 Ok(MemberReply::Done) => Ok(()),
                                 Ok(MemberReply::NotLeader { .. }) => return Attempt::Retry,
@@ -393,12 +393,7 @@ impl Shared {
             }
             let sent: Result<MemberReply, _> = self
                 .http
-                .call(
-                    addr,
-                    &path(target, "elect"),
-                    bytes::Bytes::new(),
-                    ELECT_PAUSE * 5,
-                )
+                .call(target, addr, "elect", bytes::Bytes::new(), ELECT_PAUSE * 5)
                 .await;
             if let Err(e) = sent {
                 tracing::debug!(target, error = %e, "election request failed");

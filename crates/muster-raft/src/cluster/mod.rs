@@ -53,7 +53,8 @@ use openraft::BasicNode;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use self::client::{CallError, Http, path};
+use self::client::{CallError, Http};
+pub use self::client::{FaultHook, LinkFault, LinkFaults};
 use crate::batcher::Proposal;
 use crate::types::Raft;
 use crate::{Applied, CheckReport, LeaderService, ProposeError, Renewal, ReportAnswer};
@@ -83,6 +84,9 @@ pub struct ClusterConfig {
     pub join: bool,
     /// This node's HTTP API address, as clients and peers reach it.
     pub http_addr: String,
+    /// A fault-injection hook every call this node sends consults first
+    /// (see [`LinkFaults`]); `None` outside chaos tests.
+    pub link_faults: Option<FaultHook>,
 }
 
 impl ClusterConfig {
@@ -261,14 +265,22 @@ impl Shared {
         };
         let reply: Result<wire::ForwardReply, _> = self
             .http
-            .call(addr, &path(leader, "forward"), body, FORWARD_TIMEOUT)
+            .call(leader, addr, "forward", body, FORWARD_TIMEOUT)
             .await;
         match reply {
             Ok(wire::ForwardReply::Applied { index, result }) => {
                 Attempt::Done(Ok(Applied { index, result }))
             }
+            // Refused before it was appended, or appended and then cut from
+            // the log as the leader lost its place: never applied, so sent
+            // again (openraft answers ForwardToLeader only in those cases).
             Ok(wire::ForwardReply::NotLeader { .. }) => Attempt::Retry,
-            Ok(wire::ForwardReply::ShuttingDown) => Attempt::Retry,
+            // The leader stopped: perhaps after appending it (openraft's
+            // `Fatal::Stopped` does not say), so, like a lost answer, it is
+            // not sent again; the client sees the leader unavailable.
+            Ok(wire::ForwardReply::ShuttingDown) => Attempt::Done(Err(ProposeError::NotLeader {
+                leader: Some(leader),
+            })),
             Ok(wire::ForwardReply::Failed(m)) => Attempt::Done(Err(ProposeError::Fatal(m))),
             Err(CallError::Unreachable { .. }) => Attempt::Retry,
             Err(e) => {
@@ -341,7 +353,7 @@ impl Shared {
                         Some((l, Some(addr))) => {
                             match self
                                 .http
-                                .call(&addr, &path(l, "report"), body, FORWARD_TIMEOUT)
+                                .call(l, &addr, "report", body, FORWARD_TIMEOUT)
                                 .await
                             {
                                 Ok(answer) => answer,
@@ -381,7 +393,7 @@ impl Shared {
                     Some((l, Some(addr))) => {
                         let reply: Result<wire::ReadIndexReply, _> = self
                             .http
-                            .call(&addr, &path(l, "read-index"), Bytes::new(), FORWARD_TIMEOUT)
+                            .call(l, &addr, "read-index", Bytes::new(), FORWARD_TIMEOUT)
                             .await;
                         match reply {
                             Ok(wire::ReadIndexReply::Index(i)) => Attempt::Done(Ok(i)),
@@ -444,7 +456,7 @@ pub(crate) async fn learn_http_addrs(shared: Arc<Shared>, mut stop: watch::Recei
         for (id, addr) in &missing {
             let hello: Result<wire::Hello, _> = shared
                 .http
-                .get(addr, "/raft/hello", Duration::from_secs(2))
+                .get(*id, addr, "hello", Duration::from_secs(2))
                 .await;
             match hello {
                 Ok(h) if h.node_id == *id => {
