@@ -21,6 +21,7 @@ from ._client import _INHERITED, AsyncMusterClient, Registered, Stats, Tags, _lo
 from ._config import Config
 from ._exceptions import ClientClosedError
 from ._state import ConnectionListener, ConnectionState
+from ._tls import CertFiles, Verify
 from ._types import Discovered, HealthFilter, Instance, Lease
 
 T = TypeVar("T")
@@ -86,6 +87,8 @@ class MusterClient:
         backend: Optional[Backend] = None,
         config: Optional[Config] = None,
         lookup_idle_timeout: Union[float, str, None] = None,
+        verify: Optional[Verify] = None,
+        cert: Optional[CertFiles] = None,
     ) -> None:
         self._loop: Optional[_LoopThread] = _LoopThread()
         self.aio = AsyncMusterClient(
@@ -97,6 +100,8 @@ class MusterClient:
             backend=backend,
             config=config,
             lookup_idle_timeout=lookup_idle_timeout,
+            verify=verify,
+            cert=cert,
         )
         """The asyncio client doing the work (on the background loop)."""
         _CLIENTS.add(self)
