@@ -91,18 +91,25 @@ class MusterClient:
         cert: Optional[CertFiles] = None,
     ) -> None:
         self._loop: Optional[_LoopThread] = _LoopThread()
-        self.aio = AsyncMusterClient(
-            addresses,
-            namespace=namespace,
-            ttl=ttl,
-            max_staleness=max_staleness,
-            zone=zone,
-            backend=backend,
-            config=config,
-            lookup_idle_timeout=lookup_idle_timeout,
-            verify=verify,
-            cert=cert,
-        )
+        try:
+            aio = AsyncMusterClient(
+                addresses,
+                namespace=namespace,
+                ttl=ttl,
+                max_staleness=max_staleness,
+                zone=zone,
+                backend=backend,
+                config=config,
+                lookup_idle_timeout=lookup_idle_timeout,
+                verify=verify,
+                cert=cert,
+            )
+        except BaseException:
+            # A refused configuration (a CA file that cannot be read...) must
+            # not leave the loop thread running.
+            self._loop.stop()
+            raise
+        self.aio = aio
         """The asyncio client doing the work (on the background loop)."""
         _CLIENTS.add(self)
 
