@@ -64,6 +64,7 @@ from ._exceptions import (
     StaleDataError,
 )
 from ._state import ConnectionListener, ConnectionState, _Session
+from ._tls import CertFiles, Verify
 from ._types import (
     RANGE_OPERATORS,
     Discovered,
@@ -421,7 +422,9 @@ class AsyncMusterClient:
 
     ``AsyncMusterClient()`` reads ``MUSTER_*`` environment variables; keyword
     arguments override them (see :class:`Config`). Pass ``backend=`` to use
-    another registry, e.g. ``InMemoryBackend()`` in tests.
+    another registry, e.g. ``InMemoryBackend()`` in tests. For ``https://``
+    registries, ``verify=`` (a CA file) and ``cert=`` (a client certificate)
+    are :attr:`Config.verify` and :attr:`Config.cert`.
 
     Use it as ``async with AsyncMusterClient() as client:`` or call
     :meth:`aclose`; either way this client's instances are deregistered.
@@ -438,6 +441,8 @@ class AsyncMusterClient:
         backend: Optional[Backend] = None,
         config: Optional[Config] = None,
         lookup_idle_timeout: Union[float, str, None] = None,
+        verify: Optional[Verify] = None,
+        cert: Optional[CertFiles] = None,
     ) -> None:
         self.config = config or Config.from_env(
             addresses=addresses,
@@ -446,6 +451,8 @@ class AsyncMusterClient:
             max_staleness=max_staleness,
             zone=zone,
             lookup_idle_timeout=lookup_idle_timeout,
+            verify=verify,
+            cert=cert,
         )
         """The settings in force."""
         self._owns_backend = backend is None
@@ -458,6 +465,8 @@ class AsyncMusterClient:
             backoff_initial=self.config.backoff_initial,
             backoff_max=self.config.backoff_max,
             watch_queries_per_stream=self.config.watch_queries_per_stream,
+            verify=self.config.verify,
+            cert=self.config.cert,
         )
         """The registry backend."""
         self.stats = Stats()

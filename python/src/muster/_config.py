@@ -13,6 +13,13 @@ Environment variables (keyword arguments win over them):
 - ``MUSTER_RETRIES``: passes over the registry addresses before a call fails (``3``)
 - ``MUSTER_LOOKUP_IDLE_TIMEOUT``: lookups unused this long are evicted from
   the cache and their query leaves the watch (``10m``)
+- ``MUSTER_CACERT``: trust only this CA bundle (PEM) for ``https://``
+  registries (the system's roots)
+- ``MUSTER_CLIENT_CERT``, ``MUSTER_CLIENT_KEY``: a client certificate and its
+  key (PEM) for a registry that requires one (none)
+
+The TLS variables are the CLI's (``muster --cacert``, ``--client-cert``,
+``--client-key``).
 
 Defaults are the Rust client's too (``spec/client/README.md``): 5 s per
 request, 3 passes, a back-off between passes and between watch
@@ -25,11 +32,13 @@ from __future__ import annotations
 import os
 import random
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Union
 
 from ._exceptions import ConfigError
+from ._tls import CertFiles, Verify, ssl_context
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -117,6 +126,21 @@ class Config:
     ``watch_max_queries`` (1024); when a registry configured lower refuses a
     stream as too large, the client halves it by itself."""
 
+    verify: Verify = True
+    """How the certificate of an ``https://`` registry is checked: ``True``
+    trusts the system's roots; a path (file or directory of PEM
+    certificates) trusts only that CA bundle, e.g. the one made by ``muster
+    tls ca create``; an ``ssl.SSLContext`` is used as it is.
+
+    ``False`` turns verification **off**: anyone between this process and
+    the registry can then impersonate it, read the registrations and answer
+    lookups with addresses of their choosing. Do not use it outside a
+    throwaway test; give the CA's file instead. (A warning is logged.)"""
+    cert: Optional[CertFiles] = None
+    """A client certificate (PEM) for a registry that requires one
+    (``muster agent --tls-client-ca``): one file holding the certificate and
+    its key, or a ``(cert, key)`` pair of files."""
+
     def __post_init__(self) -> None:
         if not 1.0 <= self.ttl <= 3600.0:
             raise ConfigError(f"ttl must be between 1s and 1h, got {self.ttl}s")
@@ -132,6 +156,15 @@ class Config:
             raise ConfigError(
                 f"watch_queries_per_stream must be at least 1, got {self.watch_queries_per_stream}"
             )
+        if self.verify is not True or self.cert is not None:
+            # Read the files now, so that a wrong one is refused here, naming it.
+            self.ssl_context()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A new TLS context from :attr:`verify` and :attr:`cert`, for the
+        connections to ``https://`` registries. :class:`ConfigError` names a
+        file that cannot be read or used."""
+        return ssl_context(self.verify, self.cert)
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None, **overrides: Any) -> Config:
@@ -162,6 +195,13 @@ class Config:
             kw["lookup_idle_timeout"] = parse_duration(
                 env["MUSTER_LOOKUP_IDLE_TIMEOUT"], "MUSTER_LOOKUP_IDLE_TIMEOUT"
             )
+        if env.get("MUSTER_CACERT"):
+            kw["verify"] = env["MUSTER_CACERT"]
+        if env.get("MUSTER_CLIENT_CERT"):
+            cert = env["MUSTER_CLIENT_CERT"]
+            kw["cert"] = (cert, env["MUSTER_CLIENT_KEY"]) if env.get("MUSTER_CLIENT_KEY") else cert
+        elif env.get("MUSTER_CLIENT_KEY") and overrides.get("cert") is None:
+            raise ConfigError("MUSTER_CLIENT_KEY is set without MUSTER_CLIENT_CERT")
         if env.get("MUSTER_RETRIES"):
             try:
                 kw["retries"] = int(env["MUSTER_RETRIES"])

@@ -21,6 +21,7 @@ from ._client import _INHERITED, AsyncMusterClient, Registered, Stats, Tags, _lo
 from ._config import Config
 from ._exceptions import ClientClosedError
 from ._state import ConnectionListener, ConnectionState
+from ._tls import CertFiles, Verify
 from ._types import Discovered, HealthFilter, Instance, Lease
 
 T = TypeVar("T")
@@ -86,18 +87,29 @@ class MusterClient:
         backend: Optional[Backend] = None,
         config: Optional[Config] = None,
         lookup_idle_timeout: Union[float, str, None] = None,
+        verify: Optional[Verify] = None,
+        cert: Optional[CertFiles] = None,
     ) -> None:
         self._loop: Optional[_LoopThread] = _LoopThread()
-        self.aio = AsyncMusterClient(
-            addresses,
-            namespace=namespace,
-            ttl=ttl,
-            max_staleness=max_staleness,
-            zone=zone,
-            backend=backend,
-            config=config,
-            lookup_idle_timeout=lookup_idle_timeout,
-        )
+        try:
+            aio = AsyncMusterClient(
+                addresses,
+                namespace=namespace,
+                ttl=ttl,
+                max_staleness=max_staleness,
+                zone=zone,
+                backend=backend,
+                config=config,
+                lookup_idle_timeout=lookup_idle_timeout,
+                verify=verify,
+                cert=cert,
+            )
+        except BaseException:
+            # A refused configuration (a CA file that cannot be read...) must
+            # not leave the loop thread running.
+            self._loop.stop()
+            raise
+        self.aio = aio
         """The asyncio client doing the work (on the background loop)."""
         _CLIENTS.add(self)
 

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Optional
 
@@ -22,6 +23,7 @@ from .._exceptions import (
     RegistryUnavailableError,
     error_from_response,
 )
+from .._tls import CertFiles, Verify, ssl_context
 from .._types import Discovered, Instance, Lease, Query, WatchEvent
 from ._base import (
     Backend,
@@ -46,6 +48,11 @@ _FAILOVER_STATUSES = frozenset({502, 503, 504})
 # queries goes over several multiplexed watch streams (POST /v1/watch).
 _BODY_BUDGET = 64 * 1024 - 1024
 _FIELD_OF_QUERY = re.compile(r"^queries\[(\d+)\](?:\.(.+))?$")
+# Failures of one attempt at one address. httpx's asyncio transport lets a
+# TLS alert read after the handshake (a registry refusing the client's
+# certificate, in TLS 1.3) escape as a bare ssl.SSLError: it is the same kind
+# of failure, and must fail over and end as RegistryUnavailableError too.
+_TRANSPORT_ERRORS = (httpx.TransportError, ssl.SSLError)
 
 
 class MusterBackend(Backend):
@@ -57,6 +64,11 @@ class MusterBackend(Backend):
     ``backoff_initial`` and doubles up to ``backoff_max`` seconds. A refusal
     (any other 4xx/5xx) is raised at once. System proxy settings are ignored
     (``trust_env=False``): a registry is always reached directly.
+
+    ``https://`` addresses are checked with ``verify`` and present ``cert``
+    (as :attr:`Config.verify` and :attr:`Config.cert`): one TLS context,
+    built here, serves every connection to the registry, so a CA file or
+    client certificate that cannot be used is a :class:`ConfigError` now.
 
     Watch streams use a connection pool of their own: however many are open,
     lease renewal and the other calls always get a connection. All lookups
@@ -77,6 +89,8 @@ class MusterBackend(Backend):
         backoff_initial: float = 0.1,
         backoff_max: float = 0.5,
         watch_queries_per_stream: int = 1000,
+        verify: Verify = True,
+        cert: Optional[CertFiles] = None,
     ) -> None:
         if not addresses:
             raise ValueError("at least one registry address is needed")
@@ -92,6 +106,13 @@ class MusterBackend(Backend):
         self.namespace = namespace
         self._timeout = timeout
         self._headers = dict(headers or {})
+        self._ssl = ssl_context(verify, cert)
+        self._has_cert = cert is not None or isinstance(verify, ssl.SSLContext)
+        if verify is False:
+            log.warning(
+                "TLS certificate verification of the registry is OFF (verify=False): anyone "
+                "on the path can impersonate it; give its CA instead (MUSTER_CACERT)"
+            )
         self._current = 0
         self._pid = os.getpid()
         self._http_client = self._new_http()
@@ -101,6 +122,7 @@ class MusterBackend(Backend):
         return httpx.AsyncClient(
             timeout=self._timeout,
             trust_env=False,
+            verify=self._ssl,
             headers=self._headers,
             limits=httpx.Limits(max_keepalive_connections=8, max_connections=64),
         )
@@ -111,6 +133,7 @@ class MusterBackend(Backend):
         return httpx.AsyncClient(
             timeout=self._timeout,
             trust_env=False,
+            verify=self._ssl,
             headers=self._headers,
             limits=httpx.Limits(max_keepalive_connections=0, max_connections=None),
         )
@@ -137,11 +160,13 @@ class MusterBackend(Backend):
     def revoke_lease_blocking(self, lease_id: str, timeout: float) -> None:
         # A plain blocking client: at interpreter exit the event loop may be
         # gone and thread pools (used by async DNS) refuse new work.
-        with httpx.Client(timeout=timeout, trust_env=False, headers=self._headers) as http:
+        with httpx.Client(
+            timeout=timeout, trust_env=False, verify=self._ssl, headers=self._headers
+        ) as http:
             for i in self._order():
                 try:
                     r = http.delete(f"{self.addresses[i]}/v1/leases/{lease_id}")
-                except httpx.TransportError:
+                except _TRANSPORT_ERRORS:
                     continue
                 if r.status_code not in _FAILOVER_STATUSES:
                     return
@@ -184,7 +209,7 @@ class MusterBackend(Backend):
                 url = self.addresses[i] + path
                 try:
                     r = await self._http.request(method, url, json=body, params=qp)
-                except httpx.TransportError as e:
+                except _TRANSPORT_ERRORS as e:
                     last = e
                     continue
                 if r.status_code in _FAILOVER_STATUSES:
@@ -196,8 +221,30 @@ class MusterBackend(Backend):
                     raise error_from_response(r.status_code, data)
                 return data
         raise RegistryUnavailableError(
-            f"no registry reachable at {', '.join(self.addresses)}: {last!r}"
+            f"no registry reachable at {', '.join(self.addresses)}: {last!r}{self._tls_hint(last)}"
         ) from last
+
+    def _tls_hint(self, e: Optional[BaseException]) -> str:
+        """What to change when ``e`` is a TLS failure this client's settings
+        caused: the error alone (an OpenSSL reason) does not say."""
+        text = str(e)
+        if "CERTIFICATE_VERIFY_FAILED" in text and "Hostname mismatch" not in text:
+            return (
+                " (the registry's certificate is not signed by a CA this client trusts: "
+                "give its CA as verify= or MUSTER_CACERT)"
+            )
+        give_cert = "give one as cert= or MUSTER_CLIENT_CERT and MUSTER_CLIENT_KEY"
+        if "CERTIFICATE_REQUIRED" in text:
+            return f" (the registry requires a client certificate: {give_cert})"
+        # A refusal read while the request body was still being written
+        # loses the alert: only an empty ReadError is left.
+        https = any(a.startswith("https://") for a in self.addresses)
+        if isinstance(e, httpx.ReadError) and not text and https and not self._has_cert:
+            return (
+                " (the registry closed the TLS connection: if it requires "
+                f"a client certificate, {give_cert})"
+            )
+        return ""
 
     async def create_lease(self, ttl: float) -> Lease:
         d = await self._call("POST", "/v1/leases", body={"ttl": format_duration(ttl)})
@@ -314,13 +361,15 @@ class MusterBackend(Backend):
                         delivered = True
                         yield ev
                     break  # the server ended the stream (shutdown): caller reconnects
-            except httpx.TransportError as e:
+            except _TRANSPORT_ERRORS as e:
                 last = e
                 # Once events were delivered the caller resumes from its own
                 # last index; this generator does not re-open the stream.
                 if delivered:
                     break
-        raise RegistryUnavailableError(f"watch of {service!r} lost: {last!r}") from last
+        raise RegistryUnavailableError(
+            f"watch of {service!r} lost: {last!r}{self._tls_hint(last)}"
+        ) from last
 
     def watch_many(self, queries: Sequence[WatchQuery]) -> AsyncIterator[tuple[str, WatchEvent]]:
         return merge_streams([self._watch_stream(c) for c in self._chunks(queries)])
@@ -376,10 +425,10 @@ class MusterBackend(Backend):
                     finally:
                         self._open_streams -= 1
                     return  # the server ended the stream (shutdown): caller reconnects
-            except httpx.TransportError as e:
+            except _TRANSPORT_ERRORS as e:
                 last = e
         else:
-            raise RegistryUnavailableError(f"watch lost: {last!r}") from last
+            raise RegistryUnavailableError(f"watch lost: {last!r}{self._tls_hint(last)}") from last
         # The registry takes fewer queries per stream (its `watch_max_queries`
         # is lower, or the body too large): halve, remember it for the next
         # streams, and carry these queries over several.
