@@ -127,6 +127,9 @@ pub struct NodeInfo {
     /// and the calls that carried them (renewals arriving together share
     /// a call).
     pub forwarded_renewals: (u64, u64),
+    /// Writes this node forwarded to the leader since it started, and the
+    /// calls that carried them.
+    pub forwarded_writes: (u64, u64),
 }
 
 /// Whom a node follows, as its raft state says: the term it is in and the

@@ -383,7 +383,8 @@ impl Node {
                 contacts,
                 catalog: Arc::clone(&catalog),
                 transfer_gate: tokio::sync::RwLock::new(()),
-                renewals: crate::cluster::coalesce::Renewals::start(http.clone()),
+                renewals: crate::cluster::coalesce::Coalescer::start(http.clone()),
+                forwards: crate::cluster::coalesce::Coalescer::start(http.clone()),
             });
             let mut stop = stop_cluster_rx.clone();
             let shutdown = async move {
@@ -616,7 +617,14 @@ impl Node {
             forwarded_renewals: self.inner.cluster.as_ref().map_or((0, 0), |c| {
                 let s = &c.renewals.stats;
                 (
-                    s.renewals.load(Ordering::Relaxed),
+                    s.parts.load(Ordering::Relaxed),
+                    s.calls.load(Ordering::Relaxed),
+                )
+            }),
+            forwarded_writes: self.inner.cluster.as_ref().map_or((0, 0), |c| {
+                let s = &c.forwards.stats;
+                (
+                    s.parts.load(Ordering::Relaxed),
                     s.calls.load(Ordering::Relaxed),
                 )
             }),

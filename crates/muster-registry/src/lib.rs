@@ -1227,6 +1227,9 @@ impl Registry {
         let (renewals, calls) = info.forwarded_renewals;
         metrics::counter!("muster_raft_forwarded_renewals_total").absolute(renewals);
         metrics::counter!("muster_raft_forwarded_renewal_calls_total").absolute(calls);
+        let (writes, calls) = info.forwarded_writes;
+        metrics::counter!("muster_raft_forwarded_writes_total").absolute(writes);
+        metrics::counter!("muster_raft_forwarded_write_calls_total").absolute(calls);
     }
 
     /// Introspection for tests and diagnostics: how many watchers and

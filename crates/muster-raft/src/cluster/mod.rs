@@ -53,7 +53,7 @@ use openraft::BasicNode;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use self::client::{CallError, Http};
+use self::client::Http;
 pub use self::client::{FaultHook, LinkFault, LinkFaults};
 use crate::batcher::Proposal;
 use crate::types::Raft;
@@ -163,7 +163,9 @@ pub(crate) struct Shared {
     /// leadership moves away (see [`membership`]).
     pub(crate) transfer_gate: tokio::sync::RwLock<()>,
     /// Renewals forwarded to the leader, coalesced into few calls.
-    pub(crate) renewals: coalesce::Renewals,
+    pub(crate) renewals: coalesce::Coalescer<coalesce::Renew>,
+    /// Writes forwarded to the leader, coalesced the same way.
+    pub(crate) forwards: coalesce::Coalescer<coalesce::Forward>,
 }
 
 /// Why one attempt on the leader did not give an answer.
@@ -259,31 +261,32 @@ impl Shared {
     }
 
     async fn forward(&self, leader: u64, addr: &str, cmd: Command) -> Attempt<Applied> {
-        let body = match wire::encode(&wire::ForwardRequest(cmd)) {
-            Ok(b) => b,
-            Err(e) => return Attempt::Done(Err(ProposeError::Fatal(e))),
+        use coalesce::Forwarded;
+        let Some(answer) = self.forwards.send(leader, addr, cmd).await else {
+            return Attempt::Done(Err(ProposeError::ShuttingDown));
         };
-        let reply: Result<wire::ForwardReply, _> = self
-            .http
-            .call(leader, addr, "forward", body, FORWARD_TIMEOUT)
-            .await;
-        match reply {
-            Ok(wire::ForwardReply::Applied { index, result }) => {
+        match answer {
+            Forwarded::Answer(wire::ForwardReply::Applied { index, result }) => {
                 Attempt::Done(Ok(Applied { index, result }))
             }
             // Refused before it was appended, or appended and then cut from
             // the log as the leader lost its place: never applied, so sent
             // again (openraft answers ForwardToLeader only in those cases).
-            Ok(wire::ForwardReply::NotLeader { .. }) => Attempt::Retry,
+            Forwarded::Answer(wire::ForwardReply::NotLeader { .. }) | Forwarded::NotSent => {
+                Attempt::Retry
+            }
             // The leader stopped: perhaps after appending it (openraft's
             // `Fatal::Stopped` does not say), so, like a lost answer, it is
             // not sent again; the client sees the leader unavailable.
-            Ok(wire::ForwardReply::ShuttingDown) => Attempt::Done(Err(ProposeError::NotLeader {
-                leader: Some(leader),
-            })),
-            Ok(wire::ForwardReply::Failed(m)) => Attempt::Done(Err(ProposeError::Fatal(m))),
-            Err(CallError::Unreachable { .. }) => Attempt::Retry,
-            Err(e) => {
+            Forwarded::Answer(wire::ForwardReply::ShuttingDown) => {
+                Attempt::Done(Err(ProposeError::NotLeader {
+                    leader: Some(leader),
+                }))
+            }
+            Forwarded::Answer(wire::ForwardReply::Failed(m)) => {
+                Attempt::Done(Err(ProposeError::Fatal(m)))
+            }
+            Forwarded::Lost(e) => {
                 // Sent, but no answer: it may have been applied, so it is
                 // not sent again. The caller sees the leader unavailable.
                 tracing::warn!(leader, error = %e, "forwarded write without an answer");
@@ -325,10 +328,12 @@ impl Shared {
                     },
                     // Coalesced with the renewals forwarded meanwhile; a
                     // renewal is idempotent, so any failure is retried.
-                    Some((l, Some(addr))) => match self.renewals.renew(l, &addr, ids).await {
-                        Some(out) => Attempt::Done(Ok(out)),
-                        None => Attempt::Retry,
-                    },
+                    Some((l, Some(addr))) => {
+                        match self.renewals.send(l, &addr, ids.to_vec()).await.flatten() {
+                            Some(out) => Attempt::Done(Ok(out)),
+                            None => Attempt::Retry,
+                        }
+                    }
                 }
             }
         })

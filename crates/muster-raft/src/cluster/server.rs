@@ -121,23 +121,38 @@ async fn snapshot(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes
     cbor(&s.raft.install_snapshot(req).await)
 }
 
-/// A write a follower forwards: proposed here if this node leads, through
+/// Writes a follower forwards: proposed here if this node leads, through
 /// the same batcher as local writes.
 async fn forward(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) -> Response {
     if let Err(r) = check_to(&s, to) {
         return r;
     }
-    let wire::ForwardRequest(cmd) = match wire::decode(&body) {
+    let wire::ForwardRequest(cmds) = match wire::decode(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
     let leader = s.raft.metrics().borrow().current_leader;
-    let reply = if leader == Some(s.node_id) {
-        wire::ForwardReply::from_result(s.propose_local(cmd).await)
+    let replies: Vec<wire::ForwardReply> = if leader == Some(s.node_id) {
+        // Each proposed on its own (they meet in the batcher's next entry),
+        // each answered with its own result.
+        let proposed: Vec<_> = cmds
+            .into_iter()
+            .map(|wire::Forwarded(cmd)| {
+                let s = Arc::clone(&s);
+                tokio::spawn(async move { s.propose_local(cmd).await })
+            })
+            .collect();
+        let mut replies = Vec::with_capacity(proposed.len());
+        for p in proposed {
+            replies.push(wire::ForwardReply::from_result(
+                p.await.unwrap_or(Err(crate::ProposeError::ShuttingDown)),
+            ));
+        }
+        replies
     } else {
-        wire::ForwardReply::NotLeader { leader }
+        vec![wire::ForwardReply::NotLeader { leader }; cmds.len()]
     };
-    cbor(&reply)
+    cbor(&replies)
 }
 
 /// Lease renewals a follower forwards: leases live in the leader's memory.

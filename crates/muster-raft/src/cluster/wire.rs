@@ -82,12 +82,17 @@ pub(crate) fn decode_chunk(mut body: Bytes) -> Result<InstallSnapshotRequest<Typ
     })
 }
 
-/// A write forwarded by a follower to the leader.
+/// Writes forwarded by a follower to the leader, answered one
+/// [`ForwardReply`] each, in order.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct ForwardRequest(#[serde(with = "CommandV1")] pub(crate) Command);
+pub(crate) struct ForwardRequest(pub(crate) Vec<Forwarded>);
+
+/// One forwarded write.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Forwarded(#[serde(with = "CommandV1")] pub(crate) Command);
 
 /// The leader's answer to a forwarded write.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) enum ForwardReply {
     /// Committed and applied on the leader at `index`, with its result.
     Applied {
@@ -301,8 +306,10 @@ mod tests {
             decode::<ForwardReply>(&bytes).unwrap(),
             ForwardReply::Applied { result, .. } if result == err
         ));
-        let fwd = decode::<ForwardRequest>(&encode(&ForwardRequest(cmd.clone())).unwrap()).unwrap();
-        assert_eq!(fwd.0, cmd);
+        let two = ForwardRequest(vec![Forwarded(cmd.clone()), Forwarded(cmd.clone())]);
+        let fwd = decode::<ForwardRequest>(&encode(&two).unwrap()).unwrap();
+        assert_eq!(fwd.0.len(), 2);
+        assert!(fwd.0.iter().all(|Forwarded(c)| *c == cmd));
     }
 }
 

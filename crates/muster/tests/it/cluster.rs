@@ -444,6 +444,24 @@ async fn three_nodes_form_in_any_order_and_a_follower_takes_writes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Writes arriving together at a follower share calls to the leader,
+    // each answered with its own result and applied once.
+    let writes = (0..100).map(|i| {
+        client
+            .put(
+                c.agent(follower)
+                    .url(&format!("/v1/services/batched/instances/b{i}")),
+            )
+            .json(&json!({"address": "10.0.0.3", "port": 8000 + i}))
+            .send()
+    });
+    for r in futures::future::join_all(writes).await {
+        let v: Value = r.unwrap().json().await.unwrap();
+        let port = v["port"].as_u64().unwrap();
+        assert_eq!(v["id"], format!("b{}", port - 8000), "{v}");
+        assert_eq!(v["create_index"], v["modify_index"], "{v}");
+    }
+    assert_eq!(ids(c.agent(follower), "batched").await.unwrap().len(), 100);
     // Heartbeats arriving together at a follower share calls to the
     // leader: 200 at once, every one renewed, in fewer calls.
     let url = c
@@ -473,6 +491,13 @@ async fn three_nodes_form_in_any_order_and_a_follower_takes_writes() {
     assert!(
         renewals >= 201 && calls < renewals,
         "{renewals} in {calls} calls"
+    );
+    let writes = sample("muster_raft_forwarded_writes_total ");
+    let write_calls = sample("muster_raft_forwarded_write_calls_total ");
+    println!("{writes} writes forwarded in {write_calls} calls");
+    assert!(
+        writes >= 102 && write_calls < writes,
+        "{writes} in {write_calls} calls"
     );
 
     // A TTL report to a follower is made on the leader (which runs the
