@@ -12,8 +12,8 @@
 #                against the real muster binary, then API fuzzing of the server from
 #                docs/openapi.json (schemathesis, bounded and derandomized)
 #   bench-smoke  every benchmark scenario briefly against muster, the ceiling and a real
-#                etcd, then cluster mode (3 muster nodes, 3 etcd members, two leader
-#                kills) (reports, asserts no timing)
+#                etcd, then cluster mode (3 muster nodes, 3 etcd members, one leader
+#                kill) (reports, asserts no timing)
 #   fuzz         every cargo-fuzz target of fuzz/ (nightly toolchain, libFuzzer) for
 #                MUSTER_FUZZ_SECONDS (default 25) each, from the committed corpus
 #                fuzz/corpus/<target>/; what it generates, crashes included, goes to a
