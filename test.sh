@@ -12,7 +12,8 @@
 #                against the real muster binary, then API fuzzing of the server from
 #                docs/openapi.json (schemathesis, bounded and derandomized)
 #   bench-smoke  every benchmark scenario briefly against muster, the ceiling and a real
-#                etcd (reports, asserts no timing)
+#                etcd, then cluster mode (3 muster nodes, 3 etcd members, one leader
+#                kill) (reports, asserts no timing)
 #   fuzz         every cargo-fuzz target of fuzz/ (nightly toolchain, libFuzzer) for
 #                MUSTER_FUZZ_SECONDS (default 25) each, from the committed corpus
 #                fuzz/corpus/<target>/; what it generates, crashes included, goes to a
@@ -134,6 +135,8 @@ part_bench_smoke() {
   build
   step "benchmark smoke run (muster-bench --smoke)" \
     "$target/debug/muster-bench" --smoke --no-pin
+  step "benchmark smoke run of cluster mode (muster-bench --smoke --cluster 3)" \
+    "$target/debug/muster-bench" --smoke --no-pin --cluster 3 --targets muster,etcd
 }
 
 # The fuzz targets build with nightly (libFuzzer's instrumentation needs

@@ -1,5 +1,5 @@
-//! etcd as a benchmark peer: start a throwaway single-node etcd on loopback and
-//! talk to it over its native v3 gRPC API.
+//! etcd as a benchmark peer: start a throwaway single-node etcd (or a
+//! cluster of members) on loopback and talk to it over its native v3 gRPC API.
 //!
 //! There is no protoc in the build, so the handful of etcd protobuf messages the
 //! benchmark needs are hand-written below (see [`pb`]) with the field numbers
@@ -41,6 +41,7 @@ const PATH_RANGE: &str = "/etcdserverpb.KV/Range";
 const PATH_LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
 const PATH_LEASE_KEEP_ALIVE: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
 const PATH_WATCH: &str = "/etcdserverpb.Watch/Watch";
+const PATH_STATUS: &str = "/etcdserverpb.Maintenance/Status";
 
 /// A single-node etcd started on loopback in a temp dir; killed on drop.
 pub struct EtcdServer {
@@ -61,129 +62,8 @@ impl EtcdServer {
     /// Waits until it serves a linearizable gRPC Range (so a leader has been elected), with an overall
     /// deadline of 20 s. etcd's own log (stdout and stderr) goes to `etcd.log` in the tempdir.
     pub async fn start(cpu: Option<usize>, parent: &Path) -> Result<EtcdServer> {
-        let bin = std::env::var_os("ETCD_BIN")
-            .map_or_else(|| PathBuf::from(DEFAULT_ETCD_BIN), PathBuf::from);
-        let deadline = Instant::now() + START_DEADLINE;
-        let mut attempt = 1;
-        loop {
-            match Self::launch(&bin, cpu, parent, deadline).await {
-                Ok(server) => return Ok(server),
-                Err(Launch::Exited(err)) if attempt < START_ATTEMPTS => {
-                    tracing::warn!(attempt, error = %format!("{err:#}"), "etcd exited during startup; retrying with fresh ports");
-                    attempt += 1;
-                }
-                Err(Launch::Exited(err) | Launch::Fatal(err)) => {
-                    return Err(err.context(format!(
-                        "starting {} (attempt {attempt} of {START_ATTEMPTS})",
-                        bin.display()
-                    )));
-                }
-            }
-        }
-    }
-
-    /// One launch: fresh tempdir and ports, spawn, wait until it serves.
-    async fn launch(
-        bin: &Path,
-        cpu: Option<usize>,
-        parent: &Path,
-        deadline: Instant,
-    ) -> Result<EtcdServer, Launch> {
-        let dir = tempfile::Builder::new()
-            .prefix("muster-bench-etcd-")
-            .tempdir_in(parent)
-            .context("creating etcd temp dir")
-            .map_err(Launch::Fatal)?;
-        let (client_port, peer_port) = free_port_pair()
-            .context("picking free ports for etcd")
-            .map_err(Launch::Fatal)?;
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let log_path = dir.path().join("etcd.log");
-        let log = File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))
-            .map_err(Launch::Fatal)?;
-        let log_err = log
-            .try_clone()
-            .context("duplicating etcd log handle")
-            .map_err(Launch::Fatal)?;
-
-        // `taskset` execs etcd in place, so the child's pid is etcd's own.
-        let mut cmd = match cpu {
-            Some(cpu) => {
-                let mut cmd = Command::new("taskset");
-                cmd.arg("-c").arg(cpu.to_string()).arg(bin);
-                cmd
-            }
-            None => Command::new(bin),
-        };
-        cmd.arg("--name")
-            .arg("bench")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--listen-client-urls")
-            .arg(&client_url)
-            .arg("--advertise-client-urls")
-            .arg(&client_url)
-            .arg("--listen-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-cluster")
-            .arg(format!("bench={peer_url}"))
-            .arg("--initial-cluster-state")
-            .arg("new")
-            // 3.4 defaults to the deprecated capnslog logger and warns about it.
-            .arg("--logger")
-            .arg("zap")
-            .arg("--log-outputs")
-            .arg("stderr")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        // etcd reads `ETCD_*` variables as flags (and warns about unknown ones such as
-        // ETCD_BIN); keep the caller's environment from configuring the benchmark peer.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ETCD_") {
-                cmd.env_remove(key);
-            }
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {}", Path::new(cmd.get_program()).display()))
-            .map_err(Launch::Fatal)?;
-        let mut server = EtcdServer {
-            child,
-            endpoint: client_url,
-            dir,
-        };
-
-        loop {
-            if let Some(status) = server
-                .child
-                .try_wait()
-                .map_err(|e| Launch::Fatal(e.into()))?
-            {
-                return Err(Launch::Exited(anyhow!(
-                    "etcd exited during startup ({status}); log tail:\n{}",
-                    server.log_tail()
-                )));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Launch::Fatal(anyhow!(
-                    "etcd did not serve {} within {START_DEADLINE:?}; log tail:\n{}",
-                    server.endpoint,
-                    server.log_tail()
-                )));
-            }
-            let budget = PROBE_TIMEOUT.min(deadline - now);
-            if let Ok(Ok(())) = tokio::time::timeout(budget, probe(&server.endpoint)).await {
-                tracing::debug!(endpoint = %server.endpoint, pid = server.pid(), "etcd is serving");
-                return Ok(server);
-            }
-            tokio::time::sleep(PROBE_INTERVAL).await;
-        }
+        let mut members = start_members(cpu, parent, 1).await?;
+        Ok(members.pop().expect("one member"))
     }
 
     /// The client URL, `http://127.0.0.1:PORT`.
@@ -209,6 +89,194 @@ impl EtcdServer {
     }
 }
 
+/// Starts `n` etcd members forming one cluster (as [`EtcdServer::start`]
+/// does one: free ports, a tempdir each, pinned to `cpu`, up to 3 launches
+/// with fresh ports), and waits until every member serves a linearizable
+/// Range, so the cluster has a leader. Each member fsyncs as by default.
+async fn start_members(cpu: Option<usize>, parent: &Path, n: usize) -> Result<Vec<EtcdServer>> {
+    let bin =
+        std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from(DEFAULT_ETCD_BIN), PathBuf::from);
+    let deadline = Instant::now() + START_DEADLINE;
+    let mut attempt = 1;
+    loop {
+        match launch(&bin, cpu, parent, n, deadline).await {
+            Ok(members) => return Ok(members),
+            Err(Launch::Exited(err)) if attempt < START_ATTEMPTS => {
+                tracing::warn!(attempt, error = %format!("{err:#}"), "etcd exited during startup; retrying with fresh ports");
+                attempt += 1;
+            }
+            Err(Launch::Exited(err) | Launch::Fatal(err)) => {
+                return Err(err.context(format!(
+                    "starting {} (attempt {attempt} of {START_ATTEMPTS})",
+                    bin.display()
+                )));
+            }
+        }
+    }
+}
+
+/// One launch of `n` members: fresh tempdirs and ports, spawn all, wait
+/// until each serves. A single member is named `bench`, the members of a
+/// cluster `m1`, `m2`, ...
+async fn launch(
+    bin: &Path,
+    cpu: Option<usize>,
+    parent: &Path,
+    n: usize,
+    deadline: Instant,
+) -> Result<Vec<EtcdServer>, Launch> {
+    let ports = free_ports(2 * n)
+        .context("picking free ports for etcd")
+        .map_err(Launch::Fatal)?;
+    let name = |i: usize| {
+        if n == 1 {
+            "bench".to_string()
+        } else {
+            format!("m{}", i + 1)
+        }
+    };
+    let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+    let initial_cluster = (0..n)
+        .map(|i| format!("{}={}", name(i), peer_url(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members = Vec::with_capacity(n);
+    for i in 0..n {
+        let dir = tempfile::Builder::new()
+            .prefix("muster-bench-etcd-")
+            .tempdir_in(parent)
+            .context("creating etcd temp dir")
+            .map_err(Launch::Fatal)?;
+        let client_url = format!("http://127.0.0.1:{}", ports[2 * i]);
+        let log_path = dir.path().join("etcd.log");
+        let log = File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))
+            .map_err(Launch::Fatal)?;
+        let log_err = log
+            .try_clone()
+            .context("duplicating etcd log handle")
+            .map_err(Launch::Fatal)?;
+
+        // `taskset` execs etcd in place, so the child's pid is etcd's own.
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut cmd = Command::new("taskset");
+                cmd.arg("-c").arg(cpu.to_string()).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("--name")
+            .arg(name(i))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(peer_url(i))
+            .arg("--initial-advertise-peer-urls")
+            .arg(peer_url(i))
+            .arg("--initial-cluster")
+            .arg(&initial_cluster)
+            .arg("--initial-cluster-state")
+            .arg("new")
+            // 3.4 defaults to the deprecated capnslog logger and warns about it.
+            .arg("--logger")
+            .arg("zap")
+            .arg("--log-outputs")
+            .arg("stderr")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        // etcd reads `ETCD_*` variables as flags (and warns about unknown ones such as
+        // ETCD_BIN); keep the caller's environment from configuring the benchmark peer.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", Path::new(cmd.get_program()).display()))
+            .map_err(Launch::Fatal)?;
+        members.push(EtcdServer {
+            child,
+            endpoint: client_url,
+            dir,
+        });
+    }
+    // The members of a cluster elect a leader only once a quorum of them
+    // is up, so all are spawned before any is waited on.
+    for server in &mut members {
+        wait_serving(server, deadline).await?;
+    }
+    Ok(members)
+}
+
+/// Waits until `server` answers a linearizable Range (it has a leader).
+async fn wait_serving(server: &mut EtcdServer, deadline: Instant) -> Result<(), Launch> {
+    loop {
+        if let Some(status) = server
+            .child
+            .try_wait()
+            .map_err(|e| Launch::Fatal(e.into()))?
+        {
+            return Err(Launch::Exited(anyhow!(
+                "etcd exited during startup ({status}); log tail:\n{}",
+                server.log_tail()
+            )));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Launch::Fatal(anyhow!(
+                "etcd did not serve {} within {START_DEADLINE:?}; log tail:\n{}",
+                server.endpoint,
+                server.log_tail()
+            )));
+        }
+        let budget = PROBE_TIMEOUT.min(deadline - now);
+        if let Ok(Ok(())) = tokio::time::timeout(budget, probe(&server.endpoint)).await {
+            tracing::debug!(endpoint = %server.endpoint, pid = server.pid(), "etcd is serving");
+            return Ok(());
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// A cluster of etcd members on loopback (each with its own data dir and
+/// ports, each fsyncing as by default); killed on drop.
+pub struct EtcdCluster {
+    pub members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until every one serves through a leader.
+    pub async fn start(cpu: Option<usize>, parent: &Path, n: usize) -> Result<EtcdCluster> {
+        Ok(EtcdCluster {
+            members: start_members(cpu, parent, n).await?,
+        })
+    }
+
+    /// The index in `members` of the current leader (from each member's
+    /// Maintenance/Status: its own id against the leader it names).
+    pub async fn leader(&self) -> Result<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            let (me, leader) = EtcdClient::connect(m.endpoint()).await?.status().await?;
+            if me == leader {
+                return Ok(i);
+            }
+        }
+        bail!("no etcd member says it leads")
+    }
+
+    /// The process ids of every member.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().map(EtcdServer::pid).collect()
+    }
+}
+
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         // SIGKILL and reap before the tempdir is removed, so etcd cannot still be
@@ -225,12 +293,16 @@ enum Launch {
     Fatal(anyhow::Error),
 }
 
-/// Two distinct free loopback ports. Both listeners are held at once so the
+/// `n` distinct free loopback ports. All listeners are held at once so the
 /// ports differ, then released for etcd to bind.
-fn free_port_pair() -> std::io::Result<(u16, u16)> {
-    let a = TcpListener::bind("127.0.0.1:0")?;
-    let b = TcpListener::bind("127.0.0.1:0")?;
-    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 /// Readiness probe: a linearizable Range only succeeds once a leader exists
@@ -296,6 +368,16 @@ impl EtcdClient {
         let resp: pb::RangeResponse = self.unary(PATH_RANGE, req).await?;
         let bytes = resp.kvs.iter().map(|kv| kv.value.len()).sum();
         Ok((resp.kvs.len(), bytes))
+    }
+
+    /// This member's id and the id of the leader it knows (0: none).
+    pub async fn status(&mut self) -> Result<(u64, u64)> {
+        let resp: pb::StatusResponse = self.unary(PATH_STATUS, pb::StatusRequest {}).await?;
+        let me = resp
+            .header
+            .map(|h| h.member_id)
+            .ok_or_else(|| anyhow!("etcd Status without a header"))?;
+        Ok((me, resp.leader))
     }
 
     /// Grants a lease with the given TTL; returns its id.
@@ -597,6 +679,26 @@ mod pb {
         pub value: Vec<u8>,
     }
 
+    /// etcdserverpb.StatusRequest (no fields).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StatusRequest {}
+
+    /// etcdserverpb.ResponseHeader (`member_id` only).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResponseHeader {
+        #[prost(uint64, tag = "2")]
+        pub member_id: u64,
+    }
+
+    /// etcdserverpb.StatusResponse (header and leader only).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StatusResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+        #[prost(uint64, tag = "4")]
+        pub leader: u64,
+    }
+
     /// etcdserverpb.LeaseGrantRequest
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct LeaseGrantRequest {
@@ -712,6 +814,42 @@ mod tests {
             .await
             .expect("etcd end-to-end test timed out")
             .expect("etcd end-to-end test failed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_cluster_of_three_has_one_leader_and_takes_writes_on_a_follower() {
+        timeout(Duration::from_secs(60), cluster_end_to_end())
+            .await
+            .expect("etcd cluster test timed out")
+            .expect("etcd cluster test failed");
+    }
+
+    async fn cluster_end_to_end() -> Result<()> {
+        let parent = tempfile::tempdir()?;
+        let cluster = EtcdCluster::start(None, parent.path(), 3).await?;
+        assert_eq!(cluster.members.len(), 3);
+        let endpoints: std::collections::BTreeSet<&str> =
+            cluster.members.iter().map(EtcdServer::endpoint).collect();
+        assert_eq!(endpoints.len(), 3, "members share an endpoint");
+        let leader = cluster.leader().await?;
+        // Every member names the same leader, and only it names itself.
+        let mut ids = Vec::new();
+        for m in &cluster.members {
+            ids.push(EtcdClient::connect(m.endpoint()).await?.status().await?);
+        }
+        let leader_id = ids[leader].0;
+        assert!(ids.iter().all(|(_, l)| *l == leader_id), "{ids:?}");
+        assert_eq!(ids.iter().filter(|(me, l)| me == l).count(), 1, "{ids:?}");
+        // A put through a follower (forwarded to the leader), read back
+        // linearizably on the other follower.
+        let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+        let step = Duration::from_secs(10);
+        let mut a = EtcdClient::connect(cluster.members[followers[0]].endpoint()).await?;
+        timeout(step, a.put(b"/c/x", b"value", 0)).await??;
+        let mut b = EtcdClient::connect(cluster.members[followers[1]].endpoint()).await?;
+        let got = timeout(step, b.range_prefix(b"/c/", Read::Linearizable)).await??;
+        assert_eq!(got, (1, 5));
+        Ok(())
     }
 
     async fn end_to_end() -> Result<()> {

@@ -255,11 +255,24 @@ impl Worker for HttpWorker {
 pub async fn http_workers(
     addr: SocketAddr,
     n: usize,
+    plan: impl FnMut(usize) -> Box<dyn FnMut(u64) -> Request<Full<Bytes>> + Send>,
+) -> Result<Vec<HttpWorker>> {
+    http_workers_over(&[addr], n, plan).await
+}
+
+/// Opens `n` HTTP workers spread over `addrs` (worker `i` talks to
+/// `addrs[i % addrs.len()]`), the plan of worker `i` made by `plan(i)`.
+pub async fn http_workers_over(
+    addrs: &[SocketAddr],
+    n: usize,
     mut plan: impl FnMut(usize) -> Box<dyn FnMut(u64) -> Request<Full<Bytes>> + Send>,
 ) -> Result<Vec<HttpWorker>> {
+    if addrs.is_empty() {
+        bail!("no server to send requests to");
+    }
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        out.push(HttpWorker::new(addr, plan(i)).await?);
+        out.push(HttpWorker::new(addrs[i % addrs.len()], plan(i)).await?);
     }
     Ok(out)
 }

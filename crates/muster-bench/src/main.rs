@@ -2,6 +2,7 @@
 //! loopback against muster, a bare-HTTP ceiling and a local etcd, in
 //! alternating rounds, and reports medians as a table and as JSON.
 
+mod cluster;
 mod etcd;
 mod host;
 mod load;
@@ -94,6 +95,20 @@ struct RunArgs {
     /// the kernel allows it (root).
     #[arg(long, default_value_t = 3)]
     restarts: usize,
+    /// Nodes per cluster: 1 (the default) runs the single-node scenarios;
+    /// 3 (or 5) runs register, heartbeat, lookup-1 and failover against a
+    /// muster cluster of that many nodes (and register against an etcd
+    /// cluster of as many members), all on loopback.
+    #[arg(long, default_value_t = 1)]
+    cluster: usize,
+    /// In cluster mode, where `register`'s clients send their requests,
+    /// comma-separated, one row each: spread (round-robin over every
+    /// member, followers forwarding to the leader) and leader.
+    #[arg(long, value_delimiter = ',', default_value = "spread,leader")]
+    send_to: Vec<String>,
+    /// Leader kills timed by `failover` in each round.
+    #[arg(long, default_value_t = 10)]
+    kills: usize,
     /// A short run of every scenario, to check that each one works (CI).
     #[arg(long)]
     smoke: bool,
@@ -209,6 +224,10 @@ struct Report {
     /// muster against the ceiling and etcd, per throughput scenario (from
     /// the medians).
     comparisons: Vec<Comparison>,
+    /// Cluster mode: muster against etcd per place the clients send to,
+    /// and a follower's share of the leader's req/s.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cluster: Vec<ClusterFigure>,
     runs: Vec<Row>,
 }
 
@@ -223,20 +242,43 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         a.leases = a.leases.min(100);
         a.scale = vec![2000];
         a.restarts = 1;
+        // Cluster mode: one leader kill (and the restart and catch-up after
+        // it), and `register` with the clients spread only (the leader's
+        // row differs only in the addresses), to stay short in CI.
+        a.kills = a.kills.min(1);
+        a.send_to.truncate(1);
     }
+    if a.cluster == 0 || (a.cluster > 1 && a.cluster.is_multiple_of(2)) {
+        bail!(
+            "--cluster {} : a cluster has 1 node or an odd number of them",
+            a.cluster
+        );
+    }
+    let known = if a.cluster > 1 {
+        cluster::SCENARIOS
+    } else {
+        scenarios::ALL
+    };
     let scenarios: Vec<String> = if a.scenarios.is_empty() || a.scenarios == ["all"] {
-        scenarios::ALL.iter().map(|s| s.to_string()).collect()
+        known.iter().map(|s| s.to_string()).collect()
     } else {
         a.scenarios.clone()
     };
     for s in &scenarios {
-        if !scenarios::ALL.contains(&s.as_str()) {
-            bail!(
-                "unknown scenario {s:?}; known: {}",
-                scenarios::ALL.join(", ")
-            );
+        if !known.contains(&s.as_str()) {
+            let mode = if a.cluster > 1 {
+                format!("with --cluster {}", a.cluster)
+            } else {
+                "without --cluster".to_string()
+            };
+            bail!("unknown scenario {s:?} {mode}; known: {}", known.join(", "));
         }
     }
+    let send_to = a
+        .send_to
+        .iter()
+        .map(|s| cluster::SendTo::parse(s))
+        .collect::<Result<Vec<_>>>()?;
     let mut targets = Vec::new();
     for t in &a.targets {
         targets.push(match t.as_str() {
@@ -281,6 +323,9 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         keep_data: a.keep_data.clone(),
         restarts: a.restarts,
         drop_page_cache: !a.smoke,
+        cluster: a.cluster,
+        send_to,
+        kills: a.kills,
     };
     if !settings.muster_bin.exists() {
         bail!(
@@ -297,7 +342,12 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         "not pinned".to_string()
     };
     eprintln!(
-        "muster-bench: {} scenario(s) x {} target(s) x {} round(s), {:.1}s each, {} connections; {pinning}",
+        "muster-bench: {}{} scenario(s) x {} target(s) x {} round(s), {:.1}s each, {} connections; {pinning}",
+        if a.cluster > 1 {
+            format!("clusters of {}: ", a.cluster)
+        } else {
+            String::new()
+        },
         scenarios.len(),
         targets.len(),
         a.runs,
@@ -335,10 +385,12 @@ async fn bench(mut a: RunArgs) -> Result<()> {
     }
     let medians = medians(&all);
     let comparisons = comparisons(&medians);
+    let cluster_figures = cluster_figures(&medians, &all);
     for line in &header {
         println!("{line}");
     }
     print_table(&medians, &comparisons);
+    print_cluster_figures(&cluster_figures);
     if let Some(path) = &a.json {
         let report = Report {
             date,
@@ -354,9 +406,13 @@ async fn bench(mut a: RunArgs) -> Result<()> {
                 ("leases".into(), a.leases.into()),
                 ("watchers".into(), a.watchers.into()),
                 ("smoke".into(), a.smoke.into()),
+                ("cluster".into(), a.cluster.into()),
+                ("send_to".into(), a.send_to.clone().into()),
+                ("kills".into(), a.kills.into()),
             ]),
             medians,
             comparisons,
+            cluster: cluster_figures,
             runs: all.clone(),
         };
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
@@ -465,7 +521,110 @@ fn medians(rows: &[Row]) -> Vec<Row> {
 
 /// Scenarios judged by latency (fan-out, detection), not by throughput.
 fn is_latency_only(scenario: &str) -> bool {
-    scenario == "watch-fanout" || scenario == "failure-detection" || scenario == "watch-many"
+    scenario == "watch-fanout"
+        || scenario == "failure-detection"
+        || scenario == "watch-many"
+        || scenario == "failover"
+}
+
+/// One ratio of cluster mode, from the medians and from each round.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+struct ClusterFigure {
+    scenario: String,
+    /// What is divided by what, e.g. `muster / etcd (spread)`.
+    figure: String,
+    /// The ratio of the median rows' req/s.
+    median: f64,
+    /// The same ratio in each round (rows of the same round).
+    rounds: Vec<f64>,
+}
+
+/// Cluster mode's ratios: `register` muster over etcd for each place the
+/// clients send to, and `heartbeat`/`lookup-1` a follower's req/s as a
+/// share of the leader's (in %).
+fn cluster_figures(medians: &[Row], all: &[Row]) -> Vec<ClusterFigure> {
+    let pairs = [
+        (
+            "register",
+            "muster",
+            "etcd",
+            "muster / etcd (clients spread over all nodes)",
+            1.0,
+        ),
+        (
+            "register",
+            "muster@leader",
+            "etcd@leader",
+            "muster / etcd (clients on the leader)",
+            1.0,
+        ),
+        (
+            "heartbeat",
+            "muster@follower",
+            "muster@leader",
+            "follower / leader, %",
+            100.0,
+        ),
+        (
+            "lookup-1",
+            "muster@follower",
+            "muster@leader",
+            "follower / leader, %",
+            100.0,
+        ),
+    ];
+    let rps = |rows: &[Row], scenario: &str, target: &str, run: Option<usize>| {
+        rows.iter()
+            .find(|r| {
+                r.scenario == scenario
+                    && r.target == target
+                    && run.is_none_or(|n| r.run == n)
+                    && r.extra.contains_key("cluster")
+            })
+            .map(|r| r.summary.rps)
+            .filter(|&x| x > 0.0)
+    };
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    let mut out = Vec::new();
+    for (scenario, num, den, figure, scale) in pairs {
+        let Some(median) = rps(medians, scenario, num, None)
+            .zip(rps(medians, scenario, den, None))
+            .map(|(n, d)| round2(scale * n / d))
+        else {
+            continue;
+        };
+        let mut runs: Vec<usize> = all.iter().map(|r| r.run).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        let rounds = runs
+            .into_iter()
+            .filter_map(|n| {
+                rps(all, scenario, num, Some(n))
+                    .zip(rps(all, scenario, den, Some(n)))
+                    .map(|(a, b)| round2(scale * a / b))
+            })
+            .collect();
+        out.push(ClusterFigure {
+            scenario: scenario.to_string(),
+            figure: figure.to_string(),
+            median,
+            rounds,
+        });
+    }
+    out
+}
+
+fn print_cluster_figures(figures: &[ClusterFigure]) {
+    for f in figures {
+        let rounds: Vec<String> = f.rounds.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "{:<18} {}: {:.2} (rounds {})",
+            f.scenario,
+            f.figure,
+            f.median,
+            rounds.join(", ")
+        );
+    }
 }
 
 fn fmt_us(us: f64) -> String {
@@ -749,6 +908,42 @@ mod tests {
         // Nothing durable is measured in lookups and heartbeats.
         refuse_memory_backed_durability(&names(&["lookup-1", "heartbeat"]), &on("tmpfs"), false)
             .unwrap();
+    }
+
+    fn cluster_row(scenario: &str, target: &str, run: usize, rps: f64) -> Row {
+        let mut r = row(scenario, target, rps, 1.0);
+        r.run = run;
+        r.extra.insert("cluster".into(), 3.into());
+        r
+    }
+
+    #[test]
+    fn cluster_figures_divide_muster_by_etcd_and_follower_by_leader_per_round() {
+        let all = [
+            cluster_row("register", "muster", 0, 9_000.0),
+            cluster_row("register", "etcd", 0, 3_000.0),
+            cluster_row("register", "muster", 1, 8_000.0),
+            cluster_row("register", "etcd", 1, 4_000.0),
+            cluster_row("heartbeat", "muster@leader", 0, 50_000.0),
+            cluster_row("heartbeat", "muster@follower", 0, 40_000.0),
+            // Single-node rows of the same names are not cluster figures.
+            row("lookup-1", "muster", 60_000.0, 1.0),
+        ];
+        let medians = [
+            all[0].clone(),
+            all[3].clone(),
+            all[4].clone(),
+            all[5].clone(),
+        ];
+        let f = cluster_figures(&medians, &all);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f[0].scenario, "register");
+        assert!(f[0].figure.contains("spread"), "{}", f[0].figure);
+        assert_eq!(f[0].median, 2.25);
+        assert_eq!(f[0].rounds, [3.0, 2.0]);
+        assert_eq!(f[1].scenario, "heartbeat");
+        assert_eq!(f[1].median, 80.0);
+        assert_eq!(f[1].rounds, [80.0]);
     }
 
     #[test]

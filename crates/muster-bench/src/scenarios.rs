@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::cluster::{self, SendTo};
 use crate::etcd::{EtcdClient, EtcdServer, KeepAliveStream, Read};
 use crate::host;
 use crate::load::{self, Answer, Conn, Limits, Summary, Worker, http_workers, request};
@@ -48,6 +49,7 @@ pub const DURABLE: &[&str] = &[
     "failure-detection",
     "scale",
     "scale-unique",
+    "failover",
 ];
 
 /// Which systems a run measures.
@@ -91,6 +93,12 @@ pub struct Settings {
     /// Drop the page cache before each timed restart (not in smoke runs,
     /// where it would only slow the machine's other work).
     pub drop_page_cache: bool,
+    /// Nodes per cluster; 1 runs the single-node scenarios.
+    pub cluster: usize,
+    /// Where cluster clients send their requests (one row per mode).
+    pub send_to: Vec<SendTo>,
+    /// Leader kills timed by `failover`.
+    pub kills: usize,
 }
 
 /// One measured run of one scenario against one target.
@@ -108,7 +116,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(scenario: &str, target: Target, run: usize, summary: Summary) -> Row {
+    pub(crate) fn new(scenario: &str, target: Target, run: usize, summary: Summary) -> Row {
         Row {
             scenario: scenario.to_string(),
             target: target.name().to_string(),
@@ -123,7 +131,7 @@ impl Row {
 /// A registration body with 2 tags and 2 meta entries, like the memory
 /// target's instances. Tags, meta, version and zone repeat across
 /// instances, the best case for the catalog's interning.
-fn instance_body(i: u64) -> Bytes {
+pub(crate) fn instance_body(i: u64) -> Bytes {
     Bytes::from(format!(
         r#"{{"address":"10.{}.{}.{}","port":8080,"tags":["prod","v2"],"meta":{{"team":"payments","rev":"r{}"}},"version":"1.4.2","zone":"eu-1a"}}"#,
         (i >> 16) & 255,
@@ -162,12 +170,17 @@ impl Muster {
     }
 }
 
-fn unique() -> u64 {
+pub(crate) fn unique() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-async fn put_instance(conn: &mut Conn, service: &str, id: &str, body: Bytes) -> Result<Bytes> {
+pub(crate) async fn put_instance(
+    conn: &mut Conn,
+    service: &str,
+    id: &str,
+    body: Bytes,
+) -> Result<Bytes> {
     conn.call_ok(request(
         "PUT",
         &format!("/v1/services/{service}/instances/{id}"),
@@ -192,16 +205,27 @@ async fn drive_measured<W: Worker>(
     workers: Vec<W>,
     limits: Limits,
 ) -> Result<(Summary, u64)> {
-    let before = servers::cpu_us(pid)?;
+    drive_measured_over(&[pid], workers, limits).await
+}
+
+/// Like [`drive_measured`], with the CPU time of every process of `pids`
+/// (the members of a cluster) summed.
+pub(crate) async fn drive_measured_over<W: Worker>(
+    pids: &[u32],
+    workers: Vec<W>,
+    limits: Limits,
+) -> Result<(Summary, u64)> {
+    let cpu = || -> Result<u64> { pids.iter().map(|&p| servers::cpu_us(p)).sum() };
+    let before = cpu()?;
     let summary = load::drive(workers, limits).await;
-    let cpu = servers::cpu_us(pid)?.saturating_sub(before);
-    Ok((summary, cpu))
+    let spent = cpu()?.saturating_sub(before);
+    Ok((summary, spent))
 }
 
 /// Server core time per request (`server_cpu_us_per_req`): where the load
 /// generator's core is the bottleneck, req/s no longer tells the servers
 /// apart, this still does.
-fn record_server_cpu(row: &mut Row, cpu_us: u64) {
+pub(crate) fn record_server_cpu(row: &mut Row, cpu_us: u64) {
     if row.summary.requests > 0 {
         let per = cpu_us as f64 / row.summary.requests as f64;
         row.extra.insert(
@@ -211,7 +235,7 @@ fn record_server_cpu(row: &mut Row, cpu_us: u64) {
     }
 }
 
-fn limits(s: &Settings) -> Limits {
+pub(crate) fn limits(s: &Settings) -> Limits {
     Limits {
         duration: s.duration,
         max_requests: 50_000_000,
@@ -220,6 +244,9 @@ fn limits(s: &Settings) -> Limits {
 
 /// Runs one scenario once against each target (one A/B round).
 pub async fn run(s: &Settings, scenario: &str, targets: &[Target], run: usize) -> Result<Vec<Row>> {
+    if s.cluster > 1 {
+        return cluster::run(s, scenario, targets, run).await;
+    }
     let mut rows = Vec::new();
     for &t in targets {
         let row = match (scenario, t) {
@@ -303,7 +330,7 @@ async fn lookup(s: &Settings, target: Target, run: usize, n: u64) -> Result<Row>
 }
 
 /// Creates `n` leases with a 60 s TTL; returns their ids.
-async fn create_leases(conn: &mut Conn, n: usize) -> Result<Vec<String>> {
+pub(crate) async fn create_leases(conn: &mut Conn, n: usize) -> Result<Vec<String>> {
     let mut leases = Vec::with_capacity(n);
     for _ in 0..n {
         let body = conn
@@ -804,7 +831,7 @@ async fn scale(s: &Settings, run: usize, unique: bool) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or_default()
@@ -856,7 +883,7 @@ fn dir_size(dir: &std::path::Path) -> u64 {
 
 /// gRPC connections shared by the etcd workers (etcd's own benchmark tool
 /// also multiplexes many clients over a few connections).
-const ETCD_CHANNELS: usize = 8;
+pub(crate) const ETCD_CHANNELS: usize = 8;
 
 async fn etcd_clients(e: &EtcdServer) -> Result<Vec<EtcdClient>> {
     let mut v = Vec::new();
@@ -866,9 +893,9 @@ async fn etcd_clients(e: &EtcdServer) -> Result<Vec<EtcdClient>> {
     Ok(v)
 }
 
-struct EtcdPut {
-    client: EtcdClient,
-    w: usize,
+pub(crate) struct EtcdPut {
+    pub(crate) client: EtcdClient,
+    pub(crate) w: usize,
 }
 
 impl Worker for EtcdPut {
