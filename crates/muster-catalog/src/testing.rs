@@ -6,6 +6,21 @@ use proptest::prelude::*;
 
 use crate::{ApplyResult, Catalog, Check, Command, InstanceData, LeaseRef, Preservation};
 
+/// A plain instance `id` at 10.0.0.1:8080, nothing else set.
+pub fn data(id: &str) -> InstanceData {
+    InstanceData {
+        id: id.into(),
+        address: "10.0.0.1".into(),
+        port: 8080,
+        tags: Default::default(),
+        meta: Default::default(),
+        version: None,
+        zone: None,
+        weight: 100,
+        checks: Vec::new(),
+    }
+}
+
 /// A registration in namespace `default`.
 pub fn reg(svc: &str, d: InstanceData, lease: LeaseRef) -> Command {
     Command::Register {

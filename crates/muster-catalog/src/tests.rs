@@ -5,21 +5,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::testing::{SERVICES, TAGS, ZONES, arb_command, reg, run, ttl_check};
-
-fn data(id: &str) -> InstanceData {
-    InstanceData {
-        id: id.into(),
-        address: "10.0.0.1".into(),
-        port: 8080,
-        tags: BTreeSet::new(),
-        meta: BTreeMap::new(),
-        version: None,
-        zone: None,
-        weight: 100,
-        checks: Vec::new(),
-    }
-}
+use crate::testing::{SERVICES, TAGS, ZONES, arb_command, data, reg, run, ttl_check};
 
 fn key(svc: &str) -> ServiceKey {
     ServiceKey::new("default", svc)

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use muster_catalog::{ApplyResult, Catalog, Command, InstanceData, LeaseRef, ServiceKey};
+use muster_catalog::{ApplyResult, Catalog, Command, LeaseRef, ServiceKey};
 use muster_raft::cluster::{FaultHook, LinkFault, LinkFaults};
 use muster_raft::{ApplyObserver, ClusterConfig, Node, RaftConfig};
 use rand::rngs::StdRng;
@@ -562,22 +562,11 @@ struct Op {
 }
 
 fn register(id: &str) -> Command {
-    Command::Register {
-        namespace: "default".into(),
-        service: "partition".into(),
-        instance: InstanceData {
-            id: id.into(),
-            address: "10.0.0.1".into(),
-            port: 8080,
-            tags: BTreeSet::new(),
-            meta: BTreeMap::new(),
-            version: None,
-            zone: None,
-            weight: 100,
-            checks: Vec::new(),
-        },
-        lease: LeaseRef::None,
-    }
+    muster_catalog::testing::reg(
+        "partition",
+        muster_catalog::testing::data(id),
+        LeaseRef::None,
+    )
 }
 
 async fn write(node: &Node, id: u64, instance: String, within: Duration, probe: bool) -> Op {

@@ -210,20 +210,35 @@ async fn ids(agent: &Agent, svc: &str) -> Option<HashSet<String>> {
 /// Polls `agent` until it holds every id of `want`; panics with what is
 /// missing after `within`.
 async fn wait_holds(agent: &Agent, svc: &str, want: &[String], within: Duration, who: &str) {
+    wait_ids(agent, svc, within, |have| {
+        let missing: Vec<&String> = want.iter().filter(|id| !have.contains(*id)).collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "{who} lacks {} of {} acknowledged writes after {within:?}, e.g. {:?}",
+                missing.len(),
+                want.len(),
+                &missing[..missing.len().min(5)]
+            )
+        })
+    })
+    .await;
+}
+
+/// Polls `agent`'s ids of `svc` until `wrong` finds nothing wrong with
+/// them; panics with what it found after `within`.
+async fn wait_ids(
+    agent: &Agent,
+    svc: &str,
+    within: Duration,
+    wrong: impl Fn(&HashSet<String>) -> Option<String>,
+) {
     let deadline = Instant::now() + within;
     loop {
         let have = ids(agent, svc).await.unwrap_or_default();
-        let missing: Vec<&String> = want.iter().filter(|id| !have.contains(*id)).collect();
-        if missing.is_empty() {
+        let Some(why) = wrong(&have) else {
             return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{who} lacks {} of {} acknowledged writes after {within:?}, e.g. {:?}",
-            missing.len(),
-            want.len(),
-            &missing[..missing.len().min(5)]
-        );
+        };
+        assert!(Instant::now() < deadline, "{why}");
         tokio::time::sleep(POLL).await;
     }
 }
@@ -1169,21 +1184,17 @@ fn inspect(base: &str, file: &Path) -> Value {
 
 /// Polls until `agent`'s ids of `svc` are exactly `want`.
 async fn wait_exactly(agent: &Agent, svc: &str, want: &HashSet<String>, who: &str) {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        let have = ids(agent, svc).await.unwrap_or_default();
-        if &have == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{who} holds {} ids of {svc}, not the {} restored (extra e.g. {:?})",
-            have.len(),
-            want.len(),
-            have.difference(want).take(3).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    wait_ids(agent, svc, CATCH_UP, |have| {
+        (have != want).then(|| {
+            format!(
+                "{who} holds {} ids of {svc}, not the {} restored (extra e.g. {:?})",
+                have.len(),
+                want.len(),
+                have.difference(want).take(3).collect::<Vec<_>>()
+            )
+        })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
