@@ -167,11 +167,19 @@ pub struct MemberInfo {
     /// The last log index known to be replicated to it (known on the
     /// leader only; on the leader itself, its last log index).
     pub match_index: Option<u64>,
+    /// Whether it answers: on the leader, heard from within
+    /// [`UNREACHABLE_AFTER`] (each follower answers every heartbeat); on a
+    /// follower, known only for the leader. `Some(true)` for itself.
+    pub reachable: Option<bool>,
     /// Milliseconds since this node last heard from it: on the leader,
     /// from each follower's last answer; on a follower, from the leader's
     /// last append-entries. `None` when not heard from, and for itself.
     pub last_contact_ms: Option<u64>,
 }
+
+/// A member not heard from for this long is shown as unreachable (the
+/// leader hears from each follower every heartbeat, 100 ms).
+pub const UNREACHABLE_AFTER: Duration = Duration::from_secs(2);
 
 /// The registry's side of calls that followers forward to the leader
 /// because their state lives in the leader's memory, not in the log.

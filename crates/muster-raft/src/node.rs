@@ -23,7 +23,7 @@ use crate::state_machine::StateMachine;
 use crate::types::Raft;
 use crate::{
     Applied, ApplyObserver, Failure, LeaderService, Leadership, MemberInfo, NodeInfo, ProposeError,
-    RaftConfig, RaftError, Renewal, Role,
+    RaftConfig, RaftError, Renewal, Role, UNREACHABLE_AFTER,
 };
 
 /// The file name of the store inside the data directory.
@@ -186,17 +186,27 @@ fn members(m: &RaftMetrics<u64, BasicNode>, c: &Shared) -> Vec<MemberInfo> {
                     .and_then(|r| r.get(id).cloned().flatten())
                     .map(|l| l.index)
             };
+            let last_contact_ms = if *id == me {
+                None
+            } else {
+                c.contacts.since_ms(*id)
+            };
+            let knows = m.state == ServerState::Leader || m.current_leader == Some(*id);
+            let reachable = if *id == me {
+                Some(true)
+            } else if knows {
+                Some(last_contact_ms.is_some_and(|ms| ms < UNREACHABLE_AFTER.as_millis() as u64))
+            } else {
+                None
+            };
             MemberInfo {
                 id: *id,
                 role,
+                reachable,
                 cluster_addr: node.addr.clone(),
                 http_addr: http.get(id).cloned(),
                 match_index,
-                last_contact_ms: if *id == me {
-                    None
-                } else {
-                    c.contacts.since_ms(*id)
-                },
+                last_contact_ms,
             }
         })
         .collect()

@@ -559,6 +559,10 @@ pub struct ClusterNode {
     pub role: NodeRole,
     /// Its cluster RPC address (`host:port`).
     pub cluster_addr: String,
+    /// Whether it answers: on the leader, heard from within the last 2 s
+    /// (a dead or cut-off member is `false`, whatever its role); on a
+    /// follower, known only for the leader; `null` when not known.
+    pub reachable: Option<bool>,
     /// Its HTTP API address, once this node learned it.
     pub http_addr: Option<String>,
     /// The last log index known replicated to it: known on the leader (for

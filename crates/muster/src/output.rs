@@ -177,7 +177,7 @@ pub fn members(c: &muster_types::ClusterInfo) {
         return;
     }
     let dash = || "-".to_string();
-    let rows: Vec<[String; 6]> = c
+    let rows: Vec<[String; 7]> = c
         .nodes
         .iter()
         .map(|n| {
@@ -188,6 +188,11 @@ pub fn members(c: &muster_types::ClusterInfo) {
                 n.http_addr.clone().unwrap_or_else(dash),
                 n.match_index.map_or_else(dash, |m| m.to_string()),
                 n.last_contact_ms.map_or_else(dash, |ms| format!("{ms}ms")),
+                match n.reachable {
+                    Some(true) => "yes".to_string(),
+                    Some(false) => "NO".to_string(),
+                    None => dash(),
+                },
             ]
         })
         .collect();
@@ -198,6 +203,7 @@ pub fn members(c: &muster_types::ClusterInfo) {
         "HTTP ADDR",
         "MATCH",
         "LAST CONTACT",
+        "REACHABLE",
     ];
     let width = |i: usize| {
         rows.iter()
@@ -206,8 +212,8 @@ pub fn members(c: &muster_types::ClusterInfo) {
             .max()
             .unwrap_or(0)
     };
-    let widths: Vec<usize> = (0..6).map(width).collect();
-    let line = |cells: [&str; 6]| {
+    let widths: Vec<usize> = (0..7).map(width).collect();
+    let line = |cells: [&str; 7]| {
         let out: Vec<String> = cells
             .iter()
             .zip(&widths)
@@ -217,7 +223,7 @@ pub fn members(c: &muster_types::ClusterInfo) {
     };
     line(head);
     for r in &rows {
-        line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
+        line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]]);
     }
     println!(
         "(as node {} sees it; commit index {})",

@@ -111,6 +111,7 @@ fn info(
                     Role::Learner => NodeRole::Learner,
                 },
                 cluster_addr: n.cluster_addr,
+                reachable: n.reachable,
                 http_addr: n.http_addr,
                 match_index: n.match_index,
                 last_contact_ms: n.last_contact_ms,

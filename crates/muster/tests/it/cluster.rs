@@ -690,6 +690,32 @@ async fn five_nodes_serve_writes_with_two_killed_and_they_catch_up_from_a_snapsh
         )
         .await;
     }
+    // The new leader shows the two dead members unreachable, the others
+    // reachable, and the CLI says so.
+    let dead = [leader, follower];
+    let deadline = Instant::now() + FORM;
+    loop {
+        let v = cluster_info(c.agent(new_leader)).await.unwrap();
+        let nodes = v["nodes"].as_array().unwrap();
+        let shown = |n: &Value| n["reachable"] == json!(!dead.contains(&n["id"].as_u64().unwrap()));
+        if nodes.len() == 5 && nodes.iter().all(shown) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reachability of {dead:?} not shown: {v}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let (ok, out, err) = cli(&c.agent(new_leader).base, &["cluster", "members"]);
+    assert!(ok, "{err}");
+    for id in dead {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap();
+        assert!(row.trim_end().ends_with("NO"), "{out}");
+    }
 
     for id in [leader, follower] {
         c.start(id);
