@@ -168,11 +168,7 @@ fn write_frame<T: Serialize>(
 /// through one reused buffer. Anything but exactly the frames the head
 /// announces is an error.
 pub(crate) fn read_catalog(input: &mut impl Read) -> Result<Catalog, CodecError> {
-    let checked = read_prelude(input)?;
-    let mut frame = Vec::new();
-    let crc = read_frame(input, &mut frame, checked)?;
-    check_frame(&frame, crc, 0)?;
-    let head: HeadIn = serde_json::from_slice(&frame)?;
+    let (checked, mut frame, head) = read_head(input)?;
     let count = head.services();
     let services = if count < PARALLEL_FROM_SERVICES {
         let mut services = Vec::new();
@@ -196,11 +192,7 @@ pub(crate) fn read_catalog_parts(
     mut on_head: impl FnMut(CatalogHead<'static>) -> Result<(), CodecError>,
     mut on_service: impl FnMut(Service) -> Result<(), CodecError>,
 ) -> Result<(), CodecError> {
-    let checked = read_prelude(input)?;
-    let mut frame = Vec::new();
-    let crc = read_frame(input, &mut frame, checked)?;
-    check_frame(&frame, crc, 0)?;
-    let head: HeadIn = serde_json::from_slice(&frame)?;
+    let (checked, mut frame, head) = read_head(input)?;
     let count = head.services();
     on_head(head.into_head())?;
     for n in 1..=count {
@@ -208,6 +200,17 @@ pub(crate) fn read_catalog_parts(
         on_service(decode_service(&frame, crc, n)?)?;
     }
     read_end(input, count)
+}
+
+/// Reads the prelude and the head frame: whether frames carry checksums,
+/// the frame buffer to reuse, and the head.
+fn read_head(input: &mut impl Read) -> Result<(bool, Vec<u8>, HeadIn), CodecError> {
+    let checked = read_prelude(input)?;
+    let mut frame = Vec::new();
+    let crc = read_frame(input, &mut frame, checked)?;
+    check_frame(&frame, crc, 0)?;
+    let head: HeadIn = serde_json::from_slice(&frame)?;
+    Ok((checked, frame, head))
 }
 
 fn read_end(input: &mut impl Read, count: u64) -> Result<(), CodecError> {
