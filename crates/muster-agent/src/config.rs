@@ -57,6 +57,13 @@ pub struct Config {
     /// Allow checks that run a command on the agent's host (`args`). Off by
     /// default: anyone who can register could otherwise run programs here.
     pub enable_command_checks: bool,
+    /// Enforce ACL tokens (`muster acl bootstrap` makes the first): default
+    /// deny, anonymous callers get only what the `anonymous` token's
+    /// policies grant.
+    pub acl: bool,
+    /// Append one JSON line per audited write (accessor, operation, target,
+    /// result) to this file, besides the `muster::audit` log lines.
+    pub audit_file: Option<PathBuf>,
     /// Most health-check probes in flight at once.
     pub check_concurrency: usize,
     /// How long start-up may take before giving up.
@@ -110,6 +117,8 @@ impl Default for Config {
             startup_timeout: r.startup_timeout,
             enable_command_checks: r.enable_command_checks,
             check_concurrency: r.check_concurrency,
+            acl: r.acl,
+            audit_file: r.audit_file,
             max_connections: l.max_connections,
             http_header_timeout: l.header_timeout,
             http_body_timeout: l.body_timeout,
@@ -201,6 +210,8 @@ impl Config {
             sweep_interval: self.sweep_interval,
             enable_command_checks: self.enable_command_checks,
             check_concurrency: self.check_concurrency,
+            acl: self.acl,
+            audit_file: self.audit_file.clone(),
             startup_timeout: self.startup_timeout,
             force_recover_from_snapshot: self.force_recover_from_snapshot,
         }

@@ -22,6 +22,7 @@
 //! for small leases, and a history shares the instances it upserted.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 mod instances;
 pub mod model;
 mod query;
@@ -264,6 +265,33 @@ pub enum Command {
         /// Restore id.
         id: u64,
     },
+    /// Creates the first management token, once ever: refused with
+    /// [`ApplyError::AclBootstrapped`] after that.
+    AclBootstrap {
+        /// The token (its secret hashed).
+        token: acl::AclToken,
+    },
+    /// Creates or updates a token. An update keeps the token's secret
+    /// hash, kind and creation time.
+    AclSetToken {
+        /// The token.
+        token: acl::AclToken,
+    },
+    /// Revokes a token.
+    AclDeleteToken {
+        /// Its accessor.
+        accessor: String,
+    },
+    /// Creates or replaces a policy.
+    AclSetPolicy {
+        /// The policy.
+        policy: acl::Policy,
+    },
+    /// Deletes a policy; tokens naming it lose what it granted.
+    AclDeletePolicy {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// A staged restore left untouched this long (by the entries' clock) is
@@ -320,6 +348,15 @@ pub enum ApplyError {
     /// abandoned, or already committed).
     #[error("restore {0} is not staged (replaced by another, abandoned or already done)")]
     NoRestore(u64),
+    /// ACLs were bootstrapped before: the first management token exists.
+    #[error("ACLs are already bootstrapped: the bootstrap token was made before")]
+    AclBootstrapped,
+    /// No token with this accessor.
+    #[error("token {0:?} not found")]
+    UnknownToken(String),
+    /// No policy with this name.
+    #[error("policy {0:?} not found")]
+    UnknownPolicy(String),
     /// The instance would have more checks, tags or metadata entries than
     /// allowed. Checked at apply as well as at the edge, so that concurrent
     /// writes (two checks added at once) cannot exceed a limit.
@@ -365,6 +402,8 @@ pub enum Done {
     /// `RestoreStage`: instances staged so far; `RestoreCommit`: instances
     /// restored; `RestoreBegin`, `RestoreAbort`: 0.
     Restore(u64),
+    /// An ACL command.
+    Acl,
 }
 
 /// What the steps of one command did, gathered as they go.
@@ -479,6 +518,8 @@ pub struct Catalog {
     retired_nodes: BTreeSet<u64>,
     /// A restore being staged, if any.
     staged: Option<Box<Staged>>,
+    /// ACL tokens and policies.
+    acl: acl::Acl,
 }
 
 /// A catalog without its services, for encoders that write a catalog one
@@ -499,6 +540,8 @@ pub struct CatalogHead<'a> {
     pub retired_nodes: Cow<'a, BTreeSet<u64>>,
     /// A restore being staged, if any.
     pub staged: Option<Cow<'a, Staged>>,
+    /// ACL tokens and policies.
+    pub acl: Cow<'a, acl::Acl>,
 }
 
 impl Catalog {
@@ -516,6 +559,7 @@ impl Catalog {
             services: self.services.len() as u64,
             retired_nodes: Cow::Borrowed(&self.retired_nodes),
             staged: self.staged.as_deref().map(Cow::Borrowed),
+            acl: Cow::Borrowed(&self.acl),
         }
     }
 
@@ -537,12 +581,18 @@ impl Catalog {
             namespace_index: head.namespace_index.into_owned(),
             retired_nodes: head.retired_nodes.into_owned(),
             staged: head.staged.map(|s| Box::new(s.into_owned())),
+            acl: head.acl.into_owned(),
         }
     }
 
     /// The restore being staged, if any.
     pub fn staged(&self) -> Option<&Staged> {
         self.staged.as_deref()
+    }
+
+    /// ACL tokens and policies.
+    pub fn acl(&self) -> &acl::Acl {
+        &self.acl
     }
 
     /// Node ids removed from the cluster: never members again.
@@ -765,6 +815,25 @@ impl Catalog {
                 self.staged_mut(*id)?;
                 self.staged = None;
             }
+            Command::AclBootstrap { token } => {
+                if self.acl.bootstrapped {
+                    return Err(ApplyError::AclBootstrapped);
+                }
+                self.acl.bootstrapped = true;
+                self.acl.put_token(token.clone());
+            }
+            Command::AclSetToken { token } => self.acl.put_token(token.clone()),
+            Command::AclDeleteToken { accessor } => {
+                if !self.acl.remove_token(accessor) {
+                    return Err(ApplyError::UnknownToken(accessor.clone()));
+                }
+            }
+            Command::AclSetPolicy { policy } => self.acl.put_policy(policy.clone()),
+            Command::AclDeletePolicy { name } => {
+                if !self.acl.remove_policy(name) {
+                    return Err(ApplyError::UnknownPolicy(name.clone()));
+                }
+            }
         }
         out.changed.sort();
         out.changed.dedup();
@@ -787,6 +856,11 @@ impl Catalog {
             | Command::RestoreStage { .. }
             | Command::RestoreCommit { .. }
             | Command::RestoreAbort { .. } => Done::Restore(out.removed),
+            Command::AclBootstrap { .. }
+            | Command::AclSetToken { .. }
+            | Command::AclDeleteToken { .. }
+            | Command::AclSetPolicy { .. }
+            | Command::AclDeletePolicy { .. } => Done::Acl,
         };
         Ok(Outcome {
             done,

@@ -9,6 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use muster_types::acl::{
+    CreatedToken, PoliciesResponse, Policy, PolicyRequest, TokenInfo, TokenRequest, TokensResponse,
+};
 use muster_types::{
     CreateLeaseRequest, Instance, InstancesResponse, LeaseInfo, QueryEvent, RegisterRequest,
     RenewManyRequest, RenewManyResponse, RenewResponse, ServicesResponse, WatchEvent, WatchQuery,
@@ -166,6 +169,120 @@ impl Api {
             .send(Req::new(Method::POST, "/v1/cluster/transfer-leader").json(&body))
             .await?;
         json(resp).await
+    }
+
+    /// `POST /v1/acl/bootstrap`: the first management token, once ever
+    /// (its secret is shown only in this answer).
+    pub async fn acl_bootstrap(&self) -> Result<CreatedToken> {
+        let resp = self
+            .transport
+            .send(Req::new(Method::POST, "/v1/acl/bootstrap"))
+            .await?;
+        json(resp).await
+    }
+
+    /// `POST /v1/acl/tokens`: a new token carrying `req.policies` (its
+    /// secret is shown only in this answer).
+    pub async fn acl_create_token(&self, req: &TokenRequest) -> Result<CreatedToken> {
+        let resp = self
+            .transport
+            .send(Req::new(Method::POST, "/v1/acl/tokens").json(req))
+            .await?;
+        json(resp).await
+    }
+
+    /// `GET /v1/acl/tokens`: every token (never a secret).
+    pub async fn acl_tokens(&self) -> Result<TokensResponse> {
+        let resp = self
+            .transport
+            .send(Req::new(Method::GET, "/v1/acl/tokens"))
+            .await?;
+        json(resp).await
+    }
+
+    /// `GET /v1/acl/tokens/{accessor}`, or `GET /v1/acl/token/self` for
+    /// `None`: the token presented.
+    pub async fn acl_token(&self, accessor: Option<&str>) -> Result<TokenInfo> {
+        let resp = match accessor {
+            None => {
+                self.transport
+                    .send(Req::new(Method::GET, "/v1/acl/token/self"))
+                    .await?
+            }
+            Some(a) => {
+                let path = format!("/v1/acl/tokens/{a}");
+                self.transport
+                    .send(Req::new(Method::GET, "/v1/acl/tokens/{accessor}").at(&path))
+                    .await?
+            }
+        };
+        json(resp).await
+    }
+
+    /// `PUT /v1/acl/tokens/{accessor}`: a token's new description and
+    /// policies (`anonymous`: what callers without a token may do).
+    pub async fn acl_update_token(&self, accessor: &str, req: &TokenRequest) -> Result<TokenInfo> {
+        let path = format!("/v1/acl/tokens/{accessor}");
+        let resp = self
+            .transport
+            .send(
+                Req::new(Method::PUT, "/v1/acl/tokens/{accessor}")
+                    .at(&path)
+                    .json(req),
+            )
+            .await?;
+        json(resp).await
+    }
+
+    /// `DELETE /v1/acl/tokens/{accessor}`: revokes a token.
+    pub async fn acl_revoke_token(&self, accessor: &str) -> Result<()> {
+        let path = format!("/v1/acl/tokens/{accessor}");
+        self.transport
+            .send(Req::new(Method::DELETE, "/v1/acl/tokens/{accessor}").at(&path))
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /v1/acl/policies`: every policy.
+    pub async fn acl_policies(&self) -> Result<PoliciesResponse> {
+        let resp = self
+            .transport
+            .send(Req::new(Method::GET, "/v1/acl/policies"))
+            .await?;
+        json(resp).await
+    }
+
+    /// `GET /v1/acl/policies/{name}`: one policy.
+    pub async fn acl_policy(&self, name: &str) -> Result<Policy> {
+        let path = format!("/v1/acl/policies/{name}");
+        let resp = self
+            .transport
+            .send(Req::new(Method::GET, "/v1/acl/policies/{name}").at(&path))
+            .await?;
+        json(resp).await
+    }
+
+    /// `PUT /v1/acl/policies/{name}`: creates or replaces a policy.
+    pub async fn acl_put_policy(&self, name: &str, req: &PolicyRequest) -> Result<Policy> {
+        let path = format!("/v1/acl/policies/{name}");
+        let resp = self
+            .transport
+            .send(
+                Req::new(Method::PUT, "/v1/acl/policies/{name}")
+                    .at(&path)
+                    .json(req),
+            )
+            .await?;
+        json(resp).await
+    }
+
+    /// `DELETE /v1/acl/policies/{name}`: deletes a policy.
+    pub async fn acl_delete_policy(&self, name: &str) -> Result<()> {
+        let path = format!("/v1/acl/policies/{name}");
+        self.transport
+            .send(Req::new(Method::DELETE, "/v1/acl/policies/{name}").at(&path))
+            .await?;
+        Ok(())
     }
 
     /// `POST /v1/leases`: a new lease with this TTL (1 s to 1 h).

@@ -81,6 +81,18 @@ pub(crate) struct Settings {
     pub lookup_idle: Duration,
     pub queries_per_stream: usize,
     pub tls: TlsSettings,
+    pub token: Option<Token>,
+}
+
+/// An ACL token's secret, sent as `Authorization: Bearer`. Its `Debug` is
+/// redacted: settings may be logged, the secret must not be.
+#[derive(Clone)]
+pub(crate) struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
 }
 
 /// The PEM files of [`ClientBuilder::tls_ca_file`] and
@@ -119,6 +131,7 @@ pub struct ClientBuilder {
     queries_per_stream: usize,
     ca_file: Option<PathBuf>,
     client_cert: Option<(PathBuf, PathBuf)>,
+    token: Option<Token>,
 }
 
 /// Default of [`ClientBuilder::lookup_idle_timeout`].
@@ -140,6 +153,7 @@ impl Default for ClientBuilder {
             queries_per_stream: DEFAULT_QUERIES_PER_STREAM,
             ca_file: None,
             client_cert: None,
+            token: None,
         }
     }
 }
@@ -229,6 +243,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Present this ACL token (its secret) with every request, as
+    /// `Authorization: Bearer <secret>`: needed when the agent runs with
+    /// `--acl`. The secret is never logged or shown by the client.
+    pub fn token(mut self, secret: impl Into<String>) -> Self {
+        self.token = Some(Token(secret.into()));
+        self
+    }
+
     /// Validates the settings and builds the client. Makes no network call.
     pub fn build(self) -> Result<Client> {
         let settings = self.validate()?;
@@ -237,6 +259,13 @@ impl ClientBuilder {
 
     fn validate(self) -> Result<Settings> {
         let tls = self.tls()?;
+        if let Some(t) = &self.token
+            && (t.0.is_empty() || !t.0.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(Error::Config(
+                "token must be a non-empty string of visible ASCII characters".into(),
+            ));
+        }
         let mut addrs = Vec::new();
         let given = if self.addrs.is_empty() {
             vec!["http://127.0.0.1:7700".to_string()]
@@ -290,6 +319,7 @@ impl ClientBuilder {
         }
         Ok(Settings {
             tls,
+            token: self.token,
             addrs,
             namespace: self.namespace,
             timeouts: self.timeouts,

@@ -125,6 +125,19 @@ impl Transport {
                 // by default); giving them up sooner on this side means a request
                 // never races that close on a connection about to go.
                 .pool_idle_timeout(std::time::Duration::from_secs(20));
+            let builder = match &settings.token {
+                None => builder,
+                Some(t) => {
+                    let mut v = reqwest::header::HeaderValue::try_from(format!("Bearer {}", t.0))
+                        .map_err(|_| {
+                        Error::Config("token is not a valid header value".into())
+                    })?;
+                    v.set_sensitive(true);
+                    let mut headers = reqwest::header::HeaderMap::new();
+                    headers.insert(reqwest::header::AUTHORIZATION, v);
+                    builder.default_headers(headers)
+                }
+            };
             with_tls(builder, &settings.tls)?
                 .build()
                 .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))

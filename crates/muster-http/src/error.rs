@@ -103,6 +103,20 @@ impl From<RegistryError> for ApiError {
             RegistryError::RestoreIo(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "restore_upload_failed", message)
             }
+            RegistryError::PermissionDenied { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "permission_denied", message)
+            }
+            RegistryError::InvalidToken => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
+            }
+            RegistryError::AclDisabled => {
+                ApiError::new(StatusCode::BAD_REQUEST, "acl_disabled", message)
+            }
+            RegistryError::AclBootstrapped => {
+                ApiError::new(StatusCode::CONFLICT, "acl_bootstrapped", message)
+            }
+            RegistryError::TokenNotFound(_) => ApiError::not_found("token_not_found", message),
+            RegistryError::PolicyNotFound(_) => ApiError::not_found("policy_not_found", message),
             RegistryError::Storage(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
@@ -125,6 +139,13 @@ impl IntoResponse for ApiError {
                 field: self.field,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"muster\""),
+            );
+        }
+        resp
     }
 }

@@ -26,9 +26,12 @@ use crate::api;
         api::cluster::cluster, api::cluster::join, api::cluster::leave,
         api::cluster::transfer_leader, api::cluster::healthz,
         api::snapshot::save, api::snapshot::restore,
+        api::acl::bootstrap, api::acl::create_token, api::acl::list_tokens, api::acl::token_self,
+        api::acl::get_token, api::acl::update_token, api::acl::revoke_token,
+        api::acl::list_policies, api::acl::get_policy, api::acl::put_policy, api::acl::delete_policy,
         crate::metrics::render, serve,
     ),
-    modifiers(&ParameterRules),
+    modifiers(&ParameterRules, &AclAnswers),
     tags(
         (name = "instances", description = "Register, deregister, heartbeat and discover instances"),
         (name = "checks", description = "Server-run health checks, TTL check reports, maintenance"),
@@ -36,6 +39,7 @@ use crate::api;
         (name = "leases", description = "Leases: one renewal keeps many instances alive"),
         (name = "watch", description = "Live changes as Server-Sent Events"),
         (name = "operations", description = "Cluster status, liveness, metrics, this document"),
+        (name = "acl", description = "ACL tokens and policies (agent run with --acl)"),
     )
 )]
 pub struct ApiDoc;
@@ -115,6 +119,61 @@ impl IntoResponses for BodyErrors {
                 )),
             ),
         ])
+    }
+}
+
+/// With ACLs on (`muster agent --acl`), every `/v1/` operation but this
+/// document may answer 401 `invalid_token` (a token that is malformed,
+/// unknown, revoked or expired) and 403 `permission_denied` (naming the
+/// right the token lacks); tokens come as `Authorization: Bearer` or
+/// `X-Muster-Token`. Declared here once rather than on every operation.
+struct AclAnswers;
+
+impl Modify for AclAnswers {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "token_header",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Muster-Token"))),
+        );
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") || path == "/v1/openapi.json" {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("401".to_string())
+                    .or_insert_with(|| {
+                        error_response(
+                            "invalid_token: the token is malformed, unknown, revoked or expired",
+                        )
+                    });
+                op.responses
+                    .responses
+                    .entry("403".to_string())
+                    .or_insert_with(|| {
+                        error_response(
+                            "permission_denied: the token lacks the right this needs (named)",
+                        )
+                    });
+            }
+        }
     }
 }
 

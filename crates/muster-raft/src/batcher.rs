@@ -89,6 +89,25 @@ pub(crate) fn approx_size(cmd: &Command) -> usize {
             id,
         } => FRAME + namespace.len() + service.len() + id.len(),
         Command::CreateLease { .. } | Command::RevokeLease { .. } => FRAME,
+        Command::AclBootstrap { token } | Command::AclSetToken { token } => {
+            FRAME
+                + 64
+                + token.accessor.len()
+                + token.description.len()
+                + token.policies.iter().map(|p| p.len() + 4).sum::<usize>()
+        }
+        Command::AclDeleteToken { accessor: name } | Command::AclDeletePolicy { name } => {
+            FRAME + name.len()
+        }
+        Command::AclSetPolicy { policy } => {
+            FRAME
+                + policy.description.len()
+                + policy
+                    .services
+                    .iter()
+                    .map(|r| r.namespace.len() + r.service.len() + 48)
+                    .sum::<usize>()
+        }
         Command::CheckStatus {
             namespace,
             service,

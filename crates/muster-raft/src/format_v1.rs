@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
+use muster_catalog::acl::{Acl, AclToken, Policy, ServiceAccess, ServiceRule};
 use muster_catalog::{
     CatalogHead, Change, Check, Command, IndexedChange, Instance, InstanceData, Instances, Lease,
     LeaseMembers, LeaseRef, Preservation, Service, ServiceKey, Staged,
@@ -102,6 +103,121 @@ pub(crate) enum CommandV1 {
     RestoreAbort {
         id: u64,
     },
+    AclBootstrap {
+        #[serde(with = "AclTokenV1")]
+        token: AclToken,
+    },
+    AclSetToken {
+        #[serde(with = "AclTokenV1")]
+        token: AclToken,
+    },
+    AclDeleteToken {
+        accessor: String,
+    },
+    AclSetPolicy {
+        #[serde(with = "PolicyV1")]
+        policy: Policy,
+    },
+    AclDeletePolicy {
+        name: String,
+    },
+}
+
+/// [`AclToken`] as stored: the secret's hash, never the secret.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "AclToken")]
+struct AclTokenV1 {
+    accessor: String,
+    secret_hash: String,
+    description: String,
+    policies: Vec<String>,
+    management: bool,
+    created_ms: u64,
+    expires_ms: Option<u64>,
+}
+
+/// [`Policy`] as stored.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Policy")]
+struct PolicyV1 {
+    name: String,
+    description: String,
+    #[serde(with = "rules_v1")]
+    services: Vec<ServiceRule>,
+    operator: bool,
+    acl: bool,
+}
+
+/// [`ServiceRule`] as stored.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "ServiceRule")]
+struct ServiceRuleV1 {
+    namespace: String,
+    service: String,
+    #[serde(with = "ServiceAccessV1")]
+    access: ServiceAccess,
+}
+
+/// [`ServiceAccess`] as stored.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "ServiceAccess", rename_all = "lowercase")]
+enum ServiceAccessV1 {
+    Deny,
+    Read,
+    Write,
+}
+
+mod rules_v1 {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Out<'a>(#[serde(with = "ServiceRuleV1")] &'a ServiceRule);
+    #[derive(Deserialize)]
+    struct In(#[serde(with = "ServiceRuleV1")] ServiceRule);
+
+    pub(super) fn serialize<S: Serializer>(rules: &[ServiceRule], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(rules.iter().map(Out))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<ServiceRule>, D::Error> {
+        Ok(Vec::<In>::deserialize(d)?
+            .into_iter()
+            .map(|r| r.0)
+            .collect())
+    }
+}
+
+#[derive(Serialize)]
+struct AclTokenOut<'a>(#[serde(with = "AclTokenV1")] &'a AclToken);
+#[derive(Deserialize)]
+struct AclTokenIn(#[serde(with = "AclTokenV1")] AclToken);
+#[derive(Serialize)]
+struct PolicyOut<'a>(#[serde(with = "PolicyV1")] &'a Policy);
+#[derive(Deserialize)]
+struct PolicyIn(#[serde(with = "PolicyV1")] Policy);
+
+/// The ACL state in the head frame.
+struct AclOut<'a>(&'a Acl);
+
+impl Serialize for AclOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Acl", 3)?;
+        st.serialize_field("bootstrapped", &self.0.bootstrapped)?;
+        let tokens: Vec<AclTokenOut<'_>> = self.0.tokens().map(AclTokenOut).collect();
+        st.serialize_field("tokens", &tokens)?;
+        let policies: Vec<PolicyOut<'_>> = self.0.policies().map(PolicyOut).collect();
+        st.serialize_field("policies", &policies)?;
+        st.end()
+    }
+}
+
+#[derive(Deserialize)]
+struct AclIn {
+    bootstrapped: bool,
+    tokens: Vec<AclTokenIn>,
+    policies: Vec<PolicyIn>,
 }
 
 /// A list of leases, each as [`LeaseV1`] (a chunk of a restore).
@@ -418,6 +534,10 @@ impl Serialize for HeadOut<'_> {
         if let Some(staged) = &self.0.staged {
             st.serialize_field("restore", &StagedOut(staged))?;
         }
+        // Written only once ACLs were used, likewise.
+        if !self.0.acl.is_empty() {
+            st.serialize_field("acl", &AclOut(&self.0.acl))?;
+        }
         st.end()
     }
 }
@@ -433,6 +553,8 @@ pub(crate) struct HeadIn {
     retired_nodes: BTreeSet<u64>,
     #[serde(default)]
     restore: Option<StagedIn>,
+    #[serde(default)]
+    acl: Option<AclIn>,
 }
 
 /// A staged restore in the head frame: its id, last touch, leases and
@@ -497,6 +619,13 @@ impl HeadIn {
             services: self.services,
             retired_nodes: Cow::Owned(self.retired_nodes),
             staged: self.restore.map(|s| Cow::Owned(s.into_staged())),
+            acl: Cow::Owned(self.acl.map_or_else(Acl::default, |a| {
+                Acl::from_parts(
+                    a.bootstrapped,
+                    a.tokens.into_iter().map(|t| t.0),
+                    a.policies.into_iter().map(|p| p.0),
+                )
+            })),
         }
     }
 }

@@ -86,6 +86,30 @@ pub enum RegistryError {
     /// The upload of a restore could not be read or spooled.
     #[error("restore upload failed: {0}")]
     RestoreIo(String),
+    /// The caller's token lacks a right the operation needs.
+    #[error("permission denied: this needs {missing}")]
+    PermissionDenied {
+        /// The right, e.g. `write on service "orders" in namespace "default"`.
+        missing: String,
+    },
+    /// The token presented is not one this registry knows (never made,
+    /// revoked or expired).
+    #[error("the ACL token is not valid (unknown, revoked or expired)")]
+    InvalidToken,
+    /// ACL operations on a registry that runs without ACLs.
+    #[error("ACLs are not enabled on this registry; start the agent with --acl")]
+    AclDisabled,
+    /// The bootstrap token was made before.
+    #[error(
+        "ACLs are already bootstrapped: the bootstrap token was made before; use a management token to make others"
+    )]
+    AclBootstrapped,
+    /// No token with this accessor.
+    #[error("token {0:?} not found")]
+    TokenNotFound(String),
+    /// No policy with this name.
+    #[error("policy {0:?} not found")]
+    PolicyNotFound(String),
     /// The write could not be made durable; the node must be restarted.
     #[error("the write could not be made durable: {0}")]
     Storage(String),
@@ -119,6 +143,9 @@ impl From<ApplyError> for RegistryError {
             ApplyError::NoRestore(id) => RegistryError::RestoreConflict(format!(
                 "restore {id} is not staged (replaced by another or abandoned)"
             )),
+            ApplyError::AclBootstrapped => RegistryError::AclBootstrapped,
+            ApplyError::UnknownToken(a) => RegistryError::TokenNotFound(a),
+            ApplyError::UnknownPolicy(n) => RegistryError::PolicyNotFound(n),
             ApplyError::OverLimit { field, max, .. } => RegistryError::Invalid(
                 FieldError::invalid(field.clone(), format!("at most {max} {field} per instance")),
             ),

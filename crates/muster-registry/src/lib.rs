@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod acl;
 mod cache;
 mod caller;
 mod checks;
@@ -95,6 +96,11 @@ pub struct RegistryConfig {
     /// Start from the snapshot alone when the log no longer reaches it,
     /// accepting the loss of the writes acknowledged after it.
     pub force_recover_from_snapshot: bool,
+    /// Enforce ACL tokens: default deny, anonymous callers get only what
+    /// the anonymous token's policies grant.
+    pub acl: bool,
+    /// Append a JSON line per audited write to this file.
+    pub audit_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RegistryConfig {
@@ -112,6 +118,8 @@ impl Default for RegistryConfig {
             check_concurrency: 512,
             startup_timeout: Duration::from_secs(60),
             force_recover_from_snapshot: false,
+            acl: false,
+            audit_file: None,
         }
     }
 }
@@ -156,6 +164,14 @@ pub enum StartError {
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The audit file could not be opened.
+    #[error("cannot open the audit file {path}: {source}")]
+    AuditFile {
+        /// The file.
         path: std::path::PathBuf,
         /// Why.
         source: std::io::Error,
@@ -329,6 +345,7 @@ struct Inner {
     stop_tx: tokio_watch::Sender<bool>,
     stop_rx: tokio_watch::Receiver<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    audit: Option<acl::AuditFile>,
 }
 
 /// Reads the catalog of `node`. A poisoned lock is recovered: apply is
@@ -384,6 +401,17 @@ impl Registry {
             leases: leases.clone(),
             reconcile: reconcile_tx,
         });
+        let audit = match &config.audit_file {
+            None => None,
+            Some(path) => {
+                Some(
+                    acl::AuditFile::open(path).map_err(|source| StartError::AuditFile {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -457,6 +485,7 @@ impl Registry {
                 stop_tx,
                 stop_rx,
                 tasks: Mutex::new(tasks),
+                audit,
             }),
         })
     }
@@ -492,14 +521,6 @@ impl Registry {
 
     fn read<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
         f(&catalog(&self.inner.node))
-    }
-
-    /// The one place where callers are authorised. Everyone may do
-    /// everything today; ACL tokens will decide here.
-    fn authorize(&self, caller: &Caller, access: Access<'_>) -> Result<()> {
-        match (caller.identity(), access) {
-            (Identity::Anonymous, _) => Ok(()),
-        }
     }
 
     /// Proposes a command and waits until it is durable and applied.
@@ -605,60 +626,69 @@ impl Registry {
         id: &str,
         reg: Registration,
     ) -> Result<Written<Arc<Instance>>> {
-        self.authorize(caller, Access::Write(key))?;
-        validate_key(key)?;
-        muster_types::validate_instance_id(id)?;
-        if reg.checks.len() > limits::MAX_CHECKS {
-            return Err(FieldError::invalid(
-                "checks",
-                format!("at most {} checks per instance", limits::MAX_CHECKS),
-            )
-            .into());
-        }
-        self.allow_checks(&reg.checks, |i| format!("checks[{i}].args"))?;
-        let lease = match reg.lease {
-            LeaseChoice::Persistent => LeaseRef::None,
-            LeaseChoice::Ttl(ttl) => LeaseRef::Own {
-                id: new_lease_id(),
-                ttl_ms: ttl.as_millis() as u64,
-            },
-            LeaseChoice::Existing(l) => {
-                // Refuse an unknown lease before it costs a log entry (apply
-                // checks again, so a racing revoke still cannot attach an
-                // instance to a dead lease).
-                if self.read(|c| c.lease(l).is_none()) {
-                    return Err(RegistryError::LeaseNotFound(l));
+        self.audited(
+            caller,
+            Access::Write(key),
+            "register",
+            false,
+            || format!("{}/{}/{}", key.namespace, key.service, id),
+            async {
+                validate_key(key)?;
+                muster_types::validate_instance_id(id)?;
+                if reg.checks.len() > limits::MAX_CHECKS {
+                    return Err(FieldError::invalid(
+                        "checks",
+                        format!("at most {} checks per instance", limits::MAX_CHECKS),
+                    )
+                    .into());
                 }
-                LeaseRef::Existing(l)
-            }
-        };
-        let cmd = Command::Register {
-            namespace: key.namespace.to_string(),
-            service: key.service.to_string(),
-            instance: InstanceData {
-                id: id.to_string(),
-                address: reg.address,
-                port: reg.port,
-                tags: reg.tags,
-                meta: reg.meta,
-                version: reg.version,
-                zone: reg.zone,
-                weight: reg.weight,
-                checks: reg.checks,
+                self.allow_checks(&reg.checks, |i| format!("checks[{i}].args"))?;
+                let lease = match reg.lease {
+                    LeaseChoice::Persistent => LeaseRef::None,
+                    LeaseChoice::Ttl(ttl) => LeaseRef::Own {
+                        id: new_lease_id(),
+                        ttl_ms: ttl.as_millis() as u64,
+                    },
+                    LeaseChoice::Existing(l) => {
+                        // Refuse an unknown lease before it costs a log entry (apply
+                        // checks again, so a racing revoke still cannot attach an
+                        // instance to a dead lease).
+                        if self.read(|c| c.lease(l).is_none()) {
+                            return Err(RegistryError::LeaseNotFound(l));
+                        }
+                        LeaseRef::Existing(l)
+                    }
+                };
+                let cmd = Command::Register {
+                    namespace: key.namespace.to_string(),
+                    service: key.service.to_string(),
+                    instance: InstanceData {
+                        id: id.to_string(),
+                        address: reg.address,
+                        port: reg.port,
+                        tags: reg.tags,
+                        meta: reg.meta,
+                        version: reg.version,
+                        zone: reg.zone,
+                        weight: reg.weight,
+                        checks: reg.checks,
+                    },
+                    lease,
+                };
+                let written = Self::written_instance(self.propose(cmd).await?)?;
+                if let Some(l) = written
+                    .value
+                    .lease
+                    .as_deref()
+                    .and_then(muster_types::parse_lease_id)
+                {
+                    self.inner.leases.refresh(l);
+                }
+                metrics::counter!("muster_registrations_total").increment(1);
+                Ok(written)
             },
-            lease,
-        };
-        let written = Self::written_instance(self.propose(cmd).await?)?;
-        if let Some(l) = written
-            .value
-            .lease
-            .as_deref()
-            .and_then(muster_types::parse_lease_id)
-        {
-            self.inner.leases.refresh(l);
-        }
-        metrics::counter!("muster_registrations_total").increment(1);
-        Ok(written)
+        )
+        .await
     }
 
     /// Deregisters an instance; the value is how many instances went (1).
@@ -668,17 +698,26 @@ impl Registry {
         key: &ServiceKey,
         id: &str,
     ) -> Result<Written<u64>> {
-        self.authorize(caller, Access::Write(key))?;
-        validate_key(key)?;
-        muster_types::validate_instance_id(id)?;
-        Self::written_removal(
-            self.propose(Command::Deregister {
-                namespace: key.namespace.to_string(),
-                service: key.service.to_string(),
-                id: id.to_string(),
-            })
-            .await?,
+        self.audited(
+            caller,
+            Access::Write(key),
+            "deregister",
+            false,
+            || format!("{}/{}/{}", key.namespace, key.service, id),
+            async {
+                validate_key(key)?;
+                muster_types::validate_instance_id(id)?;
+                Self::written_removal(
+                    self.propose(Command::Deregister {
+                        namespace: key.namespace.to_string(),
+                        service: key.service.to_string(),
+                        id: id.to_string(),
+                    })
+                    .await?,
+                )
+            },
         )
+        .await
     }
 
     /// One instance, with the last run and output of each of its checks
@@ -689,9 +728,12 @@ impl Registry {
         key: &ServiceKey,
         id: &str,
     ) -> Result<Indexed<InstanceState>> {
-        self.authorize(caller, Access::Read(key))?;
+        let readable = self.readable(caller, key)?;
         validate_key(key)?;
         muster_types::validate_instance_id(id)?;
+        if !readable {
+            return Err(Self::instance_not_found(key, id));
+        }
         let (index, instance) = self.read(|c| {
             let inst = c
                 .instance(key, id)
@@ -716,25 +758,36 @@ impl Registry {
 
     /// Renews the lease of an instance (in memory; not a log write).
     pub async fn heartbeat(&self, caller: &Caller, key: &ServiceKey, id: &str) -> Result<Renewed> {
-        self.authorize(caller, Access::Write(key))?;
-        validate_key(key)?;
-        muster_types::validate_instance_id(id)?;
-        let lease = self.read(|c| {
-            let inst = c
-                .instance(key, id)
-                .ok_or_else(|| Self::instance_not_found(key, id))?;
-            Ok::<_, RegistryError>(inst.lease.clone())
-        })?;
-        let Some(lease) = lease.as_deref().and_then(muster_types::parse_lease_id) else {
-            return Err(RegistryError::NoLease { id: id.to_string() });
-        };
-        self.renew(lease).await
+        self.audited(
+            caller,
+            Access::Write(key),
+            "heartbeat",
+            true,
+            || format!("{}/{}/{}", key.namespace, key.service, id),
+            async {
+                validate_key(key)?;
+                muster_types::validate_instance_id(id)?;
+                let lease = self.read(|c| {
+                    let inst = c
+                        .instance(key, id)
+                        .ok_or_else(|| Self::instance_not_found(key, id))?;
+                    Ok::<_, RegistryError>(inst.lease.clone())
+                })?;
+                let Some(lease) = lease.as_deref().and_then(muster_types::parse_lease_id) else {
+                    return Err(RegistryError::NoLease { id: id.to_string() });
+                };
+                self.renew(lease).await
+            },
+        )
+        .await
     }
 
     /// The index of a service: the log index of its last change (0 if it
     /// never existed). Cheap; front-ends use it to serve their own caches.
     pub fn service_index(&self, caller: &Caller, key: &ServiceKey) -> Result<u64> {
-        self.authorize(caller, Access::Read(key))?;
+        if !self.readable(caller, key)? {
+            return Ok(0);
+        }
         Ok(self.read(|c| c.service_index(key)))
     }
 
@@ -746,8 +799,14 @@ impl Registry {
         key: &ServiceKey,
         query: &Query,
     ) -> Result<Arc<Discovery>> {
-        self.authorize(caller, Access::Read(key))?;
+        let readable = self.readable(caller, key)?;
         validate_key(key)?;
+        if !readable {
+            return Ok(Arc::new(Discovery {
+                index: 0,
+                instances: Default::default(),
+            }));
+        }
         let canonical = query.cache_key();
         let c = catalog(&self.inner.node);
         let index = c.service_index(key);
@@ -770,11 +829,17 @@ impl Registry {
         index: u64,
         wait: Duration,
     ) -> Result<u64> {
-        self.authorize(caller, Access::Read(key))?;
+        let readable = self.readable(caller, key)?;
+        let current = || {
+            if readable {
+                self.read(|c| c.service_index(key))
+            } else {
+                0
+            }
+        };
         let rx = self.inner.hub.subscribe_service(key.clone());
-        self.wait_for(rx, || self.read(|c| c.service_index(key)), index, wait)
-            .await;
-        Ok(self.read(|c| c.service_index(key)))
+        self.wait_for(rx, current, index, wait).await;
+        Ok(current())
     }
 
     /// Waits until any service of `namespace` changes after `index`, `wait`
@@ -786,7 +851,7 @@ impl Registry {
         index: u64,
         wait: Duration,
     ) -> Result<u64> {
-        self.authorize(caller, Access::List(namespace))?;
+        self.authz(caller)?;
         let rx = self.inner.hub.subscribe_namespace(namespace.to_string());
         self.wait_for(
             rx,
@@ -818,12 +883,21 @@ impl Registry {
 
     /// The services of a namespace with instance counts by health.
     pub fn services(&self, caller: &Caller, namespace: &str) -> Result<ServiceList> {
-        self.authorize(caller, Access::List(namespace))?;
+        let authz = self.authz(caller)?;
         muster_types::validate_namespace(namespace)?;
-        Ok(self.read(|c| ServiceList {
+        if !authz.reads_in(namespace) {
+            return Ok(ServiceList {
+                index: 0,
+                services: Vec::new(),
+            });
+        }
+        let mut list = self.read(|c| ServiceList {
             index: c.namespace_index(namespace),
             services: c.services(namespace),
-        }))
+        });
+        list.services
+            .retain(|s| authz.may_read(&ServiceKey::new(namespace, s.name.as_str())));
+        Ok(list)
     }
 
     /// Watches a service through `query`: from the start (a snapshot), or
@@ -836,9 +910,16 @@ impl Registry {
         query: Query,
         resume: Option<u64>,
     ) -> Result<Watch> {
-        self.authorize(caller, Access::Read(key))?;
+        let readable = self.readable(caller, key)?;
         validate_key(key)?;
-        Ok(Watch::new(self.clone(), key.clone(), query, resume))
+        Ok(Watch::new(
+            self.clone(),
+            caller.clone(),
+            readable,
+            key.clone(),
+            query,
+            resume,
+        ))
     }
 
     // ---- leases ---------------------------------------------------------
@@ -896,22 +977,31 @@ impl Registry {
     /// Creates a lease with `ttl`. Instances registered with it live while
     /// it is renewed.
     pub async fn create_lease(&self, caller: &Caller, ttl: Duration) -> Result<LeaseStatus> {
-        self.authorize(caller, Access::Lease)?;
-        let ttl_ms = ttl.as_millis() as u64;
-        if !(limits::MIN_TTL_MS..=limits::MAX_TTL_MS).contains(&ttl_ms) {
-            return Err(FieldError::invalid("ttl", "ttl must be between 1s and 1h").into());
-        }
-        let id = new_lease_id();
-        let w = self.propose(Command::CreateLease { id, ttl_ms }).await?;
-        // A racing revoke may already have removed it: report what was made.
-        Ok(self
-            .read(|c| c.lease(id).map(lease_status))
-            .unwrap_or(LeaseStatus {
-                id,
-                ttl,
-                instances: 0,
-                index: w.index,
-            }))
+        self.audited(
+            caller,
+            Access::Lease,
+            "lease-create",
+            false,
+            || String::new(),
+            async {
+                let ttl_ms = ttl.as_millis() as u64;
+                if !(limits::MIN_TTL_MS..=limits::MAX_TTL_MS).contains(&ttl_ms) {
+                    return Err(FieldError::invalid("ttl", "ttl must be between 1s and 1h").into());
+                }
+                let id = new_lease_id();
+                let w = self.propose(Command::CreateLease { id, ttl_ms }).await?;
+                // A racing revoke may already have removed it: report what was made.
+                Ok(self
+                    .read(|c| c.lease(id).map(lease_status))
+                    .unwrap_or(LeaseStatus {
+                        id,
+                        ttl,
+                        instances: 0,
+                        index: w.index,
+                    }))
+            },
+        )
+        .await
     }
 
     /// One lease, with the registry's applied index.
@@ -928,39 +1018,62 @@ impl Registry {
 
     /// Renews one lease (in memory on the leader; not a log write).
     pub async fn renew_lease(&self, caller: &Caller, id: u64) -> Result<Renewed> {
-        self.authorize(caller, Access::Lease)?;
-        self.renew(id).await
+        self.audited(
+            caller,
+            Access::Lease,
+            "lease-renew",
+            true,
+            || muster_types::format_lease_id(id),
+            async { self.renew(id).await },
+        )
+        .await
     }
 
     /// Renews many leases at once.
     pub async fn renew_leases(&self, caller: &Caller, ids: &[u64]) -> Result<RenewedMany> {
-        self.authorize(caller, Access::Lease)?;
-        if ids.len() > limits::MAX_RENEW_BATCH {
-            return Err(FieldError::invalid(
-                "ids",
-                format!(
-                    "{} ids given; at most {} per request",
-                    ids.len(),
-                    limits::MAX_RENEW_BATCH
-                ),
-            )
-            .into());
-        }
-        let mut out = RenewedMany::default();
-        for (&id, r) in ids.iter().zip(self.renew_many(ids).await?) {
-            match r {
-                Ok(_) => out.renewed.push(id),
-                Err(()) => out.not_found.push(id),
-            }
-        }
-        Ok(out)
+        self.audited(
+            caller,
+            Access::Lease,
+            "lease-renew",
+            true,
+            || format!("{} leases", ids.len()),
+            async {
+                if ids.len() > limits::MAX_RENEW_BATCH {
+                    return Err(FieldError::invalid(
+                        "ids",
+                        format!(
+                            "{} ids given; at most {} per request",
+                            ids.len(),
+                            limits::MAX_RENEW_BATCH
+                        ),
+                    )
+                    .into());
+                }
+                let mut out = RenewedMany::default();
+                for (&id, r) in ids.iter().zip(self.renew_many(ids).await?) {
+                    match r {
+                        Ok(_) => out.renewed.push(id),
+                        Err(()) => out.not_found.push(id),
+                    }
+                }
+                Ok(out)
+            },
+        )
+        .await
     }
 
     /// Revokes a lease: every instance attached to it is removed. The value
     /// is how many.
     pub async fn revoke_lease(&self, caller: &Caller, id: u64) -> Result<Written<u64>> {
-        self.authorize(caller, Access::Lease)?;
-        Self::written_removal(self.propose(Command::RevokeLease { id }).await?)
+        self.audited(
+            caller,
+            Access::Lease,
+            "lease-revoke",
+            false,
+            || muster_types::format_lease_id(id),
+            async { Self::written_removal(self.propose(Command::RevokeLease { id }).await?) },
+        )
+        .await
     }
 
     // ---- checks ---------------------------------------------------------
@@ -973,36 +1086,46 @@ impl Registry {
         id: &str,
         check: Check,
     ) -> Result<Written<Arc<Instance>>> {
-        self.authorize(caller, Access::Write(key))?;
-        validate_key(key)?;
-        muster_types::validate_instance_id(id)?;
-        self.allow_checks(std::slice::from_ref(&check), |_| "args".to_string())?;
-        self.read(|c| {
-            let inst = c
-                .instance(key, id)
-                .ok_or_else(|| Self::instance_not_found(key, id))?;
-            if inst.checks.len() >= limits::MAX_CHECKS
-                && !inst.checks.iter().any(|c| c.id == check.id)
-            {
-                return Err(RegistryError::from(FieldError::invalid(
-                    "checks",
-                    format!(
-                        "the instance already has the most checks allowed ({})",
-                        limits::MAX_CHECKS
-                    ),
-                )));
-            }
-            Ok(())
-        })?;
-        Self::written_instance(
-            self.propose(Command::PutCheck {
-                namespace: key.namespace.to_string(),
-                service: key.service.to_string(),
-                id: id.to_string(),
-                check,
-            })
-            .await?,
+        let target = format!("{}/{}/{}/{}", key.namespace, key.service, id, check.id);
+        self.audited(
+            caller,
+            Access::Write(key),
+            "check-put",
+            false,
+            || target,
+            async {
+                validate_key(key)?;
+                muster_types::validate_instance_id(id)?;
+                self.allow_checks(std::slice::from_ref(&check), |_| "args".to_string())?;
+                self.read(|c| {
+                    let inst = c
+                        .instance(key, id)
+                        .ok_or_else(|| Self::instance_not_found(key, id))?;
+                    if inst.checks.len() >= limits::MAX_CHECKS
+                        && !inst.checks.iter().any(|c| c.id == check.id)
+                    {
+                        return Err(RegistryError::from(FieldError::invalid(
+                            "checks",
+                            format!(
+                                "the instance already has the most checks allowed ({})",
+                                limits::MAX_CHECKS
+                            ),
+                        )));
+                    }
+                    Ok(())
+                })?;
+                Self::written_instance(
+                    self.propose(Command::PutCheck {
+                        namespace: key.namespace.to_string(),
+                        service: key.service.to_string(),
+                        id: id.to_string(),
+                        check,
+                    })
+                    .await?,
+                )
+            },
         )
+        .await
     }
 
     /// Removes one check of an instance.
@@ -1013,18 +1136,27 @@ impl Registry {
         id: &str,
         check: &str,
     ) -> Result<Written<Arc<Instance>>> {
-        self.authorize(caller, Access::Write(key))?;
-        validate_key(key)?;
-        muster_types::validate_instance_id(id)?;
-        Self::written_instance(
-            self.propose(Command::RemoveCheck {
-                namespace: key.namespace.to_string(),
-                service: key.service.to_string(),
-                id: id.to_string(),
-                check: check.to_string(),
-            })
-            .await?,
+        self.audited(
+            caller,
+            Access::Write(key),
+            "check-remove",
+            false,
+            || format!("{}/{}/{}/{check}", key.namespace, key.service, id),
+            async {
+                validate_key(key)?;
+                muster_types::validate_instance_id(id)?;
+                Self::written_instance(
+                    self.propose(Command::RemoveCheck {
+                        namespace: key.namespace.to_string(),
+                        service: key.service.to_string(),
+                        id: id.to_string(),
+                        check: check.to_string(),
+                    })
+                    .await?,
+                )
+            },
         )
+        .await
     }
 
     /// Reports the status of a TTL check, answered once the status is
@@ -1040,56 +1172,65 @@ impl Registry {
         status: Health,
         output: String,
     ) -> Result<()> {
-        self.authorize(caller, Access::Write(key))?;
-        validate_key(key)?;
-        muster_types::validate_instance_id(id)?;
-        let output = muster_types::truncate_output(&output);
-        let local = self
-            .inner
-            .checks
-            .report(key, id, check, status, output.clone())
-            .await;
-        let result = match local {
-            // A follower: the leader runs the checks.
-            Err(ReportError::NotLeader) if self.inner.node.is_clustered() => {
-                self.writable()?;
-                let report = muster_raft::CheckReport {
-                    namespace: key.namespace.to_string(),
-                    service: key.service.to_string(),
-                    id: id.to_string(),
-                    check: check.to_string(),
-                    status,
-                    output,
+        self.audited(
+            caller,
+            Access::Write(key),
+            "check-report",
+            true,
+            || format!("{}/{}/{}/{check}", key.namespace, key.service, id),
+            async {
+                validate_key(key)?;
+                muster_types::validate_instance_id(id)?;
+                let output = muster_types::truncate_output(&output);
+                let local = self
+                    .inner
+                    .checks
+                    .report(key, id, check, status, output.clone())
+                    .await;
+                let result = match local {
+                    // A follower: the leader runs the checks.
+                    Err(ReportError::NotLeader) if self.inner.node.is_clustered() => {
+                        self.writable()?;
+                        let report = muster_raft::CheckReport {
+                            namespace: key.namespace.to_string(),
+                            service: key.service.to_string(),
+                            id: id.to_string(),
+                            check: check.to_string(),
+                            status,
+                            output,
+                        };
+                        match self.inner.node.report_on_leader(report).await? {
+                            muster_raft::ReportAnswer::Done { .. } => Ok(()),
+                            muster_raft::ReportAnswer::Missing => Err(ReportError::Missing),
+                            muster_raft::ReportAnswer::NotTtl => Err(ReportError::NotTtl),
+                            muster_raft::ReportAnswer::NotLeader => Err(ReportError::NotLeader),
+                            muster_raft::ReportAnswer::Failed(m) => {
+                                Err(ReportError::Unwritten(ProposeError::Fatal(m)))
+                            }
+                        }
+                    }
+                    r => r.map(|_| ()),
                 };
-                match self.inner.node.report_on_leader(report).await? {
-                    muster_raft::ReportAnswer::Done { .. } => Ok(()),
-                    muster_raft::ReportAnswer::Missing => Err(ReportError::Missing),
-                    muster_raft::ReportAnswer::NotTtl => Err(ReportError::NotTtl),
-                    muster_raft::ReportAnswer::NotLeader => Err(ReportError::NotLeader),
-                    muster_raft::ReportAnswer::Failed(m) => {
-                        Err(ReportError::Unwritten(ProposeError::Fatal(m)))
+                match result {
+                    Ok(()) => Ok(()),
+                    Err(ReportError::Missing) => Err(RegistryError::CheckNotFound {
+                        id: id.to_string(),
+                        check: check.to_string(),
+                    }),
+                    Err(ReportError::NotTtl) => Err(RegistryError::NotTtlCheck {
+                        check: check.to_string(),
+                    }),
+                    Err(ReportError::NotLeader) => Err(RegistryError::NotLeader {
+                        leader: self.inner.node.info().leader,
+                    }),
+                    // The write that found the disk full (or the store failing).
+                    Err(ReportError::Unwritten(e)) => {
+                        Err(self.writable().err().unwrap_or_else(|| e.into()))
                     }
                 }
-            }
-            r => r.map(|_| ()),
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(ReportError::Missing) => Err(RegistryError::CheckNotFound {
-                id: id.to_string(),
-                check: check.to_string(),
-            }),
-            Err(ReportError::NotTtl) => Err(RegistryError::NotTtlCheck {
-                check: check.to_string(),
-            }),
-            Err(ReportError::NotLeader) => Err(RegistryError::NotLeader {
-                leader: self.inner.node.info().leader,
-            }),
-            // The write that found the disk full (or the store failing).
-            Err(ReportError::Unwritten(e)) => {
-                Err(self.writable().err().unwrap_or_else(|| e.into()))
-            }
-        }
+            },
+        )
+        .await
     }
 
     /// Turns maintenance on (with a reason) or off (`None`). In maintenance
@@ -1102,32 +1243,41 @@ impl Registry {
         id: &str,
         reason: Option<String>,
     ) -> Result<Written<Arc<Instance>>> {
-        self.authorize(caller, Access::Write(key))?;
-        validate_key(key)?;
-        muster_types::validate_instance_id(id)?;
-        if let Some(r) = &reason
-            && (r.is_empty()
-                || r.len() > limits::MAX_META_VALUE_LEN
-                || r.chars().any(char::is_control))
-        {
-            return Err(FieldError::invalid(
-                "reason",
-                format!(
-                    "reason must be 1 to {} printable characters",
-                    limits::MAX_META_VALUE_LEN
-                ),
-            )
-            .into());
-        }
-        Self::written_instance(
-            self.propose(Command::Maintenance {
-                namespace: key.namespace.to_string(),
-                service: key.service.to_string(),
-                id: id.to_string(),
-                reason,
-            })
-            .await?,
+        self.audited(
+            caller,
+            Access::Write(key),
+            "maintenance",
+            false,
+            || format!("{}/{}/{}", key.namespace, key.service, id),
+            async {
+                validate_key(key)?;
+                muster_types::validate_instance_id(id)?;
+                if let Some(r) = &reason
+                    && (r.is_empty()
+                        || r.len() > limits::MAX_META_VALUE_LEN
+                        || r.chars().any(char::is_control))
+                {
+                    return Err(FieldError::invalid(
+                        "reason",
+                        format!(
+                            "reason must be 1 to {} printable characters",
+                            limits::MAX_META_VALUE_LEN
+                        ),
+                    )
+                    .into());
+                }
+                Self::written_instance(
+                    self.propose(Command::Maintenance {
+                        namespace: key.namespace.to_string(),
+                        service: key.service.to_string(),
+                        id: id.to_string(),
+                        reason,
+                    })
+                    .await?,
+                )
+            },
         )
+        .await
     }
 
     // ---- operations -----------------------------------------------------
@@ -1153,14 +1303,15 @@ impl Registry {
     /// Waits until a read of `key` on this node is linearizable (`?consistent`):
     /// the leader confirmed with a quorum and this node applied its index.
     pub async fn consistent(&self, caller: &Caller, key: &ServiceKey) -> Result<()> {
-        self.authorize(caller, Access::Read(key))?;
+        self.authz(caller)?;
+        let _ = key;
         self.inner.node.read_barrier().await?;
         Ok(())
     }
 
     /// [`Registry::consistent`] for the list of a namespace's services.
     pub async fn consistent_services(&self, caller: &Caller, namespace: &str) -> Result<()> {
-        self.authorize(caller, Access::List(namespace))?;
+        self.authz(caller)?;
         muster_types::validate_namespace(namespace)?;
         self.inner.node.read_barrier().await?;
         Ok(())
@@ -1169,16 +1320,26 @@ impl Registry {
     /// Changes the cluster's membership (add, remove, move leadership) on
     /// the leader, forwarded from any node; answered once made.
     pub async fn change_members(&self, caller: &Caller, change: MemberChange) -> Result<()> {
-        self.authorize(caller, Access::Operator)?;
-        self.inner
-            .node
-            .change_members(change)
-            .await
-            .map_err(|e| match e {
-                MemberError::Refused(m) => RegistryError::MembershipRefused(m),
-                MemberError::NotLeader { leader } => RegistryError::NotLeader { leader },
-                MemberError::Unavailable(m) => RegistryError::MembershipUnavailable(m),
-            })
+        let target = format!("{change:?}");
+        self.audited(
+            caller,
+            Access::Operator,
+            "cluster-members",
+            false,
+            || target,
+            async {
+                self.inner
+                    .node
+                    .change_members(change)
+                    .await
+                    .map_err(|e| match e {
+                        MemberError::Refused(m) => RegistryError::MembershipRefused(m),
+                        MemberError::NotLeader { leader } => RegistryError::NotLeader { leader },
+                        MemberError::Unavailable(m) => RegistryError::MembershipUnavailable(m),
+                    })
+            },
+        )
+        .await
     }
 
     /// A consistent backup of the whole registry, streamed: every write
@@ -1198,13 +1359,22 @@ impl Registry {
         caller: &Caller,
         input: impl tokio::io::AsyncRead + Unpin + Send,
     ) -> Result<RestoreReport> {
-        self.authorize(caller, Access::Operator)?;
-        self.inner.node.restore(input).await.map_err(|e| match e {
-            muster_raft::RestoreError::Invalid(m) => RegistryError::InvalidBackup(m),
-            muster_raft::RestoreError::Conflict(m) => RegistryError::RestoreConflict(m),
-            muster_raft::RestoreError::Io(m) => RegistryError::RestoreIo(m),
-            muster_raft::RestoreError::Propose(e) => e.into(),
-        })
+        self.audited(
+            caller,
+            Access::Operator,
+            "snapshot-restore",
+            false,
+            || String::new(),
+            async {
+                self.inner.node.restore(input).await.map_err(|e| match e {
+                    muster_raft::RestoreError::Invalid(m) => RegistryError::InvalidBackup(m),
+                    muster_raft::RestoreError::Conflict(m) => RegistryError::RestoreConflict(m),
+                    muster_raft::RestoreError::Io(m) => RegistryError::RestoreIo(m),
+                    muster_raft::RestoreError::Propose(e) => e.into(),
+                })
+            },
+        )
+        .await
     }
 
     /// Sets the registry's gauges (instances, leases, applied index,

@@ -42,7 +42,8 @@ impl ApplyObserver for Observer {
             Done::Removed(_)
             | Done::LeaseCreated(_)
             | Done::Preserved(_)
-            | Done::NodeRetired(_) => false,
+            | Done::NodeRetired(_)
+            | Done::Acl => false,
         };
         for key in &out.changed {
             self.hub.notify(key, index);

@@ -22,8 +22,8 @@ use muster_catalog::{Change, Query, ServiceKey};
 use muster_types::CompactString;
 use tokio::sync::watch;
 
-use crate::Registry;
 use crate::cache::SharedBatch;
+use crate::{Caller, Registry};
 
 /// One event of a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,11 @@ enum Since {
 /// [`Registry::watch`]; [`Watch::next`] hands out the next batch.
 pub struct Watch {
     registry: Registry,
+    /// Who watches: checked again before each change is handed out.
+    caller: Caller,
+    /// Whether the caller may read the service. A watch of a service it
+    /// may not read sees an empty service that never changes.
+    readable: bool,
     key: ServiceKey,
     query: Query,
     /// The query's canonical form: watchers with equal filters, whatever
@@ -110,6 +115,8 @@ pub struct Watch {
 impl Watch {
     pub(crate) fn new(
         registry: Registry,
+        caller: Caller,
+        readable: bool,
         key: ServiceKey,
         query: Query,
         resume: Option<u64>,
@@ -121,6 +128,8 @@ impl Watch {
             filter: query.cache_key(),
             since: resume.map_or(Since::Start, Since::Resume),
             registry,
+            caller,
+            readable,
             key,
             query,
             changed,
@@ -140,6 +149,9 @@ impl Watch {
     ///
     /// Cancel-safe: dropping the future before it completes loses nothing.
     pub async fn next(&mut self) -> Option<WatchBatch> {
+        if !self.readable {
+            return self.next_blind().await;
+        }
         loop {
             if self.started {
                 if *self.shutdown.borrow() {
@@ -150,12 +162,40 @@ impl Watch {
                     r = self.changed.changed() => if r.is_err() { return None },
                     _ = self.shutdown.changed() => return None,
                 }
+                // A revoked token, or a right taken away, ends the watch.
+                if !matches!(self.registry.readable(&self.caller, &self.key), Ok(true)) {
+                    return None;
+                }
             }
             self.started = true;
             let (last, batch) = self.batch();
             self.since = Since::Sent(last);
             if !batch.events.is_empty() {
                 return Some(batch);
+            }
+        }
+    }
+
+    /// [`Watch::next`] for a caller that may not read the service: an empty
+    /// snapshot, then nothing until shutdown, as for an unknown service.
+    async fn next_blind(&mut self) -> Option<WatchBatch> {
+        if !self.started {
+            self.started = true;
+            let event = match self.since {
+                Since::Resume(index) => WatchEvent::Current { index },
+                _ => WatchEvent::Snapshot {
+                    index: 0,
+                    instances: Vec::new(),
+                },
+            };
+            return Some(WatchBatch {
+                events: vec![event].into(),
+                shared: false,
+            });
+        }
+        loop {
+            if *self.shutdown.borrow() || self.shutdown.changed().await.is_err() {
+                return None;
             }
         }
     }

@@ -10,6 +10,7 @@
 //! - [`limits`] holds every size and count limit in one place.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod backup;
 mod compact;
 mod duration;

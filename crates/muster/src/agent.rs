@@ -51,6 +51,12 @@ fn load_config(args: &AgentArgs) -> anyhow::Result<Config> {
     if args.enable_command_checks {
         cfg.enable_command_checks = true;
     }
+    if args.acl {
+        cfg.acl = true;
+    }
+    if let Some(p) = &args.audit_file {
+        cfg.audit_file = Some(p.clone());
+    }
     cfg.force_recover_from_snapshot = args.force_recover_from_snapshot;
     if let Err(e) = cfg.validate() {
         bail!("invalid configuration: {e}");

@@ -43,6 +43,10 @@ pub struct Global {
     /// Print JSON instead of tables (for scripts).
     #[arg(long, global = true)]
     pub json: bool,
+    /// ACL token (its secret) for a registry run with --acl, sent as `Authorization: Bearer`.
+    /// Prefer the environment variable: a flag shows in the process list.
+    #[arg(long, global = true, env = "MUSTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Trust only this CA (PEM) for an https:// --addr, e.g. the one made by
     /// `muster tls ca create`.
     #[arg(long, global = true, env = "MUSTER_CACERT")]
@@ -131,6 +135,14 @@ pub enum Command {
         #[command(subcommand)]
         command: TlsCommand,
     },
+    /// ACL tokens and policies, for a registry run with --acl.
+    ///
+    /// Example: `muster acl bootstrap`, then `muster acl policy create payments-write
+    /// --write payments` and `muster acl token create --policy payments-write`
+    Acl {
+        #[command(subcommand)]
+        command: AclCommand,
+    },
     /// Back up the whole registry to a file, look into a backup, restore one.
     ///
     /// Example: `muster snapshot save backup.msnap`, then
@@ -139,6 +151,110 @@ pub enum Command {
     Snapshot {
         #[command(subcommand)]
         command: SnapshotCommand,
+    },
+}
+
+/// `muster acl` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AclCommand {
+    /// Makes the first management token, once ever, and prints its secret (shown only now:
+    /// keep it safe, e.g. in a secret store; export it as MUSTER_TOKEN to use it).
+    Bootstrap,
+    /// Tokens: create, list, show, update, revoke.
+    Token {
+        #[command(subcommand)]
+        command: AclTokenCommand,
+    },
+    /// Policies: create (or replace), list, show, delete.
+    Policy {
+        #[command(subcommand)]
+        command: AclPolicyCommand,
+    },
+}
+
+/// `muster acl token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AclTokenCommand {
+    /// Creates a token and prints its secret (shown only now).
+    ///
+    /// Example: `muster acl token create --policy payments-write --description "payments pods"`
+    Create {
+        /// Policy the token carries (repeatable; each must exist).
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Make it stop working after this long (`1h`, `90d`).
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// Every token (accessor, policies, expiry; never a secret).
+    List,
+    /// One token by accessor, or the one in use (`self`).
+    Show {
+        /// Accessor, `anonymous`, or `self`.
+        accessor: String,
+    },
+    /// Sets a token's policies and description. `anonymous` is what callers without a token
+    /// get: `muster acl token update anonymous --policy public-read`.
+    Update {
+        /// Accessor or `anonymous`.
+        accessor: String,
+        /// Policy the token carries (repeatable; replaces the list).
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Revokes a token: every node refuses it once the revoke is applied.
+    Revoke {
+        /// Accessor.
+        accessor: String,
+    },
+}
+
+/// `muster acl policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AclPolicyCommand {
+    /// Creates or replaces a policy. A service pattern is a name, or a prefix ending in `*`,
+    /// optionally `namespace/pattern` (else --namespace applies; `*` is every namespace).
+    ///
+    /// Example: `muster acl policy create payments-write --write payments --read 'pay*'`
+    Create {
+        /// Policy name.
+        name: String,
+        /// Grant read on these services (repeatable).
+        #[arg(long)]
+        read: Vec<String>,
+        /// Grant write (and read) on these services (repeatable).
+        #[arg(long)]
+        write: Vec<String>,
+        /// Deny these services, whatever less specific rules grant (repeatable).
+        #[arg(long)]
+        deny: Vec<String>,
+        /// Grant the operator right: cluster membership and status, snapshots.
+        #[arg(long)]
+        operator: bool,
+        /// Grant the acl right: manage tokens and policies.
+        #[arg(long)]
+        acl: bool,
+        /// What the policy is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Every policy.
+    List,
+    /// One policy.
+    Show {
+        /// Policy name.
+        name: String,
+    },
+    /// Deletes a policy; tokens naming it lose what it granted.
+    Delete {
+        /// Policy name.
+        name: String,
     },
 }
 
@@ -323,6 +439,12 @@ pub struct AgentArgs {
     /// Allow health checks that run commands on this host (`args` checks).
     #[arg(long, env = "MUSTER_ENABLE_COMMAND_CHECKS")]
     pub enable_command_checks: bool,
+    /// Enforce ACL tokens: default deny; `muster acl bootstrap` makes the first management token.
+    #[arg(long, env = "MUSTER_ACL")]
+    pub acl: bool,
+    /// Append one JSON line per audited write (accessor, operation, target, result) to this file.
+    #[arg(long, env = "MUSTER_AUDIT_FILE")]
+    pub audit_file: Option<PathBuf>,
     /// Serve the HTTP API over TLS with this certificate chain (PEM); with --tls-key.
     /// Reloaded on SIGHUP.
     #[arg(long, env = "MUSTER_TLS_CERT")]

@@ -29,6 +29,9 @@ impl Api {
         if let (Some(cert), Some(key)) = (&g.client_cert, &g.client_key) {
             builder = builder.tls_client_cert(cert, key);
         }
+        if let Some(token) = &g.token {
+            builder = builder.token(token.clone());
+        }
         let client = builder
             .addrs([base.clone()])
             .namespace(g.namespace.clone())
@@ -61,6 +64,9 @@ impl Api {
                 anyhow!("{e}. Is `muster agent` running there? (set --addr or MUSTER_ADDR)")
             }
             Error::Protocol(_) => anyhow!("request to {} failed: {e}", self.base),
+            Error::Api { status: 401, .. } => {
+                anyhow!("{e}. Give a valid ACL token with --token or MUSTER_TOKEN")
+            }
             e => anyhow!(e),
         }
     }
@@ -180,6 +186,14 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
         }
         Command::Watch { service, filter } => {
             watch(&api, &query(&service, filter.pairs())?, g.json).await?
+        }
+        Command::Acl { command } => {
+            crate::acl::run(&api.client, &g, command)
+                .await
+                .map_err(|e| match e.downcast::<Error>() {
+                    Ok(e) => api.explain(e),
+                    Err(e) => e,
+                })?
         }
     }
     Ok(())

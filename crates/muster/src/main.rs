@@ -4,6 +4,7 @@
 //! [`muster_agent::run`]; the other commands are HTTP calls in [`client`].
 #![forbid(unsafe_code)]
 
+mod acl;
 mod agent;
 mod cli;
 mod client;

@@ -230,3 +230,25 @@ pub fn members(c: &muster_types::ClusterInfo) {
         c.node_id, c.commit_index
     );
 }
+
+/// A policy, one rule per line.
+pub fn policy(p: &muster_types::acl::Policy) {
+    println!("policy {}", p.name);
+    if !p.description.is_empty() {
+        println!("  {}", p.description);
+    }
+    for r in &p.services {
+        println!(
+            "  {:<5}  {}/{}",
+            r.access.to_string(),
+            r.namespace,
+            r.service
+        );
+    }
+    if p.operator {
+        println!("  operator");
+    }
+    if p.acl {
+        println!("  acl");
+    }
+}

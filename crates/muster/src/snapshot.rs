@@ -33,7 +33,8 @@ fn base(g: &Global) -> anyhow::Result<String> {
     Ok(base)
 }
 
-/// A client with the CLI's TLS options (`--cacert`, `--client-cert`/`--client-key`).
+/// A client with the CLI's TLS options (`--cacert`, `--client-cert`/`--client-key`) and
+/// token (`--token`).
 fn http(g: &Global) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .no_proxy()
@@ -53,6 +54,15 @@ fn http(g: &Global) -> anyhow::Result<reqwest::Client> {
             reqwest::Identity::from_pem(&pem)
                 .context("the client certificate and key are not a valid PEM pair")?,
         );
+    }
+    if let Some(token) = &g.token {
+        let mut v = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+            .context("--token (MUSTER_TOKEN) is not a valid header value")?;
+        v.set_sensitive(true);
+        b = b.default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            v,
+        )]));
     }
     b.build().context("cannot build the HTTP client")
 }

@@ -1,6 +1,7 @@
 //! HTTP API v1: routing, and the extractors every handler shares (JSON
 //! bodies with typed errors, query parameters checked against a list).
 
+pub mod acl;
 pub mod checks;
 pub mod cluster;
 pub mod instances;
@@ -117,6 +118,28 @@ pub fn router(state: HttpStateRef) -> Router {
     );
     let r = route!(r, "/v1/snapshot", get(snapshot::save));
     let r = route!(r, "/v1/snapshot/restore", post(snapshot::restore));
+    let r = route!(r, "/v1/acl/bootstrap", post(acl::bootstrap));
+    let r = route!(
+        r,
+        "/v1/acl/tokens",
+        get(acl::list_tokens).post(acl::create_token)
+    );
+    let r = route!(r, "/v1/acl/token/self", get(acl::token_self));
+    let r = route!(
+        r,
+        "/v1/acl/tokens/{accessor}",
+        get(acl::get_token)
+            .put(acl::update_token)
+            .delete(acl::revoke_token)
+    );
+    let r = route!(r, "/v1/acl/policies", get(acl::list_policies));
+    let r = route!(
+        r,
+        "/v1/acl/policies/{name}",
+        get(acl::get_policy)
+            .put(acl::put_policy)
+            .delete(acl::delete_policy)
+    );
     let r = route!(r, "/v1/openapi.json", get(crate::openapi::serve));
     let r = route!(r, "/metrics", get(crate::metrics::render));
     let r = route!(r, "/healthz", get(cluster::healthz));
@@ -145,16 +168,49 @@ async fn not_found() -> ApiError {
     )
 }
 
-/// The caller of a request. Anonymous for now: the security work reads
-/// its credentials here, and the registry authorises every operation.
+/// The caller of a request: the ACL token it presents, as
+/// `Authorization: Bearer <secret>` or `X-Muster-Token: <secret>`, or none
+/// (anonymous). The registry authorises every operation.
 pub struct Call(pub Caller);
+
+/// The header a token may also come in (as Consul's `X-Consul-Token`).
+pub const TOKEN_HEADER: &str = "x-muster-token";
 
 impl<S: Send + Sync> FromRequestParts<S> for Call {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        Ok(Call(Caller::anonymous()))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        caller_of(&parts.headers).map(Call)
     }
+}
+
+/// The caller a request's headers name. A malformed `Authorization` is an
+/// error, not an anonymous call: a client that meant to authenticate must
+/// hear that it did not.
+pub(crate) fn caller_of(headers: &axum::http::HeaderMap) -> Result<Caller, ApiError> {
+    let bad = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", m.to_string());
+    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
+        let v = v
+            .to_str()
+            .map_err(|_| bad("the Authorization header is not ASCII"))?;
+        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(bad(
+                "the Authorization header must be `Bearer <token>` (or send X-Muster-Token)",
+            ));
+        }
+        return Ok(Caller::with_token(token.trim()));
+    }
+    if let Some(v) = headers.get(TOKEN_HEADER) {
+        let v = v
+            .to_str()
+            .map_err(|_| bad("the X-Muster-Token header is not ASCII"))?;
+        if v.trim().is_empty() {
+            return Err(bad("the X-Muster-Token header is empty"));
+        }
+        return Ok(Caller::with_token(v.trim()));
+    }
+    Ok(Caller::anonymous())
 }
 
 /// Path parameters, percent-decoded, as axum's `Path` extracts them, but

@@ -274,7 +274,11 @@ impl Sse {
         if let Some(id) = last_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
-        let resp = req.send().await.unwrap();
+        Sse::from_response(req.send().await.unwrap())
+    }
+
+    /// The stream of an answer to a watch request made elsewhere.
+    pub fn from_response(resp: reqwest::Response) -> Sse {
         assert_eq!(resp.status(), 200);
         Sse {
             resp,

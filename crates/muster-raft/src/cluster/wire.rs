@@ -166,6 +166,7 @@ enum DoneWire {
     LeaseCreated(u64),
     NodeRetired(u64),
     Restore(u64),
+    Acl,
 }
 
 /// [`ApplyError`] on the wire.
@@ -188,6 +189,9 @@ enum ApplyErrorWire {
         field: String,
         max: usize,
     },
+    AclBootstrapped,
+    UnknownToken(String),
+    UnknownPolicy(String),
 }
 
 mod arc_instance {
