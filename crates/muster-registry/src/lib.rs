@@ -982,7 +982,7 @@ impl Registry {
             Access::Lease,
             "lease-create",
             false,
-            || String::new(),
+            String::new,
             async {
                 let ttl_ms = ttl.as_millis() as u64;
                 if !(limits::MIN_TTL_MS..=limits::MAX_TTL_MS).contains(&ttl_ms) {
@@ -1364,7 +1364,7 @@ impl Registry {
             Access::Operator,
             "snapshot-restore",
             false,
-            || String::new(),
+            String::new,
             async {
                 self.inner.node.restore(input).await.map_err(|e| match e {
                     muster_raft::RestoreError::Invalid(m) => RegistryError::InvalidBackup(m),
