@@ -1360,3 +1360,117 @@ async fn a_backup_saved_under_writes_restores_into_a_fresh_node_and_a_running_cl
         "every change of the restore at one index: {at:?}"
     );
 }
+
+/// `muster --json acl …` through node `base`, with `token`; its JSON.
+fn acl_cli(base: &str, token: Option<&str>, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    if let Some(t) = token {
+        all.extend(["--token", t]);
+    }
+    all.push("acl");
+    all.extend(args);
+    let (ok, out, err) = cli(base, &all);
+    assert!(ok, "muster acl {args:?} failed: {err}");
+    serde_json::from_str(out.trim()).unwrap_or(Value::Null)
+}
+
+/// A `?consistent` read through `base`: once it answers, that node applied
+/// everything committed before it was asked.
+async fn caught_up(base: &str, token: &str) {
+    let r = http()
+        .get(format!("{base}/v1/services?consistent"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+async fn put_as(base: &str, token: &str, svc: &str, id: &str) -> u16 {
+    http()
+        .put(format!("{base}/v1/services/{svc}/instances/{id}"))
+        .bearer_auth(token)
+        .json(&json!({"address": "10.0.0.1", "port": 8080}))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_tokens_made_on_one_node_are_enforced_and_revoked_on_every_node() {
+    let mut c = Cluster::new(3);
+    c.args = vec!["--acl".into()];
+    for id in 1..=3 {
+        c.start(id);
+    }
+    let leader = c.leader(None).await;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let bases: Vec<String> = (1..=3).map(|id| c.agent(id).base.clone()).collect();
+    let (f1, f2) = (
+        c.agent(followers[0]).base.clone(),
+        c.agent(followers[1]).base.clone(),
+    );
+
+    // Bootstrap on one follower, once for the whole cluster.
+    let boot = acl_cli(&f1, None, &["bootstrap"]);
+    let mgmt = boot["secret"].as_str().unwrap().to_string();
+    let (ok, _, err) = cli(&f2, &["acl", "bootstrap"]);
+    assert!(!ok && err.contains("already bootstrapped"), "{err}");
+
+    // A policy and a token made through the other follower.
+    acl_cli(
+        &f2,
+        Some(&mgmt),
+        &["policy", "create", "payments-write", "--write", "payments"],
+    );
+    let t = acl_cli(
+        &f2,
+        Some(&mgmt),
+        &["token", "create", "--policy", "payments-write"],
+    );
+    let (secret, accessor) = (
+        t["secret"].as_str().unwrap().to_string(),
+        t["accessor"].as_str().unwrap().to_string(),
+    );
+    for (i, base) in bases.iter().enumerate() {
+        caught_up(base, &mgmt).await;
+        assert_eq!(
+            put_as(base, &secret, "payments", &format!("p{i}")).await,
+            200,
+            "node {}",
+            i + 1
+        );
+        assert_eq!(
+            put_as(base, &secret, "orders", &format!("o{i}")).await,
+            403,
+            "node {}",
+            i + 1
+        );
+        assert_eq!(put_as(base, "not-a-token", "payments", "x").await, 401);
+    }
+
+    // Revoked through the leader: refused by every node once it applied
+    // the revoke, whichever node is asked.
+    acl_cli(
+        &bases[(leader - 1) as usize],
+        Some(&mgmt),
+        &["token", "revoke", &accessor],
+    );
+    for (i, base) in bases.iter().enumerate() {
+        caught_up(base, &mgmt).await;
+        assert_eq!(
+            put_as(base, &secret, "payments", "late").await,
+            401,
+            "node {}",
+            i + 1
+        );
+    }
+    // The list names the token no more; no secret is ever listed.
+    let list = acl_cli(&f1, Some(&mgmt), &["token", "list"]);
+    assert!(!list.to_string().contains(&accessor), "{list}");
+    assert!(!list.to_string().contains(&mgmt), "{list}");
+}
