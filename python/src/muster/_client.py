@@ -424,7 +424,8 @@ class AsyncMusterClient:
     arguments override them (see :class:`Config`). Pass ``backend=`` to use
     another registry, e.g. ``InMemoryBackend()`` in tests. For ``https://``
     registries, ``verify=`` (a CA file) and ``cert=`` (a client certificate)
-    are :attr:`Config.verify` and :attr:`Config.cert`.
+    are :attr:`Config.verify` and :attr:`Config.cert`; ``token=`` is the ACL
+    token (:attr:`Config.token`).
 
     Use it as ``async with AsyncMusterClient() as client:`` or call
     :meth:`aclose`; either way this client's instances are deregistered.
@@ -443,6 +444,7 @@ class AsyncMusterClient:
         lookup_idle_timeout: Union[float, str, None] = None,
         verify: Optional[Verify] = None,
         cert: Optional[CertFiles] = None,
+        token: Optional[str] = None,
     ) -> None:
         self.config = config or Config.from_env(
             addresses=addresses,
@@ -453,6 +455,7 @@ class AsyncMusterClient:
             lookup_idle_timeout=lookup_idle_timeout,
             verify=verify,
             cert=cert,
+            token=token,
         )
         """The settings in force."""
         self._owns_backend = backend is None
@@ -460,7 +463,7 @@ class AsyncMusterClient:
             self.config.addresses,
             self.config.namespace,
             timeout=self.config.timeout,
-            headers=self.config.headers,
+            headers=self.config.request_headers(),
             retries=self.config.retries,
             backoff_initial=self.config.backoff_initial,
             backoff_max=self.config.backoff_max,

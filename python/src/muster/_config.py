@@ -17,8 +17,10 @@ Environment variables (keyword arguments win over them):
   registries (the system's roots)
 - ``MUSTER_CLIENT_CERT``, ``MUSTER_CLIENT_KEY``: a client certificate and its
   key (PEM) for a registry that requires one (none)
+- ``MUSTER_TOKEN``: the ACL token (its secret) for a registry run with
+  ``--acl``, sent as ``Authorization: Bearer`` (none)
 
-The TLS variables are the CLI's (``muster --cacert``, ``--client-cert``,
+The TLS and token variables are the CLI's (``muster --cacert``, ``--client-cert``,
 ``--client-key``).
 
 Defaults are the Rust client's too (``spec/client/README.md``): 5 s per
@@ -140,6 +142,18 @@ class Config:
     """A client certificate (PEM) for a registry that requires one
     (``muster agent --tls-client-ca``): one file holding the certificate and
     its key, or a ``(cert, key)`` pair of files."""
+    token: Optional[str] = field(default=None, repr=False)
+    """The ACL token (its secret) for a registry run with ``--acl``, sent
+    with every request as ``Authorization: Bearer``. Never shown in the
+    config's ``repr`` nor logged."""
+
+    def request_headers(self) -> dict[str, str]:
+        """The headers sent with every request: :attr:`headers`, plus the
+        token's ``Authorization`` if a token is set."""
+        out = dict(self.headers)
+        if self.token:
+            out["Authorization"] = f"Bearer {self.token}"
+        return out
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.ttl <= 3600.0:
@@ -156,6 +170,10 @@ class Config:
             raise ConfigError(
                 f"watch_queries_per_stream must be at least 1, got {self.watch_queries_per_stream}"
             )
+        if self.token is not None and (
+            not self.token or not all(33 <= ord(c) < 127 for c in self.token)
+        ):
+            raise ConfigError("token must be a non-empty string of visible ASCII characters")
         if self.verify is not True or self.cert is not None:
             # Read the files now, so that a wrong one is refused here, naming it.
             self.ssl_context()
@@ -195,6 +213,8 @@ class Config:
             kw["lookup_idle_timeout"] = parse_duration(
                 env["MUSTER_LOOKUP_IDLE_TIMEOUT"], "MUSTER_LOOKUP_IDLE_TIMEOUT"
             )
+        if env.get("MUSTER_TOKEN"):
+            kw["token"] = env["MUSTER_TOKEN"]
         if env.get("MUSTER_CACERT"):
             kw["verify"] = env["MUSTER_CACERT"]
         if env.get("MUSTER_CLIENT_CERT"):

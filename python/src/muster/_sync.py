@@ -89,6 +89,7 @@ class MusterClient:
         lookup_idle_timeout: Union[float, str, None] = None,
         verify: Optional[Verify] = None,
         cert: Optional[CertFiles] = None,
+        token: Optional[str] = None,
     ) -> None:
         self._loop: Optional[_LoopThread] = _LoopThread()
         try:
@@ -103,6 +104,7 @@ class MusterClient:
                 lookup_idle_timeout=lookup_idle_timeout,
                 verify=verify,
                 cert=cert,
+                token=token,
             )
         except BaseException:
             # A refused configuration (a CA file that cannot be read...) must
