@@ -51,7 +51,8 @@ pub async fn create_token(
 
 /// Every token, never a secret.
 #[utoipa::path(get, path = "/v1/acl/tokens", tag = "acl",
-    responses((status = 200, description = "Every token", body = TokensResponse)))]
+    responses((status = 200, description = "Every token", body = TokensResponse),
+              (status = 400, description = "acl_disabled (the agent runs without --acl), or a parameter given", body = ErrorBody)))]
 pub async fn list_tokens(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -65,7 +66,8 @@ pub async fn list_tokens(
 
 /// The token presented with this request (any valid token may ask).
 #[utoipa::path(get, path = "/v1/acl/token/self", tag = "acl",
-    responses((status = 200, description = "The caller's token", body = TokenInfo)))]
+    responses((status = 200, description = "The caller's token", body = TokenInfo),
+              (status = 400, description = "acl_disabled (the agent runs without --acl), or a parameter given", body = ErrorBody)))]
 pub async fn token_self(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -79,6 +81,7 @@ pub async fn token_self(
 #[utoipa::path(get, path = "/v1/acl/tokens/{accessor}", tag = "acl",
     params(("accessor" = String, Path, description = "Token accessor, or `anonymous`")),
     responses((status = 200, description = "The token", body = TokenInfo),
+              (status = 400, description = "acl_disabled (the agent runs without --acl), or a parameter given", body = ErrorBody),
               (status = 404, description = "token_not_found", body = ErrorBody)))]
 pub async fn get_token(
     State(state): State<HttpStateRef>,
@@ -135,7 +138,8 @@ pub async fn revoke_token(
 
 /// Every policy.
 #[utoipa::path(get, path = "/v1/acl/policies", tag = "acl",
-    responses((status = 200, description = "Every policy", body = PoliciesResponse)))]
+    responses((status = 200, description = "Every policy", body = PoliciesResponse),
+              (status = 400, description = "acl_disabled (the agent runs without --acl), or a parameter given", body = ErrorBody)))]
 pub async fn list_policies(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
@@ -151,6 +155,7 @@ pub async fn list_policies(
 #[utoipa::path(get, path = "/v1/acl/policies/{name}", tag = "acl",
     params(("name" = String, Path, description = "Policy name")),
     responses((status = 200, description = "The policy", body = Policy),
+              (status = 400, description = "acl_disabled (the agent runs without --acl), or a parameter given", body = ErrorBody),
               (status = 404, description = "policy_not_found", body = ErrorBody)))]
 pub async fn get_policy(
     State(state): State<HttpStateRef>,
@@ -186,6 +191,7 @@ pub async fn put_policy(
 #[utoipa::path(delete, path = "/v1/acl/policies/{name}", tag = "acl",
     params(("name" = String, Path, description = "Policy name")),
     responses((status = 204, description = "Deleted"),
+              (status = 400, description = "acl_disabled (the agent runs without --acl), or a parameter given", body = ErrorBody),
               (status = 404, description = "policy_not_found", body = ErrorBody),
               WriteErrors))]
 pub async fn delete_policy(
