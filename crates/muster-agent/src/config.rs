@@ -118,7 +118,7 @@ impl Default for Config {
             enable_command_checks: r.enable_command_checks,
             check_concurrency: r.check_concurrency,
             acl: r.acl,
-            audit_file: r.audit_file,
+            audit_file: None,
             max_connections: l.max_connections,
             http_header_timeout: l.header_timeout,
             http_body_timeout: l.body_timeout,
@@ -211,7 +211,6 @@ impl Config {
             enable_command_checks: self.enable_command_checks,
             check_concurrency: self.check_concurrency,
             acl: self.acl,
-            audit_file: self.audit_file.clone(),
             startup_timeout: self.startup_timeout,
             force_recover_from_snapshot: self.force_recover_from_snapshot,
         }

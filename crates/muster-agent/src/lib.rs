@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod audit;
 pub mod config;
 
 use std::future::Future;
@@ -119,6 +120,17 @@ pub async fn run(
         ),
         None => None,
     };
+    let audit = match &config.audit_file {
+        None => None,
+        Some(path) => Some(std::sync::Arc::new(audit::AuditFile::open(path).map_err(
+            |e| {
+                AgentError::Config(format!(
+                    "cannot open the audit file {}: {e}",
+                    path.display()
+                ))
+            },
+        )?)),
+    };
     let addr = http.local_addr()?;
     // The metrics recorder first, so that every metric the registry makes
     // is recorded.
@@ -131,6 +143,9 @@ pub async fn run(
             Registry::open_cluster(config.registry(), cluster, listener).await?
         }
     };
+    if let Some(audit) = audit {
+        registry.set_audit_sink(audit);
+    }
     on_ready(&Started {
         addr,
         tls: tls.is_some(),

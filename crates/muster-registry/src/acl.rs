@@ -7,8 +7,6 @@
 //! revoked at index `i` stops working on each node as it applies `i`.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use muster_catalog::acl::{ANONYMOUS_ACCESSOR, Acl, AclToken, Policy, ServiceAccess, ServiceRule};
@@ -177,30 +175,30 @@ fn new_secret() -> Result<String> {
     Ok(hex(&random(32)?))
 }
 
-/// Where audit records go besides the log and the counter: an append-only
-/// file of JSON lines.
-pub(crate) struct AuditFile(Mutex<std::fs::File>);
+/// One audited write: who (the token's accessor, never its secret), what,
+/// on what, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// When (Unix milliseconds).
+    pub time_ms: u64,
+    /// The token's accessor: `anonymous`, `unknown-token`, or `-` with ACLs off.
+    pub accessor: String,
+    /// The operation, e.g. `register`, `acl-token-revoke`.
+    pub op: &'static str,
+    /// What it was done to, e.g. `default/payments/pay-1`.
+    pub target: String,
+    /// `accepted`, `denied` or `failed`.
+    pub result: &'static str,
+    /// Why it was refused or failed.
+    pub error: Option<String>,
+}
 
-impl AuditFile {
-    /// Opens (creating, mode 0600) `path` for appending.
-    pub(crate) fn open(path: &std::path::Path) -> std::io::Result<AuditFile> {
-        let mut o = std::fs::OpenOptions::new();
-        o.create(true).append(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-        Ok(AuditFile(Mutex::new(o.open(path)?)))
-    }
-
-    fn write(&self, line: &str) {
-        let mut f = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = f.write_all(line.as_bytes()) {
-            tracing::error!(error = %e, "could not write to the audit file");
-            metrics::counter!("muster_audit_file_errors_total").increment(1);
-        }
-    }
+/// Where audit records go besides the `muster::audit` log line and the
+/// counter, e.g. an append-only file: set by the composition root with
+/// [`Registry::set_audit_sink`]. Called on the writing task: keep it quick.
+pub trait AuditSink: Send + Sync + 'static {
+    /// Records one write.
+    fn record(&self, record: &AuditRecord);
 }
 
 /// How a write ended, for the audit.
@@ -213,6 +211,12 @@ fn outcome<T>(r: &Result<T>) -> &'static str {
 }
 
 impl Registry {
+    /// Sends every audit record to `sink` from now on (once; a second call
+    /// is ignored and returns `false`).
+    pub fn set_audit_sink(&self, sink: std::sync::Arc<dyn AuditSink>) -> bool {
+        self.inner.audit.set(sink).is_ok()
+    }
+
     /// What `caller` may do. With ACLs off, everything.
     pub(crate) fn authz(&self, caller: &Caller) -> Result<Authz> {
         if !self.inner.config.acl {
@@ -301,21 +305,21 @@ impl Registry {
         let result = outcome(r);
         metrics::counter!("muster_audit_writes_total", "op" => op, "result" => result).increment(1);
         let error = r.as_ref().err().map(|e| e.to_string());
-        if self.inner.config.acl || self.inner.audit.is_some() {
+        let sink = self.inner.audit.get();
+        if self.inner.config.acl || sink.is_some() {
             tracing::info!(target: "muster::audit", accessor, op, target, result, error, "write");
         } else {
             tracing::debug!(target: "muster::audit", accessor, op, target, result, error, "write");
         }
-        if let Some(file) = &self.inner.audit {
-            let line = serde_json::json!({
-                "time_ms": now_ms(),
-                "accessor": accessor,
-                "op": op,
-                "target": target,
-                "result": result,
-                "error": error,
+        if let Some(sink) = sink {
+            sink.record(&AuditRecord {
+                time_ms: now_ms(),
+                accessor: accessor.to_string(),
+                op,
+                target: target.to_string(),
+                result,
+                error,
             });
-            file.write(&format!("{line}\n"));
         }
     }
 

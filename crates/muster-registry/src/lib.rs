@@ -44,8 +44,9 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch as tokio_watch};
 use tokio::task::JoinHandle;
 
+pub use acl::{AuditRecord, AuditSink};
 pub use cache::{Discovery, QueryMap};
-pub use caller::{Caller, Identity};
+pub use caller::{Caller, Identity, Secret};
 pub use checks::CheckRun;
 pub use error::{RegistryError, Result};
 pub use leases::{LeaseTable, Sweep};
@@ -99,8 +100,6 @@ pub struct RegistryConfig {
     /// Enforce ACL tokens: default deny, anonymous callers get only what
     /// the anonymous token's policies grant.
     pub acl: bool,
-    /// Append a JSON line per audited write to this file.
-    pub audit_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RegistryConfig {
@@ -119,7 +118,6 @@ impl Default for RegistryConfig {
             startup_timeout: Duration::from_secs(60),
             force_recover_from_snapshot: false,
             acl: false,
-            audit_file: None,
         }
     }
 }
@@ -164,14 +162,6 @@ pub enum StartError {
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         /// The directory.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The audit file could not be opened.
-    #[error("cannot open the audit file {path}: {source}")]
-    AuditFile {
-        /// The file.
         path: std::path::PathBuf,
         /// Why.
         source: std::io::Error,
@@ -345,7 +335,7 @@ struct Inner {
     stop_tx: tokio_watch::Sender<bool>,
     stop_rx: tokio_watch::Receiver<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    audit: Option<acl::AuditFile>,
+    audit: std::sync::OnceLock<Arc<dyn acl::AuditSink>>,
 }
 
 /// Reads the catalog of `node`. A poisoned lock is recovered: apply is
@@ -401,17 +391,6 @@ impl Registry {
             leases: leases.clone(),
             reconcile: reconcile_tx,
         });
-        let audit = match &config.audit_file {
-            None => None,
-            Some(path) => {
-                Some(
-                    acl::AuditFile::open(path).map_err(|source| StartError::AuditFile {
-                        path: path.clone(),
-                        source,
-                    })?,
-                )
-            }
-        };
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -485,7 +464,7 @@ impl Registry {
                 stop_tx,
                 stop_rx,
                 tasks: Mutex::new(tasks),
-                audit,
+                audit: Default::default(),
             }),
         })
     }
