@@ -51,6 +51,7 @@ fn load_config(args: &AgentArgs) -> anyhow::Result<Config> {
     if args.enable_command_checks {
         cfg.enable_command_checks = true;
     }
+    args.limits.apply(&mut cfg);
     cfg.force_recover_from_snapshot = args.force_recover_from_snapshot;
     if let Err(e) = cfg.validate() {
         bail!("invalid configuration: {e}");
