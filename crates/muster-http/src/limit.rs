@@ -248,11 +248,7 @@ pub(crate) struct Caps {
 impl Caps {
     pub(crate) fn new(limits: &crate::serve::Limits) -> Caps {
         Caps {
-            watches: Cap::new(
-                Kind::Watches,
-                limits.max_watches,
-                limits.max_watches_per_ip,
-            ),
+            watches: Cap::new(Kind::Watches, limits.max_watches, limits.max_watches_per_ip),
             blocking: Cap::new(
                 Kind::BlockingQueries,
                 limits.max_blocking_queries,
@@ -301,7 +297,11 @@ impl Rate {
 
     /// Lets a request through, or answers it with 429 `rate_limited` and
     /// the seconds to wait in `Retry-After`.
-    pub(crate) fn check(&self, headers: &HeaderMap, source: Option<Source>) -> Result<(), Response> {
+    pub(crate) fn check(
+        &self,
+        headers: &HeaderMap,
+        source: Option<Source>,
+    ) -> Result<(), Response> {
         let key = match token(headers) {
             Some(t) => RateKey::Token(self.hasher.hash_one(t)),
             None => source.map_or(RateKey::Unknown, RateKey::Source),
@@ -448,7 +448,10 @@ mod tests {
             if rate.keys() == 0 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "idle keys never evicted");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idle keys never evicted"
+            );
             std::thread::yield_now();
         }
         assert!(Rate::new(0, 10).is_none(), "a rate of 0 is off");
