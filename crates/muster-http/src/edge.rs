@@ -70,9 +70,9 @@ where
             && req.uri().path() != "/healthz"
         {
             let source = req.extensions().get::<Conn>().map(|c| c.source);
-            if let Err(refused) = rate.check(req.headers(), source) {
-                metrics::count_unrouted(req.method(), refused.status().as_u16());
-                return Either::Left(ready(Ok(refused)));
+            if let Err(e) = rate.check(req.headers(), source) {
+                metrics::count_unrouted(req.method(), e.status.as_u16());
+                return Either::Left(ready(Ok(e.into_response())));
             }
         }
         Either::Right(self.inner.call(req))

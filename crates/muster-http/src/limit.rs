@@ -23,7 +23,6 @@ use std::time::Duration;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
@@ -301,7 +300,7 @@ impl Rate {
         &self,
         headers: &HeaderMap,
         source: Option<Source>,
-    ) -> Result<(), Response> {
+    ) -> Result<(), ApiError> {
         let key = match token(headers) {
             Some(t) => RateKey::Token(self.hasher.hash_one(t)),
             None => source.map_or(RateKey::Unknown, RateKey::Source),
@@ -330,8 +329,7 @@ impl Rate {
                          retry after {secs} s"
                     ),
                 )
-                .retry_after(secs.max(1))
-                .into_response())
+                .retry_after(secs.max(1)))
             }
         }
     }
@@ -366,6 +364,7 @@ fn token(headers: &HeaderMap) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse;
 
     fn src(s: &str) -> Source {
         Source::of(s.parse().unwrap())
@@ -432,7 +431,7 @@ mod tests {
         let none = HeaderMap::new();
         assert!(rate.check(&none, s).is_ok());
         assert!(rate.check(&none, s).is_ok());
-        let refused = rate.check(&none, s).unwrap_err();
+        let refused = rate.check(&none, s).unwrap_err().into_response();
         assert_eq!(refused.status(), 429);
         assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
         assert!(rate.check(&none, Some(src("10.0.0.2"))).is_ok());

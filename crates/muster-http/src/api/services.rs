@@ -18,7 +18,7 @@ use crate::limit::Peer;
            ("consistent" = Option<bool>, Query, description = CONSISTENT_DOC)),
     responses((status = 200, description = "Services; header X-Muster-Index", body = ServicesResponse, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
               (status = 400, description = "Invalid parameter", body = ErrorBody),
-              (status = 429, description = "`too_many_blocking_queries`: with `index`, the caps on parked blocking queries (in all, or from this address) are reached; header Retry-After", body = ErrorBody),
+              (status = 429, description = "`too_many_blocking_queries`: with `index`, the caps on parked blocking queries (in all, or from this address) are reached; or `rate_limited`, over the request-rate limit; header Retry-After", body = ErrorBody),
               (status = 503, description = "not_leader: a consistent read found no leader with a quorum in time", body = ErrorBody)))]
 pub async fn list(
     State(state): State<HttpStateRef>,

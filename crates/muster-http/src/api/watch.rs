@@ -104,7 +104,7 @@ pub(crate) const KEEPALIVE_FRAME: &[u8] = b": \n\n";
            ("Last-Event-ID" = Option<u64>, Header, description = "Resume from this index: what came after it, and again the events that share it; a `current` event at once when nothing was missed")),
     responses((status = 200, description = "text/event-stream of WatchEvent (event names snapshot, upsert, delete, current)", body = WatchEvent, content_type = "text/event-stream"),
               (status = 400, description = "Invalid parameter", body = ErrorBody),
-              (status = 429, description = "`too_many_watches`: the caps on open watches (in all, or from this address) are reached; header Retry-After", body = ErrorBody)))]
+              (status = 429, description = "`too_many_watches`: the caps on open watches (in all, or from this address) are reached; or `rate_limited`, over the request-rate limit; header Retry-After", body = ErrorBody)))]
 pub async fn watch(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
