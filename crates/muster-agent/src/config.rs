@@ -326,3 +326,49 @@ mod tests {
         assert_eq!(back.peers, cfg.peers);
     }
 }
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn the_limits_come_from_the_file_and_reach_the_http_listener() {
+        let cfg: Config = toml::from_str(
+            "max_connections_per_ip = 7\nmax_watches = 9\nmax_watches_per_ip = 3\n\
+             max_blocking_queries = 11\nmax_blocking_queries_per_ip = 0\n\
+             http2_max_streams = 5\nrate_limit = 100\nrate_limit_burst = 150\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let l = cfg.http_limits();
+        assert_eq!(
+            (
+                l.max_connections_per_ip,
+                l.max_watches,
+                l.max_watches_per_ip
+            ),
+            (7, 9, 3)
+        );
+        assert_eq!(
+            (l.max_blocking_queries, l.max_blocking_queries_per_ip),
+            (11, 0)
+        );
+        assert_eq!(
+            (l.http2_max_streams, l.rate_limit, l.rate_limit_burst),
+            (5, 100, 150)
+        );
+        // On by default: the per-address caps; off: the rate limit.
+        let d = Config::default().http_limits();
+        assert!(d.max_connections_per_ip > 0 && d.max_watches_per_ip > 0);
+        assert!(d.max_blocking_queries_per_ip > 0);
+        assert_eq!(d.rate_limit, 0);
+        for bad in [
+            "max_watches = 0",
+            "http2_max_streams = 0",
+            "rate_limit_burst = 5",
+        ] {
+            let cfg: Config = toml::from_str(bad).unwrap();
+            assert!(cfg.validate().is_err(), "{bad} is refused");
+        }
+    }
+}
