@@ -82,6 +82,29 @@ pub struct Config {
     /// Most queries one multiplexed watch (`POST /v1/watch`) may carry;
     /// clients with more lookups open several streams.
     pub watch_max_queries: usize,
+    /// Most HTTP connections from one client address (IPv6: one /64) at
+    /// once; past it, its new connections are closed. 0: no per-address
+    /// cap.
+    pub max_connections_per_ip: usize,
+    /// Most watches (SSE streams, single or multiplexed) open at once;
+    /// past it, 429 `too_many_watches`.
+    pub max_watches: usize,
+    /// Most watches open at once from one client address. 0: no cap.
+    pub max_watches_per_ip: usize,
+    /// Most blocking queries (`index` + `wait`) parked at once; past it,
+    /// 429 `too_many_blocking_queries`.
+    pub max_blocking_queries: usize,
+    /// Most blocking queries parked at once from one client address. 0: no
+    /// cap.
+    pub max_blocking_queries_per_ip: usize,
+    /// Most concurrent requests on one HTTP/2 connection.
+    pub http2_max_streams: u32,
+    /// Requests a second allowed per token, or per client address for
+    /// requests without a token; past it, 429 `rate_limited`. 0: off.
+    pub rate_limit: u32,
+    /// Requests a token or address may send in a burst above `rate_limit`.
+    /// 0: as many as `rate_limit`.
+    pub rate_limit_burst: u32,
     /// Serve the HTTP API over TLS with this certificate chain (PEM, leaf
     /// first); needs `tls_key`. Reloaded on SIGHUP.
     pub tls_cert: Option<PathBuf>,
@@ -123,6 +146,14 @@ impl Default for Config {
             http_header_timeout: l.header_timeout,
             http_body_timeout: l.body_timeout,
             watch_max_queries: l.max_watch_queries,
+            max_connections_per_ip: l.max_connections_per_ip,
+            max_watches: l.max_watches,
+            max_watches_per_ip: l.max_watches_per_ip,
+            max_blocking_queries: l.max_blocking_queries,
+            max_blocking_queries_per_ip: l.max_blocking_queries_per_ip,
+            http2_max_streams: l.http2_max_streams,
+            rate_limit: l.rate_limit,
+            rate_limit_burst: l.rate_limit_burst,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -175,6 +206,14 @@ impl Config {
             header_timeout: self.http_header_timeout,
             body_timeout: self.http_body_timeout,
             max_watch_queries: self.watch_max_queries,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_watches: self.max_watches,
+            max_watches_per_ip: self.max_watches_per_ip,
+            max_blocking_queries: self.max_blocking_queries,
+            max_blocking_queries_per_ip: self.max_blocking_queries_per_ip,
+            http2_max_streams: self.http2_max_streams,
+            rate_limit: self.rate_limit,
+            rate_limit_burst: self.rate_limit_burst,
         }
     }
 
@@ -295,5 +334,51 @@ mod tests {
         let text = toml::to_string(&cfg).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back.peers, cfg.peers);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn the_limits_come_from_the_file_and_reach_the_http_listener() {
+        let cfg: Config = toml::from_str(
+            "max_connections_per_ip = 7\nmax_watches = 9\nmax_watches_per_ip = 3\n\
+             max_blocking_queries = 11\nmax_blocking_queries_per_ip = 0\n\
+             http2_max_streams = 5\nrate_limit = 100\nrate_limit_burst = 150\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let l = cfg.http_limits();
+        assert_eq!(
+            (
+                l.max_connections_per_ip,
+                l.max_watches,
+                l.max_watches_per_ip
+            ),
+            (7, 9, 3)
+        );
+        assert_eq!(
+            (l.max_blocking_queries, l.max_blocking_queries_per_ip),
+            (11, 0)
+        );
+        assert_eq!(
+            (l.http2_max_streams, l.rate_limit, l.rate_limit_burst),
+            (5, 100, 150)
+        );
+        // On by default: the per-address caps; off: the rate limit.
+        let d = Config::default().http_limits();
+        assert!(d.max_connections_per_ip > 0 && d.max_watches_per_ip > 0);
+        assert!(d.max_blocking_queries_per_ip > 0);
+        assert_eq!(d.rate_limit, 0);
+        for bad in [
+            "max_watches = 0",
+            "http2_max_streams = 0",
+            "rate_limit_burst = 5",
+        ] {
+            let cfg: Config = toml::from_str(bad).unwrap();
+            assert!(cfg.validate().is_err(), "{bad} is refused");
+        }
     }
 }

@@ -157,6 +157,13 @@ pub async fn spawn_muster(
     let mut cmd = pinned(cpu, bin);
     cmd.args(["agent", "--http-addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        // Every client of a benchmark comes from 127.0.0.1: its thousands
+        // of watchers are the load, not an abuse to cap.
+        .args([
+            "--max-connections-per-ip=0",
+            "--max-watches-per-ip=0",
+            "--max-blocking-queries-per-ip=0",
+        ])
         .args(extra)
         .env("MUSTER_LOG", "warn");
     let log = data_dir.with_extension("log");

@@ -1,6 +1,7 @@
 //! What is checked of a request before it is routed: the length of its
 //! target and the size of its header block, each refused with the typed
-//! error of the API (414 `uri_too_long`, 431 `headers_too_large`).
+//! error of the API (414 `uri_too_long`, 431 `headers_too_large`), and the
+//! request-rate limit (429 `rate_limited`, [`crate::limit`]).
 //!
 //! hyper has limits of its own, checked while it parses a request head:
 //! over HTTP/1 a target of more than 65 534 bytes, a head larger than its
@@ -12,6 +13,7 @@
 //! typed answer. Costs a request one pass over its headers.
 
 use std::future::{Ready, ready};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::Request;
@@ -22,18 +24,28 @@ use muster_types::limits::{MAX_HEADER_BYTES, MAX_URI_BYTES};
 use tower::Service;
 
 use crate::error::ApiError;
+use crate::limit::{Conn, Rate};
 use crate::metrics;
 
-/// Wraps the router: refuses what [`refusal`] finds, passes the rest on.
+/// Wraps the router: refuses what [`refusal`] finds and what is over the
+/// request-rate limit, passes the rest on.
 #[derive(Clone)]
 pub struct Edge<S> {
     inner: S,
+    rate: Option<Arc<Rate>>,
 }
 
 impl<S> Edge<S> {
     /// Checks requests before `inner` sees them.
     pub fn new(inner: S) -> Self {
-        Edge { inner }
+        Edge { inner, rate: None }
+    }
+
+    /// [`Edge::new`], and the request-rate limit if there is one: every
+    /// request but `/healthz` (a supervisor's probe keeps its answer) is
+    /// counted against its token or source address.
+    pub(crate) fn with_rate(inner: S, rate: Option<Arc<Rate>>) -> Self {
+        Edge { inner, rate }
     }
 }
 
@@ -50,13 +62,20 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        match refusal(&req) {
-            None => Either::Right(self.inner.call(req)),
-            Some(e) => {
+        if let Some(e) = refusal(&req) {
+            metrics::count_unrouted(req.method(), e.status.as_u16());
+            return Either::Left(ready(Ok(e.into_response())));
+        }
+        if let Some(rate) = &self.rate
+            && req.uri().path() != "/healthz"
+        {
+            let source = req.extensions().get::<Conn>().map(|c| c.source);
+            if let Err(e) = rate.check(req.headers(), source) {
                 metrics::count_unrouted(req.method(), e.status.as_u16());
-                Either::Left(ready(Ok(e.into_response())))
+                return Either::Left(ready(Ok(e.into_response())));
             }
         }
+        Either::Right(self.inner.call(req))
     }
 }
 

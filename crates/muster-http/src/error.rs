@@ -16,6 +16,9 @@ pub struct ApiError {
     pub message: String,
     /// Offending input field, if any.
     pub field: Option<String>,
+    /// Seconds to wait before retrying (`Retry-After`), for refusals by a
+    /// limit.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -26,7 +29,14 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
+    }
+
+    /// Tells the client to retry after `secs` seconds (`Retry-After`).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// Names the offending field.
@@ -139,13 +149,17 @@ impl IntoResponse for ApiError {
                 field: self.field,
             },
         };
-        let mut resp = (self.status, axum::Json(body)).into_response();
+        let mut res = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
+            res.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer realm=\"muster\""),
             );
         }
-        resp
+        res
     }
 }

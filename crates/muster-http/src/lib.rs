@@ -18,6 +18,7 @@ pub mod api;
 pub mod cache;
 pub mod edge;
 pub mod error;
+pub mod limit;
 pub mod metrics;
 pub mod openapi;
 pub mod serve;
@@ -44,6 +45,8 @@ pub struct HttpState {
     pub mux_frames: cache::FrameCache,
     /// Most queries one multiplexed watch carries.
     pub max_watch_queries: usize,
+    /// Caps on open watches and parked blocking queries.
+    pub(crate) caps: limit::Caps,
     /// Flips to `true` when the registry shuts down, ending watches.
     pub shutdown: watch::Receiver<bool>,
     /// Ticks every [`api::watch::KEEPALIVE_INTERVAL`]: each watch then sends
@@ -74,6 +77,7 @@ pub fn router_with(registry: Registry, limits: &serve::Limits) -> axum::Router {
         frames: Default::default(),
         mux_frames: Default::default(),
         max_watch_queries: limits.max_watch_queries,
+        caps: limit::Caps::new(limits),
         metrics: metrics::handle(),
     });
     api::router(state)

@@ -15,7 +15,7 @@ use crate::api;
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "muster", description = "muster service registry: native HTTP API v1. Every read answers with the header X-Muster-Index; errors are {\"error\": {\"code\", \"message\", \"field\"}}, also on any route for a wrong method (405 method_not_allowed, with Allow), a path segment that is not UTF-8 (400 invalid_path), an oversized target (414 uri_too_long) or header block (431 headers_too_large)."),
+    info(title = "muster", description = "muster service registry: native HTTP API v1. Every read answers with the header X-Muster-Index; errors are {\"error\": {\"code\", \"message\", \"field\"}}, also on any route for a wrong method (405 method_not_allowed, with Allow), a path segment that is not UTF-8 (400 invalid_path), an oversized target (414 uri_too_long) or header block (431 headers_too_large), and, when the agent sets a request-rate limit (`rate_limit`, per token or else per client address), 429 rate_limited with Retry-After on any route but /healthz."),
     paths(
         api::instances::register, api::instances::get_one, api::instances::deregister,
         api::instances::heartbeat, api::instances::discover,
@@ -31,7 +31,7 @@ use crate::api;
         api::acl::list_policies, api::acl::get_policy, api::acl::put_policy, api::acl::delete_policy,
         crate::metrics::render, serve,
     ),
-    modifiers(&ParameterRules, &AclAnswers),
+    modifiers(&ParameterRules, &AclAnswers, &RateLimited),
     tags(
         (name = "instances", description = "Register, deregister, heartbeat and discover instances"),
         (name = "checks", description = "Server-run health checks, TTL check reports, maintenance"),
@@ -200,6 +200,40 @@ impl Modify for ParameterRules {
             .flatten()
             {
                 constrain(op, leases);
+            }
+        }
+    }
+}
+
+/// Adds the 429 of the request-rate limit to every operation but
+/// `/healthz` (which it never refuses); operations with 429s of their own
+/// (caps on watches and blocking queries) name it in theirs.
+struct RateLimited;
+
+impl Modify for RateLimited {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if path == "/healthz" {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("429".to_string())
+                    .or_insert_with(|| {
+                        error_response(
+                            "rate_limited: over the request-rate limit of this token (or, \
+                             without one, of this client address); header Retry-After",
+                        )
+                    });
             }
         }
     }

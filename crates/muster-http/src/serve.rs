@@ -1,7 +1,10 @@
 //! The accept loop, with the limits that keep abusive connections from
-//! starving everyone else: a cap on connections, a deadline for each
-//! request head (which also closes idle keep-alive connections) and one for
-//! each request body.
+//! starving everyone else: a cap on connections in all and per source
+//! address ([`crate::limit`]), a cap on the streams of an HTTP/2
+//! connection, a deadline for each request head (which also closes idle
+//! keep-alive connections and trickling heads, slowloris) and one for each
+//! request body, and the request-rate limit, checked before routing
+//! ([`Edge`]).
 //!
 //! At the cap, a few more connections are still accepted, each for one
 //! request and closed after it, and they answer only `/healthz` (everything
@@ -29,6 +32,7 @@ use tower::ServiceExt;
 
 use crate::edge::Edge;
 use crate::error::ApiError;
+use crate::limit::{self, Cap, Conn, Kind, Rate, Source};
 use crate::tls::Tls;
 
 /// Connections accepted past the cap, for health probes only.
@@ -54,6 +58,29 @@ pub struct Limits {
     /// Most queries one multiplexed watch (`POST /v1/watch`) carries;
     /// more is a 400 `too_many_queries`.
     pub max_watch_queries: usize,
+    /// Most connections from one source address (an IPv6 /64) at once;
+    /// past it, new ones are closed. 0: no per-address cap.
+    pub max_connections_per_ip: usize,
+    /// Most watches open at once (`GET /v1/watch` and `POST /v1/watch`
+    /// streams, each counting one); past it, 429 `too_many_watches`.
+    pub max_watches: usize,
+    /// Most watches open at once from one source address. 0: no cap.
+    pub max_watches_per_ip: usize,
+    /// Most blocking queries (`index` + `wait`) parked at once; past it,
+    /// 429 `too_many_blocking_queries`.
+    pub max_blocking_queries: usize,
+    /// Most blocking queries parked at once from one source address. 0:
+    /// no cap.
+    pub max_blocking_queries_per_ip: usize,
+    /// Most concurrent streams (requests) on one HTTP/2 connection.
+    pub http2_max_streams: u32,
+    /// Requests a second allowed per token (per source address for
+    /// requests without one), in a token bucket; past it, 429
+    /// `rate_limited`. 0: off.
+    pub rate_limit: u32,
+    /// Requests a token or address may send at once above `rate_limit`
+    /// (the bucket's size). 0: as many as `rate_limit`.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for Limits {
@@ -63,6 +90,17 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
             max_watch_queries: muster_types::limits::DEFAULT_MAX_WATCH_QUERIES,
+            max_connections_per_ip: 512,
+            max_watches: 16_384,
+            max_watches_per_ip: 512,
+            max_blocking_queries: 16_384,
+            max_blocking_queries_per_ip: 512,
+            http2_max_streams: 256,
+            // Off: clients of a registry often share one address (a NAT, a
+            // node's sidecars), and one service's heartbeats and lookups
+            // can run to thousands a second; no rate suits everyone.
+            rate_limit: 0,
+            rate_limit_burst: 0,
         }
     }
 }
@@ -82,13 +120,21 @@ impl Limits {
         if self.max_watch_queries == 0 {
             return Err("watch_max_queries must be at least 1".into());
         }
+        if self.max_watches == 0 {
+            return Err("max_watches must be at least 1".into());
+        }
+        if self.max_blocking_queries == 0 {
+            return Err("max_blocking_queries must be at least 1".into());
+        }
+        if self.http2_max_streams == 0 {
+            return Err("http2_max_streams must be at least 1".into());
+        }
+        if self.rate_limit == 0 && self.rate_limit_burst > 0 {
+            return Err("rate_limit_burst needs rate_limit (a rate of 0 is off)".into());
+        }
         Ok(())
     }
 }
-
-/// The deadline of a request's body, for the body extractors.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BodyTimeout(pub(crate) Duration);
 
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves,
 /// then stops accepting and waits for the open connections to finish.
@@ -102,16 +148,22 @@ pub async fn run(
     tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let full = Edge::new(app.clone().layer(middleware::from_fn(health_only)));
-    let app = Edge::new(app);
+    let rate = Rate::new(limits.rate_limit, limits.rate_limit_burst);
+    let full = Edge::with_rate(
+        app.clone().layer(middleware::from_fn(health_only)),
+        rate.clone(),
+    );
+    let app = Edge::with_rate(app, rate);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let overflow = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
+    // The cap in all is the semaphore's; this one counts per source.
+    let per_source = Cap::new(Kind::Connections, usize::MAX, limits.max_connections_per_ip);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before
                     // it was accepted: wait a little rather than spin.
@@ -122,27 +174,39 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
+        let source = Source::of(peer.ip());
+        // One source past its share is closed before it can take a place
+        // (or an overflow place) from everyone else.
+        let Ok(source_permit) = per_source.acquire(Some(source)) else {
+            drop(stream);
+            continue;
+        };
         let (permit, service, keep_alive) = match permits.clone().try_acquire_owned() {
             Ok(permit) => (permit, app.clone(), true),
             Err(_) => match overflow.clone().try_acquire_owned() {
                 Ok(permit) => {
                     metrics::counter!("muster_http_connections_refused_total", "how" => "health_only")
                         .increment(1);
+                    limit::count_refusal("connections");
                     (permit, full.clone(), false)
                 }
                 Err(_) => {
                     metrics::counter!("muster_http_connections_refused_total", "how" => "closed")
                         .increment(1);
+                    limit::count_refusal("connections");
                     drop(stream);
                     continue;
                 }
             },
         };
         let _ = stream.set_nodelay(true);
-        let body_timeout = BodyTimeout(limits.body_timeout);
+        let conn = Conn {
+            body_timeout: limits.body_timeout,
+            source,
+        };
         let service = TowerToHyperService::new(service.map_request(move |r: Request<Incoming>| {
             let mut r = r.map(axum::body::Body::new);
-            r.extensions_mut().insert(body_timeout);
+            r.extensions_mut().insert(conn);
             r
         }));
         let header_timeout = if keep_alive {
@@ -156,6 +220,9 @@ pub async fn run(
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .keep_alive(keep_alive);
+        builder
+            .http2()
+            .max_concurrent_streams(limits.http2_max_streams);
         let watcher = graceful.watcher();
         let open = OpenConnection::new();
         let acceptor = tls.as_ref().map(|t| t.acceptor());
@@ -199,7 +266,7 @@ pub async fn run(
             if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(permit);
+            drop((permit, source_permit));
         });
     }
     drop(listener);

@@ -57,6 +57,7 @@ fn load_config(args: &AgentArgs) -> anyhow::Result<Config> {
     if let Some(p) = &args.audit_file {
         cfg.audit_file = Some(p.clone());
     }
+    args.limits.apply(&mut cfg);
     cfg.force_recover_from_snapshot = args.force_recover_from_snapshot;
     if let Err(e) = cfg.validate() {
         bail!("invalid configuration: {e}");

@@ -460,9 +460,87 @@ pub struct AgentArgs {
     /// after the snapshot. Only when muster refused to start and said so.
     #[arg(long)]
     pub force_recover_from_snapshot: bool,
+    /// Limits against abuse (connections, watches, blocking queries, rate).
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Log format.
     #[arg(long, env = "MUSTER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+}
+
+/// Flags of `muster agent` that set its limits against abuse; each
+/// overrides the config key of the same name (with `_` for `-`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Most HTTP connections at once [default: 16384].
+    #[arg(long, env = "MUSTER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most HTTP connections from one client address (IPv6: a /64); 0 = no cap [default: 512].
+    #[arg(long, env = "MUSTER_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Most watches open at once [default: 16384].
+    #[arg(long, env = "MUSTER_MAX_WATCHES")]
+    pub max_watches: Option<usize>,
+    /// Most watches open from one client address; 0 = no cap [default: 512].
+    #[arg(long, env = "MUSTER_MAX_WATCHES_PER_IP")]
+    pub max_watches_per_ip: Option<usize>,
+    /// Most blocking queries parked at once [default: 16384].
+    #[arg(long, env = "MUSTER_MAX_BLOCKING_QUERIES")]
+    pub max_blocking_queries: Option<usize>,
+    /// Most blocking queries parked from one client address; 0 = no cap [default: 512].
+    #[arg(long, env = "MUSTER_MAX_BLOCKING_QUERIES_PER_IP")]
+    pub max_blocking_queries_per_ip: Option<usize>,
+    /// Most concurrent requests on one HTTP/2 connection [default: 256].
+    #[arg(long, env = "MUSTER_HTTP2_MAX_STREAMS")]
+    pub http2_max_streams: Option<u32>,
+    /// Requests a second per token (per client address without one); 0 = off [default: 0].
+    #[arg(long, env = "MUSTER_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Requests a token or address may send in a burst; 0 = as many as --rate-limit [default: 0].
+    #[arg(long, env = "MUSTER_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// Time a client has to send a request head (slowloris, idle keep-alive), e.g. `30s`.
+    #[arg(long, env = "MUSTER_HTTP_HEADER_TIMEOUT", value_parser = muster_types::parse_duration)]
+    pub http_header_timeout: Option<std::time::Duration>,
+    /// Time a client has to send a request body, e.g. `30s`.
+    #[arg(long, env = "MUSTER_HTTP_BODY_TIMEOUT", value_parser = muster_types::parse_duration)]
+    pub http_body_timeout: Option<std::time::Duration>,
+}
+
+impl LimitArgs {
+    /// Overrides what the file and the defaults set.
+    pub fn apply(&self, cfg: &mut muster_agent::Config) {
+        let set = |dst: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        };
+        set(&mut cfg.max_connections, self.max_connections);
+        set(&mut cfg.max_connections_per_ip, self.max_connections_per_ip);
+        set(&mut cfg.max_watches, self.max_watches);
+        set(&mut cfg.max_watches_per_ip, self.max_watches_per_ip);
+        set(&mut cfg.max_blocking_queries, self.max_blocking_queries);
+        set(
+            &mut cfg.max_blocking_queries_per_ip,
+            self.max_blocking_queries_per_ip,
+        );
+        if let Some(v) = self.http2_max_streams {
+            cfg.http2_max_streams = v;
+        }
+        if let Some(v) = self.rate_limit {
+            cfg.rate_limit = v;
+        }
+        if let Some(v) = self.rate_limit_burst {
+            cfg.rate_limit_burst = v;
+        }
+        if let Some(v) = self.http_header_timeout {
+            cfg.http_header_timeout = v;
+        }
+        if let Some(v) = self.http_body_timeout {
+            cfg.http_body_timeout = v;
+        }
+    }
 }
 
 /// Flags of `muster register`.

@@ -17,6 +17,7 @@ use super::{
 use crate::HttpStateRef;
 use crate::cache::Answer;
 use crate::error::ApiError;
+use crate::limit::Peer;
 use crate::openapi::{BodyErrors, WriteErrors};
 use crate::wire;
 
@@ -195,11 +196,13 @@ pub fn parse_query(params: &Params) -> Result<Query, ApiError> {
            ("consistent" = Option<bool>, Query, description = CONSISTENT_DOC)),
     responses((status = 200, description = "Matching instances; header X-Muster-Index", body = InstancesResponse, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
               (status = 400, description = "Invalid parameter", body = ErrorBody),
+              (status = 429, description = "`too_many_blocking_queries`: with `index`, the caps on parked blocking queries (in all, or from this address) are reached; or `rate_limited`, over the request-rate limit; header Retry-After", body = ErrorBody),
               (status = 503, description = "not_leader: a consistent read found no leader with a quorum in time", body = ErrorBody)))]
 pub async fn discover(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
     ApiPath(service): ApiPath<String>,
+    Peer(peer): Peer,
     params: Params,
 ) -> Result<Response, ApiError> {
     params.only(&[
@@ -221,6 +224,8 @@ pub async fn discover(
     }
     let index = match params.blocking()? {
         Some((index, wait)) => {
+            // Held while parked; dropped with the future if the client goes.
+            let _parked = state.caps.blocking.acquire(peer)?;
             state
                 .registry
                 .wait_service(&caller, &key, index, wait)

@@ -278,8 +278,10 @@ impl<S: Send + Sync> FromRequest<S> for LimitedBody {
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         let deadline = req
             .extensions()
-            .get::<crate::serve::BodyTimeout>()
-            .map_or(crate::serve::Limits::default().body_timeout, |t| t.0);
+            .get::<crate::limit::Conn>()
+            .map_or(crate::serve::Limits::default().body_timeout, |c| {
+                c.body_timeout
+            });
         let body = Limited::new(req.into_body(), limits::MAX_BODY_BYTES);
         let collected = tokio::time::timeout(deadline, body.collect())
             .await

@@ -7,6 +7,7 @@ use muster_types::{ErrorBody, ServicesResponse};
 use super::{CONSISTENT_DOC, Call, Params, indexed};
 use crate::HttpStateRef;
 use crate::error::ApiError;
+use crate::limit::Peer;
 
 /// Services with instance counts by health; blocking with `index` + `wait`
 /// (woken by any change in the namespace).
@@ -17,10 +18,12 @@ use crate::error::ApiError;
            ("consistent" = Option<bool>, Query, description = CONSISTENT_DOC)),
     responses((status = 200, description = "Services; header X-Muster-Index", body = ServicesResponse, headers(("X-Muster-Index" = u64, description = "The index this answer reflects"))),
               (status = 400, description = "Invalid parameter", body = ErrorBody),
+              (status = 429, description = "`too_many_blocking_queries`: with `index`, the caps on parked blocking queries (in all, or from this address) are reached; or `rate_limited`, over the request-rate limit; header Retry-After", body = ErrorBody),
               (status = 503, description = "not_leader: a consistent read found no leader with a quorum in time", body = ErrorBody)))]
 pub async fn list(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
+    Peer(peer): Peer,
     params: Params,
 ) -> Result<Response, ApiError> {
     params.only(&["namespace", "index", "wait", "consistent"])?;
@@ -32,6 +35,8 @@ pub async fn list(
             .await?;
     }
     if let Some((index, wait)) = params.blocking()? {
+        // Held while parked; dropped with the future if the client goes.
+        let _parked = state.caps.blocking.acquire(peer)?;
         state
             .registry
             .wait_services(&caller, &namespace, index, wait)

@@ -25,6 +25,7 @@ use super::instances::parse_query;
 use super::{Call, Params};
 use crate::HttpStateRef;
 use crate::error::ApiError;
+use crate::limit::{Peer, Permit};
 use crate::wire;
 
 /// Counts open watchers; the guard lives as long as the stream's task.
@@ -102,10 +103,12 @@ pub(crate) const KEEPALIVE_FRAME: &[u8] = b": \n\n";
            ("health" = Option<String>, Query, description = "Filter, as for discovery"),
            ("Last-Event-ID" = Option<u64>, Header, description = "Resume from this index: what came after it, and again the events that share it; a `current` event at once when nothing was missed")),
     responses((status = 200, description = "text/event-stream of WatchEvent (event names snapshot, upsert, delete, current)", body = WatchEvent, content_type = "text/event-stream"),
-              (status = 400, description = "Invalid parameter", body = ErrorBody)))]
+              (status = 400, description = "Invalid parameter", body = ErrorBody),
+              (status = 429, description = "`too_many_watches`: the caps on open watches (in all, or from this address) are reached; or `rate_limited`, over the request-rate limit; header Retry-After", body = ErrorBody)))]
 pub async fn watch(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
+    Peer(peer): Peer,
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
@@ -128,8 +131,10 @@ pub async fn watch(
         .get("last-event-id")
         .map(parse_last_event_id)
         .transpose()?;
+    let permit = state.caps.watches.acquire(peer)?;
     let watch = state.registry.watch(&caller, &key, query, last_id)?;
     let stream = SseStream {
+        _permit: permit,
         keepalive: WatchStream::from_changes(state.keepalive.clone()),
         state,
         watch,
@@ -200,6 +205,8 @@ struct SseStream {
     pending: Arc<[Bytes]>,
     next: usize,
     _gauge: WatcherGauge,
+    /// The watch's place in the caps, freed when the body is dropped.
+    _permit: Permit,
 }
 
 impl SseStream {

@@ -44,6 +44,7 @@ use super::watch::{KEEPALIVE_FRAME, wire};
 use super::{Call, JsonBody, Params};
 use crate::HttpStateRef;
 use crate::error::ApiError;
+use crate::limit::{Peer, Permit};
 use crate::openapi::BodyErrors;
 
 /// Counts open multiplexed streams and the queries they carry; lives as
@@ -76,10 +77,12 @@ impl Drop for StreamGauge {
     description = "Many discovery queries over one Server-Sent Events stream. Each query of the body has a client-chosen `id` and the filters of discovery; every event is one SSE frame `event: <type>` with `data:` a QueryEvent, `{\"query\": \"<id>\", \"type\": \"snapshot\"|\"upsert\"|\"delete\"|\"current\", \"index\": ..., ...}` (the fields of the single-service watch's event, plus `query`). Frames have no `id:` line: resume per query instead, by giving each query the `index` of the last event received for it. A query without `index` starts with a `snapshot`; a resumed one gets what it missed followed by `current`, `current` alone when it missed nothing, or a fresh `snapshot` when its service's history no longer reaches back (or the index is from the future). A query is up to date once it got a `snapshot` or `current` on the stream. A comment (`: `) is sent every 15 s as keep-alive. The set of queries is fixed per stream: to add or remove one, open a new stream with the new set, each query resuming from its index, then close the old one. At most `watch_max_queries` (default 1024) queries and the 64 KiB body limit; every query is validated as the single watch's parameters are, errors naming the field as `queries[i].<name>`.",
     responses((status = 200, description = "text/event-stream of QueryEvent (event names snapshot, upsert, delete, current)", body = QueryEvent, content_type = "text/event-stream"),
               (status = 400, description = "Invalid body or query (`too_many_queries` past the limit)", body = ErrorBody),
+              (status = 429, description = "`too_many_watches`: the caps on open watches (in all, or from this address) are reached; or `rate_limited`, over the request-rate limit; header Retry-After", body = ErrorBody),
               BodyErrors))]
 pub async fn watch_many(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
+    Peer(peer): Peer,
     params: Params,
     JsonBody(req): JsonBody<WatchRequest>,
 ) -> Result<Response, ApiError> {
@@ -123,7 +126,8 @@ pub async fn watch_many(
         opened.push((key, query, q.index));
     }
     // Every query is valid: only now open the watches, so a bad one opens
-    // none.
+    // none. The whole stream counts as one watch in the caps.
+    let permit = state.caps.watches.acquire(peer)?;
     let mut watches = SelectAll::new();
     let mut prefixes = Vec::with_capacity(opened.len());
     for (n, ((key, query, index), q)) in opened.into_iter().zip(&req.queries).enumerate() {
@@ -134,6 +138,7 @@ pub async fn watch_many(
     let stream = MuxStream {
         keepalive: WatchStream::from_changes(state.keepalive.clone()),
         _gauge: StreamGauge::new(prefixes.len()),
+        _permit: permit,
         state,
         watches,
         queries: prefixes,
@@ -274,6 +279,8 @@ struct MuxStream {
     /// Chunks to send, in reverse order (popped from the end).
     pending: Vec<Bytes>,
     _gauge: StreamGauge,
+    /// The stream's place in the caps, freed when the body is dropped.
+    _permit: Permit,
 }
 
 impl MuxStream {

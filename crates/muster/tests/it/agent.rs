@@ -315,3 +315,37 @@ async fn a_flood_of_connections_meets_the_cap_not_the_file_limit() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(idle);
 }
+
+#[tokio::test]
+async fn the_limits_come_from_flags_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::spawn_with(
+        dir.path(),
+        &["--max-watches-per-ip", "1"],
+        &[("MUSTER_RATE_LIMIT", "1"), ("MUSTER_RATE_LIMIT_BURST", "3")],
+    );
+    let http = http();
+    let watch = agent.url("/v1/watch?service=pay");
+    let first = http.get(&watch).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let second = http.get(&watch).send().await.unwrap();
+    assert_eq!(second.status(), 429);
+    let v: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "too_many_watches", "{v}");
+    // A bucket of three refilled at one a second: requests in a row are
+    // refused soon.
+    let services = agent.url("/v1/services");
+    let mut limited = None;
+    for _ in 0..20 {
+        let r = http.get(&services).send().await.unwrap();
+        if r.status() != 200 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let limited = limited.expect("never rate-limited");
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    drop(first);
+    agent.terminate();
+}
