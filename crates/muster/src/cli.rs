@@ -75,7 +75,7 @@ pub enum Command {
     ///
     /// Example: `muster agent` serves on 127.0.0.1:7700 with data in ./muster-data;
     /// `muster agent --dev` uses a throw-away store.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Register (or replace) an instance.
     ///
     /// Example: `muster register payments pay-1 --address 10.0.0.5 --port 8080 --tag v2 --ttl 30s`

@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            cli::Command::Agent(args) => agent::run(args).await,
+            cli::Command::Agent(args) => agent::run(*args).await,
             cli::Command::Tls { command } => tls::run(command),
             cli::Command::Snapshot { command } => snapshot::run(&cli.global, command).await,
             other => client::run(cli.global, other).await,
