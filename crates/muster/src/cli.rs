@@ -224,7 +224,9 @@ pub struct TlsCaArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("kind").required(true).args(["server", "client"])))]
 pub struct TlsCertArgs {
-    /// A server certificate, for `muster agent --tls-cert` (and the cluster port).
+    /// A server certificate, for `muster agent --tls-cert` and `--cluster-tls-cert` (it carries
+    /// serverAuth and clientAuth: a cluster node is both, as Consul server and etcd peer
+    /// certificates are).
     #[arg(long)]
     pub server: bool,
     /// A client certificate, for `--client-cert` when the agent requires one.
