@@ -31,6 +31,12 @@ pub struct Config {
     /// without a cluster listener.
     #[serde(with = "peers_string")]
     pub peers: BTreeMap<u64, String>,
+    /// The cluster address (`host:port`) this node tells its peers, where
+    /// they reach it: for a node bound to `0.0.0.0` or behind NAT. Default:
+    /// `cluster_addr`. Never an unspecified address (`0.0.0.0`, `::`);
+    /// with `peers`, it must be this node's entry there. A node being
+    /// joined is recorded at the address it advertises.
+    pub cluster_advertise: Option<String>,
     /// Join a running cluster instead of forming one from `peers`: serve
     /// cluster RPC at `cluster_addr` and wait to be added (`muster cluster
     /// join <node_id> <cluster_addr>` against any member).
@@ -113,6 +119,18 @@ pub struct Config {
     /// Require a client certificate issued by this CA (PEM) on every HTTP
     /// connection (mTLS); needs `tls_cert`.
     pub tls_client_ca: Option<PathBuf>,
+    /// Mutual TLS on the cluster port: this node's certificate chain
+    /// (PEM), presented to peers both when they call it and when it calls
+    /// them, so it needs the serverAuth and clientAuth key usages (`muster
+    /// tls cert create --server` makes such) and every name or IP peers
+    /// reach it at. With `cluster_tls_key` and `cluster_tls_ca`, all three
+    /// or none. Reloaded on SIGHUP.
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// The private key of `cluster_tls_cert` (PEM).
+    pub cluster_tls_key: Option<PathBuf>,
+    /// The CA (PEM) that issued every node's cluster certificate: a peer
+    /// whose certificate it did not issue is refused both ways.
+    pub cluster_tls_ca: Option<PathBuf>,
     /// Start from the snapshot alone when the log no longer reaches it,
     /// accepting the loss of the writes acknowledged after it. A one-off
     /// decision of an operator: a flag only, never read from a file.
@@ -129,6 +147,7 @@ impl Default for Config {
             data_dir: r.data_dir,
             node_id: r.node_id,
             cluster_addr: SocketAddr::from(([127, 0, 0, 1], 7701)),
+            cluster_advertise: None,
             peers: BTreeMap::new(),
             join: false,
             snapshot_logs: r.snapshot_logs,
@@ -157,6 +176,9 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            cluster_tls_cert: None,
+            cluster_tls_key: None,
+            cluster_tls_ca: None,
             force_recover_from_snapshot: false,
         }
     }
@@ -173,10 +195,32 @@ impl Config {
                     .into(),
             );
         }
+        let clustered = self.join || !self.peers.is_empty();
+        if clustered {
+            self.cluster_advertise()?;
+            if let (Some(set), Some(entry)) =
+                (&self.cluster_advertise, self.peers.get(&self.node_id))
+                && set != entry
+            {
+                return Err(format!(
+                    "cluster_advertise {set} is not this node's entry in peers ({}={entry}): \
+                     peers must list every node at the address it advertises",
+                    self.node_id
+                ));
+            }
+        }
         if let Some(c) = self.cluster(self.http_addr) {
             c.validate(self.node_id)?;
         }
         self.tls_files()?;
+        if self.cluster_tls_files()?.is_some() && !clustered {
+            return Err(
+                "cluster_tls_cert, cluster_tls_key and cluster_tls_ca secure the cluster \
+                 port, which only a node with peers or join has; for the HTTP API use \
+                 tls_cert and tls_key"
+                    .into(),
+            );
+        }
         self.http_limits().validate()
     }
 
@@ -199,6 +243,75 @@ impl Config {
         }
     }
 
+    /// The cluster port's mutual-TLS files, if cluster TLS is on (not
+    /// read yet): all three settings or none.
+    pub fn cluster_tls_files(&self) -> Result<Option<muster_tls::MutualFiles>, String> {
+        match (
+            &self.cluster_tls_cert,
+            &self.cluster_tls_key,
+            &self.cluster_tls_ca,
+        ) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(muster_tls::MutualFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            (cert, key, ca) => {
+                let missing: Vec<&str> = [
+                    ("cluster_tls_cert", cert.is_none()),
+                    ("cluster_tls_key", key.is_none()),
+                    ("cluster_tls_ca", ca.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(name, missing)| missing.then_some(name))
+                .collect();
+                Err(format!(
+                    "cluster TLS needs cluster_tls_cert, cluster_tls_key and cluster_tls_ca \
+                     together (mutual TLS: each node proves itself with its certificate and \
+                     checks its peers' against the CA); missing: {}",
+                    missing.join(", ")
+                ))
+            }
+        }
+    }
+
+    /// The cluster address this node advertises: `cluster_advertise`, or
+    /// `cluster_addr`; refused when unspecified (`0.0.0.0`, `::`) or not
+    /// `host:port`.
+    pub fn cluster_advertise(&self) -> Result<String, String> {
+        let (addr, from) = match &self.cluster_advertise {
+            Some(a) => (a.clone(), "cluster_advertise"),
+            None => (self.cluster_addr.to_string(), "cluster_addr"),
+        };
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return Err(format!(
+                "{from} {addr:?} is not host:port (e.g. 10.0.0.1:7701)"
+            ));
+        };
+        if !matches!(port.parse::<u16>(), Ok(p) if p != 0) {
+            return Err(format!("{from} {addr:?}: {port:?} is not a port (1-65535)"));
+        }
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>();
+        if host.is_empty() || ip.is_ok_and(|ip| ip.is_unspecified()) {
+            return Err(match &self.cluster_advertise {
+                Some(_) => format!(
+                    "cluster_advertise {addr} is no address peers can reach: give this \
+                     node's own IP or host name (e.g. 10.0.0.1:7701)"
+                ),
+                None => format!(
+                    "cluster_addr {addr} listens on every interface, so it does not say where \
+                     peers reach this node: set cluster_advertise (--cluster-advertise) to \
+                     this node's address, e.g. 10.0.0.1:{port}"
+                ),
+            });
+        }
+        Ok(addr)
+    }
+
     /// The HTTP listener's limits.
     pub fn http_limits(&self) -> muster_http::serve::Limits {
         muster_http::serve::Limits {
@@ -218,14 +331,19 @@ impl Config {
     }
 
     /// The cluster's part, if this node is a member of a cluster of
-    /// several; `http_addr` is the HTTP address it tells its peers.
+    /// several; `http_addr` is the HTTP address it tells its peers. Its
+    /// `tls` is for the caller to set from [`Config::cluster_tls_files`].
     pub fn cluster(&self, http_addr: SocketAddr) -> Option<ClusterConfig> {
         if self.join {
+            let advertise = self
+                .cluster_advertise()
+                .unwrap_or_else(|_| self.cluster_addr.to_string());
             return Some(ClusterConfig {
-                peers: [(self.node_id, self.cluster_addr.to_string())].into(),
+                peers: [(self.node_id, advertise)].into(),
                 http_addr: http_addr.to_string(),
                 join: true,
                 link_faults: None,
+                tls: None,
             });
         }
         (!self.peers.is_empty()).then(|| ClusterConfig {
@@ -233,6 +351,7 @@ impl Config {
             http_addr: http_addr.to_string(),
             join: false,
             link_faults: None,
+            tls: None,
         })
     }
 
@@ -334,6 +453,82 @@ mod tests {
         let text = toml::to_string(&cfg).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back.peers, cfg.peers);
+    }
+
+    #[test]
+    fn cluster_tls_takes_all_three_files_and_a_cluster() {
+        let clustered = Config {
+            join: true,
+            cluster_tls_cert: Some("node.pem".into()),
+            ..Config::default()
+        };
+        let e = clustered.validate().unwrap_err();
+        assert!(
+            e.contains("missing: cluster_tls_key, cluster_tls_ca"),
+            "{e}"
+        );
+        let all = Config {
+            cluster_tls_key: Some("node-key.pem".into()),
+            cluster_tls_ca: Some("ca.pem".into()),
+            ..clustered
+        };
+        assert_eq!(all.validate(), Ok(()));
+        let alone = Config { join: false, ..all };
+        let e = alone.validate().unwrap_err();
+        assert!(e.contains("only a node with peers or join"), "{e}");
+    }
+
+    #[test]
+    fn the_advertised_address_is_a_reachable_one_and_the_peers_entry() {
+        let bound_everywhere = Config {
+            join: true,
+            cluster_addr: "0.0.0.0:7701".parse().unwrap(),
+            ..Config::default()
+        };
+        let e = bound_everywhere.validate().unwrap_err();
+        assert!(e.contains("set cluster_advertise"), "{e}");
+        let advertised = Config {
+            cluster_advertise: Some("10.0.0.1:7701".into()),
+            ..bound_everywhere.clone()
+        };
+        assert_eq!(advertised.validate(), Ok(()));
+        let c = advertised.cluster(advertised.http_addr).unwrap();
+        assert_eq!(c.peers[&1], "10.0.0.1:7701");
+        for bad in [
+            "[::]:7701",
+            "0.0.0.0:7701",
+            "10.0.0.1",
+            "10.0.0.1:0",
+            ":7701",
+        ] {
+            let cfg = Config {
+                cluster_advertise: Some(bad.into()),
+                ..bound_everywhere.clone()
+            };
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+        // With peers, this node's entry is where the others reach it.
+        let peers = Config {
+            join: false,
+            peers: parse_peers("1=10.0.0.1:7701,2=10.0.0.2:7701").unwrap(),
+            ..advertised
+        };
+        assert_eq!(peers.validate(), Ok(()));
+        let other = Config {
+            cluster_advertise: Some("10.0.0.9:7701".into()),
+            ..peers
+        };
+        let e = other.validate().unwrap_err();
+        assert!(e.contains("not this node's entry in peers"), "{e}");
+        // A single node has no cluster port to advertise.
+        assert_eq!(
+            Config {
+                cluster_addr: "0.0.0.0:7701".parse().unwrap(),
+                ..Config::default()
+            }
+            .validate(),
+            Ok(())
+        );
     }
 }
 

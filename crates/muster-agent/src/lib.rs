@@ -120,6 +120,12 @@ pub async fn run(
         ),
         None => None,
     };
+    let cluster_tls = match config.cluster_tls_files().map_err(AgentError::Config)? {
+        Some(files) => Some(
+            muster_tls::MutualTls::load(files).map_err(|e| AgentError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
     let audit = match &config.audit_file {
         None => None,
         Some(path) => Some(std::sync::Arc::new(audit::AuditFile::open(path).map_err(
@@ -137,9 +143,16 @@ pub async fn run(
     muster_http::metrics::handle();
     let registry = match config.cluster(addr) {
         None => Registry::open(config.registry()).await?,
-        Some(cluster) => {
+        Some(mut cluster) => {
+            cluster.tls = cluster_tls.clone();
             let listener = TcpListener::bind(config.cluster_addr).await?;
-            tracing::info!(cluster_addr = %config.cluster_addr, node_id = config.node_id, "cluster RPC listening");
+            tracing::info!(
+                cluster_addr = %config.cluster_addr,
+                advertised = cluster.peers.get(&config.node_id).map(String::as_str).unwrap_or(""),
+                tls = cluster.tls.is_some(),
+                node_id = config.node_id,
+                "cluster RPC listening"
+            );
             Registry::open_cluster(config.registry(), cluster, listener).await?
         }
     };
@@ -151,7 +164,8 @@ pub async fn run(
         tls: tls.is_some(),
         registry: registry.clone(),
     });
-    let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_sighup(tls)));
+    let reloader = (tls.is_some() || cluster_tls.is_some())
+        .then(|| tokio::spawn(reload_on_sighup(tls.clone(), cluster_tls)));
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "muster is serving");
     let (restart_tx, restart_rx) = tokio::sync::oneshot::channel();
     let watcher = tokio::spawn({
@@ -182,9 +196,13 @@ pub async fn run(
     served.map_err(AgentError::Io)
 }
 
-/// Reads the TLS files again on every SIGHUP; a file that does not load
-/// leaves the configuration in use and is logged.
-async fn reload_on_sighup(tls: std::sync::Arc<muster_http::tls::Tls>) {
+/// Reads the TLS files again on every SIGHUP, the HTTP listener's and the
+/// cluster port's, each all or nothing: a set with a file that does not
+/// load leaves that listener's configuration in use and is logged.
+async fn reload_on_sighup(
+    http: Option<std::sync::Arc<muster_http::tls::Tls>>,
+    cluster: Option<std::sync::Arc<muster_tls::MutualTls>>,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -196,19 +214,35 @@ async fn reload_on_sighup(tls: std::sync::Arc<muster_http::tls::Tls>) {
             }
         };
         while hup.recv().await.is_some() {
-            let files = tls.files();
-            match tls.reload() {
-                Ok(()) => {
-                    metrics::counter!("muster_tls_reloads_total", "result" => "ok").increment(1);
-                    tracing::info!(cert = %files.cert.display(), "SIGHUP: TLS files reloaded");
-                }
-                Err(e) => {
-                    metrics::counter!("muster_tls_reloads_total", "result" => "error").increment(1);
-                    tracing::error!(error = %e, "SIGHUP: TLS files not reloaded; the previous ones stay in use");
-                }
+            if let Some(tls) = &http {
+                reloaded("http", &tls.files().cert, tls.reload());
+            }
+            if let Some(tls) = &cluster {
+                reloaded("cluster", &tls.files().cert, tls.reload());
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = tls;
+    let _ = (http, cluster);
+}
+
+/// Counts and logs one listener's reload.
+#[cfg(unix)]
+fn reloaded(
+    listener: &'static str,
+    cert: &std::path::Path,
+    result: Result<(), muster_tls::TlsError>,
+) {
+    match result {
+        Ok(()) => {
+            metrics::counter!("muster_tls_reloads_total", "listener" => listener, "result" => "ok")
+                .increment(1);
+            tracing::info!(listener, cert = %cert.display(), "SIGHUP: TLS files reloaded");
+        }
+        Err(e) => {
+            metrics::counter!("muster_tls_reloads_total", "listener" => listener, "result" => "error")
+                .increment(1);
+            tracing::error!(listener, error = %e, "SIGHUP: TLS files not reloaded; the previous ones stay in use");
+        }
+    }
 }

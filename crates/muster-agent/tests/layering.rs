@@ -47,6 +47,7 @@ fn the_workspace_is_what_this_test_knows() {
         "muster",
         "muster-bench",
         "muster-fuzz",
+        "muster-tls",
     ] {
         assert!(crates.contains_key(known), "{known} is missing: {crates:?}");
     }

@@ -12,13 +12,9 @@
 //! ALPN offers `h2` and `http/1.1`; the connection is then served as the
 //! cleartext listener serves it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
 /// Where the listener's certificate, key and client CA are.
@@ -34,10 +30,9 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// Why the TLS files could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct TlsError(String);
+/// Why the TLS files could not be used (files are read by `muster-tls`,
+/// as the cluster port's are).
+pub use muster_tls::TlsError;
 
 /// The listener's TLS configuration, reloadable.
 #[derive(Debug)]
@@ -80,45 +75,18 @@ impl Tls {
     }
 }
 
-fn certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError(format!("{what} {}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(TlsError(format!(
-            "{what} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-            path.display()
-        )));
-    }
-    Ok(certs)
-}
-
 fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
-    let chain = certs("tls_cert", &files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
-        TlsError(format!(
-            "tls_key {}: no usable PEM private key: {e}",
-            files.key.display()
-        ))
-    })?;
+    let chain = muster_tls::certs("tls_cert", &files.cert)?;
+    let key = muster_tls::private_key("tls_key", &files.key)?;
     let builder = rustls::ServerConfig::builder();
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for cert in certs("tls_client_ca", ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| TlsError(format!("tls_client_ca {}: {e}", ca.display())))?;
-            }
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-                .build()
-                .map_err(|e| TlsError(format!("tls_client_ca {}: {e}", ca.display())))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(muster_tls::client_verifier("tls_client_ca", ca)?)
         }
     };
     let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-        TlsError(format!(
+        TlsError::new(format!(
             "tls_cert {} and tls_key {}: {e}",
             files.cert.display(),
             files.key.display()

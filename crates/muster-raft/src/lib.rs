@@ -130,6 +130,9 @@ pub struct NodeInfo {
     /// Writes this node forwarded to the leader since it started, and the
     /// calls that carried them.
     pub forwarded_writes: (u64, u64),
+    /// TLS handshakes its cluster listener refused since it started (no
+    /// client certificate, one from another CA, a cleartext client).
+    pub cluster_tls_handshake_failures: u64,
 }
 
 /// Whom a node follows, as its raft state says: the term it is in and the

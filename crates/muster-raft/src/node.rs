@@ -318,9 +318,10 @@ impl Node {
         let log = RaftLog::new(store.clone(), Arc::clone(&committed));
 
         let http = match &cluster {
-            Some((c, _)) => {
-                Some(Http::new(cfg.node_id, c.link_faults.clone()).map_err(RaftError::Config)?)
-            }
+            Some((c, _)) => Some(
+                Http::new(cfg.node_id, c.link_faults.clone(), c.tls.clone())
+                    .map_err(RaftError::Config)?,
+            ),
             None => None,
         };
         let contacts = Contacts::default();
@@ -387,7 +388,9 @@ impl Node {
                 raft: raft.clone(),
                 proposals: proposals.clone(),
                 http_addr: c.http_addr.clone(),
+                cluster_addr: c.peers.get(&cfg.node_id).cloned().unwrap_or_default(),
                 http: http.clone(),
+                tls_handshake_failures: Default::default(),
                 leader_service: Default::default(),
                 http_addrs: std::sync::RwLock::new([(cfg.node_id, c.http_addr)].into()),
                 contacts,
@@ -401,8 +404,9 @@ impl Node {
                 let _ = stop.wait_for(|s| *s).await;
             };
             let serving = Arc::clone(&shared);
+            let tls = c.tls.clone();
             cluster_tasks.push(tokio::spawn(async move {
-                if let Err(e) = cluster::server::serve(listener, serving, shutdown).await {
+                if let Err(e) = cluster::server::serve(listener, serving, tls, shutdown).await {
                     tracing::error!(error = %e, "the cluster listener failed");
                 }
             }));
@@ -638,6 +642,11 @@ impl Node {
                     s.calls.load(Ordering::Relaxed),
                 )
             }),
+            cluster_tls_handshake_failures: self
+                .inner
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.tls_handshake_failures.load(Ordering::Relaxed)),
         }
     }
 

@@ -1384,6 +1384,8 @@ impl Registry {
         let (writes, calls) = info.forwarded_writes;
         metrics::counter!("muster_raft_forwarded_writes_total").absolute(writes);
         metrics::counter!("muster_raft_forwarded_write_calls_total").absolute(calls);
+        metrics::counter!("muster_cluster_tls_handshake_failures_total")
+            .absolute(info.cluster_tls_handshake_failures);
     }
 
     /// Introspection for tests and diagnostics: how many watchers and

@@ -29,6 +29,9 @@ fn load_config(args: &AgentArgs) -> anyhow::Result<Config> {
     if let Some(a) = args.cluster_addr {
         cfg.cluster_addr = a;
     }
+    if let Some(a) = &args.cluster_advertise {
+        cfg.cluster_advertise = Some(a.clone());
+    }
     if let Some(p) = &args.peers {
         cfg.peers = muster_agent::config::parse_peers(p)
             .map_err(|e| anyhow::anyhow!("invalid --peers: {e}"))?;
@@ -47,6 +50,15 @@ fn load_config(args: &AgentArgs) -> anyhow::Result<Config> {
     }
     if let Some(p) = &args.tls_client_ca {
         cfg.tls_client_ca = Some(p.clone());
+    }
+    if let Some(p) = &args.cluster_tls_cert {
+        cfg.cluster_tls_cert = Some(p.clone());
+    }
+    if let Some(p) = &args.cluster_tls_key {
+        cfg.cluster_tls_key = Some(p.clone());
+    }
+    if let Some(p) = &args.cluster_tls_ca {
+        cfg.cluster_tls_ca = Some(p.clone());
     }
     if args.enable_command_checks {
         cfg.enable_command_checks = true;

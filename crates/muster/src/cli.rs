@@ -340,7 +340,9 @@ pub struct TlsCaArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("kind").required(true).args(["server", "client"])))]
 pub struct TlsCertArgs {
-    /// A server certificate, for `muster agent --tls-cert` (and the cluster port).
+    /// A server certificate, for `muster agent --tls-cert` and `--cluster-tls-cert` (it carries
+    /// serverAuth and clientAuth: a cluster node is both, as Consul server and etcd peer
+    /// certificates are).
     #[arg(long)]
     pub server: bool,
     /// A client certificate, for `--client-cert` when the agent requires one.
@@ -424,6 +426,11 @@ pub struct AgentArgs {
     /// Address of the cluster RPC listener, bound only with --peers or --join [default: 127.0.0.1:7701].
     #[arg(long, env = "MUSTER_CLUSTER_ADDR")]
     pub cluster_addr: Option<std::net::SocketAddr>,
+    /// The cluster address this node tells its peers, when it is not --cluster-addr (bound to
+    /// 0.0.0.0, or behind NAT), e.g. 10.0.0.1:7701; never 0.0.0.0. With --peers, this node's
+    /// entry there.
+    #[arg(long, env = "MUSTER_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
     /// The cluster's voters, this node included: `1=10.0.0.1:7701,2=10.0.0.2:7701,3=10.0.0.3:7701`.
     /// The same on every node; start them in any order, the cluster forms once a majority runs.
     /// Without it, a cluster of one.
@@ -455,6 +462,18 @@ pub struct AgentArgs {
     /// Require client certificates issued by this CA (PEM) on every HTTP connection.
     #[arg(long, env = "MUSTER_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Mutual TLS on the cluster port: this node's certificate (PEM), presented to peers both
+    /// ways (`muster tls cert create --server --ip <its address>` makes one). With
+    /// --cluster-tls-key and --cluster-tls-ca. Reloaded on SIGHUP.
+    #[arg(long, env = "MUSTER_CLUSTER_TLS_CERT")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// The private key of --cluster-tls-cert (PEM).
+    #[arg(long, env = "MUSTER_CLUSTER_TLS_KEY")]
+    pub cluster_tls_key: Option<PathBuf>,
+    /// The CA (PEM) every node's cluster certificate must come from; peers with another are
+    /// refused.
+    #[arg(long, env = "MUSTER_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
     /// Start even though the log no longer reaches the snapshot (deleted,
     /// emptied or older), accepting the loss of every write acknowledged
     /// after the snapshot. Only when muster refused to start and said so.

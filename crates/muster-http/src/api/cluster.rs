@@ -25,14 +25,16 @@ pub async fn cluster(
 
 /// Adds a node, from any member (forwarded to the leader): it joins as a
 /// learner, is promoted to voter once it holds the log, and the answer
-/// comes once it votes. The node must run with `--join` at `cluster_addr`.
+/// comes once it votes. The node must run with `--join` and answer at
+/// `cluster_addr` (with cluster mTLS, holding a certificate of the
+/// cluster's CA); it is recorded at the cluster address it advertises.
 /// Adding a member again at the same address changes nothing; an id that
 /// was removed is refused, for good.
 #[utoipa::path(post, path = "/v1/cluster/members", tag = "operations",
     request_body = JoinRequest,
     responses((status = 200, description = "The node is a voter; this node's view of the cluster", body = ClusterInfo),
               (status = 400, description = "Invalid input", body = ErrorBody),
-              (status = 409, description = "membership_refused: a removed id, an id or address in use, another change under way, or a node that did not catch up", body = ErrorBody),
+              (status = 409, description = "membership_refused: a removed id, an id or address in use, another change under way, a node that cannot be reached as that id (not running, or refused by cluster mTLS; nothing changed), or a node that did not catch up", body = ErrorBody),
               BodyErrors, WriteErrors))]
 pub async fn join(
     State(state): State<HttpStateRef>,

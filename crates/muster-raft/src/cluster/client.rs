@@ -1,10 +1,14 @@
 //! The client side of cluster RPC: openraft's network to each peer, and
 //! the calls a follower makes to the leader (forwarded writes, renewals).
 //!
-//! One HTTP/2 client (prior knowledge: cluster traffic is cleartext h2c
-//! until the security issue puts mTLS on it) is shared by every peer; it
-//! keeps one multiplexed connection per peer and reconnects by itself.
-//! System proxies are never used. Errors are mapped so that openraft backs
+//! One HTTP/2 client is shared by every peer; it keeps one multiplexed
+//! connection per peer and reconnects by itself. System proxies are never
+//! used. Without cluster TLS it speaks cleartext h2c (prior knowledge);
+//! with it ([`ClusterConfig::tls`]), `https` with ALPN `h2`, presenting
+//! this node's certificate and verifying the peer's against the cluster
+//! CA and the host of the address it calls (IP or DNS name). After a
+//! reload of the certificates the next call builds a new client, so new
+//! connections use the new files (calls under way finish on theirs). Errors are mapped so that openraft backs
 //! off where it should: a peer that cannot be connected to is
 //! [`Unreachable`] (openraft waits before it tries again, see
 //! [`PeerClient::backoff`]), a request that timed out is a `Timeout`, any
@@ -19,7 +23,7 @@
 //!
 //! [`ClusterConfig`]: super::ClusterConfig
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +40,7 @@ use serde::de::DeserializeOwned;
 
 use super::wire;
 use crate::types::TypeConfig;
+use muster_tls::MutualTls;
 
 /// How long a connection attempt to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -115,32 +120,74 @@ pub(crate) enum CallError {
 /// The HTTP/2 client of cluster traffic, shared by every peer.
 #[derive(Clone, Debug)]
 pub(crate) struct Http {
-    client: reqwest::Client,
+    /// The client, and the [`MutualTls::generation`] it was built for.
+    client: Arc<Mutex<(u64, reqwest::Client)>>,
+    /// Cluster TLS, when on.
+    tls: Option<Arc<MutualTls>>,
     /// The node sending (for the fault hook).
     from: u64,
     faults: Option<FaultHook>,
 }
 
+/// A client for cluster calls, with `tls` when it is on.
+fn build_client(tls: Option<&MutualTls>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .connect_timeout(CONNECT_TIMEOUT)
+        // A peer that vanished without closing its socket (a cut cable,
+        // a frozen VM) is noticed by h2 pings instead of at the next
+        // request's timeout.
+        .http2_keep_alive_interval(Some(Duration::from_secs(1)))
+        .http2_keep_alive_timeout(Duration::from_secs(2))
+        .http2_keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured((*tls.client_config()).clone());
+    }
+    builder
+        .build()
+        .map_err(|e| format!("building the cluster RPC client: {}", error_chain(&e)))
+}
+
 impl Http {
-    pub(crate) fn new(from: u64, faults: Option<FaultHook>) -> Result<Http, String> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .http2_prior_knowledge()
-            .connect_timeout(CONNECT_TIMEOUT)
-            // A peer that vanished without closing its socket (a cut cable,
-            // a frozen VM) is noticed by h2 pings instead of at the next
-            // request's timeout.
-            .http2_keep_alive_interval(Some(Duration::from_secs(1)))
-            .http2_keep_alive_timeout(Duration::from_secs(2))
-            .http2_keep_alive_while_idle(true)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| format!("building the cluster RPC client: {e}"))?;
+    pub(crate) fn new(
+        from: u64,
+        faults: Option<FaultHook>,
+        tls: Option<Arc<MutualTls>>,
+    ) -> Result<Http, String> {
+        let generation = tls.as_ref().map_or(0, |t| t.generation());
+        let client = build_client(tls.as_deref())?;
         Ok(Http {
-            client,
+            client: Arc::new(Mutex::new((generation, client))),
+            tls,
             from,
             faults,
         })
+    }
+
+    /// The client to send with: a new one once the TLS files were
+    /// reloaded (the old one's connections close once their calls end).
+    fn client(&self) -> reqwest::Client {
+        let mut current = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tls) = &self.tls {
+            let generation = tls.generation();
+            if generation != current.0 {
+                match build_client(Some(tls)) {
+                    Ok(client) => *current = (generation, client),
+                    // Keeps the previous client (and so the previous files).
+                    Err(e) => {
+                        tracing::error!(error = %e, "cluster TLS: cannot use the reloaded files")
+                    }
+                }
+            }
+        }
+        current.1.clone()
+    }
+
+    /// `https` with cluster TLS, else `http` (h2c).
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// What the fault hook makes of the call `rpc` to node `to`: `Err`
@@ -186,9 +233,9 @@ impl Http {
         timeout: Duration,
     ) -> Result<T, CallError> {
         let drop_answer = self.fault(to, addr, rpc).await?;
-        let url = format!("http://{addr}{}", path(to, rpc));
+        let url = format!("{}://{addr}{}", self.scheme(), path(to, rpc));
         let sent = self
-            .client
+            .client()
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
             .timeout(timeout)
@@ -213,7 +260,7 @@ impl Http {
         })
     }
 
-    /// GETs `http://{addr}/raft/{rpc}` of node `to` (a route every node
+    /// GETs `/raft/{rpc}` at `addr`, of node `to` (a route every node
     /// answers whatever its id) and decodes the CBOR answer.
     pub(crate) async fn get<T: DeserializeOwned>(
         &self,
@@ -224,8 +271,8 @@ impl Http {
     ) -> Result<T, CallError> {
         let drop_answer = self.fault(to, addr, rpc).await?;
         let resp = self
-            .client
-            .get(format!("http://{addr}/raft/{rpc}"))
+            .client()
+            .get(format!("{}://{addr}/raft/{rpc}", self.scheme()))
             .timeout(timeout)
             .send()
             .await

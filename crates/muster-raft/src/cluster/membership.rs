@@ -42,6 +42,8 @@ use crate::ProposeError;
 
 /// How long a new learner may take to catch up before it is promoted.
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(60);
+/// How long a node being added may take to answer who it is.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a whole change may take, forwarding and waits included.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a leadership transfer may take.
@@ -228,15 +230,30 @@ impl Shared {
             ));
         }
         let (voters, nodes) = self.membership();
+        let at = |addr: &str| nodes.iter().find(|(_, a)| **a == addr).map(|(id, _)| *id);
         match nodes.get(&id) {
-            Some(a) if *a != addr => {
-                return refused(format!("node {id} is already a member, at {a}"));
+            // Asked at another address than the member's: the same if the
+            // node there is this one, advertising the member's address.
+            Some(a) if *a != addr => match self.probe(id, &addr).await {
+                Ok(advertised) if advertised == *a => {}
+                _ => return refused(format!("node {id} is already a member, at {a}")),
+            },
+            Some(_) => {}
+            None => {
+                if let Some(other) = at(&addr) {
+                    return refused(format!("node {other} is already at {addr}"));
+                }
             }
+        }
+        match nodes.get(&id) {
             Some(_) if voters.contains(&id) => return Ok(()),
             // A learner at this address (an add cut short): promote it.
             Some(_) => {}
             None => {
-                if let Some((other, _)) = nodes.iter().find(|(_, a)| **a == addr) {
+                // Nothing changes unless the node answers as itself, at
+                // the address it advertises, which is what its peers use.
+                let addr = self.probe(id, &addr).await?;
+                if let Some(other) = at(&addr) {
                     return refused(format!("node {other} is already at {addr}"));
                 }
                 self.raft
@@ -275,6 +292,42 @@ impl Shared {
             .map_err(write_error)?;
         tracing::info!(node = id, "promoted to voter");
         Ok(())
+    }
+
+    /// Asks the node at `addr` who it is (`hello`) before it is added,
+    /// so that a node that cannot be reached (not running, not started
+    /// with `--join`, a certificate the cluster's CA did not issue, or one
+    /// that refuses the cluster's) is refused with the reason and the
+    /// membership stays as it was. Returns the cluster address the node
+    /// advertises (its `cluster_advertise`), checked to answer as well.
+    async fn probe(&self, id: u64, addr: &str) -> Result<String, MemberError> {
+        let hello = |at: String| async move {
+            let hello: Result<wire::Hello, _> =
+                self.http.get(id, &at, "hello", PROBE_TIMEOUT).await;
+            match hello {
+                Ok(h) if h.node_id == id => Ok(h),
+                Ok(h) => refused(format!(
+                    "the node at {at} is node {}, not node {id}; nothing changed",
+                    h.node_id
+                )),
+                Err(e) => refused(format!(
+                    "node {id} cannot be reached for cluster RPC at {at} ({e}); nothing \
+                     changed. Start it with --join, and with cluster TLS give it a \
+                     certificate from the cluster's CA naming that address"
+                )),
+            }
+        };
+        let h = hello(addr.to_string()).await?;
+        let advertised = h.cluster_addr.unwrap_or_else(|| addr.to_string());
+        if advertised != addr {
+            hello(advertised.clone()).await.map_err(|e| {
+                MemberError::Refused(format!(
+                    "node {id} advertises {advertised} (its cluster_advertise), where its \
+                     peers would reach it: {e}"
+                ))
+            })?;
+        }
+        Ok(advertised)
     }
 
     async fn remove(&self, id: u64) -> Result<(), MemberError> {

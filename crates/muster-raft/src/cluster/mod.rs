@@ -87,6 +87,12 @@ pub struct ClusterConfig {
     /// A fault-injection hook every call this node sends consults first
     /// (see [`LinkFaults`]); `None` outside chaos tests.
     pub link_faults: Option<FaultHook>,
+    /// Mutual TLS on cluster RPC: the listener accepts only TLS
+    /// connections whose client certificate chains to the CA, and every
+    /// call this node sends presents its certificate and checks the
+    /// peer's. `None`: cleartext h2c. Reloading it (SIGHUP in the agent)
+    /// applies to new connections both ways.
+    pub tls: Option<Arc<muster_tls::MutualTls>>,
 }
 
 impl ClusterConfig {
@@ -151,7 +157,12 @@ pub(crate) struct Shared {
     pub(crate) raft: Raft,
     pub(crate) proposals: mpsc::Sender<Proposal>,
     pub(crate) http_addr: String,
+    /// The cluster address this node advertises (its own entry in the
+    /// peers it started with), told to peers in `hello`.
+    pub(crate) cluster_addr: String,
     pub(crate) http: Http,
+    /// TLS handshakes refused on the cluster listener since start.
+    pub(crate) tls_handshake_failures: std::sync::atomic::AtomicU64,
     /// The registry's side of calls forwarded to the leader; set once.
     pub(crate) leader_service: OnceLock<Arc<dyn LeaderService>>,
     /// Every member's HTTP address that is known (learned by `hello`).

@@ -1,11 +1,19 @@
 //! The server side of cluster RPC: one axum router on the cluster listener.
 //!
-//! [`serve`] takes a bound listener and a shutdown future and nothing else
-//! about the transport, so that TLS (the security issue) wraps the listener
-//! without reshaping the routes.
+//! [`serve`] takes a bound listener, the cluster TLS (if on) and a
+//! shutdown future. With TLS, connections are accepted by a task of their
+//! own that runs each handshake in its own task (bounded by
+//! [`HANDSHAKE_TIMEOUT`]), so a slow or hostile client never holds up the
+//! next; only connections whose client certificate chains to the cluster
+//! CA reach the routes. A handshake that fails or times out (a cleartext
+//! client, no certificate, another CA's) is counted
+//! ([`Shared::tls_handshake_failures`]) and logged.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -13,9 +21,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use muster_tls::MutualTls;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use super::{Shared, wire};
 use crate::types::TypeConfig;
@@ -23,16 +35,103 @@ use crate::types::TypeConfig;
 /// Largest RPC body taken: an append of up to `max_payload_entries`
 /// entries, each a batch of at most ~1 MiB (see the batcher).
 const MAX_BODY: usize = 256 * 1024 * 1024;
+/// How long a TLS client may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed `accept` (out of file descriptors), before the next.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serves cluster RPC on `listener` until `shutdown` resolves.
+/// Serves cluster RPC on `listener` until `shutdown` resolves: over
+/// mutual TLS when `tls` is set, else cleartext h2c.
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    tls: Option<Arc<MutualTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let router = router(Arc::clone(&shared));
+    match tls {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            let local = listener.local_addr()?;
+            let (tx, accepted) = mpsc::channel(64);
+            let handshakes = tokio::spawn(handshakes(listener, tls, tx, shared));
+            let served = axum::serve(TlsListener { local, accepted }, router)
+                .with_graceful_shutdown(shutdown)
+                .await;
+            handshakes.abort();
+            served
+        }
+    }
+}
+
+/// Accepts TCP connections and hands those that complete a mutual-TLS
+/// handshake to `tx`, until its receiver is gone.
+async fn handshakes(
+    listener: TcpListener,
+    tls: Arc<MutualTls>,
+    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster listener: accept failed");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                }
+            },
+            () = tx.closed() => return,
+        };
+        // The configuration current at the accept: a reload applies to
+        // the connections accepted after it.
+        let acceptor = TlsAcceptor::from(tls.server_config());
+        let (tx, shared) = (tx.clone(), Arc::clone(&shared));
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let failure = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(stream)) => {
+                    let _ = tx.send((stream, peer)).await;
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no handshake within {HANDSHAKE_TIMEOUT:?}"),
+            };
+            shared
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, error = %failure, "cluster RPC: TLS handshake refused");
+        });
+    }
+}
+
+/// The connections that passed the handshake, as axum takes them.
+struct TlsListener {
+    local: SocketAddr,
+    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(c) => c,
+            // The accepting task ended: nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -79,6 +178,7 @@ async fn hello(State(s): State<Arc<Shared>>) -> Response {
     cbor(&wire::Hello {
         node_id: s.node_id,
         http_addr: s.http_addr.clone(),
+        cluster_addr: Some(s.cluster_addr.clone()),
     })
 }
 

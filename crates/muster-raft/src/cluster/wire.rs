@@ -137,11 +137,15 @@ pub(crate) enum RenewReply {
     NotLeader { leader: Option<u64> },
 }
 
-/// A node introducing itself to its peers: its id and HTTP address.
+/// A node introducing itself to its peers: its id, HTTP address and the
+/// cluster address it advertises (absent from nodes of before it was
+/// added).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Hello {
     pub(crate) node_id: u64,
     pub(crate) http_addr: String,
+    #[serde(default)]
+    pub(crate) cluster_addr: Option<String>,
 }
 
 /// [`Outcome`] on the wire.

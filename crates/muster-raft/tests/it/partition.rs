@@ -308,6 +308,7 @@ impl Cluster {
             join: false,
             http_addr: format!("127.0.0.1:{}", 7700 + id),
             link_faults: Some(self.hook.clone()),
+            tls: None,
         };
         let node = timeout(
             NODE_STOP,

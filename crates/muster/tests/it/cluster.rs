@@ -17,15 +17,15 @@ use crate::harness::{Agent, cli, http};
 
 /// How long a cluster may take to form or to elect a new leader on a
 /// loaded machine.
-const FORM: Duration = Duration::from_secs(30);
+pub(crate) const FORM: Duration = Duration::from_secs(30);
 /// How long a surviving or restarted node may take to hold every write.
-const CATCH_UP: Duration = Duration::from_secs(30);
+pub(crate) const CATCH_UP: Duration = Duration::from_secs(30);
 /// Between two polls of an API.
-const POLL: Duration = Duration::from_millis(100);
+pub(crate) const POLL: Duration = Duration::from_millis(100);
 
 /// Free loopback ports for the cluster listeners (bound, then released
 /// for the agent to bind).
-fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<_> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -64,20 +64,20 @@ fn shuffled(mut ids: Vec<u64>, seed: u64) -> Vec<u64> {
 }
 
 /// N nodes' settings: ids 1..=N, their data dirs and cluster ports.
-struct Cluster {
-    dirs: Vec<tempfile::TempDir>,
-    ports: Vec<u16>,
+pub(crate) struct Cluster {
+    pub(crate) dirs: Vec<tempfile::TempDir>,
+    pub(crate) ports: Vec<u16>,
     /// Arguments every agent also gets (e.g. a `--config` file).
-    args: Vec<String>,
+    pub(crate) args: Vec<String>,
     /// Nodes 1..=initial form the cluster from `--peers`; the others
     /// join it later.
-    initial: usize,
+    pub(crate) initial: usize,
     /// Indexed by node id - 1; `None` while a node is down.
     agents: Vec<Option<Agent>>,
 }
 
 impl Cluster {
-    fn new(n: usize) -> Cluster {
+    pub(crate) fn new(n: usize) -> Cluster {
         Cluster {
             dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
             ports: free_ports(n),
@@ -96,7 +96,7 @@ impl Cluster {
         peers.join(",")
     }
 
-    fn start(&mut self, id: u64) {
+    pub(crate) fn start(&mut self, id: u64) {
         let i = (id - 1) as usize;
         let (id_s, peers) = (id.to_string(), self.peers());
         let cluster_addr = self.cluster_addr(id);
@@ -112,15 +112,15 @@ impl Cluster {
         self.agents[i] = Some(agent);
     }
 
-    fn cluster_addr(&self, id: u64) -> String {
+    pub(crate) fn cluster_addr(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.ports[(id - 1) as usize])
     }
 
-    fn agent(&self, id: u64) -> &Agent {
+    pub(crate) fn agent(&self, id: u64) -> &Agent {
         self.agents[(id - 1) as usize].as_ref().expect("node is up")
     }
 
-    fn up(&self) -> Vec<u64> {
+    pub(crate) fn up(&self) -> Vec<u64> {
         (1..=self.agents.len() as u64)
             .filter(|id| self.agents[(*id - 1) as usize].is_some())
             .collect()
@@ -140,7 +140,7 @@ impl Cluster {
 
     /// Polls `/v1/cluster` on every running node until all of them name
     /// the same leader, one of them, that says it leads; returns it.
-    async fn leader(&self, not: Option<u64>) -> u64 {
+    pub(crate) async fn leader(&self, not: Option<u64>) -> u64 {
         let deadline = Instant::now() + FORM;
         loop {
             let mut seen = BTreeSet::new();
@@ -174,13 +174,13 @@ impl Cluster {
     }
 }
 
-async fn cluster_info(agent: &Agent) -> Option<Value> {
+pub(crate) async fn cluster_info(agent: &Agent) -> Option<Value> {
     let r = http().get(agent.url("/v1/cluster")).send().await.ok()?;
     r.json().await.ok()
 }
 
 /// Registers `id` of service `svc` through `agent`; `true` if acknowledged.
-async fn register(client: &reqwest::Client, base: &str, svc: &str, id: &str) -> bool {
+pub(crate) async fn register(client: &reqwest::Client, base: &str, svc: &str, id: &str) -> bool {
     let r = client
         .put(format!("{base}/v1/services/{svc}/instances/{id}"))
         .json(&json!({"address": "10.0.0.1", "port": 8080}))
@@ -209,7 +209,13 @@ async fn ids(agent: &Agent, svc: &str) -> Option<HashSet<String>> {
 
 /// Polls `agent` until it holds every id of `want`; panics with what is
 /// missing after `within`.
-async fn wait_holds(agent: &Agent, svc: &str, want: &[String], within: Duration, who: &str) {
+pub(crate) async fn wait_holds(
+    agent: &Agent,
+    svc: &str,
+    want: &[String],
+    within: Duration,
+    who: &str,
+) {
     wait_ids(agent, svc, within, |have| {
         let missing: Vec<&String> = want.iter().filter(|id| !have.contains(*id)).collect();
         (!missing.is_empty()).then(|| {
@@ -639,7 +645,7 @@ async fn write_all(bases: &[String], svc: &'static str, prefix: &str, n: usize) 
 }
 
 /// A counter or gauge from `agent`'s `/metrics`.
-async fn metric(agent: &Agent, name: &str) -> f64 {
+pub(crate) async fn metric(agent: &Agent, name: &str) -> f64 {
     let text = http()
         .get(agent.url("/metrics"))
         .send()
@@ -1062,7 +1068,7 @@ async fn leases_watches_and_blocking_queries_on_a_follower_survive_a_leader_chan
 }
 
 /// Polls `/v1/cluster` on `agent` until its voters are `want`.
-async fn wait_voters(agent: &Agent, want: &[u64]) {
+pub(crate) async fn wait_voters(agent: &Agent, want: &[u64]) {
     let deadline = Instant::now() + FORM;
     loop {
         let v = cluster_info(agent).await;

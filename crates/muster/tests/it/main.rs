@@ -9,4 +9,5 @@ mod cluster;
 mod durability;
 mod full_disk;
 mod harness;
+mod mtls;
 mod tls;

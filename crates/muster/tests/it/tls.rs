@@ -17,7 +17,7 @@ use crate::harness::{Agent, BIN, cli, http};
 const WAIT: Duration = Duration::from_secs(20);
 
 /// `muster tls …` in `dir`, which must succeed.
-fn tls(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn tls(dir: &Path, args: &[&str]) -> String {
     let out = Command::new(BIN)
         .arg("tls")
         .args(args)
@@ -41,7 +41,7 @@ fn certificates(dir: &Path) {
     tls(dir, &["cert", "create", "--client"]);
 }
 
-fn path(dir: &Path, file: &str) -> String {
+pub(crate) fn path(dir: &Path, file: &str) -> String {
     dir.join(file).to_str().unwrap().to_string()
 }
 
