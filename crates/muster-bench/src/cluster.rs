@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::etcd::{EtcdClient, EtcdCluster};
-use crate::load::{self, Conn, Summary, http_workers_over, request};
+use crate::load::{self, Access, Conn, Summary, http_workers_over, request};
 use crate::scenarios::{
     self, ETCD_CHANNELS, EtcdPut, Row, Settings, Target, create_leases, drive_measured_over,
     instance_body, limits, put_instance, record_server_cpu,
@@ -307,7 +307,7 @@ async fn register(s: &Settings, run: usize) -> Result<Vec<Row>> {
             )
             .await?;
         }
-        let workers = http_workers_over(&addrs, s.connections, |w| {
+        let workers = http_workers_over(&addrs, &Access::default(), s.connections, |w| {
             Box::new(move |seq| {
                 request(
                     "PUT",
@@ -424,7 +424,7 @@ async fn leader_and_follower(s: &Settings, run: usize, flow: Flow) -> Result<Vec
     let mut rows = Vec::new();
     for (role, id) in order {
         let plan = Arc::clone(&plan);
-        let workers = http_workers_over(&[c.addr(id)?], s.connections, |w| {
+        let workers = http_workers_over(&[c.addr(id)?], &Access::default(), s.connections, |w| {
             let plan = Arc::clone(&plan);
             Box::new(move |seq| plan(w, seq))
         })

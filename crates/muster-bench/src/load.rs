@@ -151,26 +151,85 @@ pub async fn drive<W: Worker>(workers: Vec<W>, limits: Limits) -> Summary {
     s
 }
 
+/// How a connection reaches the server: over TLS (trusting a CA) or not,
+/// and with an ACL token on every request or not.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// TLS towards the server.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `Authorization: Bearer …` for every request.
+    pub token: Option<hyper::header::HeaderValue>,
+}
+
+impl Access {
+    /// TLS trusting only the CA in `ca_pem`, HTTP/1.1 by ALPN.
+    pub fn tls(ca_pem: &std::path::Path) -> Result<Access> {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(ca_pem).with_context(|| format!("reading {}", ca_pem.display()))?;
+        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            roots.add(cert.context("a CA certificate")?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Access {
+            tls: Some(Arc::new(config)),
+            token: None,
+        })
+    }
+}
+
 /// One HTTP/1.1 keep-alive connection.
 pub struct Conn {
     send: SendRequest<Full<Bytes>>,
+    token: Option<hyper::header::HeaderValue>,
 }
 
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> Result<Conn> {
+        Self::connect_with(addr, &Access::default()).await
+    }
+
+    /// A connection as `access` says: TLS or not, a token or not.
+    pub async fn connect_with(addr: SocketAddr, access: &Access) -> Result<Conn> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Conn { send })
+        let send = match &access.tls {
+            None => {
+                let (send, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                send
+            }
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                    .connect(name, stream)
+                    .await
+                    .with_context(|| format!("TLS handshake with {addr}"))?;
+                let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                send
+            }
+        };
+        Ok(Conn {
+            send,
+            token: access.token.clone(),
+        })
     }
 
     /// Sends a request and reads the whole answer.
-    pub async fn call(&mut self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
+    pub async fn call(&mut self, mut req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
+        self.authorize(&mut req);
         self.send.ready().await?;
         let resp = self.send.send_request(req).await?;
         let status = resp.status();
@@ -189,7 +248,8 @@ impl Conn {
 
     /// Like [`Conn::call_ok`], but keeps the status and headers too: what the
     /// ceiling is to answer with.
-    pub async fn call_answer(&mut self, req: Request<Full<Bytes>>) -> Result<Answer> {
+    pub async fn call_answer(&mut self, mut req: Request<Full<Bytes>>) -> Result<Answer> {
+        self.authorize(&mut req);
         self.send.ready().await?;
         let resp = self.send.send_request(req).await?;
         let (parts, body) = resp.into_parts();
@@ -202,6 +262,15 @@ impl Conn {
             headers: parts.headers,
             body,
         })
+    }
+}
+
+impl Conn {
+    fn authorize(&self, req: &mut Request<Full<Bytes>>) {
+        if let Some(t) = &self.token {
+            req.headers_mut()
+                .insert(hyper::header::AUTHORIZATION, t.clone());
+        }
     }
 }
 
@@ -235,10 +304,11 @@ pub struct HttpWorker {
 impl HttpWorker {
     pub async fn new(
         addr: SocketAddr,
+        access: &Access,
         plan: Box<dyn FnMut(u64) -> Request<Full<Bytes>> + Send>,
     ) -> Result<HttpWorker> {
         Ok(HttpWorker {
-            conn: Conn::connect(addr).await?,
+            conn: Conn::connect_with(addr, access).await?,
             plan,
         })
     }
@@ -257,13 +327,14 @@ pub async fn http_workers(
     n: usize,
     plan: impl FnMut(usize) -> Box<dyn FnMut(u64) -> Request<Full<Bytes>> + Send>,
 ) -> Result<Vec<HttpWorker>> {
-    http_workers_over(&[addr], n, plan).await
+    http_workers_over(&[addr], &Access::default(), n, plan).await
 }
 
 /// Opens `n` HTTP workers spread over `addrs` (worker `i` talks to
 /// `addrs[i % addrs.len()]`), the plan of worker `i` made by `plan(i)`.
 pub async fn http_workers_over(
     addrs: &[SocketAddr],
+    access: &Access,
     n: usize,
     mut plan: impl FnMut(usize) -> Box<dyn FnMut(u64) -> Request<Full<Bytes>> + Send>,
 ) -> Result<Vec<HttpWorker>> {
@@ -272,7 +343,7 @@ pub async fn http_workers_over(
     }
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        out.push(HttpWorker::new(addrs[i % addrs.len()], plan(i)).await?);
+        out.push(HttpWorker::new(addrs[i % addrs.len()], access, plan(i)).await?);
     }
     Ok(out)
 }

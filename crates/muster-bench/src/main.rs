@@ -283,9 +283,13 @@ async fn bench(mut a: RunArgs) -> Result<()> {
     for t in &a.targets {
         targets.push(match t.as_str() {
             "muster" => Target::Muster,
+            "muster-acl" => Target::MusterAcl,
+            "muster-tls" => Target::MusterTls,
             "ceiling" => Target::Ceiling,
             "etcd" => Target::Etcd,
-            other => bail!("unknown target {other:?}; known: muster, ceiling, etcd"),
+            other => bail!(
+                "unknown target {other:?}; known: muster, muster-acl, muster-tls, ceiling, etcd"
+            ),
         });
     }
     let pinned = !a.no_pin && cpus() >= 1 && std::env::var_os("MUSTER_BENCH_PINNED").is_some();
@@ -390,6 +394,7 @@ async fn bench(mut a: RunArgs) -> Result<()> {
         println!("{line}");
     }
     print_table(&medians, &comparisons);
+    print_shares(&comparisons);
     print_cluster_figures(&cluster_figures);
     if let Some(path) = &a.json {
         let report = Report {
@@ -665,6 +670,24 @@ struct Comparison {
     /// etcd's server CPU over muster's, per request (in `heartbeat-batch`,
     /// per renewal): how many times the CPU muster spends etcd spends.
     etcd_cpu_over_muster: Option<f64>,
+    /// muster with ACLs on (a token checked on every request): its req/s
+    /// as a share of plain muster's, in %, and plain muster's server CPU per
+    /// request as a share of its own (the share where the server core is
+    /// the limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acl: Option<Share>,
+    /// muster serving HTTPS (keep-alive): the same two shares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<Share>,
+}
+
+/// A variant of muster (ACLs, TLS) against plain muster in one scenario.
+#[derive(Debug, Clone, Serialize)]
+struct Share {
+    rps: f64,
+    share_of_muster_rps_pct: f64,
+    cpu_us_per_req: Option<f64>,
+    share_of_muster_cpu_pct: Option<f64>,
 }
 
 fn cpu_per_req(row: &Row) -> Option<f64> {
@@ -723,9 +746,46 @@ fn comparisons(rows: &[Row]) -> Vec<Comparison> {
                 etcd_cpu_over_muster: etcd_cpu
                     .zip(muster_cpu)
                     .map(|(e, m)| round2(e / per_unit(m))),
+                acl: find(&m.scenario, "muster-acl").map(|v| share(m, v)),
+                tls: find(&m.scenario, "muster-tls").map(|v| share(m, v)),
             }
         })
         .collect()
+}
+
+/// A variant's figures as shares of plain muster's.
+fn share(muster: &Row, variant: &Row) -> Share {
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    let cpu = cpu_per_req(variant);
+    Share {
+        rps: variant.summary.rps.round(),
+        share_of_muster_rps_pct: if muster.summary.rps > 0.0 {
+            round2(100.0 * variant.summary.rps / muster.summary.rps)
+        } else {
+            0.0
+        },
+        cpu_us_per_req: cpu,
+        share_of_muster_cpu_pct: cpu_per_req(muster)
+            .zip(cpu)
+            .map(|(m, v)| round2(100.0 * m / v)),
+    }
+}
+
+/// The ACL and TLS variants as shares of plain muster, one line each.
+fn print_shares(comparisons: &[Comparison]) {
+    for c in comparisons {
+        for (what, s) in [("with ACLs", &c.acl), ("with TLS", &c.tls)] {
+            if let Some(s) = s {
+                println!(
+                    "{:<18} {what}: {:.0}% of plain muster's req/s; {} by server CPU per request",
+                    c.scenario,
+                    s.share_of_muster_rps_pct,
+                    s.share_of_muster_cpu_pct
+                        .map_or("-".to_string(), |p| format!("{p:.0}%"))
+                );
+            }
+        }
+    }
 }
 
 fn print_table(rows: &[Row], comparisons: &[Comparison]) {

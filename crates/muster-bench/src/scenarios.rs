@@ -17,7 +17,9 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::cluster::{self, SendTo};
 use crate::etcd::{EtcdClient, EtcdServer, KeepAliveStream, Read};
 use crate::host;
-use crate::load::{self, Answer, Conn, Limits, Summary, Worker, http_workers, request};
+use crate::load::{
+    self, Access, Answer, Conn, Limits, Summary, Worker, http_workers, http_workers_over, request,
+};
 use crate::servers::{self, Proc};
 use crate::sse;
 
@@ -56,6 +58,11 @@ pub const DURABLE: &[&str] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Muster,
+    /// muster run with `--acl`, every request carrying a token whose
+    /// policy grants write on every service (checked on every request).
+    MusterAcl,
+    /// muster serving HTTPS (keep-alive connections, TLS 1.3).
+    MusterTls,
     Ceiling,
     Etcd,
 }
@@ -64,6 +71,8 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::Muster => "muster",
+            Target::MusterAcl => "muster-acl",
+            Target::MusterTls => "muster-tls",
             Target::Ceiling => "ceiling",
             Target::Etcd => "etcd",
         }
@@ -156,18 +165,148 @@ fn unique_instance_body(i: u64) -> Bytes {
 struct Muster {
     proc: Proc,
     dir: PathBuf,
+    /// How clients reach it (TLS, a token), by target.
+    access: Access,
 }
 
 impl Muster {
     async fn start(s: &Settings, name: &str) -> Result<Muster> {
+        Self::start_for(s, name, Target::Muster).await
+    }
+
+    /// A muster as `target` wants it: plain, with ACLs on (and a token
+    /// whose policy grants write on every service), or serving HTTPS.
+    async fn start_for(s: &Settings, name: &str, target: Target) -> Result<Muster> {
         let dir = s.work.join(format!("{name}-{}", unique()));
-        let proc = servers::spawn_muster(&s.muster_bin, s.server_cpu, &dir, &[]).await?;
-        Ok(Muster { proc, dir })
+        match target {
+            Target::MusterAcl => {
+                let proc =
+                    servers::spawn_muster(&s.muster_bin, s.server_cpu, &dir, &["--acl"]).await?;
+                let token = acl_token(proc.addr).await?;
+                Ok(Muster {
+                    proc,
+                    dir,
+                    access: Access {
+                        tls: None,
+                        token: Some(format!("Bearer {token}").parse()?),
+                    },
+                })
+            }
+            Target::MusterTls => {
+                let certs = s.work.join(format!("certs-{}", unique()));
+                std::fs::create_dir_all(&certs)?;
+                make_certs(&s.muster_bin, &certs)?;
+                let (cert, key) = (
+                    certs.join("muster-server.pem"),
+                    certs.join("muster-server-key.pem"),
+                );
+                let args = [
+                    "--tls-cert",
+                    cert.to_str().context("cert path")?,
+                    "--tls-key",
+                    key.to_str().context("key path")?,
+                ];
+                let proc = servers::spawn_muster(&s.muster_bin, s.server_cpu, &dir, &args).await?;
+                Ok(Muster {
+                    proc,
+                    dir,
+                    access: Access::tls(&certs.join("muster-ca.pem"))?,
+                })
+            }
+            _ => {
+                let proc = servers::spawn_muster(&s.muster_bin, s.server_cpu, &dir, &[]).await?;
+                Ok(Muster {
+                    proc,
+                    dir,
+                    access: Access::default(),
+                })
+            }
+        }
     }
 
     fn addr(&self) -> SocketAddr {
         self.proc.addr
     }
+
+    /// A connection as this muster's clients make them.
+    async fn conn(&self) -> Result<Conn> {
+        Conn::connect_with(self.addr(), &self.access).await
+    }
+}
+
+/// Bootstraps ACLs on a fresh `--acl` agent and makes the token the load
+/// runs with: a policy granting write on every service, so each request
+/// is matched against rules, as an application's token is.
+async fn acl_token(addr: SocketAddr) -> Result<String> {
+    let mut conn = Conn::connect(addr).await?;
+    let boot: Value = serde_json::from_slice(
+        &conn
+            .call_ok(request("POST", "/v1/acl/bootstrap", None))
+            .await?,
+    )?;
+    let management = boot["secret"]
+        .as_str()
+        .context("no bootstrap secret")?
+        .to_string();
+    let mut conn = Conn::connect_with(
+        addr,
+        &Access {
+            tls: None,
+            token: Some(format!("Bearer {management}").parse()?),
+        },
+    )
+    .await?;
+    let policy =
+        serde_json::json!({"services": [{"namespace": "*", "service": "*", "access": "write"}]});
+    conn.call_ok(request(
+        "PUT",
+        "/v1/acl/policies/bench",
+        Some(Bytes::from(policy.to_string())),
+    ))
+    .await?;
+    let body = serde_json::json!({"policies": ["bench"], "description": "muster-bench"});
+    let t: Value = serde_json::from_slice(
+        &conn
+            .call_ok(request(
+                "POST",
+                "/v1/acl/tokens",
+                Some(Bytes::from(body.to_string())),
+            ))
+            .await?,
+    )?;
+    Ok(t["secret"].as_str().context("no token secret")?.to_string())
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir`, made by the
+/// binary's own `muster tls` commands.
+fn make_certs(bin: &std::path::Path, dir: &std::path::Path) -> Result<()> {
+    let d = dir.to_str().context("cert dir")?;
+    let ca = dir.join("muster-ca.pem");
+    let ca_key = dir.join("muster-ca-key.pem");
+    for args in [
+        vec!["tls", "ca", "create", "--dir", d],
+        vec![
+            "tls",
+            "cert",
+            "create",
+            "--server",
+            "--dir",
+            d,
+            "--ca",
+            ca.to_str().context("ca")?,
+            "--ca-key",
+            ca_key.to_str().context("ca key")?,
+        ],
+    ] {
+        let out = std::process::Command::new(bin).args(&args).output()?;
+        if !out.status.success() {
+            bail!(
+                "muster {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn unique() -> u64 {
@@ -191,7 +330,12 @@ pub(crate) async fn put_instance(
 
 /// Registers `n` instances of `service` (for lookups).
 async fn populate(addr: SocketAddr, service: &str, n: u64) -> Result<()> {
-    let mut conn = Conn::connect(addr).await?;
+    populate_with(addr, &Access::default(), service, n).await
+}
+
+/// [`populate`] through connections made as `access` says.
+async fn populate_with(addr: SocketAddr, access: &Access, service: &str, n: u64) -> Result<()> {
+    let mut conn = Conn::connect_with(addr, access).await?;
     for i in 0..n {
         put_instance(&mut conn, service, &format!("i{i}"), instance_body(i)).await?;
     }
@@ -250,12 +394,18 @@ pub async fn run(s: &Settings, scenario: &str, targets: &[Target], run: usize) -
     let mut rows = Vec::new();
     for &t in targets {
         let row = match (scenario, t) {
-            ("heartbeat", Target::Muster | Target::Ceiling) => heartbeat(s, t, run).await,
+            (
+                "heartbeat",
+                Target::Muster | Target::MusterAcl | Target::MusterTls | Target::Ceiling,
+            ) => heartbeat(s, t, run).await,
             ("heartbeat", Target::Etcd) => etcd_heartbeat(s, run).await,
             ("heartbeat-batch", Target::Muster | Target::Ceiling) => {
                 heartbeat_batch(s, t, run).await
             }
-            ("lookup-1", Target::Muster | Target::Ceiling) => lookup(s, t, run, 1).await,
+            (
+                "lookup-1",
+                Target::Muster | Target::MusterAcl | Target::MusterTls | Target::Ceiling,
+            ) => lookup(s, t, run, 1).await,
             ("lookup-100", Target::Muster | Target::Ceiling) => lookup(s, t, run, 100).await,
             ("lookup-1", Target::Etcd) => etcd_lookup(s, run, 1).await,
             ("lookup-100", Target::Etcd) => etcd_lookup(s, run, 100).await,
@@ -302,7 +452,11 @@ async fn http_flow(
         }
         _ => (m.addr(), m.proc.pid),
     };
-    let workers = http_workers(addr, s.connections, plan).await?;
+    let access = match target {
+        Target::Ceiling => Access::default(),
+        _ => m.access.clone(),
+    };
+    let workers = http_workers_over(&[addr], &access, s.connections, plan).await?;
     let (summary, cpu) = drive_measured(pid, workers, limits(s)).await?;
     let mut row = Row::new(scenario, target, run, summary);
     row.rss_bytes = servers::rss_bytes(pid).ok();
@@ -313,11 +467,12 @@ async fn http_flow(
 }
 
 async fn lookup(s: &Settings, target: Target, run: usize, n: u64) -> Result<Row> {
-    let m = Muster::start(s, "lookup").await?;
+    let m = Muster::start_for(s, "lookup", target).await?;
     let service = if n == 1 { "one" } else { "hundred" };
-    populate(m.addr(), service, n).await?;
+    populate_with(m.addr(), &m.access, service, n).await?;
     let path = format!("/v1/services/{service}/instances");
-    let sample = Conn::connect(m.addr())
+    let sample = m
+        .conn()
         .await?
         .call_answer(request("GET", &path, None))
         .await?;
@@ -400,8 +555,8 @@ async fn heartbeat_batch(s: &Settings, target: Target, run: usize) -> Result<Row
 }
 
 async fn heartbeat(s: &Settings, target: Target, run: usize) -> Result<Row> {
-    let m = Muster::start(s, "heartbeat").await?;
-    let mut conn = Conn::connect(m.addr()).await?;
+    let m = Muster::start_for(s, "heartbeat", target).await?;
+    let mut conn = m.conn().await?;
     let leases = Arc::new(create_leases(&mut conn, s.leases).await?);
     let sample = conn
         .call_answer(request(
@@ -770,7 +925,7 @@ async fn scale(s: &Settings, run: usize, unique: bool) -> Result<Vec<Row>> {
         if count != n {
             bail!("{name} {n}: the catalog holds {count} instances");
         }
-        let Muster { proc, dir } = m;
+        let Muster { proc, dir, .. } = m;
         proc.kill9().await?;
         let disk = dir_size(&dir);
         if let Some(keep) = &s.keep_data {

@@ -136,6 +136,7 @@ async fn spawn_announcing(
         .ok_or_else(|| anyhow!("unexpected first line from server: {line:?}"))?;
     let addr: SocketAddr = url
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .parse()
         .with_context(|| format!("parsing address from {line:?}"))?;
     Ok(Proc {

@@ -42,7 +42,7 @@ impl AclToken {
 }
 
 /// Tokens and policies.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Acl {
     /// Whether the bootstrap token was made (it is made once, ever).
     pub bootstrapped: bool,
@@ -50,7 +50,22 @@ pub struct Acl {
     policies: BTreeMap<String, Policy>,
     /// Accessor by secret hash.
     by_hash: HashMap<String, String>,
+    /// The log index of the last change (or of the snapshot it was read
+    /// from): what a cache of decisions is valid for. Not stored.
+    changed_at: u64,
 }
+
+/// Equal tokens, policies and bootstrap state; where a change was last
+/// applied does not count.
+impl PartialEq for Acl {
+    fn eq(&self, other: &Self) -> bool {
+        self.bootstrapped == other.bootstrapped
+            && self.tokens == other.tokens
+            && self.policies == other.policies
+    }
+}
+
+impl Eq for Acl {}
 
 impl Acl {
     /// The state made of its stored parts.
@@ -70,6 +85,16 @@ impl Acl {
             acl.policies.insert(p.name.clone(), p);
         }
         acl
+    }
+
+    /// The log index of the last change, or of the snapshot the state was
+    /// read from: decisions made from the state stay valid while it holds.
+    pub fn changed_at(&self) -> u64 {
+        self.changed_at
+    }
+
+    pub(crate) fn set_changed_at(&mut self, index: u64) {
+        self.changed_at = index;
     }
 
     /// Whether nothing was ever set (snapshots leave the state out then).

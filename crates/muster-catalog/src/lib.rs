@@ -581,7 +581,11 @@ impl Catalog {
             namespace_index: head.namespace_index.into_owned(),
             retired_nodes: head.retired_nodes.into_owned(),
             staged: head.staged.map(|s| Box::new(s.into_owned())),
-            acl: head.acl.into_owned(),
+            acl: {
+                let mut acl = head.acl.into_owned();
+                acl.set_changed_at(head.index);
+                acl
+            },
         }
     }
 
@@ -821,18 +825,27 @@ impl Catalog {
                 }
                 self.acl.bootstrapped = true;
                 self.acl.put_token(token.clone());
+                self.acl.set_changed_at(index);
             }
-            Command::AclSetToken { token } => self.acl.put_token(token.clone()),
+            Command::AclSetToken { token } => {
+                self.acl.put_token(token.clone());
+                self.acl.set_changed_at(index);
+            }
             Command::AclDeleteToken { accessor } => {
                 if !self.acl.remove_token(accessor) {
                     return Err(ApplyError::UnknownToken(accessor.clone()));
                 }
+                self.acl.set_changed_at(index);
             }
-            Command::AclSetPolicy { policy } => self.acl.put_policy(policy.clone()),
+            Command::AclSetPolicy { policy } => {
+                self.acl.put_policy(policy.clone());
+                self.acl.set_changed_at(index);
+            }
             Command::AclDeletePolicy { name } => {
                 if !self.acl.remove_policy(name) {
                     return Err(ApplyError::UnknownPolicy(name.clone()));
                 }
+                self.acl.set_changed_at(index);
             }
         }
         out.changed.sort();

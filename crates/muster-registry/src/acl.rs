@@ -7,6 +7,7 @@
 //! revoked at index `i` stops working on each node as it applies `i`.
 
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use muster_catalog::acl::{ANONYMOUS_ACCESSOR, Acl, AclToken, Policy, ServiceAccess, ServiceRule};
@@ -127,6 +128,57 @@ impl Authz {
     }
 }
 
+/// Most secrets whose decisions are cached; past it the cache starts over.
+const CACHED_SECRETS: usize = 4096;
+
+/// Decisions per presented secret (see [`Registry::authz`]).
+pub(crate) struct AuthzCache {
+    /// What everyone may do with ACLs off.
+    open: Arc<Authz>,
+    by_secret: Mutex<foldhash::HashMap<String, Cached>>,
+}
+
+struct Cached {
+    /// The ACL state's `changed_at` the decision was made from.
+    at: u64,
+    expires_ms: Option<u64>,
+    authz: Arc<Authz>,
+}
+
+impl Default for AuthzCache {
+    fn default() -> Self {
+        AuthzCache {
+            open: Arc::new(Authz::All {
+                accessor: "-".into(),
+            }),
+            by_secret: Mutex::default(),
+        }
+    }
+}
+
+impl AuthzCache {
+    fn get(&self, secret: &str, at: u64, now_ms: u64) -> Option<Arc<Authz>> {
+        let map = crate::cache::lock(&self.by_secret);
+        let hit = map.get(secret)?;
+        (hit.at == at && hit.expires_ms.is_none_or(|e| e > now_ms)).then(|| Arc::clone(&hit.authz))
+    }
+
+    fn put(&self, secret: &str, at: u64, expires_ms: Option<u64>, authz: Arc<Authz>) {
+        let mut map = crate::cache::lock(&self.by_secret);
+        if map.len() >= CACHED_SECRETS && !map.contains_key(secret) {
+            map.clear();
+        }
+        map.insert(
+            secret.to_string(),
+            Cached {
+                at,
+                expires_ms,
+                authz,
+            },
+        );
+    }
+}
+
 /// Now, as the wall clock says, in Unix milliseconds.
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -218,40 +270,60 @@ impl Registry {
     }
 
     /// What `caller` may do. With ACLs off, everything.
-    pub(crate) fn authz(&self, caller: &Caller) -> Result<Authz> {
+    ///
+    /// Decisions are cached per presented secret for as long as the ACL
+    /// state they were made from holds (its `changed_at` index) and the
+    /// token has not expired, so a request costs a map lookup rather than
+    /// a SHA-256 and a walk of its policies. The cache lives in memory only
+    /// (as the request that carried the secret does), is bounded, and
+    /// never holds an unknown token.
+    pub(crate) fn authz(&self, caller: &Caller) -> Result<Arc<Authz>> {
         if !self.inner.config.acl {
-            return Ok(Authz::All {
-                accessor: "-".into(),
-            });
+            return Ok(Arc::clone(&self.inner.acl_cache.open));
         }
-        let hash = match caller.identity() {
-            Identity::Anonymous => None,
-            Identity::Token(secret) => Some(hash_secret(secret.expose())),
+        let key = match caller.identity() {
+            Identity::Anonymous => "",
+            Identity::Token(secret) => secret.expose(),
         };
         let now = now_ms();
-        self.read(|c| {
+        let at = self.read(|c| c.acl().changed_at());
+        if let Some(hit) = self.inner.acl_cache.get(key, at, now) {
+            return Ok(hit);
+        }
+        let hash = (!key.is_empty()).then(|| hash_secret(key));
+        let (at, resolved) = self.read(|c| {
             let acl = c.acl();
-            match &hash {
+            let resolved = match &hash {
                 None => match acl.token(ANONYMOUS_ACCESSOR) {
-                    Some(t) => Authz::resolve(acl, t, now),
-                    None => Ok(Authz::Rules {
-                        accessor: ANONYMOUS_ACCESSOR.into(),
-                        rules: Vec::new(),
-                        operator: false,
-                        acl: false,
-                    }),
+                    Some(t) => Authz::resolve(acl, t, now).map(|a| (a, t.expires_ms)),
+                    None => Ok((
+                        Authz::Rules {
+                            accessor: ANONYMOUS_ACCESSOR.into(),
+                            rules: Vec::new(),
+                            operator: false,
+                            acl: false,
+                        },
+                        None,
+                    )),
                 },
                 Some(h) => match acl.token_by_hash(h) {
-                    Some(t) => Authz::resolve(acl, t, now),
+                    Some(t) => Authz::resolve(acl, t, now).map(|a| (a, t.expires_ms)),
                     None => Err(RegistryError::InvalidToken),
                 },
-            }
-        })
+            };
+            (acl.changed_at(), resolved)
+        });
+        let (authz, expires_ms) = resolved?;
+        let authz = Arc::new(authz);
+        self.inner
+            .acl_cache
+            .put(key, at, expires_ms, Arc::clone(&authz));
+        Ok(authz)
     }
 
     /// The one place where callers are authorised: `Ok` with what they may
     /// do, or the error naming the right they lack.
-    pub(crate) fn authorize(&self, caller: &Caller, access: Access<'_>) -> Result<Authz> {
+    pub(crate) fn authorize(&self, caller: &Caller, access: Access<'_>) -> Result<Arc<Authz>> {
         let a = self.authz(caller)?;
         match a.allows(access) {
             Ok(()) => Ok(a),
@@ -284,9 +356,9 @@ impl Registry {
         let (accessor, r) = match self.authorize(caller, access) {
             Ok(a) => (a, body.await),
             Err(e) => (
-                Authz::All {
+                Arc::new(Authz::All {
                     accessor: self.accessor_of(caller),
-                },
+                }),
                 Err(e),
             ),
         };

@@ -336,6 +336,7 @@ struct Inner {
     stop_rx: tokio_watch::Receiver<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     audit: std::sync::OnceLock<Arc<dyn acl::AuditSink>>,
+    acl_cache: acl::AuthzCache,
 }
 
 /// Reads the catalog of `node`. A poisoned lock is recovered: apply is
@@ -465,6 +466,7 @@ impl Registry {
                 stop_rx,
                 tasks: Mutex::new(tasks),
                 audit: Default::default(),
+                acl_cache: Default::default(),
             }),
         })
     }
