@@ -150,7 +150,7 @@ async fn probe(s: &TestServer, who: &As, tag: &str) -> Answers {
         // that is not gets 403 without learning that.
         deregister_orders: who.delete("/v1/services/orders/instances/o-gone").await.0,
         discover_payments: {
-            let (st, v) = who.get("/v1/services/payments/instances").await;
+            let (st, v) = who.get("/v1/services/payments/instances?health=any").await;
             (st, ids(&v).into_iter().filter(|i| i == "p0").collect())
         },
         discover_orders: {
@@ -239,8 +239,32 @@ fn refused() -> Answers {
     }
 }
 
-#[tokio::test]
-async fn every_caller_gets_exactly_what_its_policies_grant_on_every_route() {
+/// What a caller may do, as the routes' expectations need it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Caps {
+    /// The token is accepted at all.
+    valid: bool,
+    write_payments: bool,
+    write_orders: bool,
+    /// Write on some service: leases.
+    any_write: bool,
+    operator: bool,
+    acl: bool,
+}
+
+/// A server with ACLs on, data every probe looks for (`payments/p0` with a
+/// TTL check `t`, `orders/o0`, `paybox/b0`, all on 60 s TTLs) and one
+/// caller of each kind, with what it may do.
+struct Matrix {
+    s: TestServer,
+    mgmt_secret: String,
+    mgmt_accessor: String,
+    callers: Vec<(&'static str, As, Caps)>,
+    /// What `expect` builds the answers of the first probe set from.
+    expected: Vec<Answers>,
+}
+
+async fn matrix() -> Matrix {
     let s = TestServer::start_with(|c| c.acl = true).await;
     let anon = As::new(&s, None);
     // Default deny: nothing before bootstrap, not even a read.
@@ -253,7 +277,9 @@ async fn every_caller_gets_exactly_what_its_policies_grant_on_every_route() {
     let (st, boot) = anon.post("/v1/acl/bootstrap", json!(null)).await;
     assert_eq!(st, 200, "{boot}");
     assert_eq!(anon.post("/v1/acl/bootstrap", json!(null)).await.0, 409);
-    let mgmt = As::new(&s, Some(boot["secret"].as_str().unwrap()));
+    let mgmt_secret = boot["secret"].as_str().unwrap().to_string();
+    let mgmt_accessor = boot["accessor"].as_str().unwrap().to_string();
+    let mgmt = As::new(&s, Some(&mgmt_secret));
 
     for (name, rules) in [
         (
@@ -296,6 +322,9 @@ async fn every_caller_gets_exactly_what_its_policies_grant_on_every_route() {
     for (svc, id) in [("payments", "p0"), ("orders", "o0"), ("paybox", "b0")] {
         let mut body = instance();
         body["ttl"] = json!("60s");
+        if svc == "payments" {
+            body["checks"] = json!([{"id": "t", "ttl": "60s"}]);
+        }
         let (st, v) = mgmt
             .put(&format!("/v1/services/{svc}/instances/{id}"), body)
             .await;
@@ -329,88 +358,116 @@ async fn every_caller_gets_exactly_what_its_policies_grant_on_every_route() {
         204
     );
 
-    let everyone = [
+    let caps = |write_payments, write_orders, operator, acl| Caps {
+        valid: true,
+        write_payments,
+        write_orders,
+        any_write: write_payments || write_orders,
+        operator,
+        acl,
+    };
+    let callers = vec![
         (
             "anonymous",
             As::new(&s, None),
-            expect([403, 403, 403], 403, 403, false, false, &[], 403, 403, 403),
+            caps(false, false, false, false),
         ),
         (
             "read payments",
             As::new(&s, Some(&read)),
-            expect(
-                [403, 403, 403],
-                403,
-                403,
-                true,
-                false,
-                &["payments"],
-                403,
-                403,
-                403,
-            ),
+            caps(false, false, false, false),
         ),
         (
             "write payments",
             As::new(&s, Some(&write)),
-            expect(
-                [200, 403, 403],
-                200,
-                403,
-                true,
-                false,
-                &["payments"],
-                201,
-                403,
-                403,
-            ),
+            caps(true, false, false, false),
         ),
         (
             "write pay*",
             As::new(&s, Some(&prefix)),
-            expect(
-                [200, 403, 200],
-                200,
-                403,
-                true,
-                false,
-                &["paybox", "payments"],
-                201,
-                403,
-                403,
-            ),
+            caps(true, false, false, false),
         ),
         (
             "operator",
             As::new(&s, Some(&ops)),
-            expect([403, 403, 403], 403, 403, false, false, &[], 403, 200, 403),
+            caps(false, false, true, false),
         ),
-        (
-            "management",
-            mgmt,
-            expect(
-                [200, 200, 200],
-                200,
-                404,
-                true,
-                true,
-                &["orders", "paybox", "payments"],
-                201,
-                200,
-                200,
-            ),
-        ),
-        ("expired", As::new(&s, Some(&expired)), refused()),
-        ("revoked", As::new(&s, Some(&revoked)), refused()),
-        ("unknown", As::new(&s, Some("not-a-token")), refused()),
+        ("management", mgmt, caps(true, true, true, true)),
+        ("expired", As::new(&s, Some(&expired)), Caps::default()),
+        ("revoked", As::new(&s, Some(&revoked)), Caps::default()),
+        ("unknown", As::new(&s, Some("not-a-token")), Caps::default()),
     ];
-    for (i, (who, caller, want)) in everyone.iter().enumerate() {
-        let got = probe(&s, caller, &format!("m{i}")).await;
+    let expected = vec![
+        expect([403, 403, 403], 403, 403, false, false, &[], 403, 403, 403),
+        expect(
+            [403, 403, 403],
+            403,
+            403,
+            true,
+            false,
+            &["payments"],
+            403,
+            403,
+            403,
+        ),
+        expect(
+            [200, 403, 403],
+            200,
+            403,
+            true,
+            false,
+            &["payments"],
+            201,
+            403,
+            403,
+        ),
+        expect(
+            [200, 403, 200],
+            200,
+            403,
+            true,
+            false,
+            &["paybox", "payments"],
+            201,
+            403,
+            403,
+        ),
+        expect([403, 403, 403], 403, 403, false, false, &[], 403, 200, 403),
+        expect(
+            [200, 200, 200],
+            200,
+            404,
+            true,
+            true,
+            &["orders", "paybox", "payments"],
+            201,
+            200,
+            200,
+        ),
+        refused(),
+        refused(),
+        refused(),
+    ];
+    Matrix {
+        s,
+        mgmt_secret,
+        mgmt_accessor,
+        callers,
+        expected,
+    }
+}
+
+#[tokio::test]
+async fn every_caller_gets_exactly_what_its_policies_grant_on_every_route() {
+    let m = matrix().await;
+    let s = &m.s;
+    for (i, ((who, caller, _), want)) in m.callers.iter().zip(&m.expected).enumerate() {
+        let got = probe(s, caller, &format!("m{i}")).await;
         assert_eq!(&got, want, "caller {who}");
     }
 
     // The 403 names the missing right and nothing else.
-    let w = As::new(&s, Some(&write));
+    let w = &m.callers[2].1;
     let (st, e) = w.put("/v1/services/orders/instances/z", instance()).await;
     assert_eq!(st, 403);
     assert_eq!(e["error"]["code"], "permission_denied");
@@ -428,17 +485,216 @@ async fn every_caller_gets_exactly_what_its_policies_grant_on_every_route() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"muster\"");
-    // X-Muster-Token works as well as Bearer.
-    let r = s
-        .http
-        .get(s.url("/v1/services"))
-        .header("x-muster-token", &read)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(names(&r.json().await.unwrap()), vec!["payments"]);
-    s.stop().await;
+    m.s.stop().await;
+}
+
+/// The routes the first probe set leaves out, each with the right it
+/// needs: checks, maintenance, leases, the multiplexed watch, blocking
+/// queries, membership, restore, and the ACL routes themselves.
+#[tokio::test]
+async fn the_other_routes_need_exactly_the_right_they_name() {
+    let m = matrix().await;
+    let mgmt = &m.callers[5].1;
+    let (st, lease) = mgmt.post("/v1/leases", json!({"ttl": "60s"})).await;
+    assert_eq!(st, 201);
+    let lease = lease["id"].as_str().unwrap().to_string();
+    let (_, o) = mgmt.get("/v1/services/orders/instances").await;
+    assert_eq!(ids(&o), vec!["o0"]);
+
+    for (i, (who, caller, caps)) in m.callers.iter().enumerate() {
+        let gate = |allowed: bool, ok: u16| {
+            if !caps.valid {
+                401
+            } else if allowed {
+                ok
+            } else {
+                403
+            }
+        };
+        let c = format!("c{i}");
+        let pay = "/v1/services/payments/instances/p0";
+        let mut got = Vec::new();
+        let mut want = Vec::new();
+        let mut check = |name: &str, status: u16, expected: u16| {
+            got.push((name.to_string(), status));
+            want.push((name.to_string(), expected));
+        };
+        check(
+            "put check",
+            caller
+                .put(&format!("{pay}/checks/{c}"), json!({"ttl": "60s"}))
+                .await
+                .0,
+            gate(caps.write_payments, 200),
+        );
+        check(
+            "delete check",
+            caller.delete(&format!("{pay}/checks/{c}")).await.0,
+            gate(caps.write_payments, 200),
+        );
+        check(
+            "report check",
+            caller
+                .put(&format!("{pay}/checks/t/pass"), json!({}))
+                .await
+                .0,
+            gate(caps.write_payments, 204),
+        );
+        check(
+            "maintenance",
+            caller
+                .put(&format!("{pay}/maintenance"), json!({"enabled": false}))
+                .await
+                .0,
+            gate(caps.write_payments, 200),
+        );
+        check(
+            "put check on orders",
+            caller
+                .put(
+                    &format!("/v1/services/orders/instances/o0/checks/{c}"),
+                    json!({"ttl": "60s"}),
+                )
+                .await
+                .0,
+            gate(caps.write_orders, 200),
+        );
+        check(
+            "get lease",
+            caller.get(&format!("/v1/leases/{lease}")).await.0,
+            gate(caps.any_write, 200),
+        );
+        check(
+            "renew lease",
+            caller
+                .put(&format!("/v1/leases/{lease}/renew"), json!({}))
+                .await
+                .0,
+            gate(caps.any_write, 200),
+        );
+        check(
+            "renew leases",
+            caller
+                .post("/v1/leases/renew", json!({"ids": [lease]}))
+                .await
+                .0,
+            gate(caps.any_write, 200),
+        );
+        check(
+            "revoke an unknown lease",
+            caller.delete("/v1/leases/00000000000000ff").await.0,
+            gate(caps.any_write, 404),
+        );
+        // A blocking query on a service the caller may not read waits like
+        // one on an unknown service, and answers it empty.
+        let (st, v) = caller
+            .get("/v1/services/orders/instances?index=0&wait=10ms&health=any")
+            .await;
+        check("blocking query on orders", st, gate(true, 200));
+        if st == 200 {
+            let want_ids: Vec<String> = if caps.write_orders {
+                vec!["o0".into()]
+            } else {
+                vec![]
+            };
+            assert_eq!(ids(&v), want_ids, "{who}: blocking query on orders");
+        }
+        // The multiplexed watch filters per query.
+        let r = caller
+            .http
+            .post(format!("{}/v1/watch", caller.base))
+            .json(&json!({"queries": [{"id": "o", "service": "orders", "health": "any"}, {"id": "p", "service": "payments", "health": "any"}]}))
+            .send()
+            .await
+            .unwrap();
+        check("multiplexed watch", r.status().as_u16(), gate(true, 200));
+        if r.status() == 200 {
+            let mut w = Sse::from_response(r);
+            let mut seen = std::collections::BTreeMap::new();
+            while seen.len() < 2 {
+                let e = w.next().await;
+                seen.insert(
+                    e.data["query"].as_str().unwrap_or_default().to_string(),
+                    ids(&e.data),
+                );
+            }
+            let orders: Vec<String> = if caps.write_orders {
+                vec!["o0".into()]
+            } else {
+                vec![]
+            };
+            assert_eq!(
+                seen["o"], orders,
+                "{who}: orders over the multiplexed watch"
+            );
+        }
+        check(
+            "remove a member",
+            caller.delete("/v1/cluster/members/99").await.0,
+            // On a node without a cluster the change is refused as such.
+            gate(caps.operator, 409),
+        );
+        let r = caller
+            .http
+            .post(format!("{}/v1/snapshot/restore", caller.base))
+            .body("not a backup")
+            .send()
+            .await
+            .unwrap();
+        check("restore", r.status().as_u16(), gate(caps.operator, 400));
+        check(
+            "token self",
+            caller.get("/v1/acl/token/self").await.0,
+            gate(true, 200),
+        );
+        check(
+            "get a token",
+            caller
+                .get(&format!("/v1/acl/tokens/{}", m.mgmt_accessor))
+                .await
+                .0,
+            gate(caps.acl, 200),
+        );
+        check(
+            "list policies",
+            caller.get("/v1/acl/policies").await.0,
+            gate(caps.acl, 200),
+        );
+        check(
+            "get a policy",
+            caller.get("/v1/acl/policies/ops").await.0,
+            gate(caps.acl, 200),
+        );
+        check(
+            "delete an unknown policy",
+            caller.delete("/v1/acl/policies/none-such").await.0,
+            gate(caps.acl, 404),
+        );
+        check(
+            "revoke an unknown token",
+            caller.delete("/v1/acl/tokens/none-such").await.0,
+            gate(caps.acl, 404),
+        );
+        check(
+            "update the anonymous token",
+            caller
+                .put("/v1/acl/tokens/anonymous", json!({"description": "x"}))
+                .await
+                .0,
+            gate(caps.acl, 200),
+        );
+        check(
+            "create a token",
+            caller
+                .post("/v1/acl/tokens", json!({"policies": []}))
+                .await
+                .0,
+            gate(caps.acl, 201),
+        );
+        assert_eq!(got, want, "caller {who}");
+    }
+    assert!(!m.mgmt_secret.is_empty());
+    m.s.stop().await;
 }
 
 #[tokio::test]
