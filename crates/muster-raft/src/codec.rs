@@ -124,8 +124,16 @@ pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Codec
 /// The first bytes of snapshot data ([`write_catalog`]).
 pub(crate) const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNP";
 
-/// Version of the snapshot data encoding, after [`SNAPSHOT_MAGIC`].
-pub(crate) const SNAPSHOT_FORMAT: u16 = 2;
+/// Version of the snapshot data encoding, after [`SNAPSHOT_MAGIC`]: 3 when
+/// the head carries state a build of version 2 would drop without a word
+/// (ACL tokens and policies, a staged restore), else
+/// [`SNAPSHOT_FORMAT_V2`], byte for byte as before. So a catalog that never
+/// used them is still read by older builds, and one that did is refused by
+/// them rather than misread.
+pub(crate) const SNAPSHOT_FORMAT: u16 = 3;
+
+/// Checksummed frames, a head without ACL state or a staged restore.
+const SNAPSHOT_FORMAT_V2: u16 = 2;
 
 /// The first snapshot data encoding: frames without checksums.
 const SNAPSHOT_FORMAT_V1: u16 = 1;
@@ -139,10 +147,16 @@ const PRE_RELEASE_MAGIC: &[u8; 4] = b"MCF1";
 /// big-endian, each) and JSON: the catalog's head ([`Catalog::head`]), then
 /// one `[key, service]` pair per service.
 pub(crate) fn write_catalog(catalog: &Catalog, out: &mut impl Write) -> Result<(), CodecError> {
+    let head = catalog.head();
+    let version = if head.staged.is_some() || !head.acl.is_empty() {
+        SNAPSHOT_FORMAT
+    } else {
+        SNAPSHOT_FORMAT_V2
+    };
     out.write_all(SNAPSHOT_MAGIC)?;
-    out.write_all(&SNAPSHOT_FORMAT.to_be_bytes())?;
+    out.write_all(&version.to_be_bytes())?;
     let mut frame = Vec::new();
-    write_frame(out, &mut frame, &HeadOut(&catalog.head()))?;
+    write_frame(out, &mut frame, &HeadOut(&head))?;
     for (key, service) in catalog.service_entries() {
         write_frame(out, &mut frame, &service_out(key, service))?;
     }
@@ -241,7 +255,7 @@ fn read_prelude(input: &mut impl Read) -> Result<bool, CodecError> {
     input.read_exact(&mut version)?;
     let version = u16::from_be_bytes(version);
     let checked = match version {
-        SNAPSHOT_FORMAT => true,
+        SNAPSHOT_FORMAT | SNAPSHOT_FORMAT_V2 => true,
         SNAPSHOT_FORMAT_V1 => false,
         _ => {
             return Err(CodecError(format!(
@@ -817,6 +831,94 @@ mod tests {
         golden("snapshot-retired-v2.bin", &data);
         let stored = std::fs::read(fixture("snapshot-retired-v2.bin")).unwrap();
         assert_eq!(read_catalog(&mut stored.as_slice()).unwrap(), c);
+    }
+
+    /// ACL commands are log format 2 entries; a catalog holding ACL state
+    /// is snapshot format 3 (a version-2 build would drop it silently), one
+    /// without stays format 2.
+    #[test]
+    fn acl_state_is_stored_in_snapshot_format_3() {
+        use muster_catalog::acl::{AclToken, Policy, ServiceAccess, ServiceRule};
+        let token = AclToken {
+            accessor: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into(),
+            secret_hash: "ab".repeat(32),
+            description: "payments pods".into(),
+            policies: vec!["payments-write".into()],
+            management: false,
+            created_ms: 1_764_633_600_000,
+            expires_ms: Some(1_764_720_000_000),
+        };
+        let policy = Policy {
+            name: "payments-write".into(),
+            description: "write payments".into(),
+            services: vec![ServiceRule {
+                namespace: "*".into(),
+                service: "pay*".into(),
+                access: ServiceAccess::Write,
+            }],
+            operator: true,
+            acl: false,
+        };
+        let commands = vec![
+            Command::AclBootstrap {
+                token: AclToken {
+                    accessor: "management".into(),
+                    secret_hash: "cd".repeat(32),
+                    management: true,
+                    policies: vec![],
+                    expires_ms: None,
+                    ..token.clone()
+                },
+            },
+            Command::AclSetPolicy {
+                policy: policy.clone(),
+            },
+            Command::AclSetToken {
+                token: token.clone(),
+            },
+            Command::AclDeleteToken {
+                accessor: "management".into(),
+            },
+            Command::AclDeletePolicy {
+                name: "gone".into(),
+            },
+        ];
+        let entry = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(5, 1), 91),
+            payload: openraft::EntryPayload::Normal(crate::types::Request {
+                now_ms: 1_764_633_600_000,
+                commands: commands.clone(),
+            }),
+        };
+        golden("log-entry-acl-v2.bin", &encode_entry(&entry).unwrap());
+        let stored = std::fs::read(fixture("log-entry-acl-v2.bin")).unwrap();
+        assert_eq!(decode_entry(&stored).unwrap(), entry);
+
+        let mut c = scenario_catalog();
+        let mut data = Vec::new();
+        write_catalog(&c, &mut data).unwrap();
+        assert_eq!(&data[4..6], &2u16.to_be_bytes(), "no ACL state: format 2");
+        let next = c.applied_index() + 1;
+        for (i, cmd) in commands[..3].iter().enumerate() {
+            c.apply(next + i as u64, 0, cmd).unwrap();
+        }
+        let mut data = Vec::new();
+        write_catalog(&c, &mut data).unwrap();
+        assert_eq!(&data[4..6], &3u16.to_be_bytes(), "ACL state: format 3");
+        golden("snapshot-acl-v3.bin", &data);
+        let stored = std::fs::read(fixture("snapshot-acl-v3.bin")).unwrap();
+        let read = read_catalog(&mut stored.as_slice()).unwrap();
+        assert_eq!(read, c);
+        assert_eq!(read.acl().token(&token.accessor), Some(&token));
+        assert_eq!(read.acl().policy("payments-write"), Some(&policy));
+        assert!(read.acl().bootstrapped);
+        // Looked up by the secret's hash, as requests are.
+        assert_eq!(
+            read.acl()
+                .token_by_hash(&token.secret_hash)
+                .map(|t| &t.accessor),
+            Some(&token.accessor)
+        );
     }
 
     /// Version 1 (no checksum) is still read, as its fixtures were written.
