@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
+use futures::StreamExt;
 use muster_types::{ErrorBody, INDEX_HEADER, RestoreResult};
 use tokio_util::io::StreamReader;
 
@@ -66,9 +66,27 @@ pub async fn save(
 pub async fn restore(
     State(state): State<HttpStateRef>,
     Call(caller): Call,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Result<axum::Json<RestoreResult>, ApiError> {
-    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    // A backup may take long to upload, but an upload that stalls (no byte
+    // for the body deadline) is given up: it would hold a connection and a
+    // staged restore for nothing.
+    let idle = req
+        .extensions()
+        .get::<crate::limit::Conn>()
+        .map_or(crate::serve::Limits::default().body_timeout, |c| {
+            c.body_timeout
+        });
+    let body = req.into_body();
+    let chunks =
+        tokio_stream::StreamExt::timeout(body.into_data_stream(), idle).map(move |r| match r {
+            Ok(chunk) => chunk.map_err(std::io::Error::other),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the upload stalled: no byte for {idle:?}"),
+            )),
+        });
+    let reader = StreamReader::new(Box::pin(chunks));
     let report = state.registry.snapshot_restore(&caller, reader).await?;
     Ok(axum::Json(RestoreResult {
         index: report.index,

@@ -642,3 +642,43 @@ async fn idle_and_slowloris_floods_do_not_stop_a_normal_client() {
     trickle.abort();
     drop(idle);
 }
+
+/// A restore upload may take long, but one that stalls (no byte for the
+/// body deadline) is given up with a typed answer, not held for ever.
+#[tokio::test]
+async fn a_stalled_restore_upload_is_given_up_at_the_body_deadline() {
+    let body_timeout = Duration::from_millis(500);
+    let server = TestServer::start_with(|c| c.http_body_timeout = body_timeout).await;
+    let mut s = TcpStream::connect(addr(&server)).await.unwrap();
+    s.write_all(
+        b"POST /v1/snapshot/restore HTTP/1.1\r\nhost: muster\r\n\
+          content-type: application/octet-stream\r\ncontent-length: 100000\r\n\r\nMBAK",
+    )
+    .await
+    .unwrap();
+    let start = tokio::time::Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&buf).contains("}}") {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .expect("no answer to a stalled restore upload")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.contains("restore_upload_failed") && text.contains("stalled"),
+        "{text}"
+    );
+    assert!(
+        took >= body_timeout - Duration::from_millis(50),
+        "answered early: {took:?}"
+    );
+    assert!(took < body_timeout * 6, "answered only after {took:?}");
+}
