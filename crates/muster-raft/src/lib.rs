@@ -127,6 +127,10 @@ pub struct NodeInfo {
     /// and the calls that carried them (renewals arriving together share
     /// a call).
     pub forwarded_renewals: (u64, u64),
+    /// Lease renewals this follower answered itself since it started,
+    /// passed on to the leader in batches (the ids of each batch count in
+    /// `forwarded_renewals`).
+    pub renewals_passed_on: u64,
     /// Writes this node forwarded to the leader since it started, and the
     /// calls that carried them.
     pub forwarded_writes: (u64, u64),

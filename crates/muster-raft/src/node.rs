@@ -398,6 +398,7 @@ impl Node {
                 transfer_gate: tokio::sync::RwLock::new(()),
                 renewals: crate::cluster::coalesce::Coalescer::start(http.clone()),
                 forwards: crate::cluster::coalesce::Coalescer::start(http.clone()),
+                pass_on: Default::default(),
             });
             let mut stop = stop_cluster_rx.clone();
             let shutdown = async move {
@@ -410,6 +411,10 @@ impl Node {
                     tracing::error!(error = %e, "the cluster listener failed");
                 }
             }));
+            cluster_tasks.push(tokio::spawn(cluster::pass_on_renewals(
+                Arc::clone(&shared),
+                stop_cluster_rx.clone(),
+            )));
             cluster_tasks.push(tokio::spawn(cluster::learn_http_addrs(
                 Arc::clone(&shared),
                 stop_cluster_rx.clone(),
@@ -510,6 +515,13 @@ impl Node {
                 leader: Some(self.inner.node_id),
             }),
         }
+    }
+
+    /// Renews `ids` on a follower without a call to the leader, when it
+    /// may (see the cluster's `renew_passing_on`): `None` when they must go
+    /// to the leader ([`Node::renew_on_leader`]).
+    pub fn renew_passing_on(&self, ids: &[u64]) -> Option<Vec<Renewal>> {
+        self.inner.cluster.as_ref()?.renew_passing_on(ids)
     }
 
     /// Waits until this node can answer a linearizable read: the leader
@@ -628,6 +640,11 @@ impl Node {
                 .max(applied_index),
             applied_index,
             snapshots_installed: self.inner.pace.installed.load(Ordering::Relaxed),
+            renewals_passed_on: self
+                .inner
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.pass_on.answered.load(Ordering::Relaxed)),
             forwarded_renewals: self.inner.cluster.as_ref().map_or((0, 0), |c| {
                 let s = &c.renewals.stats;
                 (

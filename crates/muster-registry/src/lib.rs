@@ -936,11 +936,11 @@ impl Registry {
                     leader: self.inner.node.info().leader,
                 });
             }
-            out = self
-                .inner
-                .node
-                .renew_on_leader(ids)
-                .await?
+            let renewed = match self.inner.node.renew_passing_on(ids) {
+                Some(r) => r,
+                None => self.inner.node.renew_on_leader(ids).await?,
+            };
+            out = renewed
                 .into_iter()
                 .map(|r| match r {
                     muster_raft::Renewal::Renewed { ttl_ms } => Ok(Duration::from_millis(ttl_ms)),
@@ -1380,6 +1380,7 @@ impl Registry {
         let info = self.inner.node.info();
         metrics::counter!("muster_raft_snapshots_installed_total")
             .absolute(info.snapshots_installed);
+        metrics::counter!("muster_raft_renewals_passed_on_total").absolute(info.renewals_passed_on);
         let (renewals, calls) = info.forwarded_renewals;
         metrics::counter!("muster_raft_forwarded_renewals_total").absolute(renewals);
         metrics::counter!("muster_raft_forwarded_renewal_calls_total").absolute(calls);

@@ -177,6 +177,30 @@ pub(crate) struct Shared {
     pub(crate) renewals: coalesce::Coalescer<coalesce::Renew>,
     /// Writes forwarded to the leader, coalesced the same way.
     pub(crate) forwards: coalesce::Coalescer<coalesce::Forward>,
+    /// Renewals this follower answered itself, to pass on to the leader.
+    pub(crate) pass_on: PassOn,
+}
+
+/// A follower answers a renewal itself while it heard from the leader this
+/// recently (three of the leader's 100 ms heartbeats): the leader is alive
+/// and this node follows it, so the renewal will reach it.
+const PASS_ON_WINDOW_MS: u64 = 300;
+
+/// How often a follower passes the renewals it answered on to the leader,
+/// in one call (coalesced with any renewals forwarded meanwhile).
+const PASS_ON_EVERY: Duration = Duration::from_millis(50);
+
+/// Most renewals passed on in one call; more wake the pass-on at once.
+const PASS_ON_MAX: usize = 10_000;
+
+/// Lease ids a follower renewed on the leader's behalf and has yet to pass
+/// on, once each however often they were renewed meanwhile.
+#[derive(Default)]
+pub(crate) struct PassOn {
+    ids: std::sync::Mutex<std::collections::HashSet<u64>>,
+    full: tokio::sync::Notify,
+    /// Renewals answered this way since start.
+    pub(crate) answered: std::sync::atomic::AtomicU64,
 }
 
 /// Why one attempt on the leader did not give an answer.
@@ -198,6 +222,44 @@ impl Shared {
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
         reply.await.unwrap_or(Err(ProposeError::ShuttingDown))
+    }
+
+    /// Renews `ids` on the leader's behalf, without a call: on a follower
+    /// that heard from the leader within [`PASS_ON_WINDOW_MS`], for leases
+    /// its catalog holds, each answered with its TTL and queued to be
+    /// passed on within [`PASS_ON_EVERY`] (far inside the shortest TTL,
+    /// 1 s). `None` when the renewals must be forwarded instead: this node
+    /// leads, knows no leader, lost touch with it, or does not know one of
+    /// the leases (created on the leader and not applied here yet).
+    ///
+    /// A lease the leader expired but whose expiry this node has not
+    /// applied yet is answered renewed; its holder learns otherwise at its
+    /// next renewal, once the expiry is applied, as it would have a moment
+    /// later had the expiry won the race on the leader.
+    pub(crate) fn renew_passing_on(&self, ids: &[u64]) -> Option<Vec<Renewal>> {
+        let (leader, _) = self.leader()?;
+        if leader == self.node_id || self.contacts.since_ms(leader)? > PASS_ON_WINDOW_MS {
+            return None;
+        }
+        let out = {
+            let c = self.catalog.read().unwrap_or_else(PoisonError::into_inner);
+            ids.iter()
+                .map(|id| c.lease(*id).map(|l| Renewal::Renewed { ttl_ms: l.ttl_ms }))
+                .collect::<Option<Vec<_>>>()?
+        };
+        let mut queued = self
+            .pass_on
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        queued.extend(ids.iter().copied());
+        if queued.len() >= PASS_ON_MAX {
+            self.pass_on.full.notify_one();
+        }
+        self.pass_on
+            .answered
+            .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Some(out)
     }
 
     /// The leader this node knows and its cluster address.
@@ -453,6 +515,33 @@ impl Shared {
 
 /// Learns the HTTP address of every member (each peer's `hello`), asking
 /// again those that did not answer, and anew when membership changes.
+/// Passes the renewals a follower answered itself ([`Shared::renew_passing_on`])
+/// on to the leader every [`PASS_ON_EVERY`], or at once past [`PASS_ON_MAX`].
+/// The answers do not matter here: a lease the leader no longer has leaves
+/// every catalog once its expiry is applied, and a new leader starts every
+/// lease afresh.
+pub(crate) async fn pass_on_renewals(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(PASS_ON_EVERY) => {}
+            () = shared.pass_on.full.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let ids: Vec<u64> = shared
+            .pass_on
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .collect();
+        for chunk in ids.chunks(PASS_ON_MAX) {
+            if let Err(e) = shared.renew(chunk).await {
+                tracing::debug!(error = %e, renewals = chunk.len(), "renewals not passed on to the leader");
+            }
+        }
+    }
+}
+
 pub(crate) async fn learn_http_addrs(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut metrics = shared.raft.metrics();
     loop {
