@@ -133,8 +133,8 @@ part_python() {
 
 part_bench_smoke() {
   build
-  step "benchmark smoke run (muster-bench --smoke)" \
-    "$target/debug/muster-bench" --smoke --no-pin
+  step "benchmark smoke run (muster-bench --smoke), with the ACL and TLS targets" \
+    "$target/debug/muster-bench" --smoke --no-pin --targets muster,muster-acl,muster-tls,ceiling,etcd
   step "benchmark smoke run of cluster mode (muster-bench --smoke --cluster 3)" \
     "$target/debug/muster-bench" --smoke --no-pin --cluster 3 --targets muster,etcd
 }
