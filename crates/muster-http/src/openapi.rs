@@ -143,38 +143,43 @@ impl Modify for AclAnswers {
             "token_header",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Muster-Token"))),
         );
-        for (path, item) in doc.paths.paths.iter_mut() {
-            if !path.starts_with("/v1/") || path == "/v1/openapi.json" {
-                continue;
-            }
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                op.responses
-                    .responses
-                    .entry("401".to_string())
-                    .or_insert_with(|| {
-                        error_response(
-                            "invalid_token: the token is malformed, unknown, revoked or expired",
-                        )
-                    });
-                op.responses
-                    .responses
-                    .entry("403".to_string())
-                    .or_insert_with(|| {
-                        error_response(
-                            "permission_denied: the token lacks the right this needs (named)",
-                        )
-                    });
-            }
+        let v1 = |path: &str| path.starts_with("/v1/") && path != "/v1/openapi.json";
+        for (_, op) in operations(doc).filter(|(path, _)| v1(path)) {
+            add_answer(
+                op,
+                "401",
+                "invalid_token: the token is malformed, unknown, revoked or expired",
+            );
+            add_answer(
+                op,
+                "403",
+                "permission_denied: the token lacks the right this needs (named)",
+            );
         }
     }
+}
+
+/// Every operation of the document with its path.
+fn operations(doc: &mut utoipa::openapi::OpenApi) -> impl Iterator<Item = (&str, &mut Operation)> {
+    doc.paths.paths.iter_mut().flat_map(|(path, item)| {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        .map(move |op| (path.as_str(), op))
+    })
+}
+
+/// Adds answer `status` to `op` unless it documents its own.
+fn add_answer(op: &mut Operation, status: &str, description: &str) {
+    op.responses
+        .responses
+        .entry(status.to_string())
+        .or_insert_with(|| error_response(description));
 }
 
 /// Gives the parameters that name things the rule the server checks them
@@ -188,19 +193,8 @@ struct ParameterRules;
 
 impl Modify for ParameterRules {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        for (path, item) in doc.paths.paths.iter_mut() {
-            let leases = path.starts_with("/v1/leases/");
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                constrain(op, leases);
-            }
+        for (path, op) in operations(doc) {
+            constrain(op, path.starts_with("/v1/leases/"));
         }
     }
 }
@@ -212,29 +206,13 @@ struct RateLimited;
 
 impl Modify for RateLimited {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        for (path, item) in doc.paths.paths.iter_mut() {
-            if path == "/healthz" {
-                continue;
-            }
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                op.responses
-                    .responses
-                    .entry("429".to_string())
-                    .or_insert_with(|| {
-                        error_response(
-                            "rate_limited: over the request-rate limit of this token (or, \
-                             without one, of this client address); header Retry-After",
-                        )
-                    });
-            }
+        for (_, op) in operations(doc).filter(|(path, _)| *path != "/healthz") {
+            add_answer(
+                op,
+                "429",
+                "rate_limited: over the request-rate limit of this token (or, \
+                 without one, of this client address); header Retry-After",
+            );
         }
     }
 }
