@@ -13,7 +13,7 @@
 //! checking the backup's checksum as it streams by; a file that fails it is
 //! refused before anything is proposed. Then it reads the file a frame at a
 //! time and proposes `RestoreBegin`, `RestoreStage` chunks of at most
-//! [`CHUNK_ITEMS`] leases or instances, and `RestoreCommit`, which swaps
+//! [`CHUNK_ITEMS`] leases or instances and about [`CHUNK_BYTES`], and `RestoreCommit`, which swaps
 //! the staged state in at once on every node. Any failure on the way
 //! proposes `RestoreAbort`; a restore whose driver died is discarded by
 //! the next one, or after [`muster_catalog::RESTORE_STAGE_TIMEOUT_MS`].
@@ -30,9 +30,73 @@ use tokio::sync::mpsc;
 use crate::codec::{self, CodecError};
 use crate::{Node, ProposeError};
 
-/// Leases or instances per `RestoreStage` entry: with instances of a few
-/// hundred bytes, entries of a few hundred KiB.
+/// Leases or instances per `RestoreStage` entry at most: with instances of
+/// a few hundred bytes, entries of a few hundred KiB.
 pub const CHUNK_ITEMS: usize = 1000;
+
+/// A `RestoreStage` entry stops growing once its leases or instances are
+/// estimated at this many encoded bytes (one larger item still goes alone):
+/// instances with many tags, metadata and checks, or leases shared by many
+/// instances, would otherwise make entries of tens of MiB.
+pub const CHUNK_BYTES: usize = 512 * 1024;
+
+/// An upper-bound-ish estimate of an instance's encoded size.
+fn instance_bytes(i: &Instance) -> usize {
+    const FRAME: usize = 256;
+    const PER_CHECK: usize = 512;
+    FRAME
+        + i.id.len()
+        + i.address.len()
+        + i.tags.iter().map(|t| t.len() + 4).sum::<usize>()
+        + i.meta
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum::<usize>()
+        + i.version.as_ref().map_or(0, |v| v.len())
+        + i.zone.as_ref().map_or(0, |z| z.len())
+        + i.maintenance.as_ref().map_or(0, |m| m.len())
+        + i.checks
+            .iter()
+            .map(|c| PER_CHECK + c.output.len())
+            .sum::<usize>()
+}
+
+/// An estimate of a lease's encoded size: its members are most of it.
+fn lease_bytes(l: &Lease) -> usize {
+    64 + l.instances.len() * 96
+}
+
+/// Splits `items` into runs of at most [`CHUNK_ITEMS`] items and, unless a
+/// single item is larger, [`CHUNK_BYTES`] estimated bytes.
+struct Chunker<T> {
+    pending: Vec<T>,
+    bytes: usize,
+}
+
+impl<T> Chunker<T> {
+    fn new() -> Self {
+        Chunker {
+            pending: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds `item` of `size` bytes; the run it completes, if any.
+    fn push(&mut self, item: T, size: usize) -> Option<Vec<T>> {
+        let full = !self.pending.is_empty()
+            && (self.pending.len() >= CHUNK_ITEMS || self.bytes + size > CHUNK_BYTES);
+        let out = full.then(|| self.take());
+        self.bytes += size;
+        self.pending.push(item);
+        out
+    }
+
+    /// What is left.
+    fn take(&mut self) -> Vec<T> {
+        self.bytes = 0;
+        std::mem::take(&mut self.pending)
+    }
+}
 
 /// Bytes per piece of a backup stream.
 const PIECE: usize = 64 * 1024;
@@ -243,30 +307,36 @@ impl Node {
                 tx.blocking_send(Ok(chunk))
                     .map_err(|_| CodecError::from(io::Error::other("restore stopped")))
             };
-            let mut pending: Vec<Arc<Instance>> = Vec::with_capacity(CHUNK_ITEMS);
+            let mut pending = Chunker::new();
             let read = codec::read_catalog_parts(
                 &mut reader,
                 |head| {
-                    let leases: Vec<Lease> = head.leases.into_owned().into_values().collect();
-                    let mut leases = leases.into_iter().peekable();
-                    while leases.peek().is_some() {
-                        send(Chunk::Leases(leases.by_ref().take(CHUNK_ITEMS).collect()))?;
+                    let mut leases = Chunker::new();
+                    for l in head.leases.into_owned().into_values() {
+                        let size = lease_bytes(&l);
+                        if let Some(run) = leases.push(l, size) {
+                            send(Chunk::Leases(run))?;
+                        }
+                    }
+                    let rest = leases.take();
+                    if !rest.is_empty() {
+                        send(Chunk::Leases(rest))?;
                     }
                     Ok(())
                 },
                 |(_, service)| {
                     for inst in service.instances.values() {
-                        pending.push(inst.clone());
-                        if pending.len() >= CHUNK_ITEMS {
-                            send(Chunk::Instances(std::mem::take(&mut pending)))?;
+                        if let Some(run) = pending.push(inst.clone(), instance_bytes(inst)) {
+                            send(Chunk::Instances(run))?;
                         }
                     }
                     Ok(())
                 },
             );
+            let rest = pending.take();
             match read {
-                Ok(()) if !pending.is_empty() => {
-                    let _ = send(Chunk::Instances(pending));
+                Ok(()) if !rest.is_empty() => {
+                    let _ = send(Chunk::Instances(rest));
                 }
                 Ok(()) => {}
                 Err(e) => {
@@ -341,5 +411,36 @@ impl Node {
             ))),
             Err(e) => Err(RestoreError::Invalid(e.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(sizes: &[usize]) -> Vec<usize> {
+        let mut c = Chunker::new();
+        let mut out = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            if let Some(run) = c.push(i, size) {
+                out.push(run.len());
+            }
+        }
+        let rest = c.take();
+        if !rest.is_empty() {
+            out.push(rest.len());
+        }
+        assert_eq!(out.iter().sum::<usize>(), sizes.len(), "every item, once");
+        out
+    }
+
+    #[test]
+    fn restore_chunks_are_bounded_by_count_and_by_bytes() {
+        assert_eq!(runs(&[300; 2500]), [1000, 1000, 500]);
+        // 200 KiB items: two fit under 512 KiB, a third does not.
+        assert_eq!(runs(&[200 * 1024; 5]), [2, 2, 1]);
+        // An item larger than the bound goes alone, and closes the run before.
+        assert_eq!(runs(&[1000, 2 * CHUNK_BYTES, 1000]), [1, 1, 1]);
+        assert_eq!(runs(&[]), Vec::<usize>::new());
     }
 }
