@@ -399,6 +399,8 @@ impl Node {
                 renewals: crate::cluster::coalesce::Coalescer::start(http.clone()),
                 forwards: crate::cluster::coalesce::Coalescer::start(http.clone()),
                 pass_on: Default::default(),
+                votes: store.clone(),
+                voting: tokio::sync::Mutex::new(()),
             });
             let mut stop = stop_cluster_rx.clone();
             let shutdown = async move {

@@ -106,3 +106,123 @@ async fn data_in_another_format_is_refused_at_start_up() {
     let m = refused(open_with(|s| append(s, 1, b"\x09{}")).await);
     assert!(m.contains("format version 9"), "{m}");
 }
+
+/// A node votes for at most one candidate per term (raft's rule, which
+/// `cluster/server.rs` adds on top of openraft 0.9: alone, openraft would
+/// grant a candidate of the same term with a higher node id, and two
+/// leaders could win one term). Asked through its real cluster listener.
+#[tokio::test]
+async fn a_node_votes_for_at_most_one_candidate_per_term() {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use openraft::Vote;
+    use openraft::raft::{VoteRequest, VoteResponse};
+
+    use crate::cluster::client::Http;
+    use crate::cluster::wire;
+    use crate::{ClusterConfig, RaftConfig};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // Nodes 1 and 3 never start: node 2 has no leader, so no leader lease
+    // makes it refuse votes, and its log stays empty.
+    let absent = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let peers = BTreeMap::from([(1, absent()), (2, addr.clone()), (3, absent())]);
+    let node = crate::Node::open_cluster(
+        RaftConfig {
+            node_id: 2,
+            data_dir: dir.path().join("node-2"),
+            snapshot_logs: 100,
+            snapshot_commands: 100,
+            force_recover_from_snapshot: false,
+        },
+        Arc::new(NoObserver),
+        ClusterConfig {
+            peers,
+            join: false,
+            http_addr: "127.0.0.1:1".into(),
+            link_faults: None,
+            tls: None,
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+
+    let http = Http::new(9, None, None).unwrap();
+    let ask = |term: u64, candidate: u64| {
+        let (http, addr) = (http.clone(), addr.clone());
+        async move {
+            // As up to date as node 2's log (its initial membership entry).
+            let last = openraft::LogId::new(openraft::CommittedLeaderId::new(0, 0), 0);
+            let req = VoteRequest::<u64>::new(Vote::new(term, candidate), Some(last));
+            let resp: Result<VoteResponse<u64>, openraft::error::RaftError<u64>> = http
+                .call(
+                    2,
+                    &addr,
+                    "vote",
+                    wire::encode(&req).unwrap(),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            let resp = resp.unwrap();
+            resp.vote_granted
+        }
+    };
+    // Terms far above the ones node 2 reaches standing alone meanwhile.
+    assert!(
+        ask(1000, 1).await,
+        "the first candidate of a term is granted"
+    );
+    assert!(
+        !ask(1000, 3).await,
+        "a second candidate of the same term is refused, though its id is higher"
+    );
+    assert!(ask(1000, 1).await, "the candidate voted for may ask again");
+    assert!(ask(1001, 3).await, "a candidate of a later term is granted");
+    assert!(
+        !ask(1001, 1).await,
+        "and then the other one is refused in that term"
+    );
+    assert!(!ask(1000, 1).await, "as is an earlier term");
+
+    // The vote is stored: after a restart node 2 still refuses a second
+    // candidate of term 1001.
+    node.shutdown().await.unwrap();
+    drop(node);
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let peers = BTreeMap::from([(1, absent()), (2, addr.clone()), (3, absent())]);
+    let node = crate::Node::open_cluster(
+        RaftConfig {
+            node_id: 2,
+            data_dir: dir.path().join("node-2"),
+            snapshot_logs: 100,
+            snapshot_commands: 100,
+            force_recover_from_snapshot: false,
+        },
+        Arc::new(NoObserver),
+        ClusterConfig {
+            peers,
+            join: false,
+            http_addr: "127.0.0.1:1".into(),
+            link_faults: None,
+            tls: None,
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    assert!(
+        !ask(1001, 1).await,
+        "the vote of term 1001 survived the restart"
+    );
+    assert!(ask(1002, 1).await);
+    node.shutdown().await.unwrap();
+}

@@ -179,6 +179,11 @@ pub(crate) struct Shared {
     pub(crate) forwards: coalesce::Coalescer<coalesce::Forward>,
     /// Renewals this follower answered itself, to pass on to the leader.
     pub(crate) pass_on: PassOn,
+    /// The store holding this node's vote, read by [`server`]'s vote rule.
+    pub(crate) votes: muster_store::LogStore,
+    /// Held while a vote request is decided, so that two candidates of one
+    /// term are never both granted (see [`server`]'s `vote`).
+    pub(crate) voting: tokio::sync::Mutex<()>,
 }
 
 /// A follower answers a renewal itself while it heard from the leader this

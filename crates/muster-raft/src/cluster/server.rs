@@ -204,7 +204,50 @@ async fn vote(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) ->
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
+    // One request decided at a time: the vote it may grant is saved before
+    // `raft.vote` returns, so the next request sees it.
+    let _deciding = s.voting.lock().await;
+    if let Some(refusal) = second_vote_in_term(&s, &req) {
+        return cbor(&Ok::<_, openraft::error::RaftError<u64>>(refusal));
+    }
     cbor(&s.raft.vote(req).await)
+}
+
+/// Raft's rule that a node votes for at most one candidate per term.
+///
+/// openraft 0.9 (without its `single-term-leader` feature, which changes
+/// the stored log ids) orders votes by (term, node id) and grants a
+/// candidate whose id is higher than the one it already voted for in the
+/// same term, so two candidates of one term could both win, one after the
+/// other. Refusing a second candidate of a term this node already voted in
+/// (for itself or another) restores the standard rule, and with it "at most
+/// one leader per term": two leaders of one term would need two majorities,
+/// which share a node that voted twice. A node that grants another
+/// candidate's vote gives up its own candidacy (openraft makes it a
+/// follower), so its vote for itself never counts twice either.
+///
+/// The refusal carries the candidate's own vote and no log id, which
+/// openraft's candidate takes as a plain "not granted": it stays a
+/// candidate and, without a majority, stands again in the next term after
+/// its election timeout.
+fn second_vote_in_term(
+    s: &Shared,
+    req: &VoteRequest<u64>,
+) -> Option<openraft::raft::VoteResponse<u64>> {
+    let stored: openraft::Vote<u64> =
+        crate::log_store::read_meta(&s.votes, crate::log_store::KEY_VOTE).ok()??;
+    let mine = stored.leader_id();
+    let theirs = req.vote.leader_id();
+    if mine.term == theirs.term && mine.node_id != theirs.node_id {
+        tracing::debug!(
+            term = theirs.term,
+            candidate = theirs.node_id,
+            voted_for = mine.node_id,
+            "vote refused: this node already voted in this term"
+        );
+        return Some(openraft::raft::VoteResponse::new(req.vote, None, false));
+    }
+    None
 }
 
 /// A chunk of a snapshot: openraft writes it at its offset into the file

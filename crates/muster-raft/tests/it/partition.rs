@@ -7,11 +7,9 @@
 //!
 //! * no acknowledged write lost: every write `Node::propose` answered `Ok`
 //!   is on every node at the index it was acknowledged with, applied once;
-//! * at most one leader per term, as openraft identifies a leader: by
-//!   (term, node id), so that each node's view of its leader, watched as
-//!   it changes, only ever moves forward in that order (openraft's default
-//!   mode lets two candidates of one term win one after the other, the
-//!   higher id last; see the check);
+//! * at most one leader per term (muster's vote rule: a node votes once
+//!   per term), and each node's view of its leader, watched as it
+//!   changes, only ever moves forward in (term, node id) order;
 //! * every node's applied sequence (index and a digest of each command's
 //!   result, as its `ApplyObserver` saw them, per process lifetime) is a
 //!   prefix of the longest, and every catalog ends equal;
@@ -656,8 +654,6 @@ struct Outcome {
     minority_refusals: usize,
     /// Leaders seen (distinct leader ids).
     elections: usize,
-    /// Terms in which more than one node led (one after the other).
-    shared_terms: usize,
 }
 
 async fn run(seed: u64, n: u64, steps: &[Step]) -> Result<Outcome, String> {
@@ -925,13 +921,13 @@ async fn converge_and_check(
         }
     }
 
-    // One leader per leader id, and leadership only moves forward.
-    // openraft (without its `single-term-leader` feature, which would
-    // change the stored log ids) identifies a leader by (term, node id),
-    // ordered that way: two candidates of one term can both win, the
-    // higher id second, and entries carry the leader id, so that is the
-    // order every node's view of its leader must follow (a vote that went
-    // back, e.g. lost in a restart, would show here).
+    // At most one leader per term, and leadership only moves forward.
+    // openraft's default mode would let two candidates of one term win one
+    // after the other (it orders votes by (term, node id)); muster's vote
+    // rule (a node votes once per term, `cluster/server.rs`) forbids it, so
+    // a term with two leaders is a violation. Every node's view of its
+    // leader must also only move forward in (term, node id) order: a vote
+    // that went back, e.g. lost in a restart, would show here.
     let terms = lock(&cluster.terms).clone();
     let mut by_term: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
     for (id, seen) in &terms {
@@ -948,7 +944,14 @@ async fn converge_and_check(
         }
     }
     out.elections = by_term.values().map(BTreeSet::len).sum();
-    out.shared_terms = by_term.values().filter(|l| l.len() > 1).count();
+    for (term, leaders) in &by_term {
+        if leaders.len() > 1 {
+            out.violations.push(format!(
+                "term {term} had {} leaders: {leaders:?}",
+                leaders.len()
+            ));
+        }
+    }
 
     // A minority side neither acknowledges writes nor answers consistent
     // reads while it is cut off.
@@ -1037,12 +1040,11 @@ async fn check_seeds(seeds: &[u64]) {
         match result {
             Ok(out) if out.violations.is_empty() => println!(
                 "partition seed {seed}: {n} nodes, {} acknowledged writes, {} consistent reads, \
-                 {} refusals in a minority, {} leaders ({} terms with two), in {:?}",
+                 {} refusals in a minority, {} leaders, in {:?}",
                 out.acked_writes,
                 out.ok_reads,
                 out.minority_refusals,
                 out.elections,
-                out.shared_terms,
                 began.elapsed()
             ),
             Ok(out) => {
