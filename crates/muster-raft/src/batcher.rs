@@ -197,7 +197,7 @@ impl Batch {
         let n = commands.len();
         let req = Request {
             now_ms: now_ms(),
-            commands,
+            commands: commands.into(),
         };
         let err = match raft.client_write(req).await {
             Ok(resp) if resp.data.0.len() == n => {

@@ -725,7 +725,7 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(3, 1), 42),
             payload: EntryPayload::Normal(crate::types::Request {
                 now_ms: 1_764_633_600_000,
-                commands,
+                commands: commands.into(),
             }),
         }
     }
@@ -809,7 +809,7 @@ mod tests {
             log_id: LogId::new(openraft::CommittedLeaderId::new(5, 1), 90),
             payload: openraft::EntryPayload::Normal(crate::types::Request {
                 now_ms: 1_764_633_600_000,
-                commands: vec![Command::RetireNode { id: 3 }],
+                commands: vec![Command::RetireNode { id: 3 }].into(),
             }),
         };
         golden("log-entry-retire-v2.bin", &encode_entry(&entry).unwrap());
@@ -887,7 +887,7 @@ mod tests {
             log_id: LogId::new(openraft::CommittedLeaderId::new(5, 1), 91),
             payload: openraft::EntryPayload::Normal(crate::types::Request {
                 now_ms: 1_764_633_600_000,
-                commands: commands.clone(),
+                commands: commands.clone().into(),
             }),
         };
         golden("log-entry-acl-v2.bin", &encode_entry(&entry).unwrap());

@@ -393,11 +393,14 @@ pub(crate) mod commands_v1 {
         s.collect_seq(commands.iter().map(One))
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Command>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: From<Vec<Command>>>(
+        d: D,
+    ) -> Result<T, D::Error> {
         Ok(Vec::<Owned>::deserialize(d)?
             .into_iter()
             .map(|o| o.0)
-            .collect())
+            .collect::<Vec<_>>()
+            .into())
     }
 }
 

@@ -46,8 +46,57 @@ pub(crate) fn read_meta<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-/// At most this many appended entries are kept decoded for their first read.
-const MAX_UNREAD: usize = 64;
+/// At most this many appended entries are kept decoded for their reads.
+const MAX_RECENT: usize = 64;
+/// And at most this many commands in them (a full batch is 4,096).
+const MAX_RECENT_COMMANDS: usize = 16 * 1024;
+
+/// The entries appended last, decoded, as [`RaftLog`] keeps them.
+#[derive(Default)]
+struct Recent {
+    entries: BTreeMap<u64, Entry>,
+    /// Commands in `entries`.
+    commands: usize,
+}
+
+fn commands_in(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(req) => req.commands.len(),
+        _ => 0,
+    }
+}
+
+impl Recent {
+    fn insert(&mut self, entry: Entry) {
+        self.commands += commands_in(&entry);
+        if let Some(old) = self.entries.insert(entry.log_id.index, entry) {
+            self.commands -= commands_in(&old);
+        }
+        while self.entries.len() > MAX_RECENT
+            || (self.commands > MAX_RECENT_COMMANDS && self.entries.len() > 1)
+        {
+            if let Some((_, old)) = self.entries.pop_first() {
+                self.commands -= commands_in(&old);
+            }
+        }
+    }
+
+    /// Drops the entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        for (_, old) in self.entries.split_off(&index) {
+            self.commands -= commands_in(&old);
+        }
+    }
+
+    /// Drops the entries up to `index`.
+    fn purge(&mut self, index: u64) {
+        let kept = self.entries.split_off(&(index + 1));
+        for old in self.entries.values() {
+            self.commands -= commands_in(old);
+        }
+        self.entries = kept;
+    }
+}
 
 /// The raft log and vote, kept in a [`LogStore`]. Also the log reader.
 #[derive(Clone)]
@@ -55,13 +104,15 @@ pub(crate) struct RaftLog {
     store: LogStore,
     /// Highest committed index saved, for [`crate::NodeInfo`].
     committed: Arc<AtomicU64>,
-    /// Entries appended and not read yet, as handed to `append`.
+    /// The entries appended last, as handed to `append`.
     ///
-    /// openraft reads every entry it appended back from the log to apply it,
-    /// moments later; keeping the entry spares decoding what was just
-    /// encoded (a batch of up to thousands of commands). The first read
-    /// takes it; later reads decode the stored bytes, which are the same.
-    unread: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// openraft reads every entry it appended back from the log moments
+    /// later: to apply it, and on a leader once more per follower it sends
+    /// the entry to. Keeping the entry spares decoding what was just
+    /// encoded (a batch of up to thousands of commands); a read clones it,
+    /// which shares the commands ([`crate::types::Request`]). Older entries
+    /// are decoded from the stored bytes, which are the same.
+    recent: Arc<Mutex<Recent>>,
 }
 
 impl RaftLog {
@@ -73,12 +124,12 @@ impl RaftLog {
         RaftLog {
             store,
             committed,
-            unread: Arc::default(),
+            recent: Arc::default(),
         }
     }
 
-    fn unread(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
-        self.unread.lock().unwrap_or_else(PoisonError::into_inner)
+    fn recent(&self) -> MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
@@ -95,24 +146,27 @@ impl RaftLogReader<TypeConfig> for RaftLog {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        // Usually every entry asked for was just appended here: take them
+        // Usually every entry asked for was just appended here: clone them
         // without reading their bytes back from the store.
         {
             let indexes = self.store.indexes(range.clone());
-            let mut unread = self.unread();
-            if indexes.iter().all(|i| unread.contains_key(i)) {
-                return Ok(indexes.iter().filter_map(|i| unread.remove(i)).collect());
+            let recent = self.recent();
+            if indexes.iter().all(|i| recent.entries.contains_key(i)) {
+                return Ok(indexes
+                    .iter()
+                    .filter_map(|i| recent.entries.get(i).cloned())
+                    .collect());
             }
         }
         let stored = self
             .store
             .range(range)
             .map_err(|e| StorageIOError::read_logs(store_err(e)))?;
-        let mut unread = self.unread();
+        let recent = self.recent();
         stored
             .into_iter()
-            .map(|(i, bytes)| match unread.remove(&i) {
-                Some(entry) => Ok(entry),
+            .map(|(i, bytes)| match recent.entries.get(&i) {
+                Some(entry) => Ok(entry.clone()),
                 None => codec::decode_entry(&bytes)
                     .map_err(|e| StorageIOError::read_log_at_index(i, &e).into()),
             })
@@ -213,12 +267,9 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         {
             // Before the store append, so a reader that sees the new bytes
             // never takes an older entry of the same index from here.
-            let mut unread = self.unread();
+            let mut recent = self.recent();
             for entry in decoded {
-                unread.insert(entry.log_id.index, entry);
-            }
-            while unread.len() > MAX_UNREAD {
-                unread.pop_first();
+                recent.insert(entry);
             }
         }
         // Readable when `append` returns; `callback` runs after the fsync.
@@ -232,7 +283,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
     /// Not waited for: later appends are queued behind the truncation, so
     /// they are never reported durable before it is.
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.unread().split_off(&log_id.index);
+        self.recent().truncate(log_id.index);
         self.store
             .truncate_from(log_id.index)
             .map_err(|e| StorageIOError::write_logs(store_err(e)).into())
@@ -242,7 +293,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
     /// store holds either the old state or the new one.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let value = codec::encode_value(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
-        self.unread().retain(|i, _| *i > log_id.index);
+        self.recent().purge(log_id.index);
         self.store.put_meta(
             KEY_LAST_PURGED,
             Some(value),

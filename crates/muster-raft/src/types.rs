@@ -13,9 +13,11 @@ pub(crate) struct Request {
     /// batch.
     pub(crate) now_ms: u64,
     /// The commands, in the order they are applied; written as version 1
-    /// defines them ([`crate::format_v1`]).
+    /// defines them ([`crate::format_v1`]). Shared, so that the copies
+    /// openraft reads of a just-appended entry (one per follower it sends
+    /// the entry to, one to apply it) cost a reference count, not a decode.
     #[serde(with = "crate::format_v1::commands_v1")]
-    pub(crate) commands: Vec<Command>,
+    pub(crate) commands: std::sync::Arc<[Command]>,
 }
 
 /// What applying an entry gave: one result per command of the batch, in
