@@ -11,14 +11,21 @@
 //!   per term), and each node's view of its leader, watched as it
 //!   changes, only ever moves forward in (term, node id) order;
 //! * every node's applied sequence (index and a digest of each command's
-//!   result, as its `ApplyObserver` saw them, per process lifetime) is a
-//!   prefix of the longest, and every catalog ends equal;
+//!   result, as its `ApplyObserver` saw them, per process lifetime and
+//!   since the last snapshot it restored) is a stretch of one sequence:
+//!   the same commands at every index as every other node, and no entry
+//!   skipped; and every catalog ends equal;
 //! * a minority side neither acknowledges writes nor answers consistent
 //!   reads: nothing sent through a node while it is cut off from a quorum
 //!   succeeds before the partition heals, and probes sent there during
 //!   each partition fail or wait;
 //! * a consistent read is not stale: its index is at least that of every
 //!   write acknowledged before it started.
+//!
+//! Every even seed runs with snapshots (one every 5 entries, 5 entries kept
+//! after it), so nodes that fall behind or restart catch up from snapshots
+//! streamed over the faulty links; `MUSTER_PARTITION_SNAPSHOTS=0|1`
+//! overrides it.
 //!
 //! The raft timers are real, so a seed fixes the schedule, not every
 //! interleaving. Every failure prints its seed and schedule;
@@ -45,7 +52,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
 
 /// The seeds every CI run replays. A seed that once found a bug stays.
-const CI_SEEDS: &[u64] = &[1, 2, 3, 4];
+const CI_SEEDS: &[u64] = &[1, 2, 3, 4, 1_796_322_892_000];
 /// Steps in one schedule.
 const STEPS: usize = 6;
 /// How long one write or read may take before the client gives up on it
@@ -147,24 +154,25 @@ impl Faults {
 struct Recorder {
     /// (log index, digest of the command's result), in order.
     applied: Mutex<Vec<(u64, u64)>>,
-    /// The index of a snapshot the catalog was replaced with, if any:
-    /// what follows continues from there.
-    base: Mutex<u64>,
     /// The highest index applied (a command's, or a snapshot's).
     last: watch::Sender<u64>,
+    /// Snapshots the catalog was replaced with (opened or installed).
+    restores: std::sync::atomic::AtomicUsize,
 }
 
 impl Recorder {
     fn new() -> Recorder {
         Recorder {
             applied: Mutex::new(Vec::new()),
-            base: Mutex::new(0),
             last: watch::Sender::new(0),
+            restores: Default::default(),
         }
     }
 
-    fn sequence(&self) -> (u64, Vec<(u64, u64)>) {
-        (*lock(&self.base), lock(&self.applied).clone())
+    /// (index, digest) of every command applied since the last snapshot
+    /// restored (the sequence continues from the snapshot).
+    fn sequence(&self) -> Vec<(u64, u64)> {
+        lock(&self.applied).clone()
     }
 
     /// Waits until this node applied `index`.
@@ -197,7 +205,8 @@ impl ApplyObserver for Recorder {
 
     fn restored(&self, catalog: &Catalog) {
         let index = catalog.applied_index();
-        *lock(&self.base) = index;
+        self.restores
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         lock(&self.applied).clear();
         self.last.send_replace(index);
     }
@@ -215,6 +224,8 @@ struct Member {
 
 struct Cluster {
     _tmp: tempfile::TempDir,
+    /// Whether nodes build snapshots (and purge their logs) during the run.
+    snapshots: bool,
     members: BTreeMap<u64, Member>,
     peers: BTreeMap<u64, String>,
     faults: Arc<Faults>,
@@ -228,8 +239,9 @@ struct Cluster {
 /// Per node, the (term, leader) pairs it followed, in order.
 type Terms = BTreeMap<u64, Vec<(u64, u64)>>;
 
-/// (log index, digest of a command's result) per command applied.
-type Sequence = Vec<(u64, u64)>;
+/// One lifetime's applied entries: (log index, digest of each of its
+/// commands' results), with the node and lifetime.
+type Run = (u64, usize, Vec<(u64, Vec<u64>)>);
 
 /// Binds `addr` (port 0 for a fresh one) on loopback; the same port again
 /// after a restart, which address reuse allows at once.
@@ -241,7 +253,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl Cluster {
-    async fn start(n: u64, seed: u64) -> Result<Cluster, String> {
+    async fn start(n: u64, seed: u64, snapshots: bool) -> Result<Cluster, String> {
         // The cluster's HTTP client needs a TLS crypto provider in the
         // process (the agent installs it at start-up; so does this test).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -272,6 +284,7 @@ impl Cluster {
         }
         let mut cluster = Cluster {
             _tmp: tmp,
+            snapshots,
             members,
             peers,
             faults,
@@ -295,10 +308,13 @@ impl Cluster {
         let cfg = RaftConfig {
             node_id: id,
             data_dir: member.dir.clone(),
-            // No snapshot during a run: each lifetime's applied sequence
-            // then starts at the first entry, and compares whole.
-            snapshot_logs: 1_000_000,
-            snapshot_commands: 1_000_000_000,
+            // With snapshots, one every 5 entries and 5 entries kept
+            // after it: a node that falls behind or restarts catches up
+            // from a snapshot streamed over the (faulty) links, and a
+            // lifetime's applied sequence starts at the snapshot it began
+            // from (see the prefix check).
+            snapshot_logs: if self.snapshots { 5 } else { 1_000_000 },
+            snapshot_commands: if self.snapshots { 20 } else { 1_000_000_000 },
             force_recover_from_snapshot: false,
         };
         let cluster = ClusterConfig {
@@ -654,10 +670,12 @@ struct Outcome {
     minority_refusals: usize,
     /// Leaders seen (distinct leader ids).
     elections: usize,
+    /// Snapshots a node's catalog was replaced with (at start or streamed).
+    restores: usize,
 }
 
 async fn run(seed: u64, n: u64, steps: &[Step]) -> Result<Outcome, String> {
-    let mut cluster = Cluster::start(n, seed).await?;
+    let mut cluster = Cluster::start(n, seed, snapshots(seed)).await?;
     let ids = cluster.ids();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -883,41 +901,62 @@ async fn converge_and_check(
         }
     }
 
-    // Every lifetime's applied sequence a prefix of the longest.
-    let sequences: Vec<(u64, usize, u64, Sequence)> = cluster
+    out.restores = cluster
         .members
-        .iter()
-        .flat_map(|(id, m)| {
-            m.lives.iter().enumerate().map(|(life, r)| {
-                let (base, seq) = r.sequence();
-                (*id, life, base, seq)
-            })
-        })
-        .collect();
-    let longest = sequences
-        .iter()
-        .filter(|s| s.2 == 0)
-        .max_by_key(|s| s.3.len())
-        .map(|s| s.3.clone())
-        .unwrap_or_default();
-    for (id, life, base, seq) in &sequences {
-        let from = longest
-            .iter()
-            .position(|(i, _)| *i > *base)
-            .unwrap_or(longest.len());
-        let expected = &longest[from..];
-        if let Some(at) = seq
-            .iter()
-            .zip(expected)
-            .position(|(a, b)| a != b)
-            .or((seq.len() > expected.len()).then_some(expected.len()))
-        {
-            out.violations.push(format!(
-                "node {id} (lifetime {life}) applied {:?} as its command #{at}, where the longest \
-                 sequence has {:?}",
-                seq.get(at),
-                expected.get(at)
-            ));
+        .values()
+        .flat_map(|m| &m.lives)
+        .map(|r| r.restores.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+
+    // Every lifetime's applied sequence agrees with every other at every
+    // index (the same commands, in the same order) and has no hole: between
+    // two entries it applied, it applied every entry some node applied.
+    // Together: each is a stretch of one sequence. A lifetime starts where
+    // the node's snapshot left it (opened on its own, or installed).
+    let mut entries: BTreeMap<u64, (u64, usize, Vec<u64>)> = BTreeMap::new();
+    let mut runs: Vec<Run> = Vec::new();
+    for (id, m) in &cluster.members {
+        for (life, r) in m.lives.iter().enumerate() {
+            let seq = r.sequence();
+            let mut run: Vec<(u64, Vec<u64>)> = Vec::new();
+            for (index, digest) in seq {
+                match run.last_mut() {
+                    Some((i, digests)) if *i == index => digests.push(digest),
+                    Some((i, _)) if *i > index => {
+                        out.violations.push(format!(
+                            "node {id} (lifetime {life}) applied index {index} after {i}"
+                        ));
+                    }
+                    _ => run.push((index, vec![digest])),
+                }
+            }
+            runs.push((*id, life, run));
+        }
+    }
+    for (id, life, run) in &runs {
+        for (index, digests) in run {
+            match entries.get(index) {
+                None => {
+                    entries.insert(*index, (*id, *life, digests.clone()));
+                }
+                Some((other, other_life, theirs)) if theirs != digests => {
+                    out.violations.push(format!(
+                        "index {index}: node {id} (lifetime {life}) applied {digests:?}, node \
+                         {other} (lifetime {other_life}) applied {theirs:?}"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (id, life, run) in &runs {
+        for pair in run.windows(2) {
+            let (a, b) = (pair[0].0, pair[1].0);
+            if let Some((skipped, _)) = entries.range(a + 1..b).next() {
+                out.violations.push(format!(
+                    "node {id} (lifetime {life}) applied {a} then {b}, skipping {skipped}"
+                ));
+            }
         }
     }
 
@@ -1023,6 +1062,12 @@ fn env_u64(name: &str) -> Option<u64> {
     )
 }
 
+/// Whether a seed's run builds snapshots: every even seed does, unless
+/// `MUSTER_PARTITION_SNAPSHOTS` is set (to 0 or 1).
+fn snapshots(seed: u64) -> bool {
+    env_u64("MUSTER_PARTITION_SNAPSHOTS").map_or(seed.is_multiple_of(2), |on| on != 0)
+}
+
 /// Runs each seed; panics naming every failing seed, with its schedule.
 async fn check_seeds(seeds: &[u64]) {
     let mut failed = Vec::new();
@@ -1039,12 +1084,14 @@ async fn check_seeds(seeds: &[u64]) {
         };
         match result {
             Ok(out) if out.violations.is_empty() => println!(
-                "partition seed {seed}: {n} nodes, {} acknowledged writes, {} consistent reads, \
-                 {} refusals in a minority, {} leaders, in {:?}",
+                "partition seed {seed}: {n} nodes, snapshots {}, {} acknowledged writes, {} consistent \
+                 reads, {} refusals in a minority, {} leaders, {} snapshot restores, in {:?}",
+                if snapshots(seed) { "on" } else { "off" },
                 out.acked_writes,
                 out.ok_reads,
                 out.minority_refusals,
                 out.elections,
+                out.restores,
                 began.elapsed()
             ),
             Ok(out) => {
@@ -1090,5 +1137,12 @@ fn seeds(ci: &[u64]) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seeded_partition_schedules_keep_the_cluster_invariants() {
+    // `RUST_LOG=…` shows the nodes' logs when replaying a seed.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     check_seeds(&seeds(CI_SEEDS)).await;
 }
