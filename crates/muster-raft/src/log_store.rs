@@ -51,6 +51,37 @@ const MAX_RECENT: usize = 64;
 /// And at most this many commands in them (a full batch is 4,096).
 const MAX_RECENT_COMMANDS: usize = 16 * 1024;
 
+/// The stored bytes of recent entries, by log id: what [`RaftLog::append`]
+/// encoded on a leader (so append-entries sends them as they are, see
+/// `cluster::wire::encode_append`), and what a follower received (so its
+/// `append` stores them without encoding the entry again). A log id names
+/// one entry only, so bytes found under it are that entry's.
+#[derive(Clone, Default)]
+pub(crate) struct EncodedEntries(Arc<Mutex<BTreeMap<u64, (LogId, muster_store::Bytes)>>>);
+
+impl EncodedEntries {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, (LogId, muster_store::Bytes)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `bytes` as the encoding of the entry `log_id`.
+    pub(crate) fn put(&self, log_id: LogId, bytes: muster_store::Bytes) {
+        let mut m = self.lock();
+        m.insert(log_id.index, (log_id, bytes));
+        while m.len() > MAX_RECENT {
+            m.pop_first();
+        }
+    }
+
+    /// The encoding of the entry `log_id`, if kept.
+    pub(crate) fn get(&self, log_id: &LogId) -> Option<muster_store::Bytes> {
+        match self.lock().get(&log_id.index) {
+            Some((id, bytes)) if id == log_id => Some(Arc::clone(bytes)),
+            _ => None,
+        }
+    }
+}
+
 /// The entries appended last, decoded, as [`RaftLog`] keeps them.
 #[derive(Default)]
 struct Recent {
@@ -113,11 +144,13 @@ pub(crate) struct RaftLog {
     /// which shares the commands ([`crate::types::Request`]). Older entries
     /// are decoded from the stored bytes, which are the same.
     recent: Arc<Mutex<Recent>>,
+    /// The stored bytes of recent entries (shared with cluster RPC).
+    encoded: EncodedEntries,
 }
 
 impl RaftLog {
     /// Wraps `store`; `committed` is updated on every saved commit.
-    pub(crate) fn new(store: LogStore, committed: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(store: LogStore, committed: Arc<AtomicU64>, encoded: EncodedEntries) -> Self {
         if let Ok(Some(c)) = read_meta::<LogId>(&store, KEY_COMMITTED) {
             committed.fetch_max(c.index, Ordering::Relaxed);
         }
@@ -125,6 +158,7 @@ impl RaftLog {
             store,
             committed,
             recent: Arc::default(),
+            encoded,
         }
     }
 
@@ -259,8 +293,16 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         let mut batch = Vec::new();
         let mut decoded = Vec::new();
         for entry in entries {
-            let bytes = codec::encode_entry(&entry)
-                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            // A follower usually received the bytes with the entry.
+            let bytes = match self.encoded.get(&entry.log_id) {
+                Some(bytes) => bytes.to_vec(),
+                None => {
+                    let bytes = codec::encode_entry(&entry)
+                        .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+                    self.encoded.put(entry.log_id, bytes.as_slice().into());
+                    bytes
+                }
+            };
             batch.push((entry.log_id.index, bytes));
             decoded.push(entry);
         }

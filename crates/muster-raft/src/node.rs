@@ -315,7 +315,8 @@ impl Node {
         };
         let pace = sm.pace(cfg.snapshot_commands);
         let committed = Arc::new(AtomicU64::new(0));
-        let log = RaftLog::new(store.clone(), Arc::clone(&committed));
+        let encoded = crate::log_store::EncodedEntries::default();
+        let log = RaftLog::new(store.clone(), Arc::clone(&committed), encoded.clone());
 
         let http = match &cluster {
             Some((c, _)) => Some(
@@ -329,6 +330,7 @@ impl Node {
             node_id: cfg.node_id,
             http: http.clone(),
             contacts: contacts.clone(),
+            encoded: encoded.clone(),
         };
         let raft = match Raft::new(cfg.node_id, Arc::new(config), network, log, sm).await {
             Ok(raft) => raft,
@@ -400,6 +402,7 @@ impl Node {
                 forwards: crate::cluster::coalesce::Coalescer::start(http.clone()),
                 pass_on: Default::default(),
                 votes: store.clone(),
+                encoded: encoded.clone(),
                 voting: tokio::sync::Mutex::new(()),
             });
             let mut stop = stop_cluster_rx.clone();

@@ -26,7 +26,11 @@ impl StoreBuilder<TypeConfig, RaftLog, StateMachine, tempfile::TempDir> for Buil
     async fn build(&self) -> Result<(tempfile::TempDir, RaftLog, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = LogStore::open(&dir.path().join("raft.redb")).expect("open store");
-        let log = RaftLog::new(store.clone(), Arc::new(AtomicU64::new(0)));
+        let log = RaftLog::new(
+            store.clone(),
+            Arc::new(AtomicU64::new(0)),
+            Default::default(),
+        );
         let sm = StateMachine::open(
             SnapshotDir::in_dir(dir.path()),
             Arc::new(RwLock::new(Catalog::new())),

@@ -340,6 +340,8 @@ pub(crate) struct Network {
     /// client: reqwest's TLS needs a crypto provider installed first).
     pub(crate) http: Option<Http>,
     pub(crate) contacts: super::Contacts,
+    /// The stored bytes of recent entries, sent as they are.
+    pub(crate) encoded: crate::log_store::EncodedEntries,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -352,6 +354,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             node: node.clone(),
             http: self.http.clone(),
             contacts: self.contacts.clone(),
+            encoded: self.encoded.clone(),
         }
     }
 }
@@ -363,6 +366,7 @@ pub(crate) struct PeerClient {
     node: BasicNode,
     http: Option<Http>,
     contacts: super::Contacts,
+    encoded: crate::log_store::EncodedEntries,
 }
 
 impl PeerClient {
@@ -425,7 +429,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         self.rpc(
             RPCTypes::AppendEntries,
             "append",
-            wire::encode(&rpc),
+            wire::encode_append(rpc, &self.encoded),
             &option,
         )
         .await

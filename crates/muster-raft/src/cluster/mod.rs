@@ -179,6 +179,9 @@ pub(crate) struct Shared {
     pub(crate) forwards: coalesce::Coalescer<coalesce::Forward>,
     /// Renewals this follower answered itself, to pass on to the leader.
     pub(crate) pass_on: PassOn,
+    /// The stored bytes of recent entries: append-entries received here
+    /// leave theirs for the log to store as they are.
+    pub(crate) encoded: crate::log_store::EncodedEntries,
     /// The store holding this node's vote, read by [`server`]'s vote rule.
     pub(crate) votes: muster_store::LogStore,
     /// Held while a vote request is decided, so that two candidates of one

@@ -186,7 +186,7 @@ async fn append(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) 
     if let Err(r) = check_to(&s, to) {
         return r;
     }
-    let req: AppendEntriesRequest<TypeConfig> = match wire::decode(&body) {
+    let req: AppendEntriesRequest<TypeConfig> = match wire::decode_append(body, &s.encoded) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };

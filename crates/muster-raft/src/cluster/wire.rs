@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use muster_catalog::{ApplyError, ApplyResult, Command, Done, Instance, Outcome, ServiceKey};
-use openraft::raft::InstallSnapshotRequest;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
+
+use crate::log_store::EncodedEntries;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -79,6 +81,87 @@ pub(crate) fn decode_chunk(mut body: Bytes) -> Result<InstallSnapshotRequest<Typ
         offset: head.offset,
         data: body.to_vec(),
         done: head.done,
+    })
+}
+
+/// The head of an append-entries body: everything but its entries.
+#[derive(Serialize, Deserialize)]
+struct AppendHead {
+    vote: openraft::Vote<u64>,
+    prev_log_id: Option<crate::types::LogId>,
+    leader_commit: Option<crate::types::LogId>,
+    entries: u32,
+}
+
+/// An append-entries request as a body: the head's length (u32,
+/// big-endian), the head (CBOR), then each entry as its length (u32) and
+/// its bytes as the log stores them ([`crate::codec`]: format version,
+/// checksum, JSON). The leader sends the bytes its log just wrote, and the
+/// follower's log stores them unchanged: an entry is encoded once in the
+/// cluster, not once more per follower and again on each.
+pub(crate) fn encode_append(
+    req: AppendEntriesRequest<TypeConfig>,
+    encoded: &EncodedEntries,
+) -> Result<Bytes, String> {
+    let head = encode(&AppendHead {
+        vote: req.vote,
+        prev_log_id: req.prev_log_id,
+        leader_commit: req.leader_commit,
+        entries: u32::try_from(req.entries.len()).map_err(|_| "too many entries".to_string())?,
+    })?;
+    let mut parts = Vec::with_capacity(req.entries.len());
+    for entry in &req.entries {
+        let bytes = match encoded.get(&entry.log_id) {
+            Some(bytes) => bytes,
+            None => crate::codec::encode_entry(entry)
+                .map_err(|e| format!("encoding entry {}: {e}", entry.log_id))?
+                .into(),
+        };
+        parts.push(bytes);
+    }
+    let size = 4 + head.len() + parts.iter().map(|p| 4 + p.len()).sum::<usize>();
+    let mut out = BytesMut::with_capacity(size);
+    out.put_u32(u32::try_from(head.len()).map_err(|_| "append head too large".to_string())?);
+    out.put_slice(&head);
+    for part in parts {
+        out.put_u32(u32::try_from(part.len()).map_err(|_| "entry too large".to_string())?);
+        out.put_slice(&part);
+    }
+    Ok(out.freeze())
+}
+
+/// Reads a body made by [`encode_append`]; each entry's bytes are checked
+/// (format version, checksum) and kept in `encoded` for the log to store.
+pub(crate) fn decode_append(
+    mut body: Bytes,
+    encoded: &EncodedEntries,
+) -> Result<AppendEntriesRequest<TypeConfig>, String> {
+    fn take(body: &mut Bytes, what: &str) -> Result<Bytes, String> {
+        if body.len() < 4 {
+            return Err(format!("append body ends before the length of {what}"));
+        }
+        let len = body.get_u32() as usize;
+        if body.len() < len {
+            return Err(format!("append body ends inside {what}"));
+        }
+        Ok(body.split_to(len))
+    }
+    let head: AppendHead = decode(&take(&mut body, "its head")?)?;
+    let mut entries = Vec::with_capacity(head.entries.min(4096) as usize);
+    for _ in 0..head.entries {
+        let bytes = take(&mut body, "an entry")?;
+        let entry = crate::codec::decode_entry(&bytes).map_err(|e| format!("decoding: {e}"))?;
+        encoded.put(entry.log_id, bytes.as_ref().into());
+        entries.push(entry);
+    }
+    if !body.is_empty() {
+        return Err("append body has bytes after its entries".into());
+    }
+    Ok(AppendEntriesRequest {
+        vote: head.vote,
+        prev_log_id: head.prev_log_id,
+        leader_commit: head.leader_commit,
+        entries,
     })
 }
 
@@ -270,6 +353,69 @@ mod apply_result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(index: u64, ids: &[&str]) -> crate::types::Entry {
+        let commands: Vec<Command> = ids
+            .iter()
+            .map(|id| Command::Deregister {
+                namespace: "default".into(),
+                service: "payments".into(),
+                id: (*id).into(),
+            })
+            .collect();
+        crate::types::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(2, 1), index),
+            payload: openraft::EntryPayload::Normal(crate::types::Request {
+                now_ms: 1_000,
+                commands: commands.into(),
+            }),
+        }
+    }
+
+    /// An append-entries body carries each entry as the log stores it: the
+    /// follower gets the same entries, keeps their bytes for its log, and
+    /// refuses a body whose entry bytes were changed.
+    #[test]
+    fn append_entries_travel_as_stored_bytes() {
+        let leader = EncodedEntries::default();
+        let (e1, e2) = (entry(5, &["a", "b"]), entry(6, &["c"]));
+        // The leader's log encoded entry 5; entry 6 is encoded for the call.
+        let stored = crate::codec::encode_entry(&e1).unwrap();
+        leader.put(e1.log_id, stored.as_slice().into());
+        let req = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(2, 1),
+            prev_log_id: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(2, 1), 4)),
+            leader_commit: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(2, 1), 3)),
+            entries: vec![e1.clone(), e2.clone()],
+        };
+        let body = encode_append(req.clone(), &leader).unwrap();
+
+        let follower = EncodedEntries::default();
+        let got = decode_append(body.clone(), &follower).unwrap();
+        assert_eq!(got.vote, req.vote);
+        assert_eq!(got.prev_log_id, req.prev_log_id);
+        assert_eq!(got.leader_commit, req.leader_commit);
+        assert_eq!(got.entries, vec![e1.clone(), e2.clone()]);
+        assert_eq!(follower.get(&e1.log_id).as_deref(), Some(stored.as_slice()));
+        assert_eq!(
+            follower.get(&e2.log_id).as_deref(),
+            Some(crate::codec::encode_entry(&e2).unwrap().as_slice())
+        );
+        // Another entry at the same index is not taken for it.
+        let other = openraft::LogId::new(openraft::CommittedLeaderId::new(3, 2), 5);
+        assert!(follower.get(&other).is_none());
+
+        // A flipped byte inside an entry's JSON fails its checksum.
+        let mut damaged = body.to_vec();
+        let at = damaged.len() - 3;
+        damaged[at] ^= 0x01;
+        let err = decode_append(damaged.into(), &EncodedEntries::default()).unwrap_err();
+        assert!(err.contains("checksum"), "{err}");
+        // A cut body is refused, not read short.
+        let err = decode_append(body.slice(..body.len() - 1), &EncodedEntries::default())
+            .unwrap_err();
+        assert!(err.contains("ends inside"), "{err}");
+    }
 
     #[test]
     fn a_forwarded_result_survives_the_wire() {
