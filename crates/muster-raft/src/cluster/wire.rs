@@ -384,8 +384,14 @@ mod tests {
         leader.put(e1.log_id, stored.as_slice().into());
         let req = AppendEntriesRequest::<TypeConfig> {
             vote: openraft::Vote::new_committed(2, 1),
-            prev_log_id: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(2, 1), 4)),
-            leader_commit: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(2, 1), 3)),
+            prev_log_id: Some(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(2, 1),
+                4,
+            )),
+            leader_commit: Some(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(2, 1),
+                3,
+            )),
             entries: vec![e1.clone(), e2.clone()],
         };
         let body = encode_append(req.clone(), &leader).unwrap();
@@ -412,8 +418,8 @@ mod tests {
         let err = decode_append(damaged.into(), &EncodedEntries::default()).unwrap_err();
         assert!(err.contains("checksum"), "{err}");
         // A cut body is refused, not read short.
-        let err = decode_append(body.slice(..body.len() - 1), &EncodedEntries::default())
-            .unwrap_err();
+        let err =
+            decode_append(body.slice(..body.len() - 1), &EncodedEntries::default()).unwrap_err();
         assert!(err.contains("ends inside"), "{err}");
     }
 

@@ -370,7 +370,14 @@ async fn a_joined_node_is_recorded_at_the_address_it_advertises() {
     // stops at validation, before binding anything).
     let out = Command::new(BIN)
         .args(["agent", "--dev", "--join", "--node-id", "6"])
-        .args(["--cluster-addr", "0.0.0.0:7701"])
+        // HTTP on a free loopback port: were the check ever gone, the
+        // agent would not take 7700 (a cluster port must be a real one).
+        .args([
+            "--cluster-addr",
+            "0.0.0.0:7701",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -378,6 +385,7 @@ async fn a_joined_node_is_recorded_at_the_address_it_advertises() {
     assert!(err.contains("set cluster_advertise"), "{err}");
     let out = Command::new(BIN)
         .args(["agent", "--dev", "--join", "--node-id", "6"])
+        .args(["--http-addr", "127.0.0.1:0"])
         .args(["--cluster-advertise", "[::]:7701"])
         .output()
         .unwrap();
