@@ -137,27 +137,29 @@ async fn a_node_votes_for_at_most_one_candidate_per_term() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     };
-    let peers = BTreeMap::from([(1, absent()), (2, addr.clone()), (3, absent())]);
-    let node = crate::Node::open_cluster(
-        RaftConfig {
-            node_id: 2,
-            data_dir: dir.path().join("node-2"),
-            snapshot_logs: 100,
-            snapshot_commands: 100,
-            force_recover_from_snapshot: false,
-        },
-        Arc::new(NoObserver),
-        ClusterConfig {
-            peers,
-            join: false,
-            http_addr: "127.0.0.1:1".into(),
-            link_faults: None,
-            tls: None,
-        },
-        listener,
-    )
-    .await
-    .unwrap();
+    // Node 2 on its data directory (opened again after a restart).
+    let open = |listener: tokio::net::TcpListener| {
+        let peers = BTreeMap::from([(1, absent()), (2, addr.clone()), (3, absent())]);
+        crate::Node::open_cluster(
+            RaftConfig {
+                node_id: 2,
+                data_dir: dir.path().join("node-2"),
+                snapshot_logs: 100,
+                snapshot_commands: 100,
+                force_recover_from_snapshot: false,
+            },
+            Arc::new(NoObserver),
+            ClusterConfig {
+                peers,
+                join: false,
+                http_addr: "127.0.0.1:1".into(),
+                link_faults: None,
+                tls: None,
+            },
+            listener,
+        )
+    };
+    let node = open(listener).await.unwrap();
 
     let http = Http::new(9, None, None).unwrap();
     let ask = |term: u64, candidate: u64| {
@@ -202,27 +204,7 @@ async fn a_node_votes_for_at_most_one_candidate_per_term() {
     node.shutdown().await.unwrap();
     drop(node);
     let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
-    let peers = BTreeMap::from([(1, absent()), (2, addr.clone()), (3, absent())]);
-    let node = crate::Node::open_cluster(
-        RaftConfig {
-            node_id: 2,
-            data_dir: dir.path().join("node-2"),
-            snapshot_logs: 100,
-            snapshot_commands: 100,
-            force_recover_from_snapshot: false,
-        },
-        Arc::new(NoObserver),
-        ClusterConfig {
-            peers,
-            join: false,
-            http_addr: "127.0.0.1:1".into(),
-            link_faults: None,
-            tls: None,
-        },
-        listener,
-    )
-    .await
-    .unwrap();
+    let node = open(listener).await.unwrap();
     assert!(
         !ask(1001, 1).await,
         "the vote of term 1001 survived the restart"
