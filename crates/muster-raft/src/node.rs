@@ -314,6 +314,7 @@ impl Node {
                 .map_err(|e| RaftError::Corrupt(e.to_string()))?
         };
         let pace = sm.pace(cfg.snapshot_commands);
+        let applied = sm.applied_watch();
         let committed = Arc::new(AtomicU64::new(0));
         let encoded = crate::log_store::EncodedEntries::default();
         let log = RaftLog::new(store.clone(), Arc::clone(&committed), encoded.clone());
@@ -401,6 +402,7 @@ impl Node {
                 renewals: crate::cluster::coalesce::Coalescer::start(http.clone()),
                 forwards: crate::cluster::coalesce::Coalescer::start(http.clone()),
                 pass_on: Default::default(),
+                applied: applied.clone(),
                 votes: store.clone(),
                 encoded: encoded.clone(),
                 voting: tokio::sync::Mutex::new(()),

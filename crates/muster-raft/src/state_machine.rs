@@ -81,6 +81,11 @@ struct Shared {
     snapshot_seq: AtomicU64,
     /// Counts for the batcher's snapshot triggers.
     pace: Arc<SnapshotPace>,
+    /// The index of the last entry applied (or snapshot restored): waited
+    /// on by writes forwarded from here and by consistent reads, which
+    /// openraft's metrics wait would wake (and clone the metrics for) on
+    /// every change of any metric.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// Runs blocking file work off the async threads.
@@ -215,6 +220,7 @@ impl StateMachine {
             current: tokio::sync::Mutex::new(None),
             snapshot_seq: AtomicU64::new(0),
             pace: Arc::default(),
+            applied: tokio::sync::watch::Sender::new(0),
         });
         let mut sm = StateMachine {
             catalog,
@@ -240,6 +246,20 @@ impl StateMachine {
         Ok(sm)
     }
 
+    /// The index of the last entry applied, as it moves.
+    pub(crate) fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.applied.subscribe()
+    }
+
+    fn published(&self) {
+        let index = self.applied.map_or(0, |l| l.index);
+        self.shared.applied.send_if_modified(|i| {
+            let moved = *i != index;
+            *i = index;
+            moved
+        });
+    }
+
     /// The counts that pace snapshots by commands, due after at least
     /// `min_commands`.
     pub(crate) fn pace(&self, min_commands: u64) -> Arc<SnapshotPace> {
@@ -255,6 +275,8 @@ impl StateMachine {
         self.membership = meta.last_membership.clone();
         let catalog = read_catalog(&self.catalog)?;
         self.observer.restored(&catalog);
+        drop(catalog);
+        self.published();
         Ok(())
     }
 }
@@ -370,6 +392,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.observer.applied(index, result);
             }
         }
+        self.published();
         Ok(responses)
     }
 

@@ -179,6 +179,8 @@ pub(crate) struct Shared {
     pub(crate) forwards: coalesce::Coalescer<coalesce::Forward>,
     /// Renewals this follower answered itself, to pass on to the leader.
     pub(crate) pass_on: PassOn,
+    /// The index this node applied last, as it moves.
+    pub(crate) applied: watch::Receiver<u64>,
     /// The stored bytes of recent entries: append-entries received here
     /// leave theirs for the log to store as they are.
     pub(crate) encoded: crate::log_store::EncodedEntries,
@@ -380,13 +382,24 @@ impl Shared {
 
     /// Waits (bounded) until this node applied `index`.
     async fn wait_applied(&self, index: u64) {
-        let waited = self
-            .raft
-            .wait(Some(APPLY_WAIT))
-            .applied_index_at_least(Some(index), "forwarded write applied here")
-            .await;
-        if let Err(e) = waited {
+        if let Err(e) = self.applied_at_least(index).await {
             tracing::warn!(index, error = %e, "answering a forwarded write not yet applied here");
+        }
+    }
+
+    /// Waits until this node applied `index`, at most [`APPLY_WAIT`].
+    async fn applied_at_least(&self, index: u64) -> Result<(), String> {
+        let mut applied = self.applied.clone();
+        let waited = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|i| *i >= index))
+            .await
+            .map(|r| r.is_ok());
+        match waited {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the node stopped".into()),
+            Err(_) => Err(format!(
+                "applied only up to {} after {APPLY_WAIT:?}",
+                *applied.borrow()
+            )),
         }
     }
 
@@ -494,13 +507,8 @@ impl Shared {
                 }
             })
             .await?;
-        let applied = self
-            .raft
-            .wait(Some(APPLY_WAIT))
-            .applied_index_at_least(Some(index), "read index applied here")
-            .await;
-        match applied {
-            Ok(_) => Ok(index),
+        match self.applied_at_least(index).await {
+            Ok(()) => Ok(index),
             Err(_) => Err(ProposeError::NotLeader {
                 leader: self.leader().map(|(l, _)| l),
             }),
@@ -553,13 +561,15 @@ pub(crate) async fn pass_on_renewals(shared: Arc<Shared>, mut stop: watch::Recei
 pub(crate) async fn learn_http_addrs(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut metrics = shared.raft.metrics();
     loop {
-        let members: Vec<(u64, String)> = {
+        let (seen, members): (_, Vec<(u64, String)>) = {
             let m = metrics.borrow_and_update();
-            m.membership_config
+            let members = m
+                .membership_config
                 .membership()
                 .nodes()
                 .map(|(id, n)| (*id, n.addr.clone()))
-                .collect()
+                .collect();
+            (*m.membership_config.log_id(), members)
         };
         let known = shared.http_addrs();
         let missing: Vec<_> = members
@@ -592,9 +602,13 @@ pub(crate) async fn learn_http_addrs(shared: Arc<Shared>, mut stop: watch::Recei
             let known = shared.http_addrs();
             missing.iter().all(|(id, _)| known.contains_key(id))
         };
+        // The metrics change with every applied entry; only a new
+        // membership can name a new member.
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            r = metrics.changed(), if all_known => if r.is_err() { return },
+            r = metrics.wait_for(|m| *m.membership_config.log_id() != seen), if all_known => {
+                if r.is_err() { return }
+            }
             () = tokio::time::sleep(HELLO_RETRY), if !all_known => {}
         }
     }
