@@ -45,15 +45,14 @@ fn instance_bytes(i: &Instance) -> usize {
     const FRAME: usize = 256;
     const PER_CHECK: usize = 512;
     FRAME
-        + i.id.len()
-        + i.address.len()
-        + i.tags.iter().map(|t| t.len() + 4).sum::<usize>()
-        + i.meta
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 6)
-            .sum::<usize>()
-        + i.version.as_ref().map_or(0, |v| v.len())
-        + i.zone.as_ref().map_or(0, |z| z.len())
+        + crate::batcher::instance_fields_bytes(
+            &i.id,
+            &i.address,
+            i.tags.iter().map(|t| &**t),
+            i.meta.iter().map(|(k, v)| (&**k, &**v)),
+            i.version.as_deref(),
+            i.zone.as_deref(),
+        )
         + i.maintenance.as_ref().map_or(0, |m| m.len())
         + i.checks
             .iter()

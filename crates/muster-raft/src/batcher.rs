@@ -57,6 +57,26 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The estimated encoded size of an instance's variable-length fields (id,
+/// address, tags, metadata, version, zone): the part both the batcher's
+/// estimate of a registration and a restore's estimate of a stored
+/// instance ([`crate::backup`]) count the same way.
+pub(crate) fn instance_fields_bytes<'a>(
+    id: &str,
+    address: &str,
+    tags: impl Iterator<Item = &'a str>,
+    meta: impl Iterator<Item = (&'a str, &'a str)>,
+    version: Option<&str>,
+    zone: Option<&str>,
+) -> usize {
+    id.len()
+        + address.len()
+        + tags.map(|t| t.len() + 4).sum::<usize>()
+        + meta.map(|(k, v)| k.len() + v.len() + 6).sum::<usize>()
+        + version.map_or(0, str::len)
+        + zone.map_or(0, str::len)
+}
+
 /// A cheap upper-bound-ish estimate of a command's encoded size, to keep
 /// entries around [`MAX_BATCH_BYTES`] without encoding anything twice.
 pub(crate) fn approx_size(cmd: &Command) -> usize {
@@ -72,15 +92,14 @@ pub(crate) fn approx_size(cmd: &Command) -> usize {
             FRAME
                 + namespace.len()
                 + service.len()
-                + i.id.len()
-                + i.address.len()
-                + i.tags.iter().map(|t| t.len() + 4).sum::<usize>()
-                + i.meta
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len() + 6)
-                    .sum::<usize>()
-                + i.version.as_ref().map_or(0, String::len)
-                + i.zone.as_ref().map_or(0, String::len)
+                + instance_fields_bytes(
+                    &i.id,
+                    &i.address,
+                    i.tags.iter().map(String::as_str),
+                    i.meta.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    i.version.as_deref(),
+                    i.zone.as_deref(),
+                )
                 + i.checks.len() * PER_CHECK
         }
         Command::Deregister {

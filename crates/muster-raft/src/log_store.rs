@@ -293,13 +293,15 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         let mut batch = Vec::new();
         let mut decoded = Vec::new();
         for entry in entries {
-            // A follower usually received the bytes with the entry.
+            // A follower usually received the bytes with the entry. The
+            // same shared bytes go to the store, kept once in memory.
             let bytes = match self.encoded.get(&entry.log_id) {
-                Some(bytes) => bytes.to_vec(),
+                Some(bytes) => bytes,
                 None => {
-                    let bytes = codec::encode_entry(&entry)
-                        .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
-                    self.encoded.put(entry.log_id, bytes.as_slice().into());
+                    let bytes: muster_store::Bytes = codec::encode_entry(&entry)
+                        .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?
+                        .into();
+                    self.encoded.put(entry.log_id, Arc::clone(&bytes));
                     bytes
                 }
             };

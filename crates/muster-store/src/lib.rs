@@ -375,16 +375,17 @@ impl LogStore {
         Ok(())
     }
 
-    /// Appends (or overwrites) log entries.
+    /// Appends (or overwrites) log entries. Bytes already shared
+    /// ([`Bytes`]) are kept as they are, not copied.
     ///
     /// The entries are readable from the mirror when this returns; they are
     /// written by the writer thread in the next group commit, after which
     /// `on_durable` is called with `Ok(())`. If the store refuses writes,
     /// nothing is changed and `on_durable` is called at once with the error.
-    pub fn append(&self, entries: Vec<(u64, Vec<u8>)>, on_durable: OnDurable) {
+    pub fn append<B: Into<Bytes>>(&self, entries: Vec<(u64, B)>, on_durable: OnDurable) {
         let entries: Vec<(u64, Bytes)> = entries
             .into_iter()
-            .map(|(i, bytes)| (i, Bytes::from(bytes)))
+            .map(|(i, bytes)| (i, bytes.into()))
             .collect();
         let for_mirror: Vec<(u64, Slot)> = entries
             .iter()
