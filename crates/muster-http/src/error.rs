@@ -104,6 +104,9 @@ impl From<RegistryError> for ApiError {
             RegistryError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
+            RegistryError::Removed { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node_removed", message)
+            }
             RegistryError::InvalidBackup(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_backup", message)
             }

@@ -89,7 +89,8 @@ impl IntoResponses for WriteErrors {
                 "503".to_string(),
                 error_response(
                     "not_leader (this node does not lead; the leader is named if known), \
-                     shutting_down, or storage_failed (writes cannot be made durable)",
+                     shutting_down, storage_failed (writes cannot be made durable), or \
+                     node_removed (this node was removed from its cluster)",
                 ),
             ),
             (
@@ -126,7 +127,9 @@ impl IntoResponses for BodyErrors {
 /// document may answer 401 `invalid_token` (a token that is malformed,
 /// unknown, revoked or expired) and 403 `permission_denied` (naming the
 /// right the token lacks); tokens come as `Authorization: Bearer` or
-/// `X-Muster-Token`. Declared here once rather than on every operation.
+/// `X-Muster-Token`. Declared here once rather than on every operation,
+/// with the 503 `node_removed` of a node removed from its cluster, which
+/// answers every `/v1/` operation so (clients move on to another member).
 struct AclAnswers;
 
 impl Modify for AclAnswers {
@@ -154,6 +157,12 @@ impl Modify for AclAnswers {
                 op,
                 "403",
                 "permission_denied: the token lacks the right this needs (named)",
+            );
+            add_answer(
+                op,
+                "503",
+                "node_removed: this node was removed from its cluster and answers nothing; \
+                 ask another member",
             );
         }
     }

@@ -621,6 +621,39 @@ impl Node {
         self.inner.node_id
     }
 
+    /// Whether this node was removed from its cluster: its own id is among
+    /// the retired ones in the log it applied, or the membership its log
+    /// holds last (committed or not, as openraft uses it) has members but
+    /// not this node. A removed node gets no more of the log, so what it
+    /// holds only ages; it should serve nothing.
+    ///
+    /// Both signs are needed after a restart: a removed node is not told
+    /// the commit index any more, so it may never apply its retirement,
+    /// but it received the membership entry that removed it (the leader
+    /// replicates to a removed voter until that entry is committed). A
+    /// node started with `--join` and not added yet has an empty
+    /// membership: it is not removed, only waiting.
+    pub fn removed(&self) -> bool {
+        if self.inner.cluster.is_none() {
+            return false;
+        }
+        let id = self.inner.node_id;
+        if self
+            .inner
+            .catalog
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retired_nodes()
+            .contains(&id)
+        {
+            return true;
+        }
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        membership.voter_ids().next().is_some() && membership.get_node(&id).is_none()
+    }
+
     /// The node's current view of the cluster.
     pub fn info(&self) -> NodeInfo {
         // The catalog is updated before openraft's metrics are: read the

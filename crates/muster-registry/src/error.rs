@@ -69,6 +69,17 @@ pub enum RegistryError {
     /// The registry is shutting down.
     #[error("the registry is shutting down")]
     ShuttingDown,
+    /// This node was removed from its cluster: it gets no more of the log,
+    /// so it answers nothing (its state only ages). Clients move on to
+    /// another member.
+    #[error(
+        "node {node} was removed from the cluster and answers no requests: send them to another member; \
+         to use this machine again, start it with a new --node-id and an empty data directory, then join it"
+    )]
+    Removed {
+        /// This node's (retired) id.
+        node: u64,
+    },
     /// A membership change that cannot be made as asked.
     #[error("{0}")]
     MembershipRefused(String),

@@ -391,6 +391,7 @@ impl Registry {
             hub: hub.clone(),
             leases: leases.clone(),
             reconcile: reconcile_tx,
+            node_id: config.node_id,
         });
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
@@ -517,6 +518,22 @@ impl Registry {
             index: applied.index,
             value: out,
         })
+    }
+
+    /// Why this node is not fit to serve, for health probes: it was removed
+    /// from its cluster ([`RegistryError::Removed`]), or it cannot make
+    /// writes durable ([`Registry::writable`]).
+    ///
+    /// A removed node keeps running (and answering every request with
+    /// `Removed`) rather than exit: under a supervisor that restarts what
+    /// exits it would only come back, removed still.
+    pub fn healthy(&self) -> Result<()> {
+        if self.inner.node.removed() {
+            return Err(RegistryError::Removed {
+                node: self.inner.node.node_id(),
+            });
+        }
+        self.writable()
     }
 
     /// Why writes cannot be made durable now, as the error every write

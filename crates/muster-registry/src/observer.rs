@@ -22,11 +22,23 @@ pub(crate) struct Observer {
     pub(crate) leases: Arc<LeaseManager>,
     /// Drained by the reconciler task, which merges what queued up.
     pub(crate) reconcile: mpsc::UnboundedSender<Reconcile>,
+    /// This node's id: its own retirement ends every watch.
+    pub(crate) node_id: u64,
 }
 
 impl ApplyObserver for Observer {
     fn applied(&self, index: u64, result: &ApplyResult) {
         let Ok(out) = result else { return };
+        if matches!(out.done, Done::NodeRetired(id) if id == self.node_id) {
+            // From now on every request is refused (`Registry::authz`);
+            // woken watchers and blocking queries look again and end.
+            tracing::error!(
+                node = self.node_id,
+                index,
+                "this node was removed from the cluster: it answers no more requests; stop it"
+            );
+            self.hub.notify_all(index);
+        }
         for (id, ttl_ms) in &out.leases_created {
             self.leases.created(*id, *ttl_ms);
         }

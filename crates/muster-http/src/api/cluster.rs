@@ -124,12 +124,13 @@ fn info(
 
 /// Health: 200 while the agent serves and can make writes durable; 507
 /// `storage_full` or 503 `storage_failed` while it cannot (reads still
-/// answer), so a supervisor or load balancer never sees a zombie as healthy.
+/// answer), and 503 `node_removed` once it was removed from its cluster, so
+/// a supervisor or load balancer never sees a zombie as healthy.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "Serving, and writes are durable"),
-        (status = 503, description = "storage_failed: writes cannot be made durable", body = ErrorBody),
+        (status = 503, description = "storage_failed: writes cannot be made durable; node_removed: this node was removed from its cluster", body = ErrorBody),
         (status = 507, description = "storage_full: the data directory's disk is full", body = ErrorBody)))]
 pub async fn healthz(State(state): State<HttpStateRef>) -> Result<impl IntoResponse, ApiError> {
-    state.registry.writable()?;
+    state.registry.healthy()?;
     Ok(axum::Json(serde_json::json!({"status": "ok"})))
 }

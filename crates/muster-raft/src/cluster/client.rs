@@ -134,6 +134,9 @@ fn build_client(tls: Option<&MutualTls>) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
+        // A peer answers its own RPC; a redirect would only send a
+        // node's log (or a snapshot) somewhere nobody configured.
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
         // A peer that vanished without closing its socket (a cut cable,
         // a frozen VM) is noticed by h2 pings instead of at the next

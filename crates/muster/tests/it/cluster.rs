@@ -817,6 +817,19 @@ impl Watch {
         }
     }
 
+    /// Whether the server ended the stream by `deadline` (reading past
+    /// any events still coming).
+    async fn ended_by(&mut self, deadline: Instant) -> bool {
+        loop {
+            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
+                Err(_) => return false,
+                Ok(Ok(None)) => return true,
+                Ok(Ok(Some(_))) => {}
+                Ok(Err(e)) => panic!("the watch failed: {e}"),
+            }
+        }
+    }
+
     /// Events until one matches `want`, that one included; panics at
     /// `deadline`.
     async fn until(&mut self, deadline: Instant, want: impl Fn(&Event) -> bool) -> Vec<Event> {
@@ -1145,11 +1158,69 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
         .iter()
         .find(|id| **id != leader && **id != 4)
         .unwrap();
+    let mut gone_watch = Watch::open(c.agent(gone), "churn", None).await;
     let (ok, _, err) = cli(&c.agent(4).base, &["cluster", "leave", &gone.to_string()]);
     assert!(ok, "leave {gone}: {err}");
     let mut voters: Vec<u64> = vec![1, 2, 3, 4];
     voters.retain(|id| *id != gone);
     wait_voters(c.agent(leader), &voters).await;
+    // The removed node gets no more of the log: once it applied its own
+    // retirement it ends its watches and refuses reads and writes with
+    // 503, which sends clients on to another member, instead of serving
+    // a state that only ages (or holding writes 5 s for an apply that
+    // never comes).
+    assert!(
+        gone_watch.ended_by(Instant::now() + CATCH_UP).await,
+        "a watch on removed node {gone} did not end"
+    );
+    let removed = |v: &Value| {
+        v["error"]["code"] == "node_removed"
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("node {gone} was removed")))
+    };
+    for r in [
+        http()
+            .get(c.agent(gone).url("/v1/services/churn/instances"))
+            .send()
+            .await
+            .unwrap(),
+        http()
+            .put(
+                c.agent(gone)
+                    .url("/v1/services/churn/instances/after-removal"),
+            )
+            .json(&json!({"address": "10.0.0.1", "port": 80}))
+            .send()
+            .await
+            .unwrap(),
+        http()
+            .get(c.agent(gone).url("/v1/cluster"))
+            .send()
+            .await
+            .unwrap(),
+        http()
+            .get(c.agent(gone).url("/healthz"))
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(r.status(), 503);
+        let v: Value = r.json().await.unwrap();
+        assert!(removed(&v), "{v}");
+    }
+    // Killed and started again on its data, it is still removed (told by
+    // the membership in its log, whatever it applied), and says so.
+    c.kill9(gone);
+    c.start(gone);
+    let r = http()
+        .get(c.agent(gone).url("/v1/services/churn/instances"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(removed(&v), "{v}");
     c.kill9(gone);
     // Its id is never reused, whatever the address.
     let (ok, _, err) = cli(
