@@ -83,11 +83,15 @@ fn unreachable(base: &str, e: reqwest::Error) -> anyhow::Error {
 }
 
 /// Progress on stderr: only on a terminal or when asked, at most a few
-/// times a second, on one line.
+/// times a second, on one line, which ends with the final figures.
 struct Progress {
     on: bool,
     last: Option<Instant>,
     what: String,
+    /// The figures of the last update, shown or not.
+    latest: Option<(u64, Option<u64>)>,
+    /// Where the text goes: stderr, or a test's buffer.
+    sink: Box<dyn FnMut(&str) + Send>,
 }
 
 impl Progress {
@@ -96,10 +100,13 @@ impl Progress {
             on: asked || std::io::stderr().is_terminal(),
             last: None,
             what,
+            latest: None,
+            sink: Box::new(|s| eprint!("{s}")),
         }
     }
 
     fn update(&mut self, bytes: u64, total: Option<u64>) {
+        self.latest = Some((bytes, total));
         if !self.on
             || self
                 .last
@@ -108,21 +115,28 @@ impl Progress {
             return;
         }
         self.last = Some(Instant::now());
-        match total {
-            Some(t) if t > 0 => eprint!(
+        self.show(bytes, total);
+    }
+
+    fn show(&mut self, bytes: u64, total: Option<u64>) {
+        let line = match total {
+            Some(t) if t > 0 => format!(
                 "\r{}: {} of {} ({}%)   ",
                 self.what,
                 mib(bytes),
                 mib(t),
                 bytes * 100 / t
             ),
-            _ => eprint!("\r{}: {}   ", self.what, mib(bytes)),
-        }
+            _ => format!("\r{}: {}   ", self.what, mib(bytes)),
+        };
+        (self.sink)(&line);
     }
 
-    fn done(&self) {
-        if self.on && self.last.is_some() {
-            eprintln!();
+    /// Ends the line with where the work ended (a fast one shows only this).
+    fn done(&mut self) {
+        if let (true, Some((bytes, total))) = (self.on, self.latest) {
+            self.show(bytes, total);
+            (self.sink)("\n");
         }
     }
 }
@@ -236,7 +250,7 @@ async fn check(file: &Path, progress: Option<Progress>) -> anyhow::Result<(Backu
             }
         })
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        if let Some(p) = progress {
+        if let Some(mut p) = progress {
             p.done();
         }
         Ok((header, total))
@@ -262,15 +276,20 @@ async fn restore(g: &Global, file: &Path, progress: bool) -> anyhow::Result<()> 
     let f = tokio::fs::File::open(file)
         .await
         .with_context(|| format!("cannot open {}", file.display()))?;
-    let mut shown = Progress::new(
+    // Shared with the body stream, which reports what it sent.
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(Progress::new(
         progress,
         format!("restoring {} instances", header.instances),
-    );
+    )));
     let mut sent = 0u64;
+    let sending = std::sync::Arc::clone(&shown);
     let body =
         tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).inspect_ok(move |piece| {
             sent += piece.len() as u64;
-            shown.update(sent, Some(total));
+            sending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .update(sent, Some(total));
         });
     let response = http(g)?
         .post(format!("{base}/v1/snapshot/restore"))
@@ -278,11 +297,12 @@ async fn restore(g: &Global, file: &Path, progress: bool) -> anyhow::Result<()> 
         .header("content-length", total)
         .body(reqwest::Body::wrap_stream(body))
         .send()
-        .await
-        .map_err(|e| unreachable(&base, e))?;
-    if progress || std::io::stderr().is_terminal() {
-        eprintln!();
-    }
+        .await;
+    shown
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .done();
+    let response = response.map_err(|e| unreachable(&base, e))?;
     if !response.status().is_success() {
         return Err(refused(&base, response).await);
     }
@@ -303,4 +323,44 @@ async fn restore(g: &Global, file: &Path, progress: bool) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::Progress;
+
+    #[test]
+    fn progress_ends_its_line_with_the_final_figures() {
+        let text = Arc::new(Mutex::new(String::new()));
+        let mut p = Progress::new(true, "checking".into());
+        let t = Arc::clone(&text);
+        p.sink = Box::new(move |s| t.lock().unwrap().push_str(s));
+        // Three updates within the throttle: only the first is shown as
+        // it comes; the line still ends at 100 %.
+        p.update(1 << 20, Some(4 << 20));
+        p.update(2 << 20, Some(4 << 20));
+        p.update(4 << 20, Some(4 << 20));
+        p.done();
+        let text = text.lock().unwrap().clone();
+        let last = text.trim_end_matches('\n').rsplit('\r').next().unwrap();
+        assert_eq!(
+            last.trim_end(),
+            "checking: 4.0 MiB of 4.0 MiB (100%)",
+            "{text:?}"
+        );
+        assert!(text.ends_with('\n'));
+        assert!(!text.contains("(50%)"), "throttled: {text:?}");
+
+        // Not asked for and not on a terminal (as here): nothing at all.
+        let quiet = Arc::new(Mutex::new(String::new()));
+        let mut p = Progress::new(false, "saving".into());
+        p.on = false;
+        let q = Arc::clone(&quiet);
+        p.sink = Box::new(move |s| q.lock().unwrap().push_str(s));
+        p.update(1, None);
+        p.done();
+        assert!(quiet.lock().unwrap().is_empty());
+    }
 }

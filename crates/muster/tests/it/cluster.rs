@@ -1346,9 +1346,23 @@ async fn a_backup_saved_under_writes_restores_into_a_fresh_node_and_a_running_cl
     let fresh = Agent::spawn(fresh_dir.path());
     let (ok, out, err) = cli(
         &fresh.base,
-        &["snapshot", "restore", file.to_str().unwrap()],
+        &["snapshot", "restore", "--progress", file.to_str().unwrap()],
     );
     assert!(ok, "restore failed: {out} {err}");
+    // Asked for, progress ends each of its lines (checking the file, then
+    // sending it) with where the work ended.
+    let finals: Vec<&str> = err
+        .lines()
+        .map(|l| l.rsplit('\r').next().unwrap_or(l).trim_end())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(finals.len(), 2, "{err:?}");
+    assert!(finals[0].starts_with("checking: "), "{err:?}");
+    assert!(
+        finals[1].starts_with(&format!("restoring {instances} instances: ")),
+        "{err:?}"
+    );
+    assert!(finals.iter().all(|l| l.ends_with("(100%)")), "{err:?}");
     wait_holds(&fresh, "storm", &before_save, CATCH_UP, "the fresh node").await;
     let restored = ids(&fresh, "storm").await.unwrap();
     assert_eq!(
