@@ -51,6 +51,14 @@ pub(crate) async fn serve(
     let router = router(Arc::clone(&shared));
     match tls {
         None => {
+            use axum::serve::ListenerExt as _;
+            // Without TCP_NODELAY (axum::serve leaves Nagle on), h2
+            // writes an answer's frames in pieces and the last waits for
+            // the leader's delayed ACK: ~40 ms on about one append in
+            // twenty, measured as register's p99.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await
