@@ -1179,32 +1179,18 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
                 .as_str()
                 .is_some_and(|m| m.contains(&format!("node {gone} was removed")))
     };
-    for r in [
-        http()
-            .get(c.agent(gone).url("/v1/services/churn/instances"))
-            .send()
-            .await
-            .unwrap(),
+    for req in [
+        http().get(c.agent(gone).url("/v1/services/churn/instances")),
         http()
             .put(
                 c.agent(gone)
                     .url("/v1/services/churn/instances/after-removal"),
             )
-            .json(&json!({"address": "10.0.0.1", "port": 80}))
-            .send()
-            .await
-            .unwrap(),
-        http()
-            .get(c.agent(gone).url("/v1/cluster"))
-            .send()
-            .await
-            .unwrap(),
-        http()
-            .get(c.agent(gone).url("/healthz"))
-            .send()
-            .await
-            .unwrap(),
+            .json(&json!({"address": "10.0.0.1", "port": 80})),
+        http().get(c.agent(gone).url("/v1/cluster")),
+        http().get(c.agent(gone).url("/healthz")),
     ] {
+        let r = req.send().await.unwrap();
         assert_eq!(r.status(), 503);
         let v: Value = r.json().await.unwrap();
         assert!(removed(&v), "{v}");
