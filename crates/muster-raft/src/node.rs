@@ -64,12 +64,65 @@ struct Inner {
     shutting_down: AtomicBool,
     /// Held during shutdown; `true` once it completed.
     stopped: tokio::sync::Mutex<bool>,
+    /// Whether this node applied its own retirement (now or in an earlier
+    /// run: kept in the store under [`KEY_RETIRED`]).
+    retired: Arc<AtomicBool>,
     /// Cluster RPC and forwarding, on a member of a cluster of several.
     cluster: Option<Arc<Shared>>,
     /// Tells the cluster listener and the address learner to stop.
     stop_cluster: watch::Sender<bool>,
     /// The cluster listener's and the address learner's tasks.
     cluster_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Metadata key set once this node applied its own retirement: a removed
+/// node started again may not re-apply it (it is told no commit index any
+/// more), so the fact is kept apart from the log.
+const KEY_RETIRED: &str = "raft/retired";
+
+/// Passes what is applied on to the observer, noting first whether it is
+/// this node's own retirement ([`Node::removed`]).
+struct RetirementMarker {
+    node_id: u64,
+    store: LogStore,
+    retired: Arc<AtomicBool>,
+    inner: Arc<dyn ApplyObserver>,
+}
+
+impl RetirementMarker {
+    fn mark(&self) {
+        if self.retired.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let value = self.node_id.to_be_bytes().to_vec();
+        self.store.put_meta(
+            KEY_RETIRED,
+            Some(value),
+            Box::new(|r| {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "saving that this node was removed failed");
+                }
+            }),
+        );
+    }
+}
+
+impl ApplyObserver for RetirementMarker {
+    fn applied(&self, index: u64, result: &muster_catalog::ApplyResult) {
+        if let Ok(out) = result
+            && matches!(out.done, muster_catalog::Done::NodeRetired(id) if id == self.node_id)
+        {
+            self.mark();
+        }
+        self.inner.applied(index, result);
+    }
+
+    fn restored(&self, catalog: &Catalog) {
+        if catalog.retired_nodes().contains(&self.node_id) {
+            self.mark();
+        }
+        self.inner.restored(catalog);
+    }
 }
 
 /// How long shutdown waits for the cluster listener to finish the requests
@@ -305,6 +358,13 @@ impl Node {
 
         let disk_last = store.last_index().unwrap_or(0);
 
+        let retired = Arc::new(AtomicBool::new(store.get_meta(KEY_RETIRED).is_some()));
+        let observer: Arc<dyn ApplyObserver> = Arc::new(RetirementMarker {
+            node_id: cfg.node_id,
+            store: store.clone(),
+            retired: Arc::clone(&retired),
+            inner: observer,
+        });
         let catalog = Arc::new(RwLock::new(Catalog::new()));
         let sm = {
             let catalog = Arc::clone(&catalog);
@@ -431,6 +491,7 @@ impl Node {
 
         Ok(Node {
             inner: Arc::new(Inner {
+                retired,
                 node_id: cfg.node_id,
                 data_dir: cfg.data_dir.clone(),
                 raft,
@@ -621,33 +682,23 @@ impl Node {
         self.inner.node_id
     }
 
-    /// Whether this node was removed from its cluster: its own id is among
-    /// the retired ones in the log it applied, or the membership its log
-    /// holds last (committed or not, as openraft uses it) has members but
-    /// not this node. A removed node gets no more of the log, so what it
-    /// holds only ages; it should serve nothing.
-    ///
-    /// Both signs are needed after a restart: a removed node is not told
-    /// the commit index any more, so it may never apply its retirement,
-    /// but it received the membership entry that removed it (the leader
-    /// replicates to a removed voter until that entry is committed). A
-    /// node started with `--join` and not added yet has an empty
-    /// membership: it is not removed, only waiting.
+    /// Whether this node was removed from its cluster: it applied its own
+    /// retirement (now, or in an earlier run: a removed node started again
+    /// is told no commit index, so it may never re-apply it; the store
+    /// keeps the fact), or the membership its log holds last (committed
+    /// or not, as openraft uses it) has members but not this node (a node
+    /// that received the change that removed it). A removed node gets no
+    /// more of the log, so what it holds only ages; it should serve
+    /// nothing. A node started with `--join` and not added yet has an
+    /// empty membership: it is not removed, only waiting.
     pub fn removed(&self) -> bool {
         if self.inner.cluster.is_none() {
             return false;
         }
-        let id = self.inner.node_id;
-        if self
-            .inner
-            .catalog
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retired_nodes()
-            .contains(&id)
-        {
+        if self.inner.retired.load(Ordering::Relaxed) {
             return true;
         }
+        let id = self.inner.node_id;
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
         let membership = m.membership_config.membership();

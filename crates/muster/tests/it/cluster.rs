@@ -1195,8 +1195,10 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
         let v: Value = r.json().await.unwrap();
         assert!(removed(&v), "{v}");
     }
-    // Killed and started again on its data, it is still removed (told by
-    // the membership in its log, whatever it applied), and says so.
+    // Killed and started again on its data, it is still removed, and says
+    // so: told no commit index any more, it may not apply its retirement
+    // again, so its store keeps the fact (this failed 1 run in 8 on a
+    // loaded machine while the node relied on re-applying it).
     c.kill9(gone);
     c.start(gone);
     let r = http()
