@@ -104,6 +104,9 @@ impl From<RegistryError> for ApiError {
             RegistryError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
+            RegistryError::OutcomeUnknown { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown", message)
+            }
             RegistryError::Removed { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node_removed", message)
             }

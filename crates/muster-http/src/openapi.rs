@@ -89,8 +89,10 @@ impl IntoResponses for WriteErrors {
                 "503".to_string(),
                 error_response(
                     "not_leader (this node does not lead; the leader is named if known), \
-                     shutting_down, storage_failed (writes cannot be made durable), or \
-                     node_removed (this node was removed from its cluster)",
+                     shutting_down, storage_failed (writes cannot be made durable), \
+                     outcome_unknown (the leader this node forwarded the write to stopped \
+                     answering: it may or may not have been applied), or node_removed (this \
+                     node was removed from its cluster)",
                 ),
             ),
             (

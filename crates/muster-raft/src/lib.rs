@@ -308,6 +308,17 @@ pub enum ProposeError {
     /// The node is shutting down.
     #[error("raft node is shutting down")]
     ShuttingDown,
+    /// A write forwarded to `leader`, which stopped or went silent before
+    /// it answered: the write may or may not have been applied, so it was
+    /// not sent again (a retry would apply twice what was applied once).
+    #[error(
+        "the leader (node {leader}) stopped answering while it had this write: \
+         it may or may not have been applied"
+    )]
+    OutcomeUnknown {
+        /// The leader the write was forwarded to.
+        leader: u64,
+    },
     /// The node failed; it must be restarted.
     #[error("raft node failed: {0}")]
     Fatal(String),

@@ -69,6 +69,18 @@ pub enum RegistryError {
     /// The registry is shutting down.
     #[error("the registry is shutting down")]
     ShuttingDown,
+    /// This node forwarded the write to the leader, which stopped
+    /// answering before it said whether it applied it (a leader killed
+    /// mid-write). Read it back, or send it again if it is idempotent (a
+    /// registration, a deregistration and a check report are).
+    #[error(
+        "the leader (node {leader}) stopped answering while it had this write: it may or may not \
+         have been applied; read it back, or send it again if sending it twice is harmless"
+    )]
+    OutcomeUnknown {
+        /// The leader the write was forwarded to.
+        leader: u64,
+    },
     /// This node was removed from its cluster: it gets no more of the log,
     /// so it answers nothing (its state only ages). Clients move on to
     /// another member.
@@ -169,6 +181,7 @@ impl From<ProposeError> for RegistryError {
         match e {
             ProposeError::NotLeader { leader } => RegistryError::NotLeader { leader },
             ProposeError::ShuttingDown => RegistryError::ShuttingDown,
+            ProposeError::OutcomeUnknown { leader } => RegistryError::OutcomeUnknown { leader },
             ProposeError::Fatal(m) => {
                 tracing::error!(error = %m, "write failed");
                 RegistryError::Storage(m)

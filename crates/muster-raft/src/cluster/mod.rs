@@ -360,22 +360,20 @@ impl Shared {
             }
             // The leader stopped: perhaps after appending it (openraft's
             // `Fatal::Stopped` does not say), so, like a lost answer, it is
-            // not sent again; the client sees the leader unavailable.
+            // not sent again, and the client is told the outcome is unknown.
             Forwarded::Answer(wire::ForwardReply::ShuttingDown) => {
-                Attempt::Done(Err(ProposeError::NotLeader {
-                    leader: Some(leader),
-                }))
+                Attempt::Done(Err(ProposeError::OutcomeUnknown { leader }))
             }
             Forwarded::Answer(wire::ForwardReply::Failed(m)) => {
                 Attempt::Done(Err(ProposeError::Fatal(m)))
             }
             Forwarded::Lost(e) => {
                 // Sent, but no answer: it may have been applied, so it is
-                // not sent again. The caller sees the leader unavailable.
+                // not sent again, and the caller is told exactly that (as
+                // etcd's "request timed out, possibly due to previous
+                // leader failure"), not that it was refused.
                 tracing::warn!(leader, error = %e, "forwarded write without an answer");
-                Attempt::Done(Err(ProposeError::NotLeader {
-                    leader: Some(leader),
-                }))
+                Attempt::Done(Err(ProposeError::OutcomeUnknown { leader }))
             }
         }
     }

@@ -199,7 +199,11 @@ impl ForwardReply {
                 result: a.result,
             },
             Err(ProposeError::NotLeader { leader }) => ForwardReply::NotLeader { leader },
-            Err(ProposeError::ShuttingDown) => ForwardReply::ShuttingDown,
+            // Only a forwarding node meets OutcomeUnknown; were a leader to,
+            // "stopping" is what its forwarder reads as unknown too.
+            Err(ProposeError::ShuttingDown | ProposeError::OutcomeUnknown { .. }) => {
+                ForwardReply::ShuttingDown
+            }
             Err(ProposeError::Fatal(m)) => ForwardReply::Failed(m),
         }
     }

@@ -1146,3 +1146,64 @@ async fn seeded_partition_schedules_keep_the_cluster_invariants() {
     }
     check_seeds(&seeds(CI_SEEDS)).await;
 }
+
+/// A write a follower forwards to the leader, whose answer is lost on the
+/// way back (the leader killed mid-call looks the same to the follower):
+/// the leader applied it, the follower cannot know, so it neither sends it
+/// again nor says it was refused. It says the outcome is unknown, naming
+/// the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_whose_answer_is_lost_is_reported_as_of_unknown_outcome() {
+    let mut cluster = Cluster::start(3, 7, false).await.expect("cluster");
+    let leader = cluster
+        .agreed_leader(Duration::from_secs(30))
+        .await
+        .expect("leader");
+    let follower = *cluster.ids().iter().find(|id| **id != leader).unwrap();
+    let (on_leader, on_follower) = (
+        cluster.node(leader).unwrap(),
+        cluster.node(follower).unwrap(),
+    );
+    // A first write through the follower: every path works.
+    on_follower
+        .propose(register("before"))
+        .await
+        .expect("a forwarded write");
+
+    lock(&cluster.faults.0)
+        .lose_answers
+        .insert((follower, leader));
+    let r = timeout(
+        Duration::from_secs(30),
+        on_follower.propose(register("answer-lost")),
+    )
+    .await
+    .expect("an answer within 30 s");
+    match r {
+        Err(muster_raft::ProposeError::OutcomeUnknown { leader: named }) => {
+            assert_eq!(named, leader)
+        }
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+    // It was applied, once, by the leader: the follower did not send it
+    // again, and it was not refused.
+    let key = ServiceKey::new("default", "partition");
+    assert!(
+        on_leader
+            .catalog()
+            .read()
+            .unwrap()
+            .instance(&key, "answer-lost")
+            .is_some(),
+        "the leader applied the write whose answer was lost"
+    );
+
+    cluster.faults.heal();
+    on_follower
+        .propose(register("after"))
+        .await
+        .expect("forwarded writes work again once answers arrive");
+    for id in cluster.ids() {
+        cluster.stop(id).await.expect("stop");
+    }
+}
