@@ -35,6 +35,16 @@ pub(crate) async fn durable(submit: impl FnOnce(OnDurable)) -> Result<(), StoreE
         .map_err(|_| StoreError::Writer("durability callback dropped".into()))?
 }
 
+/// A durability callback for a write nobody waits for: a failure is
+/// logged, saying what was being saved.
+pub(crate) fn log_failure(what: &'static str) -> muster_store::OnDurable {
+    Box::new(move |r| {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "saving {what} failed");
+        }
+    })
+}
+
 /// Reads and decodes a metadata value.
 pub(crate) fn read_meta<T: serde::de::DeserializeOwned>(
     store: &LogStore,
@@ -341,11 +351,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         self.store.put_meta(
             KEY_LAST_PURGED,
             Some(value),
-            Box::new(|r| {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "saving the last purged log id failed");
-                }
-            }),
+            log_failure("the last purged log id"),
         );
         self.store
             .purge_to(log_id.index)

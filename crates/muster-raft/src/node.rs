@@ -98,11 +98,7 @@ impl RetirementMarker {
         self.store.put_meta(
             KEY_RETIRED,
             Some(value),
-            Box::new(|r| {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "saving that this node was removed failed");
-                }
-            }),
+            crate::log_store::log_failure("that this node was removed"),
         );
     }
 }
