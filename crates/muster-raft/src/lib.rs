@@ -92,6 +92,11 @@ pub trait ApplyObserver: Send + Sync + 'static {
     /// The catalog's read lock is held during the call: do not try to take
     /// the write lock from here.
     fn restored(&self, catalog: &muster_catalog::Catalog);
+
+    /// Called once when this node applies its own retirement (an entry, or
+    /// a snapshot that holds it), just before the `applied` or `restored`
+    /// call that carries it: from then on [`Node::removed`] is `true`.
+    fn retired(&self, _index: u64) {}
 }
 
 /// A committed and applied proposal.

@@ -90,10 +90,11 @@ struct RetirementMarker {
 }
 
 impl RetirementMarker {
-    fn mark(&self) {
+    fn mark(&self, index: u64) {
         if self.retired.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.inner.retired(index);
         let value = self.node_id.to_be_bytes().to_vec();
         self.store.put_meta(
             KEY_RETIRED,
@@ -108,14 +109,14 @@ impl ApplyObserver for RetirementMarker {
         if let Ok(out) = result
             && matches!(out.done, muster_catalog::Done::NodeRetired(id) if id == self.node_id)
         {
-            self.mark();
+            self.mark(index);
         }
         self.inner.applied(index, result);
     }
 
     fn restored(&self, catalog: &Catalog) {
         if catalog.retired_nodes().contains(&self.node_id) {
-            self.mark();
+            self.mark(catalog.applied_index());
         }
         self.inner.restored(catalog);
     }
@@ -355,6 +356,12 @@ impl Node {
         let disk_last = store.last_index().unwrap_or(0);
 
         let retired = Arc::new(AtomicBool::new(store.get_meta(KEY_RETIRED).is_some()));
+        if retired.load(Ordering::Relaxed) {
+            tracing::error!(
+                node_id = cfg.node_id,
+                "this node was removed from its cluster: it answers no requests; stop it"
+            );
+        }
         let observer: Arc<dyn ApplyObserver> = Arc::new(RetirementMarker {
             node_id: cfg.node_id,
             store: store.clone(),

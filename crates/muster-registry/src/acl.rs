@@ -280,11 +280,7 @@ impl Registry {
     pub(crate) fn authz(&self, caller: &Caller) -> Result<Arc<Authz>> {
         // Every read and write is authorised here first, so this one check
         // keeps a removed node from serving its ageing state to anyone.
-        if self.inner.node.removed() {
-            return Err(RegistryError::Removed {
-                node: self.inner.node.node_id(),
-            });
-        }
+        self.member()?;
         if !self.inner.config.acl {
             return Ok(Arc::clone(&self.inner.acl_cache.open));
         }

@@ -391,7 +391,6 @@ impl Registry {
             hub: hub.clone(),
             leases: leases.clone(),
             reconcile: reconcile_tx,
-            node_id: config.node_id,
         });
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
@@ -528,12 +527,19 @@ impl Registry {
     /// `Removed`) rather than exit: under a supervisor that restarts what
     /// exits it would only come back, removed still.
     pub fn healthy(&self) -> Result<()> {
+        self.member()?;
+        self.writable()
+    }
+
+    /// [`RegistryError::Removed`] once this node was removed from its
+    /// cluster: its state only ages, so it serves nothing.
+    pub(crate) fn member(&self) -> Result<()> {
         if self.inner.node.removed() {
             return Err(RegistryError::Removed {
                 node: self.inner.node.node_id(),
             });
         }
-        self.writable()
+        Ok(())
     }
 
     /// Why writes cannot be made durable now, as the error every write

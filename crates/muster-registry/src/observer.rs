@@ -22,23 +22,11 @@ pub(crate) struct Observer {
     pub(crate) leases: Arc<LeaseManager>,
     /// Drained by the reconciler task, which merges what queued up.
     pub(crate) reconcile: mpsc::UnboundedSender<Reconcile>,
-    /// This node's id: its own retirement ends every watch.
-    pub(crate) node_id: u64,
 }
 
 impl ApplyObserver for Observer {
     fn applied(&self, index: u64, result: &ApplyResult) {
         let Ok(out) = result else { return };
-        if matches!(out.done, Done::NodeRetired(id) if id == self.node_id) {
-            // From now on every request is refused (`Registry::authz`);
-            // woken watchers and blocking queries look again and end.
-            tracing::error!(
-                node = self.node_id,
-                index,
-                "this node was removed from the cluster: it answers no more requests; stop it"
-            );
-            self.hub.notify_all(index);
-        }
         for (id, ttl_ms) in &out.leases_created {
             self.leases.created(*id, *ttl_ms);
         }
@@ -61,6 +49,16 @@ impl ApplyObserver for Observer {
             self.hub.notify(key, index);
             let _ = self.reconcile.send(Some((key.clone(), may_have_checks)));
         }
+    }
+
+    /// From now on every request is refused (`Registry::member`); woken
+    /// watchers and blocking queries look again and end.
+    fn retired(&self, index: u64) {
+        tracing::error!(
+            index,
+            "this node was removed from the cluster: it answers no more requests; stop it"
+        );
+        self.hub.notify_all(index);
     }
 
     fn restored(&self, catalog: &Catalog) {
