@@ -87,12 +87,19 @@ struct RetirementMarker {
     store: LogStore,
     retired: Arc<AtomicBool>,
     inner: Arc<dyn ApplyObserver>,
+    /// Set once openraft runs: a removed node stands for no more elections
+    /// (one removed while it was down would, about once a second, for
+    /// ever; each refused and logged by every member).
+    raft: std::sync::OnceLock<Raft>,
 }
 
 impl RetirementMarker {
     fn mark(&self, index: u64) {
         if self.retired.swap(true, Ordering::SeqCst) {
             return;
+        }
+        if let Some(raft) = self.raft.get() {
+            raft.runtime_config().elect(false);
         }
         self.inner.retired(index);
         let value = self.node_id.to_be_bytes().to_vec();
@@ -362,13 +369,31 @@ impl Node {
                 "this node was removed from its cluster: it answers no requests; stop it"
             );
         }
-        let observer: Arc<dyn ApplyObserver> = Arc::new(RetirementMarker {
+        let marker = Arc::new(RetirementMarker {
             node_id: cfg.node_id,
             store: store.clone(),
             retired: Arc::clone(&retired),
             inner: observer,
+            raft: std::sync::OnceLock::new(),
         });
         let catalog = Arc::new(RwLock::new(Catalog::new()));
+        let on_removed: crate::cluster::client::OnRemoved = {
+            let (marker, catalog) = (Arc::clone(&marker), Arc::clone(&catalog));
+            Arc::new(move |told| {
+                if !marker.retired.load(Ordering::Relaxed) {
+                    tracing::error!(
+                        %told,
+                        "a member says this node was removed from the cluster while it was away"
+                    );
+                }
+                let applied = match catalog.read() {
+                    Ok(c) => c.applied_index(),
+                    Err(poisoned) => poisoned.into_inner().applied_index(),
+                };
+                marker.mark(applied);
+            })
+        };
+        let observer: Arc<dyn ApplyObserver> = Arc::clone(&marker) as _;
         let sm = {
             let catalog = Arc::clone(&catalog);
             tokio::task::spawn_blocking(move || StateMachine::open(snapshot_dir, catalog, observer))
@@ -395,6 +420,7 @@ impl Node {
             http: http.clone(),
             contacts: contacts.clone(),
             encoded: encoded.clone(),
+            on_removed,
         };
         let raft = match Raft::new(cfg.node_id, Arc::new(config), network, log, sm).await {
             Ok(raft) => raft,
@@ -403,6 +429,11 @@ impl Node {
                 return Err(RaftError::Fatal(format!("starting raft: {e}")));
             }
         };
+        // After the set, a `mark` sees openraft; before it, the flag says.
+        let _ = marker.raft.set(raft.clone());
+        if retired.load(Ordering::SeqCst) {
+            raft.runtime_config().elect(false);
+        }
         let joining = cluster.as_ref().is_some_and(|(c, _)| c.join);
         if fresh && joining {
             tracing::info!(

@@ -111,6 +111,10 @@ pub(crate) enum CallError {
     /// No answer in time; the request may or may not have been handled.
     #[error("{addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
+    /// The peer answered that this node was removed from the cluster
+    /// (410 Gone: its id is retired there).
+    #[error("{addr} says: {reason}")]
+    Removed { addr: String, reason: String },
     /// Anything else on the way (a reset connection, a bad status, an
     /// undecodable body); the request may or may not have been handled.
     #[error("cluster RPC to {addr} failed: {reason}")]
@@ -251,6 +255,12 @@ impl Http {
         if drop_answer {
             return Err(self.lost_answer(to, addr));
         }
+        if status == reqwest::StatusCode::GONE {
+            return Err(CallError::Removed {
+                addr: addr.to_string(),
+                reason: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
         if !status.is_success() {
             return Err(CallError::Network {
                 addr: addr.to_string(),
@@ -335,6 +345,10 @@ fn path(to: u64, rpc: &str) -> String {
     format!("/raft/{to}/{rpc}")
 }
 
+/// Called when a peer answers that this node was removed from the
+/// cluster ([`CallError::Removed`]), with that answer.
+pub(crate) type OnRemoved = Arc<dyn Fn(&CallError) + Send + Sync>;
+
 /// openraft's network: a [`PeerClient`] per target.
 #[derive(Clone)]
 pub(crate) struct Network {
@@ -345,6 +359,7 @@ pub(crate) struct Network {
     pub(crate) contacts: super::Contacts,
     /// The stored bytes of recent entries, sent as they are.
     pub(crate) encoded: crate::log_store::EncodedEntries,
+    pub(crate) on_removed: OnRemoved,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -358,6 +373,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             http: self.http.clone(),
             contacts: self.contacts.clone(),
             encoded: self.encoded.clone(),
+            on_removed: Arc::clone(&self.on_removed),
         }
     }
 }
@@ -370,6 +386,7 @@ pub(crate) struct PeerClient {
     http: Option<Http>,
     contacts: super::Contacts,
     encoded: crate::log_store::EncodedEntries,
+    on_removed: OnRemoved,
 }
 
 impl PeerClient {
@@ -406,6 +423,12 @@ impl PeerClient {
                     timeout,
                 }),
                 CallError::Network { .. } => RPCError::Network(NetworkError::new(&e)),
+                // Removed: nothing it sends will be taken again; openraft
+                // backs off as from a peer it cannot reach.
+                CallError::Removed { .. } => {
+                    (self.on_removed)(&e);
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
             })?;
         self.contacts.heard(self.target);
         answer.map_err(|e| {

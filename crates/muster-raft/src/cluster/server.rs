@@ -212,6 +212,9 @@ async fn vote(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) ->
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
+    if let Some(gone) = removed_candidate(&s, &req) {
+        return gone;
+    }
     // One request decided at a time: the vote it may grant is saved before
     // `raft.vote` returns, so the next request sees it.
     let _deciding = s.voting.lock().await;
@@ -219,6 +222,43 @@ async fn vote(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) ->
         return cbor(&Ok::<_, openraft::error::RaftError<u64>>(refusal));
     }
     cbor(&s.raft.vote(req).await)
+}
+
+/// Answers a candidate whose id this cluster retired with 410 Gone, which
+/// tells it that it was removed ([`CallError::Removed`]).
+///
+/// A node removed while it was down, started again on its old data, never
+/// applied its retirement and never received the membership that left it
+/// out: it would serve its aging state and stand for election for ever
+/// (refused, as no member counts it a voter). Its first election is how
+/// it learns, from any member that applied the removal; no member's raft
+/// even sees the request, so it disturbs no term.
+///
+/// [`CallError::Removed`]: super::client::CallError::Removed
+fn removed_candidate(s: &Shared, req: &VoteRequest<u64>) -> Option<Response> {
+    let candidate = req.vote.leader_id().voted_for()?;
+    let retired = s
+        .catalog
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retired_nodes()
+        .contains(&candidate);
+    if !retired {
+        return None;
+    }
+    // Told, it stands for no more elections: this is logged about once.
+    tracing::warn!(
+        candidate,
+        "vote refused: node {candidate} was removed from this cluster; \
+         told it so (stop it, or bring the machine back under a new id)"
+    );
+    Some(
+        (
+            StatusCode::GONE,
+            format!("node {candidate} was removed from this cluster (its id is retired)"),
+        )
+            .into_response(),
+    )
 }
 
 /// Raft's rule that a node votes for at most one candidate per term.

@@ -1266,6 +1266,103 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
     }
 }
 
+/// The "replace a dead node" mistake: a follower is removed while it is
+/// down, then started again on its old data. It never applied its
+/// retirement nor received the membership that left it out; its first
+/// election tells it (a member answers its vote request "removed"), from
+/// then on it answers 503 `node_removed` like any removed node, and keeps
+/// saying so after a restart. The members' leader and writes go on
+/// undisturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_down_learns_it_when_started_again_on_its_old_data() {
+    let mut c = Cluster::new(3);
+    for id in shuffled(vec![1, 2, 3], seed()) {
+        c.start(id);
+    }
+    let leader = c.leader(None).await;
+    let gone = *c.up().iter().find(|id| **id != leader).unwrap();
+    let before = write_all(&c.bases(), "replaced", "before", 20).await;
+    wait_holds(c.agent(gone), "replaced", &before, CATCH_UP, "the follower").await;
+
+    c.kill9(gone);
+    let (ok, _, err) = cli(
+        &c.agent(leader).base,
+        &["cluster", "leave", &gone.to_string()],
+    );
+    assert!(ok, "leave {gone} while it is down: {err}");
+    let mut voters = vec![1, 2, 3];
+    voters.retain(|id| *id != gone);
+    wait_voters(c.agent(leader), &voters).await;
+
+    // Started again on its old data: it serves until its first election
+    // timeout at most, then learns it was removed.
+    c.start(gone);
+    let removed = |v: &Value| {
+        v["error"]["code"] == "node_removed"
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("node {gone} was removed")))
+    };
+    let deadline = Instant::now() + FORM;
+    loop {
+        let r = http().get(c.agent(gone).url("/healthz")).send().await;
+        let answer = match r {
+            Ok(r) => Some((r.status(), r.json::<Value>().await.unwrap_or_default())),
+            Err(_) => None,
+        };
+        if let Some((status, v)) = &answer
+            && *status == 503
+        {
+            assert!(removed(v), "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {gone}, removed while down, still answers {answer:?} after {FORM:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    for req in [
+        http().get(c.agent(gone).url("/v1/services/replaced/instances")),
+        http()
+            .put(c.agent(gone).url("/v1/services/replaced/instances/late"))
+            .json(&json!({"address": "10.0.0.1", "port": 80})),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        let v: Value = r.json().await.unwrap();
+        assert!(removed(&v), "{v}");
+    }
+
+    // The members kept their leader and take writes; the write sent to
+    // the removed node was not applied.
+    let others: Vec<String> = voters.iter().map(|id| c.agent(*id).base.clone()).collect();
+    let after = write_all(&others, "replaced", "after", 20).await;
+    for id in &voters {
+        let who = format!("node {id}");
+        let v = cluster_info(c.agent(*id)).await.unwrap();
+        assert_eq!(v["leader"], leader, "{who}: {v}");
+        wait_holds(c.agent(*id), "replaced", &after, CATCH_UP, &who).await;
+        let have = ids(c.agent(*id), "replaced").await.unwrap();
+        assert!(
+            !have.contains("late"),
+            "{who} applied a write sent to the removed node"
+        );
+    }
+
+    // What it was told is kept: started again, it refuses at once.
+    c.kill9(gone);
+    c.start(gone);
+    let r = http()
+        .get(c.agent(gone).url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(removed(&v), "{v}");
+}
+
 /// `muster snapshot inspect --json FILE`: the backup's header.
 fn inspect(base: &str, file: &Path) -> Value {
     let (ok, out, err) = cli(
