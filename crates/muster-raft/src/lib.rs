@@ -327,6 +327,13 @@ pub enum ProposeError {
         /// The leader the write was forwarded to.
         leader: u64,
     },
+    /// This node was removed from its cluster (a member refused the write
+    /// it forwarded, not handling it): it takes no more writes.
+    #[error("node {node} was removed from the cluster")]
+    Removed {
+        /// This node's id.
+        node: u64,
+    },
     /// The node failed; it must be restarted.
     #[error("raft node failed: {0}")]
     Fatal(String),

@@ -409,8 +409,14 @@ impl Node {
 
         let http = match &cluster {
             Some((c, _)) => Some(
-                Http::new(cfg.node_id, c.link_faults.clone(), c.tls.clone())
-                    .map_err(RaftError::Config)?,
+                Http::new(
+                    cfg.node_id,
+                    c.link_faults.clone(),
+                    c.tls.clone(),
+                    Arc::clone(&retired),
+                    on_removed,
+                )
+                .map_err(RaftError::Config)?,
             ),
             None => None,
         };
@@ -420,7 +426,6 @@ impl Node {
             http: http.clone(),
             contacts: contacts.clone(),
             encoded: encoded.clone(),
-            on_removed,
         };
         let raft = match Raft::new(cfg.node_id, Arc::new(config), network, log, sm).await {
             Ok(raft) => raft,
@@ -500,6 +505,7 @@ impl Node {
                 votes: store.clone(),
                 encoded: encoded.clone(),
                 voting: tokio::sync::Mutex::new(()),
+                retired: Arc::clone(&retired),
             });
             let mut stop = stop_cluster_rx.clone();
             let shutdown = async move {

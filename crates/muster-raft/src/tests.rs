@@ -161,7 +161,14 @@ async fn a_node_votes_for_at_most_one_candidate_per_term() {
     };
     let node = open(listener).await.unwrap();
 
-    let http = Http::new(9, None, None).unwrap();
+    let http = Http::new(
+        9,
+        None,
+        None,
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        Arc::new(|_: &crate::cluster::client::CallError| {}),
+    )
+    .unwrap();
     let ask = |term: u64, candidate: u64| {
         let (http, addr) = (http.clone(), addr.clone());
         async move {

@@ -182,6 +182,7 @@ impl From<ProposeError> for RegistryError {
             ProposeError::NotLeader { leader } => RegistryError::NotLeader { leader },
             ProposeError::ShuttingDown => RegistryError::ShuttingDown,
             ProposeError::OutcomeUnknown { leader } => RegistryError::OutcomeUnknown { leader },
+            ProposeError::Removed { node } => RegistryError::Removed { node },
             ProposeError::Fatal(m) => {
                 tracing::error!(error = %m, "write failed");
                 RegistryError::Storage(m)

@@ -23,6 +23,7 @@
 //!
 //! [`ClusterConfig`]: super::ClusterConfig
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -122,16 +123,41 @@ pub(crate) enum CallError {
 }
 
 /// The HTTP/2 client of cluster traffic, shared by every peer.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Http {
     /// The client, and the [`MutualTls::generation`] it was built for.
     client: Arc<Mutex<(u64, reqwest::Client)>>,
     /// Cluster TLS, when on.
     tls: Option<Arc<MutualTls>>,
-    /// The node sending (for the fault hook).
+    /// The node sending (told to the receiver in [`FROM_HEADER`], and to
+    /// the fault hook).
     from: u64,
     faults: Option<FaultHook>,
+    /// Whether this node was removed from the cluster: then it sends
+    /// nothing more.
+    removed: Arc<AtomicBool>,
+    /// Told when a peer answers that this node was removed.
+    on_removed: OnRemoved,
 }
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http")
+            .field("from", &self.from)
+            .field("tls", &self.tls.is_some())
+            .field("removed", &self.removed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The header that names the node sending a cluster call: a member
+/// refuses every call from a node whose id the cluster retired (410
+/// Gone), which is how a node removed while it was down learns it.
+pub(crate) const FROM_HEADER: &str = "muster-from";
+
+/// Called when a peer answers that this node was removed from the
+/// cluster ([`CallError::Removed`]), with that answer.
+pub(crate) type OnRemoved = Arc<dyn Fn(&CallError) + Send + Sync>;
 
 /// A client for cluster calls, with `tls` when it is on.
 fn build_client(tls: Option<&MutualTls>) -> Result<reqwest::Client, String> {
@@ -158,10 +184,15 @@ fn build_client(tls: Option<&MutualTls>) -> Result<reqwest::Client, String> {
 }
 
 impl Http {
+    /// The client of node `from`. `removed` says whether it was removed
+    /// (then it sends nothing); `on_removed` is called when a peer answers
+    /// that it was.
     pub(crate) fn new(
         from: u64,
         faults: Option<FaultHook>,
         tls: Option<Arc<MutualTls>>,
+        removed: Arc<AtomicBool>,
+        on_removed: OnRemoved,
     ) -> Result<Http, String> {
         let generation = tls.as_ref().map_or(0, |t| t.generation());
         let client = build_client(tls.as_deref())?;
@@ -170,7 +201,48 @@ impl Http {
             tls,
             from,
             faults,
+            removed,
+            on_removed,
         })
+    }
+
+    /// Refuses to send once this node was removed from the cluster.
+    fn check_member(&self, addr: &str) -> Result<(), CallError> {
+        if self.removed.load(Ordering::Relaxed) {
+            return Err(CallError::Removed {
+                addr: addr.to_string(),
+                reason: format!(
+                    "node {} was removed from the cluster and sends nothing more",
+                    self.from
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Maps an answer's status: 410 Gone is the peer saying this node was
+    /// removed (told to `on_removed`), any other failure a network error.
+    fn check_status(
+        &self,
+        addr: &str,
+        status: reqwest::StatusCode,
+        body: &[u8],
+    ) -> Result<(), CallError> {
+        if status == reqwest::StatusCode::GONE {
+            let e = CallError::Removed {
+                addr: addr.to_string(),
+                reason: String::from_utf8_lossy(body).into_owned(),
+            };
+            (self.on_removed)(&e);
+            return Err(e);
+        }
+        if !status.is_success() {
+            return Err(CallError::Network {
+                addr: addr.to_string(),
+                reason: format!("{status}: {}", String::from_utf8_lossy(body)),
+            });
+        }
+        Ok(())
     }
 
     /// The client to send with: a new one once the TLS files were
@@ -239,12 +311,14 @@ impl Http {
         body: Bytes,
         timeout: Duration,
     ) -> Result<T, CallError> {
+        self.check_member(addr)?;
         let drop_answer = self.fault(to, addr, rpc).await?;
         let url = format!("{}://{addr}{}", self.scheme(), path(to, rpc));
         let sent = self
             .client()
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
+            .header(FROM_HEADER, self.from)
             .timeout(timeout)
             .body(body)
             .send()
@@ -255,18 +329,7 @@ impl Http {
         if drop_answer {
             return Err(self.lost_answer(to, addr));
         }
-        if status == reqwest::StatusCode::GONE {
-            return Err(CallError::Removed {
-                addr: addr.to_string(),
-                reason: String::from_utf8_lossy(&bytes).into_owned(),
-            });
-        }
-        if !status.is_success() {
-            return Err(CallError::Network {
-                addr: addr.to_string(),
-                reason: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
-            });
-        }
+        self.check_status(addr, status, &bytes)?;
         wire::decode(&bytes).map_err(|reason| CallError::Network {
             addr: addr.to_string(),
             reason,
@@ -282,10 +345,12 @@ impl Http {
         rpc: &str,
         timeout: Duration,
     ) -> Result<T, CallError> {
+        self.check_member(addr)?;
         let drop_answer = self.fault(to, addr, rpc).await?;
         let resp = self
             .client()
             .get(format!("{}://{addr}/raft/{rpc}", self.scheme()))
+            .header(FROM_HEADER, self.from)
             .timeout(timeout)
             .send()
             .await
@@ -295,12 +360,7 @@ impl Http {
         if drop_answer {
             return Err(self.lost_answer(to, addr));
         }
-        if !status.is_success() {
-            return Err(CallError::Network {
-                addr: addr.to_string(),
-                reason: status.to_string(),
-            });
-        }
+        self.check_status(addr, status, &bytes)?;
         wire::decode(&bytes).map_err(|reason| CallError::Network {
             addr: addr.to_string(),
             reason,
@@ -345,10 +405,6 @@ fn path(to: u64, rpc: &str) -> String {
     format!("/raft/{to}/{rpc}")
 }
 
-/// Called when a peer answers that this node was removed from the
-/// cluster ([`CallError::Removed`]), with that answer.
-pub(crate) type OnRemoved = Arc<dyn Fn(&CallError) + Send + Sync>;
-
 /// openraft's network: a [`PeerClient`] per target.
 #[derive(Clone)]
 pub(crate) struct Network {
@@ -359,7 +415,6 @@ pub(crate) struct Network {
     pub(crate) contacts: super::Contacts,
     /// The stored bytes of recent entries, sent as they are.
     pub(crate) encoded: crate::log_store::EncodedEntries,
-    pub(crate) on_removed: OnRemoved,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -373,7 +428,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             http: self.http.clone(),
             contacts: self.contacts.clone(),
             encoded: self.encoded.clone(),
-            on_removed: Arc::clone(&self.on_removed),
         }
     }
 }
@@ -386,7 +440,6 @@ pub(crate) struct PeerClient {
     http: Option<Http>,
     contacts: super::Contacts,
     encoded: crate::log_store::EncodedEntries,
-    on_removed: OnRemoved,
 }
 
 impl PeerClient {
@@ -425,10 +478,7 @@ impl PeerClient {
                 CallError::Network { .. } => RPCError::Network(NetworkError::new(&e)),
                 // Removed: nothing it sends will be taken again; openraft
                 // backs off as from a peer it cannot reach.
-                CallError::Removed { .. } => {
-                    (self.on_removed)(&e);
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
+                CallError::Removed { .. } => RPCError::Unreachable(Unreachable::new(&e)),
             })?;
         self.contacts.heard(self.target);
         answer.map_err(|e| {

@@ -210,6 +210,8 @@ pub(crate) enum Forwarded {
     /// Sent, without an answer: it may have been applied, so it is not
     /// sent again.
     Lost(String),
+    /// Refused, not handled: this node was removed from the cluster.
+    Removed,
 }
 
 /// Forwarded writes: a part is one command, proposed on its own by the
@@ -253,6 +255,7 @@ impl Calls for Forward {
                 (0..n).map(|_| Forwarded::Lost(why.clone())).collect()
             }
             Err(CallError::Unreachable { .. }) => (0..n).map(|_| Forwarded::NotSent).collect(),
+            Err(CallError::Removed { .. }) => (0..n).map(|_| Forwarded::Removed).collect(),
             Err(e) => {
                 let why = e.to_string();
                 (0..n).map(|_| Forwarded::Lost(why.clone())).collect()

@@ -189,6 +189,11 @@ pub(crate) struct Shared {
     /// Held while a vote request is decided, so that two candidates of one
     /// term are never both granted (see [`server`]'s `vote`).
     pub(crate) voting: tokio::sync::Mutex<()>,
+    /// Whether this node was removed from the cluster ([`Node::removed`]'s
+    /// flag).
+    ///
+    /// [`Node::removed`]: crate::Node::removed
+    pub(crate) retired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A follower answers a renewal itself while it heard from the leader this
@@ -295,6 +300,11 @@ impl Shared {
         let deadline = Instant::now() + LEADER_WAIT;
         let mut metrics = self.raft.metrics();
         loop {
+            // Told meanwhile that it was removed (by its own vote request
+            // refused, say): no leader will take anything from it.
+            if self.retired.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(ProposeError::Removed { node: self.node_id });
+            }
             metrics.borrow_and_update();
             match attempt(self.leader()).await {
                 Attempt::Done(r) => return r,
@@ -361,6 +371,7 @@ impl Shared {
             // The leader stopped: perhaps after appending it (openraft's
             // `Fatal::Stopped` does not say), so, like a lost answer, it is
             // not sent again, and the client is told the outcome is unknown.
+            Forwarded::Removed => Attempt::Done(Err(ProposeError::Removed { node: self.node_id })),
             Forwarded::Answer(wire::ForwardReply::ShuttingDown) => {
                 Attempt::Done(Err(ProposeError::OutcomeUnknown { leader }))
             }

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::client::FROM_HEADER;
 use super::{Shared, wire};
 use crate::types::TypeConfig;
 
@@ -155,7 +156,58 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/raft/{to}/elect", post(elect))
         .route("/raft/{to}/read-index", post(read_index))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            refuse_removed,
+        ))
         .with_state(shared)
+}
+
+/// Answers any call from a node whose id this cluster retired (named by
+/// [`FROM_HEADER`]) with 410 Gone, which tells it that it was removed
+/// ([`CallError::Removed`]); the call is not handled.
+///
+/// A node removed while it was down, started again on its old data, never
+/// applied its retirement nor received the membership that left it out:
+/// it would serve its aging state, pass writes on, and stand for election
+/// for ever (refused, as no member counts it a voter). Its first call to
+/// any member that applied the removal (a `hello` at start-up, a
+/// forwarded write, a vote request) tells it, before any raft here sees
+/// the call, so no term is disturbed; told, it sends nothing more.
+///
+/// [`CallError::Removed`]: super::client::CallError::Removed
+async fn refuse_removed(
+    State(s): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let from = req
+        .headers()
+        .get(FROM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(from) = from {
+        let retired = s
+            .catalog
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retired_nodes()
+            .contains(&from);
+        if retired {
+            tracing::warn!(
+                node = from,
+                path = %req.uri().path(),
+                "call refused: node {from} was removed from this cluster; told it so \
+                 (stop it, or bring the machine back under a new id)"
+            );
+            return (
+                StatusCode::GONE,
+                format!("node {from} was removed from this cluster (its id is retired)"),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 fn cbor<T: Serialize>(value: &T) -> Response {
@@ -212,9 +264,6 @@ async fn vote(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) ->
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    if let Some(gone) = removed_candidate(&s, &req) {
-        return gone;
-    }
     // One request decided at a time: the vote it may grant is saved before
     // `raft.vote` returns, so the next request sees it.
     let _deciding = s.voting.lock().await;
@@ -222,43 +271,6 @@ async fn vote(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) ->
         return cbor(&Ok::<_, openraft::error::RaftError<u64>>(refusal));
     }
     cbor(&s.raft.vote(req).await)
-}
-
-/// Answers a candidate whose id this cluster retired with 410 Gone, which
-/// tells it that it was removed ([`CallError::Removed`]).
-///
-/// A node removed while it was down, started again on its old data, never
-/// applied its retirement and never received the membership that left it
-/// out: it would serve its aging state and stand for election for ever
-/// (refused, as no member counts it a voter). Its first election is how
-/// it learns, from any member that applied the removal; no member's raft
-/// even sees the request, so it disturbs no term.
-///
-/// [`CallError::Removed`]: super::client::CallError::Removed
-fn removed_candidate(s: &Shared, req: &VoteRequest<u64>) -> Option<Response> {
-    let candidate = req.vote.leader_id().voted_for()?;
-    let retired = s
-        .catalog
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .retired_nodes()
-        .contains(&candidate);
-    if !retired {
-        return None;
-    }
-    // Told, it stands for no more elections: this is logged about once.
-    tracing::warn!(
-        candidate,
-        "vote refused: node {candidate} was removed from this cluster; \
-         told it so (stop it, or bring the machine back under a new id)"
-    );
-    Some(
-        (
-            StatusCode::GONE,
-            format!("node {candidate} was removed from this cluster (its id is retired)"),
-        )
-            .into_response(),
-    )
 }
 
 /// Raft's rule that a node votes for at most one candidate per term.

@@ -205,6 +205,8 @@ impl ForwardReply {
                 ForwardReply::ShuttingDown
             }
             Err(ProposeError::Fatal(m)) => ForwardReply::Failed(m),
+            // A leader is a member; a removed node forwards nothing.
+            Err(e @ ProposeError::Removed { .. }) => ForwardReply::Failed(e.to_string()),
         }
     }
 }

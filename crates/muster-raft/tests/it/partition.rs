@@ -1207,3 +1207,61 @@ async fn a_forwarded_write_whose_answer_is_lost_is_reported_as_of_unknown_outcom
         cluster.stop(id).await.expect("stop");
     }
 }
+
+/// A follower cut off while the others remove it never receives its
+/// removal, and still counts itself a member. Once its links heal, the
+/// first call it makes (a write it forwards, its vote request, its
+/// `hello`) is refused by a member before anything handles it: the write
+/// is answered "removed", the node knows it, and the leader applied
+/// nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_cut_off_is_told_by_the_first_call_it_makes() {
+    let mut cluster = Cluster::start(3, 11, false).await.expect("cluster");
+    let leader = cluster
+        .agreed_leader(Duration::from_secs(30))
+        .await
+        .expect("leader");
+    let gone = *cluster.ids().iter().find(|id| **id != leader).unwrap();
+    let (on_leader, on_gone) = (cluster.node(leader).unwrap(), cluster.node(gone).unwrap());
+    on_gone
+        .propose(register("before"))
+        .await
+        .expect("a forwarded write");
+
+    cluster.faults.partition(&[gone], &cluster.ids());
+    on_leader
+        .change_members(muster_raft::MemberChange::Remove { id: gone })
+        .await
+        .expect("removed with the other two");
+    assert!(!on_gone.removed(), "cut off, it cannot know yet");
+
+    cluster.faults.heal();
+    let r = timeout(
+        Duration::from_secs(30),
+        on_gone.propose(register("after-removal")),
+    )
+    .await
+    .expect("an answer within 30 s");
+    match r {
+        Err(muster_raft::ProposeError::Removed { node }) => assert_eq!(node, gone),
+        other => panic!("expected the write refused as from a removed node, got {other:?}"),
+    }
+    assert!(on_gone.removed(), "told, it knows it was removed");
+    let key = ServiceKey::new("default", "partition");
+    assert!(
+        on_leader
+            .catalog()
+            .read()
+            .unwrap()
+            .instance(&key, "after-removal")
+            .is_none(),
+        "the leader applied a write from a removed node"
+    );
+    on_leader
+        .propose(register("after"))
+        .await
+        .expect("the members take writes");
+    for id in cluster.ids() {
+        cluster.stop(id).await.expect("stop");
+    }
+}

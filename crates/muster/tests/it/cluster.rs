@@ -1269,8 +1269,8 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
 /// The "replace a dead node" mistake: a follower is removed while it is
 /// down, then started again on its old data. It never applied its
 /// retirement nor received the membership that left it out; its first
-/// election tells it (a member answers its vote request "removed"), from
-/// then on it answers 503 `node_removed` like any removed node, and keeps
+/// call to a member tells it (the member refuses it: "removed"), from then
+/// on it answers 503 `node_removed` like any removed node, and keeps
 /// saying so after a restart. The members' leader and writes go on
 /// undisturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1294,8 +1294,9 @@ async fn a_node_removed_while_down_learns_it_when_started_again_on_its_old_data(
     voters.retain(|id| *id != gone);
     wait_voters(c.agent(leader), &voters).await;
 
-    // Started again on its old data: it serves until its first election
-    // timeout at most, then learns it was removed.
+    // Started again on its old data: it serves until its first call to a
+    // member (at start-up, or its first election at the latest), then
+    // knows it was removed.
     c.start(gone);
     let removed = |v: &Value| {
         v["error"]["code"] == "node_removed"
