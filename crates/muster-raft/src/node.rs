@@ -67,6 +67,8 @@ struct Inner {
     /// Whether this node applied its own retirement (now or in an earlier
     /// run: kept in the store under [`KEY_RETIRED`]).
     retired: Arc<AtomicBool>,
+    /// Notes this node's retirement (its openraft handle taken at stop).
+    marker: Arc<RetirementMarker>,
     /// Cluster RPC and forwarding, on a member of a cluster of several.
     cluster: Option<Arc<Shared>>,
     /// Tells the cluster listener and the address learner to stop.
@@ -87,10 +89,11 @@ struct RetirementMarker {
     store: LogStore,
     retired: Arc<AtomicBool>,
     inner: Arc<dyn ApplyObserver>,
-    /// Set once openraft runs: a removed node stands for no more elections
-    /// (one removed while it was down would, about once a second, for
-    /// ever; each refused and logged by every member).
-    raft: std::sync::OnceLock<Raft>,
+    /// Set while openraft runs (taken at shutdown: openraft holds this
+    /// marker, so keeping it would make a cycle): a removed node stands for
+    /// no more elections (one removed while it was down would, about once
+    /// a second, for ever).
+    raft: std::sync::Mutex<Option<Raft>>,
 }
 
 impl RetirementMarker {
@@ -98,7 +101,7 @@ impl RetirementMarker {
         if self.retired.swap(true, Ordering::SeqCst) {
             return;
         }
-        if let Some(raft) = self.raft.get() {
+        if let Some(raft) = &*self.raft.lock().unwrap_or_else(PoisonError::into_inner) {
             raft.runtime_config().elect(false);
         }
         self.inner.retired(index);
@@ -374,7 +377,7 @@ impl Node {
             store: store.clone(),
             retired: Arc::clone(&retired),
             inner: observer,
-            raft: std::sync::OnceLock::new(),
+            raft: std::sync::Mutex::new(None),
         });
         let catalog = Arc::new(RwLock::new(Catalog::new()));
         let on_removed: crate::cluster::client::OnRemoved = {
@@ -435,7 +438,7 @@ impl Node {
             }
         };
         // After the set, a `mark` sees openraft; before it, the flag says.
-        let _ = marker.raft.set(raft.clone());
+        *marker.raft.lock().unwrap_or_else(PoisonError::into_inner) = Some(raft.clone());
         if retired.load(Ordering::SeqCst) {
             raft.runtime_config().elect(false);
         }
@@ -532,6 +535,7 @@ impl Node {
         Ok(Node {
             inner: Arc::new(Inner {
                 retired,
+                marker,
                 node_id: cfg.node_id,
                 data_dir: cfg.data_dir.clone(),
                 raft,
@@ -932,6 +936,12 @@ impl Node {
             .shutdown()
             .await
             .map_err(|e| RaftError::Fatal(format!("raft core did not stop cleanly: {e}")));
+        self.inner
+            .marker
+            .raft
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || store.close())
             .await
