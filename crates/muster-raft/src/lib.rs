@@ -96,8 +96,9 @@ pub trait ApplyObserver: Send + Sync + 'static {
     /// Called once when this node learns that it was removed from its
     /// cluster: it applies its own retirement (an entry, or a snapshot that
     /// holds it), just before the `applied` or `restored` call that carries
-    /// it; or, removed while it was down, a member refuses its vote request
-    /// because its id is retired (then `index` is the last it applied).
+    /// it; or, removed while it was down, a member refuses one of its
+    /// calls because its id is retired (then `index` is the last it
+    /// applied).
     /// From then on [`Node::removed`] is `true`.
     fn retired(&self, _index: u64) {}
 }

@@ -368,10 +368,11 @@ impl Shared {
             Forwarded::Answer(wire::ForwardReply::NotLeader { .. }) | Forwarded::NotSent => {
                 Attempt::Retry
             }
+            // Refused unhandled: this node was removed from the cluster.
+            Forwarded::Removed => Attempt::Done(Err(ProposeError::Removed { node: self.node_id })),
             // The leader stopped: perhaps after appending it (openraft's
             // `Fatal::Stopped` does not say), so, like a lost answer, it is
             // not sent again, and the client is told the outcome is unknown.
-            Forwarded::Removed => Attempt::Done(Err(ProposeError::Removed { node: self.node_id })),
             Forwarded::Answer(wire::ForwardReply::ShuttingDown) => {
                 Attempt::Done(Err(ProposeError::OutcomeUnknown { leader }))
             }
