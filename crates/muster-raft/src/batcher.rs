@@ -14,7 +14,7 @@
 //! counts entries, not the commands inside them.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use muster_catalog::Command;
 use openraft::error::{ClientWriteError, Fatal};
@@ -218,7 +218,32 @@ impl Batch {
             now_ms: now_ms(),
             commands: commands.into(),
         };
-        let err = match raft.client_write(req).await {
+        let (id, term) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.id, m.current_term)
+        };
+        let written = raft.client_write(req);
+        tokio::pin!(written);
+        let answer = tokio::select! {
+            r = &mut written => Some(r),
+            () = leadership_lost(raft, id, term) => {
+                tokio::time::timeout(UNANSWERED_GRACE, &mut written).await.ok()
+            }
+        };
+        let Some(answer) = answer else {
+            tracing::warn!(
+                term,
+                commands = n,
+                "a batch proposed as leader was never answered after leadership moved on; \
+                 its writes may or may not have been applied"
+            );
+            for reply in replies {
+                let _ = reply.send(Err(ProposeError::OutcomeUnknown { leader: id }));
+            }
+            return;
+        };
+        let err = match answer {
             Ok(resp) if resp.data.0.len() == n => {
                 let index = resp.log_id.index;
                 for (reply, result) in replies.into_iter().zip(resp.data.0) {
@@ -244,6 +269,35 @@ impl Batch {
         };
         for reply in replies {
             let _ = reply.send(Err(err.clone()));
+        }
+    }
+}
+
+/// How long a batch's write may go unanswered once this node stopped
+/// leading the term it was proposed in.
+///
+/// openraft answers a proposal when its entry is applied here, or with
+/// "forward to leader" when a new leader's log truncates it. An entry
+/// that leaves this node's log any other way (a snapshot installed from a
+/// new leader covers its index) is never answered; the batcher, one batch
+/// at a time, would wait for ever, and every later write on this node
+/// with it (found by a partition seed: a former leader elected again
+/// answered nothing). A legitimate answer after a change of leader comes
+/// within a heartbeat or two; after this the outcome is reported unknown.
+const UNANSWERED_GRACE: Duration = Duration::from_secs(2);
+
+/// Resolves once node `id` no longer leads term `term`.
+async fn leadership_lost(raft: &Raft, id: u64, term: u64) {
+    let mut metrics = raft.metrics();
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            if m.current_term != term || m.current_leader != Some(id) {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }
