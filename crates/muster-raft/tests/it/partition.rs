@@ -1147,6 +1147,24 @@ async fn seeded_partition_schedules_keep_the_cluster_invariants() {
     check_seeds(&seeds(CI_SEEDS)).await;
 }
 
+/// A cluster of three (seeded by `seed`), its leader and a follower that
+/// forwarded a first write: every path works.
+async fn three_with_a_follower(seed: u64) -> (Cluster, u64, u64) {
+    let cluster = Cluster::start(3, seed, false).await.expect("cluster");
+    let leader = cluster
+        .agreed_leader(Duration::from_secs(30))
+        .await
+        .expect("leader");
+    let follower = *cluster.ids().iter().find(|id| **id != leader).unwrap();
+    cluster
+        .node(follower)
+        .unwrap()
+        .propose(register("before"))
+        .await
+        .expect("a forwarded write");
+    (cluster, leader, follower)
+}
+
 /// A write a follower forwards to the leader, whose answer is lost on the
 /// way back (the leader killed mid-call looks the same to the follower):
 /// the leader applied it, the follower cannot know, so it neither sends it
@@ -1154,21 +1172,11 @@ async fn seeded_partition_schedules_keep_the_cluster_invariants() {
 /// the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_write_whose_answer_is_lost_is_reported_as_of_unknown_outcome() {
-    let mut cluster = Cluster::start(3, 7, false).await.expect("cluster");
-    let leader = cluster
-        .agreed_leader(Duration::from_secs(30))
-        .await
-        .expect("leader");
-    let follower = *cluster.ids().iter().find(|id| **id != leader).unwrap();
+    let (mut cluster, leader, follower) = three_with_a_follower(7).await;
     let (on_leader, on_follower) = (
         cluster.node(leader).unwrap(),
         cluster.node(follower).unwrap(),
     );
-    // A first write through the follower: every path works.
-    on_follower
-        .propose(register("before"))
-        .await
-        .expect("a forwarded write");
 
     lock(&cluster.faults.0)
         .lose_answers
@@ -1216,17 +1224,8 @@ async fn a_forwarded_write_whose_answer_is_lost_is_reported_as_of_unknown_outcom
 /// nothing of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_removed_while_cut_off_is_told_by_the_first_call_it_makes() {
-    let mut cluster = Cluster::start(3, 11, false).await.expect("cluster");
-    let leader = cluster
-        .agreed_leader(Duration::from_secs(30))
-        .await
-        .expect("leader");
-    let gone = *cluster.ids().iter().find(|id| **id != leader).unwrap();
+    let (mut cluster, leader, gone) = three_with_a_follower(11).await;
     let (on_leader, on_gone) = (cluster.node(leader).unwrap(), cluster.node(gone).unwrap());
-    on_gone
-        .propose(register("before"))
-        .await
-        .expect("a forwarded write");
 
     cluster.faults.partition(&[gone], &cluster.ids());
     on_leader

@@ -1104,6 +1104,22 @@ pub(crate) async fn wait_voters(agent: &Agent, want: &[u64]) {
     }
 }
 
+/// Whether `v` is the `503 node_removed` answer of removed node `gone`.
+fn says_removed(v: &Value, gone: u64) -> bool {
+    v["error"]["code"] == "node_removed"
+        && v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("node {gone} was removed")))
+}
+
+/// Sends `req` to removed node `gone`: it must answer `503 node_removed`.
+async fn assert_refused_as_removed(req: reqwest::RequestBuilder, gone: u64) {
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(says_removed(&v, gone), "{v}");
+}
+
 /// Under writes from four clients: a 4th node started with `--join` is
 /// added through a follower and becomes a voter; a follower is removed
 /// (through the new node) and its id is refused for good; leadership moves
@@ -1173,12 +1189,6 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
         gone_watch.ended_by(Instant::now() + CATCH_UP).await,
         "a watch on removed node {gone} did not end"
     );
-    let removed = |v: &Value| {
-        v["error"]["code"] == "node_removed"
-            && v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(&format!("node {gone} was removed")))
-    };
     for req in [
         http().get(c.agent(gone).url("/v1/services/churn/instances")),
         http()
@@ -1190,10 +1200,7 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
         http().get(c.agent(gone).url("/v1/cluster")),
         http().get(c.agent(gone).url("/healthz")),
     ] {
-        let r = req.send().await.unwrap();
-        assert_eq!(r.status(), 503);
-        let v: Value = r.json().await.unwrap();
-        assert!(removed(&v), "{v}");
+        assert_refused_as_removed(req, gone).await;
     }
     // Killed and started again on its data, it is still removed, and says
     // so: told no commit index any more, it may not apply its retirement
@@ -1201,14 +1208,8 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
     // loaded machine while the node relied on re-applying it).
     c.kill9(gone);
     c.start(gone);
-    let r = http()
-        .get(c.agent(gone).url("/v1/services/churn/instances"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let v: Value = r.json().await.unwrap();
-    assert!(removed(&v), "{v}");
+    let req = http().get(c.agent(gone).url("/v1/services/churn/instances"));
+    assert_refused_as_removed(req, gone).await;
     c.kill9(gone);
     // Its id is never reused, whatever the address.
     let (ok, _, err) = cli(
@@ -1298,12 +1299,6 @@ async fn a_node_removed_while_down_learns_it_when_started_again_on_its_old_data(
     // member (at start-up, or its first election at the latest), then
     // knows it was removed.
     c.start(gone);
-    let removed = |v: &Value| {
-        v["error"]["code"] == "node_removed"
-            && v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(&format!("node {gone} was removed")))
-    };
     let deadline = Instant::now() + FORM;
     loop {
         let r = http().get(c.agent(gone).url("/healthz")).send().await;
@@ -1314,7 +1309,7 @@ async fn a_node_removed_while_down_learns_it_when_started_again_on_its_old_data(
         if let Some((status, v)) = &answer
             && *status == 503
         {
-            assert!(removed(v), "{v}");
+            assert!(says_removed(v, gone), "{v}");
             break;
         }
         assert!(
@@ -1329,10 +1324,7 @@ async fn a_node_removed_while_down_learns_it_when_started_again_on_its_old_data(
             .put(c.agent(gone).url("/v1/services/replaced/instances/late"))
             .json(&json!({"address": "10.0.0.1", "port": 80})),
     ] {
-        let r = req.send().await.unwrap();
-        assert_eq!(r.status(), 503);
-        let v: Value = r.json().await.unwrap();
-        assert!(removed(&v), "{v}");
+        assert_refused_as_removed(req, gone).await;
     }
 
     // The members kept their leader and take writes; the write sent to
@@ -1354,14 +1346,7 @@ async fn a_node_removed_while_down_learns_it_when_started_again_on_its_old_data(
     // What it was told is kept: started again, it refuses at once.
     c.kill9(gone);
     c.start(gone);
-    let r = http()
-        .get(c.agent(gone).url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let v: Value = r.json().await.unwrap();
-    assert!(removed(&v), "{v}");
+    assert_refused_as_removed(http().get(c.agent(gone).url("/healthz")), gone).await;
 }
 
 /// `muster snapshot inspect --json FILE`: the backup's header.
