@@ -1165,6 +1165,22 @@ async fn three_with_a_follower(seed: u64) -> (Cluster, u64, u64) {
     (cluster, leader, follower)
 }
 
+/// `cmd` proposed through `node`, answered within 30 s.
+async fn propose_within_30s(
+    node: &Node,
+    cmd: Command,
+) -> Result<muster_raft::Applied, muster_raft::ProposeError> {
+    timeout(Duration::from_secs(30), node.propose(cmd))
+        .await
+        .expect("an answer within 30 s")
+}
+
+/// Whether `node` holds instance `id` of the partition tests' service.
+fn holds(node: &Node, id: &str) -> bool {
+    let key = ServiceKey::new("default", "partition");
+    node.catalog().read().unwrap().instance(&key, id).is_some()
+}
+
 /// A write a follower forwards to the leader, whose answer is lost on the
 /// way back (the leader killed mid-call looks the same to the follower):
 /// the leader applied it, the follower cannot know, so it neither sends it
@@ -1181,12 +1197,7 @@ async fn a_forwarded_write_whose_answer_is_lost_is_reported_as_of_unknown_outcom
     lock(&cluster.faults.0)
         .lose_answers
         .insert((follower, leader));
-    let r = timeout(
-        Duration::from_secs(30),
-        on_follower.propose(register("answer-lost")),
-    )
-    .await
-    .expect("an answer within 30 s");
+    let r = propose_within_30s(&on_follower, register("answer-lost")).await;
     match r {
         Err(muster_raft::ProposeError::OutcomeUnknown { leader: named }) => {
             assert_eq!(named, leader)
@@ -1195,14 +1206,8 @@ async fn a_forwarded_write_whose_answer_is_lost_is_reported_as_of_unknown_outcom
     }
     // It was applied, once, by the leader: the follower did not send it
     // again, and it was not refused.
-    let key = ServiceKey::new("default", "partition");
     assert!(
-        on_leader
-            .catalog()
-            .read()
-            .unwrap()
-            .instance(&key, "answer-lost")
-            .is_some(),
+        holds(&on_leader, "answer-lost"),
         "the leader applied the write whose answer was lost"
     );
 
@@ -1235,25 +1240,14 @@ async fn a_node_removed_while_cut_off_is_told_by_the_first_call_it_makes() {
     assert!(!on_gone.removed(), "cut off, it cannot know yet");
 
     cluster.faults.heal();
-    let r = timeout(
-        Duration::from_secs(30),
-        on_gone.propose(register("after-removal")),
-    )
-    .await
-    .expect("an answer within 30 s");
+    let r = propose_within_30s(&on_gone, register("after-removal")).await;
     match r {
         Err(muster_raft::ProposeError::Removed { node }) => assert_eq!(node, gone),
         other => panic!("expected the write refused as from a removed node, got {other:?}"),
     }
     assert!(on_gone.removed(), "told, it knows it was removed");
-    let key = ServiceKey::new("default", "partition");
     assert!(
-        on_leader
-            .catalog()
-            .read()
-            .unwrap()
-            .instance(&key, "after-removal")
-            .is_none(),
+        !holds(&on_leader, "after-removal"),
         "the leader applied a write from a removed node"
     );
     on_leader
