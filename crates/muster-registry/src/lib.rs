@@ -1294,9 +1294,14 @@ impl Registry {
     /// membership needs the operator right.
     pub fn cluster(&self, caller: &Caller) -> Result<ClusterStatus> {
         self.authz(caller)?;
+        Ok(self.status())
+    }
+
+    /// This node's view of the cluster, ungated.
+    fn status(&self) -> ClusterStatus {
         let i = self.inner.node.info();
         let (preserved_leases, lapsed_leases) = self.read(|c| c.preserved_lease_count());
-        Ok(ClusterStatus {
+        ClusterStatus {
             node_id: i.node_id,
             leader: i.leader,
             members: i.members,
@@ -1306,7 +1311,7 @@ impl Registry {
             preserved_leases,
             lapsed_leases,
             nodes: i.nodes,
-        })
+        }
     }
 
     /// Waits until a read of `key` on this node is linearizable (`?consistent`):
@@ -1328,7 +1333,17 @@ impl Registry {
 
     /// Changes the cluster's membership (add, remove, move leadership) on
     /// the leader, forwarded from any node; answered once made.
-    pub async fn change_members(&self, caller: &Caller, change: MemberChange) -> Result<()> {
+    ///
+    /// Answers this node's view of the cluster after the change. A node
+    /// asked to remove itself refuses every later call (`Removed`), but
+    /// the call that removed it is answered, with its last view.
+    pub async fn change_members(
+        &self,
+        caller: &Caller,
+        change: MemberChange,
+    ) -> Result<ClusterStatus> {
+        let removes_self =
+            matches!(change, MemberChange::Remove { id } if id == self.inner.node.node_id());
         let target = format!("{change:?}");
         self.audited(
             caller,
@@ -1348,7 +1363,11 @@ impl Registry {
                     })
             },
         )
-        .await
+        .await?;
+        if removes_self {
+            return Ok(self.status());
+        }
+        self.cluster(caller)
     }
 
     /// A consistent backup of the whole registry, streamed: every write

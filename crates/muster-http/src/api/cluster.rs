@@ -45,8 +45,8 @@ pub async fn join(
         id: body.id,
         cluster_addr: body.cluster_addr,
     };
-    state.registry.change_members(&caller, change).await?;
-    info(&state, &caller)
+    let status = state.registry.change_members(&caller, change).await?;
+    Ok(to_info(status))
 }
 
 /// Removes a node (voter or learner), from any member (forwarded to the
@@ -65,8 +65,8 @@ pub async fn leave(
     ApiPath(id): ApiPath<u64>,
 ) -> Result<axum::Json<ClusterInfo>, ApiError> {
     let change = MemberChange::Remove { id };
-    state.registry.change_members(&caller, change).await?;
-    info(&state, &caller)
+    let status = state.registry.change_members(&caller, change).await?;
+    Ok(to_info(status))
 }
 
 /// Moves leadership to `to` (or the most up-to-date other voter), from any
@@ -84,16 +84,19 @@ pub async fn transfer_leader(
     JsonBody(body): JsonBody<TransferLeaderRequest>,
 ) -> Result<axum::Json<ClusterInfo>, ApiError> {
     let change = MemberChange::TransferLeader { to: body.to };
-    state.registry.change_members(&caller, change).await?;
-    info(&state, &caller)
+    let status = state.registry.change_members(&caller, change).await?;
+    Ok(to_info(status))
 }
 
 fn info(
     state: &HttpStateRef,
     caller: &muster_registry::Caller,
 ) -> Result<axum::Json<ClusterInfo>, ApiError> {
-    let i = state.registry.cluster(caller)?;
-    Ok(axum::Json(ClusterInfo {
+    Ok(to_info(state.registry.cluster(caller)?))
+}
+
+fn to_info(i: muster_registry::ClusterStatus) -> axum::Json<ClusterInfo> {
+    axum::Json(ClusterInfo {
         node_id: i.node_id,
         leader: i.leader,
         members: i.members,
@@ -119,7 +122,7 @@ fn info(
                 last_contact_ms: n.last_contact_ms,
             })
             .collect(),
-    }))
+    })
 }
 
 /// Health: 200 while the agent serves and can make writes durable; 507

@@ -1273,7 +1273,7 @@ async fn join_leave_and_transfer_leader_under_writes_lose_no_acknowledged_write(
 /// call to a member tells it (the member refuses it: "removed"), from then
 /// on it answers 503 `node_removed` like any removed node, and keeps
 /// saying so after a restart. The members' leader and writes go on
-/// undisturbed.
+/// undisturbed. Last, a member asked to remove itself answers that call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_removed_while_down_learns_it_when_started_again_on_its_old_data() {
     let mut c = Cluster::new(3);
@@ -1347,6 +1347,18 @@ async fn a_node_removed_while_down_learns_it_when_started_again_on_its_old_data(
     c.kill9(gone);
     c.start(gone);
     assert_refused_as_removed(http().get(c.agent(gone).url("/healthz")), gone).await;
+    c.kill9(gone);
+
+    // A member asked to remove itself answers that call (with its last
+    // view of the cluster), though it refuses everything after.
+    let other = *voters.iter().find(|id| **id != leader).unwrap();
+    let (ok, out, err) = cli(
+        &c.agent(other).base,
+        &["cluster", "leave", &other.to_string()],
+    );
+    assert!(ok, "leave {other} asked of node {other}: {err}");
+    assert!(out.contains(&format!("as node {other} sees it")), "{out}");
+    wait_voters(c.agent(leader), &[leader]).await;
 }
 
 /// `muster snapshot inspect --json FILE`: the backup's header.
