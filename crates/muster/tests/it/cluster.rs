@@ -1297,27 +1297,29 @@ async fn a_node_removed_while_down_learns_it_when_started_again_on_its_old_data(
 
     // Started again on its old data: it serves until its first call to a
     // member (at start-up, or its first election at the latest), then
-    // knows it was removed.
+    // knows it was removed. Waited on as an event: a watch opened on it
+    // is refused if it knows already, else ends when it learns.
     c.start(gone);
-    let deadline = Instant::now() + FORM;
-    loop {
-        let r = http().get(c.agent(gone).url("/healthz")).send().await;
-        let answer = match r {
-            Ok(r) => Some((r.status(), r.json::<Value>().await.unwrap_or_default())),
-            Err(_) => None,
+    let watch = http()
+        .get(c.agent(gone).url("/v1/watch?service=replaced"))
+        .send()
+        .await
+        .unwrap();
+    if watch.status() == 200 {
+        let mut watch = Watch {
+            resp: watch,
+            buf: String::new(),
         };
-        if let Some((status, v)) = &answer
-            && *status == 503
-        {
-            assert!(says_removed(v, gone), "{v}");
-            break;
-        }
         assert!(
-            Instant::now() < deadline,
-            "node {gone}, removed while down, still answers {answer:?} after {FORM:?}"
+            watch.ended_by(Instant::now() + FORM).await,
+            "node {gone}, removed while down, still serves a watch after {FORM:?}"
         );
-        tokio::time::sleep(POLL).await;
+    } else {
+        assert_eq!(watch.status(), 503);
+        let v: Value = watch.json().await.unwrap();
+        assert!(says_removed(&v, gone), "{v}");
     }
+    assert_refused_as_removed(http().get(c.agent(gone).url("/healthz")), gone).await;
     for req in [
         http().get(c.agent(gone).url("/v1/services/replaced/instances")),
         http()
