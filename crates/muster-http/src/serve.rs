@@ -159,6 +159,8 @@ pub async fn run(
     // The cap in all is the semaphore's; this one counts per source.
     let per_source = Cap::new(Kind::Connections, usize::MAX, limits.max_connections_per_ip);
     let graceful = GracefulShutdown::new();
+    // Where the stop is: see [`Phase`].
+    let (phase_tx, phase) = tokio::sync::watch::channel(Phase::Serving);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -226,13 +228,18 @@ pub async fn run(
         let watcher = graceful.watcher();
         let open = OpenConnection::new();
         let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let mut phase = phase.clone();
         tokio::spawn(async move {
             let _open = open;
             // hyper reads the first bytes to tell HTTP/1 from HTTP/2 with no
             // deadline of its own: a connection that sends nothing at all is
-            // closed here.
+            // closed here, after the header timeout or as the server stops.
             let mut first = [0u8; 1];
-            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+            let peeked = tokio::select! {
+                p = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => p,
+                _ = phase.wait_for(|p| *p >= Phase::Stopping) => return,
+            };
+            match peeked {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
@@ -240,27 +247,36 @@ pub async fn run(
                 None => {
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
+                    tokio::select! {
+                        ended = watcher.watch(conn) => ended,
+                        _ = phase.wait_for(|p| *p == Phase::Closing) => return,
+                    }
                 }
                 Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                metrics::counter!("muster_http_tls_handshake_failures_total")
-                                    .increment(1);
-                                tracing::debug!(error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                metrics::counter!("muster_http_tls_handshake_failures_total")
-                                    .increment(1);
-                                return;
-                            }
-                        };
+                    let handshake = tokio::select! {
+                        h = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => h,
+                        _ = phase.wait_for(|p| *p >= Phase::Stopping) => return,
+                    };
+                    let stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            metrics::counter!("muster_http_tls_handshake_failures_total")
+                                .increment(1);
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics::counter!("muster_http_tls_handshake_failures_total")
+                                .increment(1);
+                            return;
+                        }
+                    };
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
+                    tokio::select! {
+                        ended = watcher.watch(conn) => ended,
+                        _ = phase.wait_for(|p| *p == Phase::Closing) => return,
+                    }
                 }
             };
             if let Err(e) = ended {
@@ -270,8 +286,40 @@ pub async fn run(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = phase_tx.send(Phase::Stopping);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still open {DRAIN_TIMEOUT:?} after the stop began are closed \
+             (a request head or body never finished, or a request outlived every bound)"
+        );
+        let _ = phase_tx.send(Phase::Closing);
+    }
     Ok(())
+}
+
+/// How long a stop waits for open requests to finish before it closes
+/// their connections. Beyond the longest a request normally takes: a
+/// write waiting out an election and its forwarding is bounded at a few
+/// seconds, and watches and blocking queries end as the stop begins. What
+/// it cuts is a client that never finishes sending (its head or body is
+/// bounded only by the 30 s header and body timeouts), so that a
+/// supervisor's stop timeout (Kubernetes gives 30 s) is not overrun.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a stop is, as the connection tasks see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    /// No more connections are accepted; one that has not sent its first
+    /// byte (or finished its TLS handshake) is closed at once, since
+    /// hyper's graceful shutdown reaches only connections handed to it;
+    /// the others finish the request under way.
+    Stopping,
+    /// [`DRAIN_TIMEOUT`] has passed: the connections still open are closed.
+    Closing,
 }
 
 /// Counts open connections (`muster_http_connections`) for as long as it

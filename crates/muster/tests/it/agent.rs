@@ -71,6 +71,43 @@ async fn sigterm_stops_cleanly_and_state_is_kept() {
     assert_eq!(v["instances"][0]["id"], "p1");
 }
 
+/// A connection that never sent a byte (a port probe, a client stalled
+/// after connecting) used to hold up a clean stop for the whole header
+/// timeout, 30 s: past a supervisor's stop timeout (Kubernetes gives 30 s),
+/// so the agent was killed instead of stopping. Now it is closed as the
+/// stop begins, and one that never finishes its request is closed once the
+/// stop has waited 10 s for it.
+#[tokio::test]
+async fn connections_that_never_finish_a_request_do_not_hold_up_a_stop() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::spawn(dir.path());
+    let addr = agent.base.strip_prefix("http://").unwrap().to_string();
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    // A request half sent: its head never ends.
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // Accepted in order: once a later connection is answered, both are
+    // the server's, before it stops.
+    let r = http().get(agent.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    agent.send_term();
+    let closed = tokio::task::spawn_blocking(move || {
+        silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        silent.read(&mut [0u8; 16])
+    });
+    match closed.await.unwrap() {
+        Ok(0) => {}
+        other => panic!("the silent connection was not closed as the stop began: {other:?}"),
+    }
+    let status = agent
+        .exit_status(Duration::from_secs(20))
+        .await
+        .expect("the agent did not stop within 20 s of SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    drop(half);
+}
+
 #[test]
 fn configuration_comes_from_file_env_and_flags_and_is_validated() {
     let dir = tempfile::tempdir().unwrap();

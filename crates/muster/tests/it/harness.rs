@@ -63,6 +63,12 @@ impl Agent {
 
     /// SIGTERM, and the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.send_term();
+        self.child.wait().unwrap()
+    }
+
+    /// SIGTERM, without waiting: see [`Agent::exit_status`].
+    pub fn send_term(&self) {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
@@ -71,7 +77,6 @@ impl Agent {
                 .unwrap()
                 .success()
         );
-        self.child.wait().unwrap()
     }
 
     /// Waits for the process to exit by itself, at most `within`: its
