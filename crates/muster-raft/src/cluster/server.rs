@@ -324,6 +324,22 @@ async fn snapshot(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes
     cbor(&s.raft.install_snapshot(req).await)
 }
 
+/// `Ok` if this node leads, else the leader it knows: none once its raft
+/// stopped (its store failed: a full disk), whatever openraft's last
+/// metrics say. The others then elect a leader without it, and the
+/// follower asking sends its calls again there.
+fn leading(s: &Shared) -> Result<(), Option<u64>> {
+    let m = s.raft.metrics();
+    let m = m.borrow();
+    if m.running_state.is_err() {
+        return Err(None);
+    }
+    match m.current_leader {
+        Some(l) if l == s.node_id => Ok(()),
+        other => Err(other),
+    }
+}
+
 /// Writes a follower forwards: proposed here if this node leads, through
 /// the same batcher as local writes.
 async fn forward(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) -> Response {
@@ -334,8 +350,9 @@ async fn forward(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes)
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    let leader = s.raft.metrics().borrow().current_leader;
-    let replies: Vec<wire::ForwardReply> = if leader == Some(s.node_id) {
+    let replies: Vec<wire::ForwardReply> = if let Err(leader) = leading(&s) {
+        vec![wire::ForwardReply::NotLeader { leader }; cmds.len()]
+    } else {
         // Each proposed on its own (they meet in the batcher's next entry),
         // each answered with its own result.
         let proposed: Vec<_> = cmds
@@ -351,9 +368,17 @@ async fn forward(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes)
                 p.await.unwrap_or(Err(crate::ProposeError::ShuttingDown)),
             ));
         }
+        if s.raft.metrics().borrow().running_state.is_err() {
+            // The raft stopped under these writes: each may be on the
+            // followers, and a new leader commit it. The follower answers
+            // "outcome unknown" (a 503 to retry), not this node's failure.
+            for r in &mut replies {
+                if matches!(r, wire::ForwardReply::Failed(_)) {
+                    *r = wire::ForwardReply::ShuttingDown;
+                }
+            }
+        }
         replies
-    } else {
-        vec![wire::ForwardReply::NotLeader { leader }; cmds.len()]
     };
     cbor(&replies)
 }
@@ -367,12 +392,10 @@ async fn renew(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) -
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    let leader = s.raft.metrics().borrow().current_leader;
-    let reply = match s.leader_service.get() {
-        Some(service) if leader == Some(s.node_id) => {
-            wire::RenewReply::Renewed(service.renew(&req.ids))
-        }
-        _ => wire::RenewReply::NotLeader { leader },
+    let reply = match (leading(&s), s.leader_service.get()) {
+        (Ok(()), Some(service)) => wire::RenewReply::Renewed(service.renew(&req.ids)),
+        (Ok(()), None) => wire::RenewReply::NotLeader { leader: None },
+        (Err(leader), _) => wire::RenewReply::NotLeader { leader },
     };
     cbor(&reply)
 }
@@ -386,9 +409,8 @@ async fn report(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes) 
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    let leader = s.raft.metrics().borrow().current_leader;
     let answer = match s.leader_service.get() {
-        Some(service) if leader == Some(s.node_id) => service.report(req).await,
+        Some(service) if leading(&s).is_ok() => service.report(req).await,
         _ => crate::ReportAnswer::NotLeader,
     };
     cbor(&answer)
@@ -403,11 +425,9 @@ async fn members(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes)
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    let leader = s.raft.metrics().borrow().current_leader;
-    let reply = if leader == Some(s.node_id) {
-        Shared::reply(s.change_here(change).await)
-    } else {
-        Shared::reply(Err(crate::MemberError::NotLeader { leader }))
+    let reply = match leading(&s) {
+        Ok(()) => Shared::reply(s.change_here(change).await),
+        Err(leader) => Shared::reply(Err(crate::MemberError::NotLeader { leader })),
     };
     cbor(&reply)
 }

@@ -86,14 +86,17 @@ async fn connections_that_never_finish_a_request_do_not_hold_up_a_stop() {
     let mut silent = std::net::TcpStream::connect(&addr).unwrap();
     // A request half sent: its head never ends.
     let mut half = std::net::TcpStream::connect(&addr).unwrap();
-    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     // Accepted in order: once a later connection is answered, both are
     // the server's, before it stops.
     let r = http().get(agent.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     agent.send_term();
     let closed = tokio::task::spawn_blocking(move || {
-        silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         silent.read(&mut [0u8; 16])
     });
     match closed.await.unwrap() {

@@ -134,6 +134,17 @@ impl Cluster {
             .collect()
     }
 
+    /// Waits (at most `within`) for node `id` to exit by itself, and
+    /// counts it as down; its exit status, `None` if it did not exit.
+    pub(crate) async fn exited(
+        &mut self,
+        id: u64,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let mut agent = self.agents[(id - 1) as usize].take().expect("node is up");
+        agent.exit_status(within).await
+    }
+
     fn kill9(&mut self, id: u64) {
         self.agents[(id - 1) as usize].take().unwrap().kill9();
     }
