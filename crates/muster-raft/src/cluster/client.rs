@@ -43,6 +43,9 @@ use super::wire;
 use crate::types::TypeConfig;
 use muster_tls::MutualTls;
 
+/// The longest pause between two attempts to reach an unreachable peer
+/// ([`RaftNetwork::backoff`]).
+const REPLICATION_RETRY_CAP: Duration = Duration::from_millis(250);
 /// How long a connection attempt to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -537,14 +540,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .await
     }
 
-    /// Exponential from 100 ms to 1 s: a restarted peer is back in
-    /// replication within a second, a dead one costs a connection attempt
-    /// a second.
+    /// Exponential from 50 ms to [`REPLICATION_RETRY_CAP`]: how long a
+    /// restarted peer may wait for the leader's first append, during which
+    /// it knows no leader and holds its clients' writes (measured: ~0.5 s
+    /// on average with a 1 s cap, on every restart of a rolling restart).
+    /// A dead peer costs a refused connection attempt every 250 ms.
     fn backoff(&self) -> Backoff {
         Backoff::new(
             (0..)
-                .map(|i: u32| Duration::from_millis(100u64.saturating_mul(1 << i.min(5))))
-                .map(|d| d.min(Duration::from_secs(1))),
+                .map(|i: u32| Duration::from_millis(50u64.saturating_mul(1 << i.min(5))))
+                .map(|d| d.min(REPLICATION_RETRY_CAP)),
         )
     }
 }
