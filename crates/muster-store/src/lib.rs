@@ -73,6 +73,16 @@ pub enum StoreError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// Another process holds the database file open (redb locks it): most
+    /// likely a second agent started on the same data directory.
+    #[error(
+        "{path} is in use by another process: is a muster agent already running on this data \
+         directory?"
+    )]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+    },
     /// The database file could not be opened or created.
     #[error("cannot open store {path}: {source}")]
     Open {
@@ -272,9 +282,14 @@ impl LogStore {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
-            .map_err(|e| StoreError::Open {
-                path: path.to_path_buf(),
-                source: Arc::new(e.into()),
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                    path: path.to_path_buf(),
+                },
+                e => StoreError::Open {
+                    path: path.to_path_buf(),
+                    source: Arc::new(e.into()),
+                },
             })?;
 
         // Make sure both tables exist so that read transactions can open them.

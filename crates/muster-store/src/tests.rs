@@ -212,7 +212,8 @@ fn second_open_of_same_file_fails_while_open() {
     let path = dir.path().join("raft.redb");
     let store = LogStore::open(&path).unwrap();
     let err = LogStore::open(&path).unwrap_err();
-    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("already running"), "{err}");
     drop(store);
     LogStore::open(&path).unwrap();
 }

@@ -111,6 +111,28 @@ async fn connections_that_never_finish_a_request_do_not_hold_up_a_stop() {
     drop(half);
 }
 
+/// A second agent on a data directory in use refuses to start, and says
+/// why in words an operator acts on; the first goes on serving.
+#[tokio::test]
+async fn a_second_agent_on_the_same_data_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::spawn(dir.path());
+    let out = std::process::Command::new(BIN)
+        .args(["agent", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("MUSTER_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another process") && err.contains("already running"),
+        "{err}"
+    );
+    let h = http().get(agent.url("/healthz")).send().await.unwrap();
+    assert_eq!(h.status(), 200);
+}
+
 #[test]
 fn configuration_comes_from_file_env_and_flags_and_is_validated() {
     let dir = tempfile::tempdir().unwrap();
