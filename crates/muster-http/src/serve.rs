@@ -235,9 +235,9 @@ pub async fn run(
             // deadline of its own: a connection that sends nothing at all is
             // closed here, after the header timeout or as the server stops.
             let mut first = [0u8; 1];
-            let peeked = tokio::select! {
-                p = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => p,
-                _ = phase.wait_for(|p| *p >= Phase::Stopping) => return,
+            let peek = tokio::time::timeout(header_timeout, stream.peek(&mut first));
+            let Some(peeked) = before(&mut phase, Phase::Stopping, peek).await else {
+                return;
             };
             match peeked {
                 Ok(Ok(n)) if n > 0 => {}
@@ -247,15 +247,12 @@ pub async fn run(
                 None => {
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    tokio::select! {
-                        ended = watcher.watch(conn) => ended,
-                        _ = phase.wait_for(|p| *p == Phase::Closing) => return,
-                    }
+                    before(&mut phase, Phase::Closing, watcher.watch(conn)).await
                 }
                 Some(acceptor) => {
-                    let handshake = tokio::select! {
-                        h = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => h,
-                        _ = phase.wait_for(|p| *p >= Phase::Stopping) => return,
+                    let accept = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                    let Some(handshake) = before(&mut phase, Phase::Stopping, accept).await else {
+                        return;
                     };
                     let stream = match handshake {
                         Ok(Ok(s)) => s,
@@ -273,13 +270,11 @@ pub async fn run(
                     };
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    tokio::select! {
-                        ended = watcher.watch(conn) => ended,
-                        _ = phase.wait_for(|p| *p == Phase::Closing) => return,
-                    }
+                    before(&mut phase, Phase::Closing, watcher.watch(conn)).await
                 }
             };
-            if let Err(e) = ended {
+            // `None`: closed as the stop's drain ran out.
+            if let Some(Err(e)) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop((permit, source_permit));
@@ -308,6 +303,19 @@ pub async fn run(
 /// bounded only by the 30 s header and body timeouts), so that a
 /// supervisor's stop timeout (Kubernetes gives 30 s) is not overrun.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `fut`'s output, or `None` (and `fut` dropped) once the stop reached
+/// `phase`.
+async fn before<T>(
+    stop: &mut tokio::sync::watch::Receiver<Phase>,
+    phase: Phase,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        out = fut => Some(out),
+        _ = stop.wait_for(|p| *p >= phase) => None,
+    }
+}
 
 /// Where a stop is, as the connection tasks see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -329,15 +329,18 @@ async fn snapshot(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes
 /// metrics say. The others then elect a leader without it, and the
 /// follower asking sends its calls again there.
 fn leading(s: &Shared) -> Result<(), Option<u64>> {
-    let m = s.raft.metrics();
-    let m = m.borrow();
-    if m.running_state.is_err() {
+    if stopped(s) {
         return Err(None);
     }
-    match m.current_leader {
+    match s.raft.metrics().borrow().current_leader {
         Some(l) if l == s.node_id => Ok(()),
         other => Err(other),
     }
+}
+
+/// Whether this node's raft stopped: its store failed (a full disk).
+fn stopped(s: &Shared) -> bool {
+    s.raft.metrics().borrow().running_state.is_err()
 }
 
 /// Writes a follower forwards: proposed here if this node leads, through
@@ -368,7 +371,7 @@ async fn forward(State(s): State<Arc<Shared>>, Path(to): Path<u64>, body: Bytes)
                 p.await.unwrap_or(Err(crate::ProposeError::ShuttingDown)),
             ));
         }
-        if s.raft.metrics().borrow().running_state.is_err() {
+        if stopped(&s) {
             // The raft stopped under these writes: each may be on the
             // followers, and a new leader commit it. The follower answers
             // "outcome unknown" (a 503 to retry), not this node's failure.

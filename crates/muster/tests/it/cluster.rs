@@ -5,7 +5,7 @@
 //! Cluster state has no event a test can subscribe to from outside the
 //! processes, so these tests poll `/v1/cluster` and reads with a deadline.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -192,13 +192,32 @@ pub(crate) async fn cluster_info(agent: &Agent) -> Option<Value> {
 
 /// Registers `id` of service `svc` through `agent`; `true` if acknowledged.
 pub(crate) async fn register(client: &reqwest::Client, base: &str, svc: &str, id: &str) -> bool {
+    register_answer(client, base, svc, id).await.is_ok()
+}
+
+/// Registers `id`; a refusal as its status and error code (status 0: no
+/// answer at all).
+async fn register_answer(
+    client: &reqwest::Client,
+    base: &str,
+    svc: &str,
+    id: &str,
+) -> Result<(), (u16, String)> {
     let r = client
         .put(format!("{base}/v1/services/{svc}/instances/{id}"))
         .json(&json!({"address": "10.0.0.1", "port": 8080}))
         .timeout(Duration::from_secs(15))
         .send()
         .await;
-    matches!(r, Ok(r) if r.status() == 200)
+    match r {
+        Ok(r) if r.status() == 200 => Ok(()),
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or_default();
+            Err((status, body["error"]["code"].as_str().unwrap_or("").into()))
+        }
+        Err(e) => Err((0, e.to_string())),
+    }
 }
 
 /// The instance ids of `svc` on `agent` (any health), if it answers.
@@ -262,24 +281,28 @@ async fn wait_ids(
 
 /// Four clients writing `service` through every node in turn (bounded: at
 /// most 5,000 writes each); a write that fails (its node died, an election)
-/// moves on to the next node. Every acknowledged id is kept, and the count
-/// is published so a test waits on it instead of polling.
-struct Writers {
+/// moves on to the next node. Every acknowledged id is kept, every refusal
+/// counted, and the count of acknowledged writes is published so a test
+/// waits on it instead of polling.
+pub(crate) struct Writers {
     acked: Arc<Mutex<Vec<String>>>,
+    refused: Arc<Mutex<BTreeMap<(u16, String), usize>>>,
     count: tokio::sync::watch::Receiver<usize>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Writers {
-    fn start(bases: Vec<String>, service: &'static str) -> Writers {
+    pub(crate) fn start(bases: Vec<String>, service: &'static str) -> Writers {
         let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let refused: Arc<Mutex<BTreeMap<(u16, String), usize>>> = Arc::default();
         let (count_tx, count) = tokio::sync::watch::channel(0usize);
         let count_tx = Arc::new(count_tx);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let tasks = (0..4usize)
             .map(|w| {
                 let (bases, acked, stop) = (bases.clone(), acked.clone(), stop_rx.clone());
+                let refused = refused.clone();
                 let count_tx = count_tx.clone();
                 tokio::spawn(async move {
                     let client = http();
@@ -288,13 +311,17 @@ impl Writers {
                             return;
                         }
                         let id = format!("w{w}-{n}");
-                        if register(&client, &bases[(w + n) % bases.len()], service, &id).await {
-                            let total = {
-                                let mut a = acked.lock().unwrap();
-                                a.push(id);
-                                a.len()
-                            };
-                            count_tx.send_replace(total);
+                        let base = &bases[(w + n) % bases.len()];
+                        match register_answer(&client, base, service, &id).await {
+                            Ok(()) => {
+                                let total = {
+                                    let mut a = acked.lock().unwrap();
+                                    a.push(id);
+                                    a.len()
+                                };
+                                count_tx.send_replace(total);
+                            }
+                            Err(why) => *refused.lock().unwrap().entry(why).or_default() += 1,
                         }
                     }
                 })
@@ -302,6 +329,7 @@ impl Writers {
             .collect();
         Writers {
             acked,
+            refused,
             count,
             stop,
             tasks,
@@ -313,13 +341,18 @@ impl Writers {
         self.acked.lock().unwrap().clone()
     }
 
+    /// The refusals so far: (status, error code) and how many times.
+    pub(crate) fn refused(&self) -> BTreeMap<(u16, String), usize> {
+        self.refused.lock().unwrap().clone()
+    }
+
     /// Writes acknowledged so far.
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         *self.count.borrow()
     }
 
     /// Waits (up to [`FORM`]) until `target` writes were acknowledged.
-    async fn wait_for(&self, target: usize, what: &str) {
+    pub(crate) async fn wait_for(&self, target: usize, what: &str) {
         let mut rx = self.count.clone();
         let reached = tokio::time::timeout(FORM, rx.wait_for(|n| *n >= target)).await;
         assert!(
@@ -330,7 +363,7 @@ impl Writers {
     }
 
     /// Stops the writers and gives every acknowledged id.
-    async fn stop(self) -> Vec<String> {
+    pub(crate) async fn stop(self) -> Vec<String> {
         self.stop.send_replace(true);
         for t in self.tasks {
             t.await.unwrap();

@@ -4,16 +4,14 @@
 //! with status 75 for its supervisor; restarted on the same data, every
 //! acknowledged write is there.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::cluster::{CATCH_UP, Cluster, FORM, wait_holds};
+use crate::cluster::{CATCH_UP, Cluster, Writers, wait_holds};
 use crate::harness::{Agent, http};
 
 /// A tmpfs mounted for the test, unmounted when dropped.
@@ -159,14 +157,6 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_restarts_once_freed() {
     );
 }
 
-/// What the clients writing through the followers were answered.
-#[derive(Default)]
-struct Answers {
-    acked: Vec<String>,
-    /// Every other answer: (status, error code) and how many times.
-    refused: BTreeMap<(u16, String), usize>,
-}
-
 /// The leader's disk fills up under writes that clients send through the
 /// two followers. Its raft stops; the followers elect a leader without it
 /// and the writes go on. A write forwarded to it meanwhile is sent again
@@ -195,56 +185,11 @@ async fn a_full_disk_on_the_leader_hands_leadership_over_and_writes_go_on() {
     }
     assert_eq!(c.leader(None).await, 1, "leadership did not move to node 1");
 
-    // Two clients, one per follower; bounded in count.
-    let answers = Arc::new(Mutex::new(Answers::default()));
-    let (count_tx, count) = tokio::sync::watch::channel(0usize);
-    let count_tx = Arc::new(count_tx);
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let writers: Vec<_> = [2u64, 3]
-        .into_iter()
-        .map(|id| {
-            let base = c.agent(id).base.clone();
-            let (answers, count_tx, stop) = (answers.clone(), count_tx.clone(), stop_rx.clone());
-            tokio::spawn(async move {
-                let client = http();
-                for n in 0..20_000 {
-                    if *stop.borrow() {
-                        return;
-                    }
-                    let key = format!("n{id}-{n}");
-                    let r = client
-                        .put(format!("{base}/v1/services/disk/instances/{key}"))
-                        .json(&json!({"address": "10.0.0.1", "port": 80}))
-                        .timeout(Duration::from_secs(15))
-                        .send()
-                        .await
-                        .unwrap();
-                    let status = r.status().as_u16();
-                    if status == 200 {
-                        let mut a = answers.lock().unwrap();
-                        a.acked.push(key);
-                        count_tx.send_replace(a.acked.len());
-                    } else {
-                        let body: Value = r.json().await.unwrap_or_default();
-                        let code = body["error"]["code"].as_str().unwrap_or("").to_string();
-                        let mut a = answers.lock().unwrap();
-                        *a.refused.entry((status, code)).or_default() += 1;
-                    }
-                }
-            })
-        })
-        .collect();
-    let acks_reach = |n: usize| {
-        let mut count = count.clone();
-        async move {
-            let reached = tokio::time::timeout(FORM, count.wait_for(|c| *c >= n)).await;
-            assert!(
-                matches!(reached, Ok(Ok(_))),
-                "{n} writes were not acknowledged in time"
-            );
-        }
-    };
-    acks_reach(200).await;
+    let writers = Writers::start(
+        vec![c.agent(2).base.clone(), c.agent(3).base.clone()],
+        "disk",
+    );
+    writers.wait_for(200, "writes through the followers").await;
 
     // The leader's disk fills; its own writes find it full.
     fill(&c.dirs[0].path().join("filler"));
@@ -267,20 +212,15 @@ async fn a_full_disk_on_the_leader_hands_leadership_over_and_writes_go_on() {
     }
     assert!(full, "the leader never found its disk full");
     // Writes acknowledged from now on were committed by another leader.
-    let at_full = *count.borrow();
-    acks_reach(at_full + 300).await;
-    stop.send_replace(true);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let (acked, refused) = {
-        let a = answers.lock().unwrap();
-        (a.acked.clone(), a.refused.clone())
-    };
-    println!(
-        "{} writes acknowledged through the followers; refused: {refused:?}",
-        acked.len()
-    );
+    writers
+        .wait_for(
+            writers.count() + 300,
+            "writes after the leader's disk filled",
+        )
+        .await;
+    let refused = writers.refused();
+    let acked = writers.stop().await;
+    println!("refused: {refused:?}");
     for ((status, code), n) in &refused {
         assert!(
             *status == 503 && ["outcome_unknown", "not_leader"].contains(&code.as_str()),
